@@ -1,0 +1,201 @@
+//! Backends start and stop machines and give the driver byte streams to their
+//! backdoor shells. [`Backend`] makes an [`Instance`]; everything a backend
+//! may not support goes through [`Instance::op`] and fails with
+//! [`BackendError::Unsupported`] by default.
+
+pub mod nspawn;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::config::TestConfig;
+use crate::console::ConsoleLog;
+use crate::guest::GuestStream;
+use crate::net::Network;
+use crate::process::ExitInfo;
+use crate::report::Reporter;
+
+/// Why a backend operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// A prerequisite is missing (a binary, `/dev/kvm`, a file).
+    #[error("{0}")]
+    Prerequisite(String),
+    /// The machine process could not be started or died while starting.
+    #[error("{0}")]
+    Start(String),
+    /// The operation does not exist on this backend.
+    #[error("{op} is not supported by the {backend} backend")]
+    Unsupported {
+        /// The operation.
+        op: String,
+        /// The backend.
+        backend: &'static str,
+    },
+    /// The operation is not allowed (e.g. powering off a host attest did not start).
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The operation failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Everything a backend needs to start one machine.
+pub struct StartContext {
+    /// The node's name.
+    pub machine: String,
+    /// The whole test config (node settings, numbering, vlans).
+    pub config: Arc<TestConfig>,
+    /// A directory private to this machine, removed at teardown.
+    pub state_dir: PathBuf,
+    /// Where console lines go.
+    pub console: ConsoleLog,
+    /// The test's network, when it has one.
+    pub network: Option<Arc<Network>>,
+    /// For backend log lines (accelerator choice, warnings).
+    pub reporter: Reporter,
+}
+
+/// Operations only some backends have.
+#[derive(Debug, Clone)]
+pub enum BackendOp {
+    /// Save the screen as PNG.
+    Screenshot(PathBuf),
+    /// Press a key combination (QMP qcodes, e.g. `ctrl-alt-delete`).
+    SendKey(String),
+    /// Type text.
+    SendChars(String),
+    /// Write text to the serial console.
+    SendConsole(String),
+    /// Take the machine's links down.
+    Block,
+    /// Bring them back up.
+    Unblock,
+    /// Forward a host TCP port to a guest port.
+    ForwardPort {
+        /// Host port.
+        host: u16,
+        /// Guest port.
+        guest: u16,
+    },
+    /// Save the running machine; it keeps running.
+    SnapshotCreate(PathBuf),
+    /// Replace the machine by one loaded from a snapshot.
+    SnapshotRestore(PathBuf),
+    /// Text on the screen, by OCR.
+    ScreenText,
+    /// Reboot the machine (the driver reconnects afterwards).
+    Reboot,
+}
+
+impl BackendOp {
+    /// The operation's script name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendOp::Screenshot(_) => "screenshot",
+            BackendOp::SendKey(_) => "send_key",
+            BackendOp::SendChars(_) => "send_chars",
+            BackendOp::SendConsole(_) => "send_console",
+            BackendOp::Block => "block",
+            BackendOp::Unblock => "unblock",
+            BackendOp::ForwardPort { .. } => "forward_port",
+            BackendOp::SnapshotCreate(_) => "snapshot_create",
+            BackendOp::SnapshotRestore(_) => "snapshot_restore",
+            BackendOp::ScreenText => "get_screen_text",
+            BackendOp::Reboot => "reboot",
+        }
+    }
+}
+
+/// A backend: knows how to start machines of its kind.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The backend's name (`nspawn`, `qemu`, …).
+    fn kind(&self) -> &'static str;
+
+    /// Starts the machine. Returns once the process runs; the backdoor may not
+    /// be up yet.
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError>;
+}
+
+/// A running machine.
+#[async_trait]
+pub trait Instance: Send + Sync {
+    /// Opens a stream to the backdoor shell, waiting until `deadline` for the
+    /// transport to appear. Fails at once when the machine has exited.
+    async fn connect(&self, deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError>;
+
+    /// How many backdoor sessions may be open at once (1 for hvc0).
+    fn max_sessions(&self) -> usize;
+
+    /// Turns `Some` when the machine process has exited.
+    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>>;
+
+    /// Whether the driver may power the machine off (`shutdown`, `crash`).
+    fn may_power_off(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Kills the machine at once, as a power cut would.
+    async fn crash(&self) -> Result<(), BackendError>;
+
+    /// Ends the machine for teardown: graceful within `grace`, then forced.
+    /// Must leave no process behind.
+    async fn terminate(&self, grace: Duration);
+
+    /// A backend-specific operation.
+    async fn op(&self, op: BackendOp) -> Result<String, BackendError> {
+        Err(BackendError::Unsupported {
+            op: op.name().to_owned(),
+            backend: self.backend_kind(),
+        })
+    }
+
+    /// The backend's name, for errors.
+    fn backend_kind(&self) -> &'static str;
+}
+
+/// Makes the backend for a node's config.
+pub fn for_node(kind: &str) -> Result<Arc<dyn Backend>, BackendError> {
+    match kind {
+        "nspawn" => Ok(Arc::new(nspawn::NspawnBackend)),
+        other => Err(BackendError::Prerequisite(format!(
+            "the {other} backend is not available in this build of attest"
+        ))),
+    }
+}
+
+/// Polls `attempt` until it succeeds, `deadline` passes, or `exit` shows the
+/// machine died. Used by transports that appear some time after start.
+pub async fn poll_until<T, F, Fut>(
+    what: &str,
+    deadline: Instant,
+    exit: &watch::Receiver<Option<ExitInfo>>,
+    mut attempt: F,
+) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        if let Some(info) = exit.borrow().clone() {
+            return Err(BackendError::Start(format!(
+                "machine {info} while waiting for {what}"
+            )));
+        }
+        let last = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(BackendError::Start(format!(
+                "timed out waiting for {what}: {last}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,282 @@
+//! The systemd-nspawn backend: containers with real systemd, no KVM needed.
+//!
+//! Every container boots the same read-only tree with `--volatile=overlay`;
+//! the backdoor is a unix socket in a host directory bind-mounted at
+//! `/run/backdoor`; vlans are veths (`--network-veth-extra`) whose host ends
+//! attest attaches to the bridges of its private switch namespace, and the
+//! addresses come from networkd files bind-mounted at `/run/systemd/network`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
+use crate::config::{BackendConfig, ImageManifest};
+use crate::guest::GuestStream;
+use crate::net::Network;
+use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
+
+/// Starts systemd-nspawn containers.
+pub struct NspawnBackend;
+
+/// A running container.
+pub struct NspawnInstance {
+    process: Watched,
+    socket: PathBuf,
+    network: Option<Arc<Network>>,
+    host_links: Vec<String>,
+}
+
+/// Host-side name of a node's veth on a vlan (at most 15 bytes).
+fn host_link(node_number: u8, vlan: u8) -> String {
+    format!("at{node_number}v{vlan}")
+}
+
+fn rootfs_of(ctx: &StartContext) -> Result<PathBuf, BackendError> {
+    let node = &ctx.config.nodes[&ctx.machine];
+    let BackendConfig::Nspawn(c) = &node.backend else {
+        return Err(BackendError::Start("not an nspawn node".into()));
+    };
+    let rootfs = match (&c.rootfs, &c.image) {
+        (Some(r), _) => ctx.config.resolve(r),
+        (None, Some(image)) => {
+            let m = ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
+                BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
+            })?;
+            m.rootfs
+        }
+        (None, None) => return Err(BackendError::Start("no rootfs configured".into())),
+    };
+    if !rootfs.join("usr").is_dir() && !rootfs.join("nix").is_dir() {
+        return Err(BackendError::Prerequisite(format!(
+            "{} is not a root file system tree: build the image with images/debian/build",
+            rootfs.display()
+        )));
+    }
+    Ok(rootfs)
+}
+
+/// Writes the networkd files and hosts file the container gets.
+fn write_network_files(ctx: &StartContext, dir: &Path) -> Result<(), BackendError> {
+    let io = |e: std::io::Error| BackendError::Start(format!("cannot write network files: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let vlans = ctx.config.node_vlans(&ctx.machine);
+    for (i, vlan) in vlans.iter().enumerate() {
+        let addr = ctx
+            .config
+            .node_address(&ctx.machine, *vlan)
+            .ok_or_else(|| BackendError::Start("node has no number".into()))?;
+        std::fs::write(
+            dir.join(format!("10-attest-eth{i}.network")),
+            format!(
+                "[Match]\nName=eth{i}\n\n[Link]\nRequiredForOnline=no\n\n[Network]\nAddress={addr}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+            ),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn hosts_file(ctx: &StartContext) -> String {
+    let mut s = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
+    for (addr, name) in ctx.config.hosts_entries() {
+        s.push_str(&format!("{addr} {name}\n"));
+    }
+    s
+}
+
+#[async_trait]
+impl Backend for NspawnBackend {
+    fn kind(&self) -> &'static str {
+        "nspawn"
+    }
+
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
+        let nspawn = require_binary("systemd-nspawn", "systemd-container")
+            .map_err(BackendError::Prerequisite)?;
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(BackendError::Prerequisite(
+                "systemd-nspawn needs root: run attest as root".into(),
+            ));
+        }
+        let rootfs = rootfs_of(ctx)?;
+        let node = &ctx.config.nodes[&ctx.machine];
+        let BackendConfig::Nspawn(settings) = &node.backend else {
+            return Err(BackendError::Start("not an nspawn node".into()));
+        };
+        let backdoor_dir = ctx.state_dir.join("backdoor");
+        let network_dir = ctx.state_dir.join("network");
+        let hosts = ctx.state_dir.join("hosts");
+        let io = |e: std::io::Error| BackendError::Start(format!("cannot prepare state dir: {e}"));
+        std::fs::create_dir_all(&backdoor_dir).map_err(io)?;
+        write_network_files(ctx, &network_dir)?;
+        std::fs::write(&hosts, hosts_file(ctx)).map_err(io)?;
+
+        let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
+        // Unique per attest process, so parallel test runs do not collide in
+        // /run/systemd/nspawn.
+        let machine_name = format!("attest-{}-{}", std::process::id(), number);
+        let vlans = ctx.config.node_vlans(&ctx.machine);
+
+        let mut cmd;
+        let mut host_links = Vec::new();
+        match (&ctx.network, vlans.is_empty()) {
+            (Some(net), false) => {
+                let ns = net.netns_path().map_err(BackendError::Start)?;
+                cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(&nspawn);
+                for (i, vlan) in vlans.iter().enumerate() {
+                    let link = host_link(number, *vlan);
+                    cmd.arg(format!("--network-veth-extra={link}:eth{i}"));
+                    host_links.push(link);
+                }
+            }
+            _ => cmd = Command::new(&nspawn),
+        }
+        cmd.args([
+            "-q",
+            "-b",
+            "--volatile=overlay",
+            "--private-network",
+            "--register=no",
+            "--keep-unit",
+            "--console=pipe",
+            "--link-journal=no",
+        ])
+        .arg(format!("--directory={}", rootfs.display()))
+        .arg(format!("--machine={machine_name}"))
+        .arg(format!("--hostname={}", ctx.machine))
+        .arg(format!("--bind={}:/run/backdoor", backdoor_dir.display()))
+        .arg(format!(
+            "--bind-ro={}:/run/systemd/network",
+            network_dir.display()
+        ))
+        .arg(format!("--bind-ro={}:/etc/hosts", hosts.display()))
+        .args(&settings.extra_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+
+        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()))
+            .map_err(|e| BackendError::Start(format!("cannot run systemd-nspawn: {e}")))?;
+
+        if let Some(net) = &ctx.network {
+            for (link, vlan) in host_links.iter().zip(&vlans) {
+                let attached = tokio::select! {
+                    r = net.attach(link, *vlan, Duration::from_secs(15)) => r,
+                    info = process.wait() => Err(format!("systemd-nspawn {info}")),
+                };
+                if let Err(e) = attached {
+                    process.terminate(Duration::from_secs(3)).await;
+                    return Err(BackendError::Start(e));
+                }
+            }
+        }
+        Ok(Box::new(NspawnInstance {
+            process,
+            socket: backdoor_dir.join("shell.sock"),
+            network: ctx.network.clone(),
+            host_links,
+        }))
+    }
+}
+
+impl NspawnInstance {
+    /// The container's PID 1 (nspawn's child), as seen from the host.
+    fn leader_pid(&self) -> Option<i32> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.process.pid))
+                .ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+#[async_trait]
+impl Instance for NspawnInstance {
+    async fn connect(&self, deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError> {
+        let socket = self.socket.clone();
+        let stream = poll_until("the backdoor socket", deadline, &self.process.exit, || {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(&socket)
+                    .await
+                    .map_err(|e| format!("{}: {e}", socket.display()))
+            }
+        })
+        .await?;
+        Ok(Box::new(stream))
+    }
+
+    fn max_sessions(&self) -> usize {
+        16
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.process.exit.clone()
+    }
+
+    async fn crash(&self) -> Result<(), BackendError> {
+        // Killing PID 1 of the container's PID namespace kills every process
+        // in it at once; nspawn then exits.
+        if let Some(leader) = self.leader_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(leader),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.process.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                self.process.terminate(Duration::from_secs(1)).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn terminate(&self, grace: Duration) {
+        // SIGTERM to nspawn asks the container's systemd to power off.
+        if self.process.has_exited() {
+            return;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.process.pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        if tokio::time::timeout(grace, self.process.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let _ = self.crash().await;
+        self.process.terminate(Duration::from_secs(2)).await;
+    }
+
+    async fn op(&self, op: BackendOp) -> Result<String, BackendError> {
+        match op {
+            BackendOp::Block | BackendOp::Unblock => {
+                let net = self.network.as_ref().ok_or_else(|| {
+                    BackendError::Failed("the machine has no network to block".into())
+                })?;
+                let up = matches!(op, BackendOp::Unblock);
+                for link in &self.host_links {
+                    net.set_link(link, up).map_err(BackendError::Failed)?;
+                }
+                Ok(String::new())
+            }
+            other => Err(BackendError::Unsupported {
+                op: other.name().to_owned(),
+                backend: "nspawn",
+            }),
+        }
+    }
+
+    fn backend_kind(&self) -> &'static str {
+        "nspawn"
+    }
+}

@@ -1,0 +1,651 @@
+//! The test config: the JSON contract between the Nix side (`nix/`) and the
+//! driver. [`TestConfig::load`] parses and validates it; every error names the
+//! file and, where serde knows it, the line and column.
+//!
+//! Version 1 shape (paths are relative to the config file's directory):
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "name": "nginx",
+//!   "script": "test.rhai",
+//!   "global_timeout": 600,
+//!   "nodes": {
+//!     "server": { "vlans": [1], "backend": { "nspawn": { "image": "…/manifest.json" } } },
+//!     "client": { "vlans": [1], "backend": { "nspawn": { "image": "…/manifest.json" } } }
+//!   }
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The only config version this driver reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Why a test config or an image manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read file")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The JSON is malformed or does not match the schema.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde said.
+        message: String,
+    },
+    /// The JSON is well-formed but not a valid test.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A whole test: nodes, script, limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestConfig {
+    /// Schema version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    /// The test's name (JUnit suite name, log header).
+    pub name: String,
+    /// The Rhai test script, relative to the config file.
+    pub script: PathBuf,
+    /// Seconds the whole test may take before it is torn down and failed.
+    #[serde(default = "default_global_timeout")]
+    pub global_timeout: f64,
+    /// Give single-node tests a network too (multi-node tests always get one).
+    #[serde(default)]
+    pub enable_network: bool,
+    /// The machines, by name.
+    pub nodes: BTreeMap<String, NodeConfig>,
+    /// The directory relative paths are resolved against (the config's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the config was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn default_global_timeout() -> f64 {
+    3600.0
+}
+
+/// One machine of the test.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The vlans this node has a NIC on. Defaults to `[1]` when the test has a
+    /// network, none otherwise.
+    #[serde(default)]
+    pub vlans: Option<Vec<u8>>,
+    /// Seconds to wait for the guest's backdoor after start.
+    #[serde(default)]
+    pub boot_timeout: Option<f64>,
+    /// Which backend runs the node, with its settings.
+    pub backend: BackendConfig,
+}
+
+/// The backend of a node and its settings; exactly one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendConfig {
+    /// A systemd-nspawn container.
+    Nspawn(NspawnConfig),
+    /// A QEMU VM.
+    Qemu(QemuConfig),
+    /// A firecracker microVM.
+    Firecracker(MicroVmConfig),
+    /// A cloud-hypervisor microVM.
+    CloudHypervisor(MicroVmConfig),
+    /// A host that already runs, reached over ssh.
+    Ssh(SshConfig),
+}
+
+impl BackendConfig {
+    /// The backend's name as used in config, logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Nspawn(_) => "nspawn",
+            BackendConfig::Qemu(_) => "qemu",
+            BackendConfig::Firecracker(_) => "firecracker",
+            BackendConfig::CloudHypervisor(_) => "cloud-hypervisor",
+            BackendConfig::Ssh(_) => "ssh",
+        }
+    }
+}
+
+/// systemd-nspawn settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NspawnConfig {
+    /// A Debian test image manifest (`images/debian/build`); its `rootfs` is used.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// A root directory to boot (a NixOS container tree, or any systemd tree).
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+    /// Extra `systemd-nspawn` arguments.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// QEMU settings: either a NixOS start script or a plain machine description.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// A NixOS `run-<name>-vm` start script.
+    #[serde(default)]
+    pub start_script: Option<PathBuf>,
+    /// A Debian test image manifest: kernel, initrd, disk and command line.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// Kernel (overrides the image's).
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Initrd (overrides the image's).
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Raw disk image, used copy-on-write (overrides the image's).
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    /// Kernel command line (overrides the image's).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// vCPUs.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// `auto` (KVM when it really runs guests, else TCG), `kvm` or `tcg`.
+    #[serde(default)]
+    pub accel: Option<String>,
+    /// Enable OCR (`get_screen_text`, `wait_for_text`).
+    #[serde(default)]
+    pub enable_ocr: bool,
+    /// Extra QEMU arguments.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// The QEMU binary.
+    #[serde(default)]
+    pub qemu_binary: Option<PathBuf>,
+}
+
+/// firecracker / cloud-hypervisor settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicroVmConfig {
+    /// A Debian test image manifest.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// Uncompressed (PVH) ELF kernel.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    /// Initrd.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Root disk (raw), used copy-on-write.
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// vCPUs.
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// The VMM binary.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Backend-specific knobs passed through (checked by the backend).
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+/// How an unknown ssh host key is treated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KnownHostsPolicy {
+    /// Only hosts already in known_hosts (the default).
+    #[default]
+    Strict,
+    /// Accept and record keys of hosts not seen before; reject changed keys.
+    AcceptNew,
+}
+
+/// An existing host reached over ssh.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Remote user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Private key file.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+    /// Host key policy.
+    #[serde(default)]
+    pub known_hosts: KnownHostsPolicy,
+    /// A known_hosts file to use instead of the user's.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// `[user@]host[:port]` to jump through.
+    #[serde(default)]
+    pub jump_host: Option<String>,
+    /// attest may power this host off (`shutdown`, `crash`). Off by default:
+    /// attest never powers off a machine it did not start.
+    #[serde(default)]
+    pub owned: bool,
+    /// Extra `ssh` options (`-o` values).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// A Debian test image, as written by `images/debian/build`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageManifest {
+    /// Manifest version.
+    pub version: u32,
+    /// Image name.
+    pub name: String,
+    /// Hash of the build inputs.
+    #[serde(default)]
+    pub content_hash: String,
+    /// Root tree for containers.
+    pub rootfs: PathBuf,
+    /// Raw ext4 disk for VMs.
+    pub disk: PathBuf,
+    /// bzImage.
+    pub kernel: PathBuf,
+    /// initrd.
+    pub initrd: PathBuf,
+    /// Uncompressed PVH ELF kernel, when it could be extracted.
+    #[serde(default)]
+    pub vmlinux: Option<PathBuf>,
+    /// The private key root's authorized key belongs to.
+    pub ssh_private_key: PathBuf,
+    /// Its public half.
+    pub ssh_public_key: PathBuf,
+    /// The kernel command line the image needs.
+    pub kernel_cmdline: String,
+    /// Directory the manifest was read from; paths above are made absolute.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+impl ImageManifest {
+    /// Reads a manifest and makes its paths absolute.
+    pub fn load(path: &Path) -> Result<ImageManifest, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut m: ImageManifest = parse_json(path, &text)?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+        for p in [
+            &mut m.rootfs,
+            &mut m.disk,
+            &mut m.kernel,
+            &mut m.initrd,
+            &mut m.ssh_private_key,
+            &mut m.ssh_public_key,
+        ] {
+            *p = dir.join(&*p);
+        }
+        if let Some(v) = m.vmlinux.as_mut() {
+            *v = dir.join(&*v);
+        }
+        m.dir = dir;
+        Ok(m)
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+        message: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+/// Maps a node name to the script identifier it is bound to, as the NixOS
+/// driver does: a leading non-letter and every non-word character become `_`.
+pub fn script_name(node: &str) -> String {
+    node.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let ok = c.is_ascii_alphanumeric() || c == '_';
+            if !ok || (i == 0 && c.is_ascii_digit()) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+impl TestConfig {
+    /// Reads, parses and validates a test config.
+    pub fn load(path: &Path) -> Result<TestConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<TestConfig, ConfigError> {
+        // Check the version before the schema, so an old or new config gets a
+        // version error rather than a confusing field error.
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+            match v.get("version").and_then(|v| v.as_u64()) {
+                Some(n) if n == u64::from(CONFIG_VERSION) => {}
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        message: format!(
+                            "config version {n} is not supported: this attest reads version {CONFIG_VERSION}; regenerate the config with a matching nix/make-test.nix"
+                        ),
+                    })
+                }
+                None => {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        message: format!("missing field `version`: add \"version\": {CONFIG_VERSION}"),
+                    })
+                }
+            }
+        }
+        let mut config: TestConfig = parse_json(path, text)?;
+        config.path = path.to_owned();
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(self.invalid("`name` is empty: give the test a name"));
+        }
+        if !(self.global_timeout > 0.0 && self.global_timeout.is_finite()) {
+            return Err(self.invalid(format!(
+                "`global_timeout` is {}: it must be a positive number of seconds",
+                self.global_timeout
+            )));
+        }
+        if self.nodes.is_empty() {
+            return Err(self.invalid("`nodes` is empty: a test needs at least one node"));
+        }
+        if self.nodes.len() > 254 {
+            return Err(self.invalid("more than 254 nodes: addresses 192.168.<vlan>.<n> run out"));
+        }
+        let mut seen = BTreeMap::new();
+        for (name, node) in &self.nodes {
+            if name.is_empty() {
+                return Err(self.invalid("a node has an empty name"));
+            }
+            let ident = script_name(name);
+            if let Some(other) = seen.insert(ident.clone(), name.clone()) {
+                return Err(self.invalid(format!(
+                    "nodes `{other}` and `{name}` both map to the script name `{ident}`: rename one"
+                )));
+            }
+            if let Some(vlans) = &node.vlans {
+                if vlans.contains(&0) {
+                    return Err(self.invalid(format!(
+                        "node `{name}`: vlan 0 is not allowed; vlans are numbered 1..=255"
+                    )));
+                }
+            }
+            if let Some(t) = node.boot_timeout {
+                if !(t > 0.0 && t.is_finite()) {
+                    return Err(self.invalid(format!(
+                        "node `{name}`: `boot_timeout` must be a positive number of seconds"
+                    )));
+                }
+            }
+            self.validate_backend(name, &node.backend)?;
+        }
+        let script = self.script_path();
+        if !script.is_file() {
+            return Err(self.invalid(format!(
+                "script `{}` does not exist (resolved to {})",
+                self.script.display(),
+                script.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_backend(&self, name: &str, backend: &BackendConfig) -> Result<(), ConfigError> {
+        let need_one = |what: &str, a: bool, b: bool| {
+            if a == b {
+                Err(self.invalid(format!(
+                    "node `{name}` ({}): set exactly one of {what}",
+                    backend.kind()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match backend {
+            BackendConfig::Nspawn(c) => {
+                need_one("`image` or `rootfs`", c.image.is_some(), c.rootfs.is_some())?
+            }
+            BackendConfig::Qemu(c) => {
+                let plain = c.image.is_some() || c.kernel.is_some() || c.disk.is_some();
+                need_one(
+                    "`start_script` or a machine description (`image`, or `kernel` + `disk`)",
+                    c.start_script.is_some(),
+                    plain,
+                )?;
+                if let Some(a) = &c.accel {
+                    if !["auto", "kvm", "tcg"].contains(&a.as_str()) {
+                        return Err(self.invalid(format!(
+                            "node `{name}`: `accel` is `{a}`; use `auto`, `kvm` or `tcg`"
+                        )));
+                    }
+                }
+            }
+            BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => need_one(
+                "`image` or `kernel` + `disk`",
+                c.image.is_some(),
+                c.kernel.is_some(),
+            )?,
+            BackendConfig::Ssh(c) => {
+                if c.host.trim().is_empty() {
+                    return Err(self.invalid(format!("node `{name}` (ssh): `host` is empty")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The script file, resolved.
+    pub fn script_path(&self) -> PathBuf {
+        self.resolve(&self.script)
+    }
+
+    /// Resolves a path from the config against the config's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// Whether the test's nodes are networked.
+    pub fn networked(&self) -> bool {
+        self.enable_network || self.nodes.len() > 1
+    }
+
+    /// The vlans of a node after defaults.
+    pub fn node_vlans(&self, node: &str) -> Vec<u8> {
+        match self.nodes.get(node).and_then(|n| n.vlans.clone()) {
+            Some(v) => v,
+            None if self.networked() => vec![1],
+            None => vec![],
+        }
+    }
+
+    /// The node's number (1-based, in name order), as NixOS numbers nodes.
+    pub fn node_number(&self, node: &str) -> Option<u8> {
+        self.nodes
+            .keys()
+            .position(|n| n == node)
+            .and_then(|i| u8::try_from(i + 1).ok())
+    }
+
+    /// The node's address on a vlan: `192.168.<vlan>.<n>`.
+    pub fn node_address(&self, node: &str, vlan: u8) -> Option<std::net::Ipv4Addr> {
+        self.node_number(node)
+            .map(|n| std::net::Ipv4Addr::new(192, 168, vlan, n))
+    }
+
+    /// `/etc/hosts` entries for every networked node: its first vlan's address
+    /// and its name.
+    pub fn hosts_entries(&self) -> Vec<(std::net::Ipv4Addr, String)> {
+        self.nodes
+            .keys()
+            .filter_map(|n| {
+                let vlan = *self.node_vlans(n).first()?;
+                Some((self.node_address(n, vlan)?, n.clone()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, config: &str) -> PathBuf {
+        std::fs::write(dir.join("t.rhai"), "start_all();").unwrap();
+        let p = dir.join("test.json");
+        std::fs::write(&p, config).unwrap();
+        p
+    }
+
+    #[test]
+    fn parses_a_two_node_config_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"{"version":1,"name":"t","script":"t.rhai","nodes":{
+              "server":{"backend":{"nspawn":{"rootfs":"/"}}},
+              "client":{"backend":{"nspawn":{"rootfs":"/"}}}}}"#,
+        );
+        let c = TestConfig::load(&p).unwrap();
+        assert_eq!(c.node_vlans("server"), vec![1]);
+        assert_eq!(c.node_number("client"), Some(1));
+        assert_eq!(
+            c.node_address("server", 1),
+            Some("192.168.1.2".parse().unwrap())
+        );
+        assert_eq!(c.hosts_entries().len(), 2);
+        assert_eq!(c.global_timeout, 3600.0);
+    }
+
+    #[test]
+    fn single_node_has_no_network_unless_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"{"version":1,"name":"t","script":"t.rhai","nodes":{"m":{"backend":{"nspawn":{"rootfs":"/"}}}}}"#,
+        );
+        assert!(TestConfig::load(&p).unwrap().node_vlans("m").is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "{\"version\":1,\"name\":\"t\",\"script\":\"t.rhai\",\n \"nodes\":{\"m\":{\"backend\":{\"vbox\":{}}}}}",
+        );
+        let e = TestConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("test.json:2:"), "{e}");
+        assert!(e.contains("unknown variant `vbox`"), "{e}");
+    }
+
+    #[test]
+    fn rejects_other_versions_unknown_fields_and_missing_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            r#"{"version":2,"name":"t","script":"t.rhai","nodes":{}}"#,
+        );
+        assert!(TestConfig::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2 is not supported"));
+        let p = write(
+            dir.path(),
+            r#"{"version":1,"name":"t","script":"t.rhai","nodes":{},"bogus":1}"#,
+        );
+        assert!(TestConfig::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `bogus`"));
+        let p = write(
+            dir.path(),
+            r#"{"version":1,"name":"t","script":"nope.rhai","nodes":{"m":{"backend":{"nspawn":{"rootfs":"/"}}}}}"#,
+        );
+        assert!(TestConfig::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("script `nope.rhai` does not exist"));
+    }
+
+    #[test]
+    fn script_names_follow_the_nixos_driver() {
+        assert_eq!(script_name("server"), "server");
+        assert_eq!(script_name("web-1"), "web_1");
+        assert_eq!(script_name("1st"), "_st");
+    }
+}

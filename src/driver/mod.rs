@@ -1,0 +1,254 @@
+//! [`Driver`]: the supervisor of a run. It owns the machines, the network, the
+//! state directory, the cancellation token (signals, global timeout) and the
+//! ordered teardown. See `driver/README.md` for the lifecycle.
+
+mod run;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend;
+use crate::config::TestConfig;
+use crate::machine::Machine;
+use crate::net::Network;
+use crate::report::Reporter;
+
+pub use run::{check_test, run_test, Outcome, RunOptions};
+
+/// Why a run was cancelled; the highest reason wins.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CancelReason {
+    /// The global timeout passed.
+    GlobalTimeout(u64),
+    /// A signal arrived.
+    Signal(&'static str),
+}
+
+impl std::fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CancelReason::GlobalTimeout(s) => write!(f, "global timeout of {s} seconds reached"),
+            CancelReason::Signal(s) => write!(f, "interrupted by {s}"),
+        }
+    }
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, Default)]
+pub struct DriverOptions {
+    /// Keep the state directory after the run.
+    pub keep_state: bool,
+    /// Print console lines live.
+    pub show_console: bool,
+}
+
+/// The supervisor of one test run.
+pub struct Driver {
+    config: Arc<TestConfig>,
+    machines: BTreeMap<String, Machine>,
+    reporter: Reporter,
+    cancel: CancellationToken,
+    reason: Arc<Mutex<Option<CancelReason>>>,
+    state_dir: Option<tempfile::TempDir>,
+    state_path: PathBuf,
+    runtime: tokio::runtime::Handle,
+    _network: Option<Arc<Network>>,
+}
+
+impl Driver {
+    /// Prepares the machines (nothing starts yet) and the state directory.
+    pub fn new(
+        config: Arc<TestConfig>,
+        reporter: Reporter,
+        opts: &DriverOptions,
+        runtime: tokio::runtime::Handle,
+    ) -> anyhow::Result<Driver> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("attest-{}-", sanitize(&config.name)))
+            .tempdir()
+            .map_err(|e| anyhow::anyhow!("cannot create the state directory: {e}"))?;
+        let state_path = dir.path().to_owned();
+        let state_dir = if opts.keep_state {
+            reporter.log(None, format!("keeping state in {}", state_path.display()));
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        let vlans: std::collections::BTreeSet<u8> = config
+            .nodes
+            .keys()
+            .flat_map(|n| config.node_vlans(n))
+            .collect();
+        let network = (!vlans.is_empty()).then(|| Arc::new(Network::new(vlans)));
+        let cancel = CancellationToken::new();
+        let mut machines = BTreeMap::new();
+        for (name, node) in &config.nodes {
+            let backend = backend::for_node(node.backend.kind())
+                .map_err(|e| anyhow::anyhow!("node {name}: {e}"))?;
+            machines.insert(
+                name.clone(),
+                Machine::new(
+                    name,
+                    backend,
+                    config.clone(),
+                    state_path.join(name),
+                    network.clone(),
+                    reporter.clone(),
+                    opts.show_console,
+                    cancel.clone(),
+                    runtime.clone(),
+                ),
+            );
+        }
+        Ok(Driver {
+            config,
+            machines,
+            reporter,
+            cancel,
+            reason: Arc::new(Mutex::new(None)),
+            state_dir,
+            state_path,
+            runtime,
+            _network: network,
+        })
+    }
+
+    /// The machines by node name.
+    pub fn machines(&self) -> &BTreeMap<String, Machine> {
+        &self.machines
+    }
+
+    /// The reporter.
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+
+    /// The test config.
+    pub fn config(&self) -> &Arc<TestConfig> {
+        &self.config
+    }
+
+    /// The run's cancellation token.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The state directory (kept with `--keep-state`).
+    pub fn state_path(&self) -> &std::path::Path {
+        &self.state_path
+    }
+
+    /// Why the run was cancelled, if it was.
+    pub fn cancel_reason(&self) -> Option<CancelReason> {
+        self.reason.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Cancels the run (idempotent; the highest reason is kept).
+    pub fn cancel(&self, reason: CancelReason) {
+        cancel_with(&self.reason, &self.cancel, reason);
+    }
+
+    /// Starts the watchers: the global timeout and SIGINT/SIGTERM/SIGHUP. A
+    /// first signal cancels the run (ordered teardown follows); a second one
+    /// kills every machine's process group at once.
+    pub fn spawn_watchers(&self) {
+        let (reason, cancel) = (self.reason.clone(), self.cancel.clone());
+        let secs = self.config.global_timeout;
+        self.runtime.spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            cancel_with(&reason, &cancel, CancelReason::GlobalTimeout(secs as u64));
+        });
+        let (reason, cancel) = (self.reason.clone(), self.cancel.clone());
+        let reporter = self.reporter.clone();
+        self.runtime.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
+            ) else {
+                return;
+            };
+            let mut count = 0;
+            loop {
+                let name = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                    _ = hup.recv() => "SIGHUP",
+                };
+                count += 1;
+                if count == 1 {
+                    reporter.log(
+                        None,
+                        format!("{name} received: tearing down (send it again to kill at once)"),
+                    );
+                    cancel_with(&reason, &cancel, CancelReason::Signal(name));
+                } else {
+                    reporter.log(
+                        None,
+                        format!("{name} received again: killing every machine now"),
+                    );
+                    // SAFETY: kill(0, SIGKILL) would kill attest too; instead
+                    // exit and let PDEATHSIG kill every child.
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+
+    /// Ends every machine (in parallel) and removes the state directory.
+    pub fn teardown(&mut self) {
+        let machines: Vec<Machine> = self.machines.values().cloned().collect();
+        let reporter = self.reporter.clone();
+        let _ = self.reporter.section("tearing down", None, false, || {
+            let handle = self.runtime.spawn(async move {
+                let mut set = tokio::task::JoinSet::new();
+                for m in machines {
+                    set.spawn(async move { m.terminate().await });
+                }
+                while set.join_next().await.is_some() {}
+            });
+            let r = self.runtime.block_on(handle);
+            r.map_err(|e| {
+                reporter.log(None, format!("teardown task failed: {e}"));
+                e
+            })
+        });
+        if let Some(dir) = self.state_dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(e) = dir.close() {
+                self.reporter
+                    .log(None, format!("cannot remove {}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Last resort when the caller forgot teardown (e.g. a panic): the
+        // machines' kill-on-drop and PDEATHSIG end the processes; the state
+        // dir is removed by TempDir's own Drop.
+    }
+}
+
+fn cancel_with(reason: &Mutex<Option<CancelReason>>, token: &CancellationToken, new: CancelReason) {
+    if let Ok(mut g) = reason.lock() {
+        if g.as_ref().is_none_or(|old| new > *old) {
+            *g = Some(new);
+        }
+    }
+    token.cancel();
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect()
+}

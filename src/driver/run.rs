@@ -1,0 +1,204 @@
+//! One test run from a config file: check, boot, script, teardown, report.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use rhai::Dynamic;
+
+use super::{Driver, DriverOptions};
+use crate::config::TestConfig;
+use crate::report::{EventKind, ReportOptions, Reporter};
+use crate::script::{self, Script, ScriptContext};
+
+/// How a run ended; maps to the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step passed (exit 0).
+    Passed,
+    /// The script failed at run time, a machine died, or the global timeout
+    /// passed (exit 1).
+    Failed(String),
+    /// The config or the script is invalid, or a prerequisite is missing (exit 2).
+    Error(String),
+}
+
+impl Outcome {
+    /// The process exit status (0 pass, 1 test failed, 2 usage/config/script).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Passed => 0,
+            Outcome::Failed(_) => 1,
+            Outcome::Error(_) => 2,
+        }
+    }
+}
+
+/// Options for [`run_test`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Reporter options.
+    pub report: ReportOptions,
+    /// Driver options.
+    pub driver: DriverOptions,
+    /// Open the REPL instead of running the script.
+    pub interactive: bool,
+}
+
+/// Loads the config and the script and checks both; nothing boots.
+pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
+    let config = TestConfig::load(config_path).map_err(|e| e.to_string())?;
+    let script_path = config.script_path();
+    let script = Script::load(&script_path)
+        .map_err(|e| format!("{}: cannot read script: {e}", script_path.display()))?;
+    let reporter =
+        Reporter::new(&config.name, &ReportOptions::default()).map_err(|e| e.to_string())?;
+    let ctx = Arc::new(ScriptContext {
+        machines: vec![],
+        reporter,
+        cancel: Default::default(),
+        ast: OnceLock::new(),
+        base_dir: config.base_dir.clone(),
+    });
+    let engine = script::engine(ctx);
+    let nodes: Vec<(String, Dynamic)> = config
+        .nodes
+        .keys()
+        .map(|n| (n.clone(), Dynamic::UNIT))
+        .collect();
+    let scope = script::scope_for(&nodes);
+    script::check::check(&engine, &scope, &script.path, &script.source).map_err(|e| e.rendered)?;
+    Ok((config, script))
+}
+
+/// Runs a test end to end. Never leaves a machine or state dir behind.
+pub fn run_test(
+    config_path: &Path,
+    opts: &RunOptions,
+    runtime: &tokio::runtime::Runtime,
+) -> Outcome {
+    let (config, script) = match check_test(config_path) {
+        Ok(v) => v,
+        Err(e) => return Outcome::Error(e),
+    };
+    let reporter = match Reporter::new(&config.name, &opts.report) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Error(format!("cannot open the report files: {e}")),
+    };
+    reporter.emit(EventKind::TestStarted {
+        name: config.name.clone(),
+        nodes: config.nodes.keys().cloned().collect(),
+    });
+    for (node, ident) in script::renamed_nodes(config.nodes.keys()) {
+        reporter.log(None, format!("node `{node}` is `{ident}` in the script"));
+    }
+    let config = Arc::new(config);
+    let mut driver = match Driver::new(
+        config.clone(),
+        reporter.clone(),
+        &opts.driver,
+        runtime.handle().clone(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return finish(&reporter, Outcome::Error(e.to_string())),
+    };
+    driver.spawn_watchers();
+    let outcome = run_script(&driver, &script, opts.interactive);
+    let outcome = match (outcome, driver.cancel_reason()) {
+        (Outcome::Passed, _) => Outcome::Passed,
+        (Outcome::Failed(e), Some(reason)) => Outcome::Failed(format!("{reason}\n{e}")),
+        (o, _) => o,
+    };
+    if let Outcome::Failed(_) = &outcome {
+        print_console_tails(&driver);
+    }
+    driver.teardown();
+    finish(&reporter, outcome)
+}
+
+fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
+    let ctx = Arc::new(ScriptContext {
+        machines: driver.machines().values().cloned().collect(),
+        reporter: driver.reporter().clone(),
+        cancel: driver.cancel_token(),
+        ast: OnceLock::new(),
+        base_dir: driver.config().base_dir.clone(),
+    });
+    let engine = script::engine(ctx.clone());
+    let nodes: Vec<(String, Dynamic)> = driver
+        .machines()
+        .iter()
+        .map(|(n, m)| (n.clone(), Dynamic::from(m.clone())))
+        .collect();
+    let mut scope = script::scope_for(&nodes);
+    if interactive {
+        script::repl::run(&engine, &mut scope, &driver.cancel_token());
+        return Outcome::Passed;
+    }
+    let ast = match script::check::check(&engine, &scope, &script.path, &script.source) {
+        Ok(ast) => Arc::new(ast),
+        Err(e) => return Outcome::Error(e.rendered),
+    };
+    let _ = ctx.ast.set(ast.clone());
+    match engine.run_ast_with_scope(&mut scope, &ast) {
+        Ok(()) => Outcome::Passed,
+        Err(e) => Outcome::Failed(describe_script_error(&script.path, &script.source, &e)),
+    }
+}
+
+/// `file:line:col: message` plus the source line, for a runtime error.
+fn describe_script_error(path: &Path, source: &str, e: &rhai::EvalAltResult) -> String {
+    let pos = e.position();
+    let mut inner = e;
+    // Unwrap "in call to function/closure" layers down to the real message.
+    while let rhai::EvalAltResult::ErrorInFunctionCall(_, _, cause, _) = inner {
+        inner = cause;
+    }
+    let message = match inner {
+        rhai::EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        rhai::EvalAltResult::ErrorTerminated(..) => "the test is being torn down".to_owned(),
+        other => other.to_string(),
+    };
+    let (line, col) = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+    let src_line = line
+        .checked_sub(1)
+        .and_then(|i| source.lines().nth(i))
+        .unwrap_or("")
+        .trim();
+    format!(
+        "{}:{line}:{col}: {message}\n    {line} | {src_line}",
+        path.display()
+    )
+}
+
+fn print_console_tails(driver: &Driver) {
+    for m in driver.machines().values() {
+        let tail = m.console().last_lines(15);
+        if !tail.is_empty() && m.state() != crate::machine::MachineState::Created {
+            driver.reporter().log(
+                None,
+                format!(
+                    "last console lines of {}:\n    {}",
+                    m.name(),
+                    tail.join("\n    ")
+                ),
+            );
+        }
+    }
+}
+
+fn finish(reporter: &Reporter, outcome: Outcome) -> Outcome {
+    let (name, error) = match &outcome {
+        Outcome::Passed => ("passed", None),
+        Outcome::Failed(e) => ("failed", Some(e.clone())),
+        Outcome::Error(e) => ("error", Some(e.clone())),
+    };
+    reporter.emit(EventKind::TestFinished {
+        outcome: name.to_owned(),
+        error,
+        duration: reporter.elapsed().as_secs_f64(),
+    });
+    if let Err(e) = reporter.finish() {
+        eprintln!("attest: cannot write the JUnit report: {e}");
+    }
+    outcome
+}

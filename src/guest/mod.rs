@@ -1,0 +1,12 @@
+//! The guest channel: one command protocol ([`protocol`]) spoken over many
+//! transports (virtconsole socket, unix socket, hybrid vsock, ssh session).
+//! A transport is any byte stream; [`Session`] is the protocol on one stream.
+
+pub mod protocol;
+mod session;
+
+pub use protocol::CommandOutput;
+pub use session::{GuestError, GuestStream, Session};
+
+/// The line every backdoor shell prints before it reads commands.
+pub const BANNER: &str = "Spawning backdoor root shell...";

@@ -1,0 +1,131 @@
+//! [`MachineError`]: why a machine operation failed, with the context a user
+//! needs (machine, command, status, output, console or journal).
+
+/// Why a machine operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MachineError {
+    /// A command's exit status was not what the call requires.
+    #[error(
+        "machine {machine}: {call} `{command}` {expectation} (exit status {status}){}",
+        output_block(stdout, stderr)
+    )]
+    CommandFailed {
+        /// The machine.
+        machine: String,
+        /// `succeed` or `fail`.
+        call: &'static str,
+        /// The command.
+        command: String,
+        /// What went wrong (`failed`, `unexpectedly succeeded`).
+        expectation: &'static str,
+        /// Exit status.
+        status: i32,
+        /// stdout.
+        stdout: String,
+        /// stderr.
+        stderr: String,
+    },
+    /// A wait ran out of time.
+    #[error(
+        "machine {machine}: {what}: timed out after {seconds} seconds{}",
+        block("diagnostics", diagnostics)
+    )]
+    Timeout {
+        /// The machine.
+        machine: String,
+        /// What was awaited.
+        what: String,
+        /// The timeout.
+        seconds: f64,
+        /// Failed units, journal tail or console tail.
+        diagnostics: String,
+    },
+    /// A wait ended in a state that can never succeed.
+    #[error(
+        "machine {machine}: {what}: {reason}{}",
+        block("diagnostics", diagnostics)
+    )]
+    WaitFailed {
+        /// The machine.
+        machine: String,
+        /// What was awaited.
+        what: String,
+        /// Why it cannot succeed.
+        reason: String,
+        /// Failed units and journal tail.
+        diagnostics: String,
+    },
+    /// The machine exited while something waited on it.
+    #[error(
+        "machine {machine}: {exit} while {during}{}",
+        block("last console lines", console_tail)
+    )]
+    Died {
+        /// The machine.
+        machine: String,
+        /// How it exited.
+        exit: String,
+        /// What was going on.
+        during: String,
+        /// Its last console lines.
+        console_tail: String,
+    },
+    /// The guest channel failed.
+    #[error("machine {machine}: {command}: {message}")]
+    Guest {
+        /// The machine.
+        machine: String,
+        /// The command.
+        command: String,
+        /// What failed.
+        message: String,
+    },
+    /// The backend failed or lacks the operation.
+    #[error("machine {machine}: {op}: {message}")]
+    Backend {
+        /// The machine.
+        machine: String,
+        /// The operation.
+        op: String,
+        /// What failed.
+        message: String,
+        /// Whether the backend lacks the operation.
+        unsupported: bool,
+    },
+    /// The machine is not running and cannot be started implicitly.
+    #[error("machine {machine} is {state}: start it first")]
+    NotRunning {
+        /// The machine.
+        machine: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The run is being torn down (signal, global timeout, failure elsewhere).
+    #[error("machine {machine}: cancelled: the test is being torn down")]
+    Cancelled {
+        /// The machine.
+        machine: String,
+    },
+    /// A file transfer or similar host-side step failed.
+    #[error("machine {machine}: {message}")]
+    Internal {
+        /// The machine.
+        machine: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+fn block(title: &str, text: &str) -> String {
+    let text = text.trim_end();
+    if text.is_empty() {
+        String::new()
+    } else {
+        let indented: Vec<String> = text.lines().map(|l| format!("    {l}")).collect();
+        format!("\n  {title}:\n{}", indented.join("\n"))
+    }
+}
+
+fn output_block(stdout: &str, stderr: &str) -> String {
+    format!("{}{}", block("stdout", stdout), block("stderr", stderr))
+}

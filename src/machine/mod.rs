@@ -1,0 +1,522 @@
+//! [`Machine`]: a cheap handle to one node. It owns the node's lifecycle
+//! (`Created → Booting → Up → Off | Crashed`), its pool of backdoor sessions
+//! and its console, and runs the high-level operations (`succeed`,
+//! `wait_for_unit`, …) with the NixOS driver's semantics. Every call races
+//! the machine's exit and the driver's cancellation, so nothing waits on a
+//! dead machine.
+
+mod error;
+mod ops;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use error::MachineError;
+pub use ops::shell_quote;
+
+use crate::backend::{Backend, BackendOp, Instance, StartContext};
+use crate::config::TestConfig;
+use crate::console::ConsoleLog;
+use crate::guest::{CommandOutput, Session};
+use crate::net::Network;
+use crate::report::{EventKind, Reporter};
+
+/// Default seconds for commands and waits, as in the NixOS driver.
+pub const DEFAULT_TIMEOUT: f64 = 900.0;
+
+/// Where a machine is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineState {
+    /// Not started yet.
+    Created,
+    /// Started, backdoor not up yet.
+    Booting,
+    /// Backdoor connected.
+    Up,
+    /// Shut down cleanly.
+    Off,
+    /// Exited on its own or was crashed.
+    Crashed,
+}
+
+impl MachineState {
+    fn name(self) -> &'static str {
+        match self {
+            MachineState::Created => "created",
+            MachineState::Booting => "booting",
+            MachineState::Up => "up",
+            MachineState::Off => "off",
+            MachineState::Crashed => "crashed",
+        }
+    }
+}
+
+/// A handle to one machine. Clones share the machine.
+#[derive(Clone)]
+pub struct Machine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: String,
+    backend: Arc<dyn Backend>,
+    config: Arc<TestConfig>,
+    state_dir: std::path::PathBuf,
+    network: Option<Arc<Network>>,
+    reporter: Reporter,
+    console: ConsoleLog,
+    /// Where `wait_for_console_text` continues matching.
+    console_cursor: Mutex<usize>,
+    state: watch::Sender<MachineState>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    cancel: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What exists while the machine runs.
+struct Running {
+    instance: Arc<dyn Instance>,
+    sessions: Arc<Mutex<Vec<Session>>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Machine {
+    /// A machine that is not started yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        backend: Arc<dyn Backend>,
+        config: Arc<TestConfig>,
+        state_dir: std::path::PathBuf,
+        network: Option<Arc<Network>>,
+        reporter: Reporter,
+        console_to_log: bool,
+        cancel: CancellationToken,
+        runtime: tokio::runtime::Handle,
+    ) -> Machine {
+        let forward_reporter = reporter.clone();
+        let forward_name = name.to_owned();
+        let console = ConsoleLog::new(Arc::new(move |line: &str| {
+            if console_to_log {
+                forward_reporter.emit(EventKind::Console {
+                    machine: forward_name.clone(),
+                    line: line.to_owned(),
+                });
+            }
+        }));
+        Machine {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                backend,
+                config,
+                state_dir,
+                network,
+                reporter,
+                console,
+                console_cursor: Mutex::new(0),
+                state: watch::channel(MachineState::Created).0,
+                running: tokio::sync::Mutex::new(None),
+                cancel,
+                runtime,
+            }),
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The backend's name.
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> MachineState {
+        *self.inner.state.borrow()
+    }
+
+    /// The console log.
+    pub fn console(&self) -> &ConsoleLog {
+        &self.inner.console
+    }
+
+    fn set_state(&self, state: MachineState, detail: Option<String>) {
+        self.inner.state.send_replace(state);
+        self.inner.reporter.emit(EventKind::MachineState {
+            machine: self.inner.name.clone(),
+            state: state.name().to_owned(),
+            detail,
+        });
+    }
+
+    /// Runs an async operation to completion from a synchronous caller (the
+    /// script thread). The future runs on a runtime worker, so processes it
+    /// spawns get a long-lived parent thread (see `process::supervise`).
+    pub fn block_on<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, MachineError>> + Send + 'static,
+    ) -> Result<T, MachineError> {
+        let handle = self.inner.runtime.spawn(fut);
+        match self.inner.runtime.block_on(handle) {
+            Ok(r) => r,
+            Err(e) => Err(MachineError::Internal {
+                machine: self.inner.name.clone(),
+                message: format!("operation task failed: {e}"),
+            }),
+        }
+    }
+
+    /// The boot timeout of this node.
+    fn boot_timeout(&self) -> Duration {
+        let t = self.inner.config.nodes[&self.inner.name]
+            .boot_timeout
+            .unwrap_or(match self.backend_kind() {
+                "qemu" => 600.0,
+                "firecracker" | "cloud-hypervisor" => 120.0,
+                _ => 60.0,
+            });
+        Duration::from_secs_f64(t)
+    }
+
+    /// Starts the machine and waits for its backdoor. A no-op when it is up.
+    pub async fn start(&self) -> Result<(), MachineError> {
+        let mut running = self.inner.running.lock().await;
+        if running.is_some() {
+            return Ok(());
+        }
+        self.set_state(MachineState::Booting, None);
+        let started = Instant::now();
+        let ctx = StartContext {
+            machine: self.inner.name.clone(),
+            config: self.inner.config.clone(),
+            state_dir: self.inner.state_dir.clone(),
+            console: self.inner.console.clone(),
+            network: self.inner.network.clone(),
+            reporter: self.inner.reporter.clone(),
+        };
+        let _ = std::fs::create_dir_all(&self.inner.state_dir);
+        let instance: Arc<dyn Instance> = tokio::select! {
+            r = self.inner.backend.start(&ctx) => Arc::from(r.map_err(|e| self.backend_error("start", e))?),
+            () = self.inner.cancel.cancelled() => return Err(self.cancelled()),
+        };
+        let deadline = started + self.boot_timeout();
+        let session = tokio::select! {
+            r = self.open_session(&*instance, deadline) => r,
+            () = self.inner.cancel.cancelled() => Err(self.cancelled()),
+        };
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                instance.terminate(Duration::from_secs(3)).await;
+                self.set_state(MachineState::Crashed, Some(e.to_string()));
+                return Err(e);
+            }
+        };
+        let slots = Arc::new(Semaphore::new(instance.max_sessions().max(1)));
+        *running = Some(Running {
+            instance,
+            sessions: Arc::new(Mutex::new(vec![session])),
+            slots,
+        });
+        self.set_state(
+            MachineState::Up,
+            Some(format!(
+                "backdoor up after {:.2} s",
+                started.elapsed().as_secs_f64()
+            )),
+        );
+        Ok(())
+    }
+
+    async fn open_session(
+        &self,
+        instance: &dyn Instance,
+        deadline: Instant,
+    ) -> Result<Session, MachineError> {
+        let mut exit = instance.exit_watch();
+        let attempt = async {
+            let stream = instance
+                .connect(deadline)
+                .await
+                .map_err(|e| self.backend_error("connect to the backdoor", e))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            Session::establish(stream, left.max(Duration::from_secs(1)))
+                .await
+                .map_err(|e| MachineError::Guest {
+                    machine: self.inner.name.clone(),
+                    command: "(waiting for the backdoor shell)".into(),
+                    message: e.to_string(),
+                })
+        };
+        tokio::select! {
+            r = attempt => r,
+            info = wait_exit(&mut exit) => Err(self.died(&info, "waiting for the backdoor shell")),
+        }
+    }
+
+    fn backend_error(&self, op: &str, e: crate::backend::BackendError) -> MachineError {
+        MachineError::Backend {
+            machine: self.inner.name.clone(),
+            op: op.to_owned(),
+            message: e.to_string(),
+            unsupported: matches!(e, crate::backend::BackendError::Unsupported { .. }),
+        }
+    }
+
+    fn cancelled(&self) -> MachineError {
+        MachineError::Cancelled {
+            machine: self.inner.name.clone(),
+        }
+    }
+
+    fn died(&self, exit: &str, during: &str) -> MachineError {
+        MachineError::Died {
+            machine: self.inner.name.clone(),
+            exit: exit.to_owned(),
+            during: during.to_owned(),
+            console_tail: self.inner.console.last_lines(20).join("\n"),
+        }
+    }
+
+    async fn ensure_started(&self) -> Result<(), MachineError> {
+        if self.inner.running.lock().await.is_none() {
+            match self.state() {
+                MachineState::Created | MachineState::Off => self.start().await?,
+                _ => {
+                    return Err(MachineError::NotRunning {
+                        machine: self.inner.name.clone(),
+                        state: self.state().name(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one command in the guest (starting the machine if needed).
+    pub async fn execute(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, MachineError> {
+        self.ensure_started().await?;
+        let (instance, sessions, slots) = {
+            let g = self.inner.running.lock().await;
+            let r = g.as_ref().ok_or_else(|| MachineError::NotRunning {
+                machine: self.inner.name.clone(),
+                state: self.state().name(),
+            })?;
+            (r.instance.clone(), r.sessions.clone(), r.slots.clone())
+        };
+        let mut exit = instance.exit_watch();
+        let work = async {
+            let _permit = slots.acquire_owned().await.map_err(|_| self.cancelled())?;
+            let pooled = sessions.lock().expect("session pool lock").pop();
+            let mut session = match pooled {
+                Some(s) => s,
+                None => {
+                    self.open_session(&*instance, Instant::now() + Duration::from_secs(30))
+                        .await?
+                }
+            };
+            let out = session
+                .execute(command, timeout)
+                .await
+                .map_err(|e| (e, command.to_owned()));
+            if session.is_usable() {
+                sessions.lock().expect("session pool lock").push(session);
+            }
+            out.map_err(|(e, command)| MachineError::Guest {
+                machine: self.inner.name.clone(),
+                command,
+                message: e.to_string(),
+            })
+        };
+        let result = tokio::select! {
+            r = work => r,
+            info = wait_exit(&mut exit) => Err(self.died(&info, &format!("running `{command}`"))),
+            () = self.inner.cancel.cancelled() => Err(self.cancelled()),
+        };
+        if let Err(MachineError::Guest { .. }) = &result {
+            // The channel broke: if the machine died meanwhile, say so.
+            if let Some(info) = instance.exit_watch().borrow().clone() {
+                return Err(self.died(&info, &format!("running `{command}`")));
+            }
+        }
+        if let Err(MachineError::Died { .. }) = &result {
+            self.forget_instance(MachineState::Crashed).await;
+        }
+        result
+    }
+
+    async fn forget_instance(&self, state: MachineState) {
+        let taken = self.inner.running.lock().await.take();
+        if let Some(r) = taken {
+            let detail = r.instance.exit_watch().borrow().clone();
+            r.instance.terminate(Duration::from_secs(3)).await;
+            self.set_state(state, detail);
+        }
+    }
+
+    /// Powers the machine off through the guest and waits for it to stop.
+    pub async fn shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
+        let Some(instance) = self.current_instance().await else {
+            return Ok(());
+        };
+        instance
+            .may_power_off()
+            .map_err(|e| self.backend_error("shutdown", e))?;
+        let mut exit = instance.exit_watch();
+        // `poweroff` kills the shell that would answer, so no reply is read.
+        let sent = {
+            let g = self.inner.running.lock().await;
+            let pooled = g
+                .as_ref()
+                .and_then(|r| r.sessions.lock().expect("pool").pop());
+            pooled
+        };
+        match sent {
+            Some(mut s) => {
+                let _ = s
+                    .send_fire_and_forget("systemctl poweroff --no-block || poweroff")
+                    .await;
+            }
+            None => {
+                let _ = self
+                    .execute("systemctl poweroff --no-block", Duration::from_secs(30))
+                    .await;
+            }
+        }
+        let r = tokio::time::timeout(timeout, wait_exit(&mut exit)).await;
+        match r {
+            Ok(_) => {
+                self.forget_instance(MachineState::Off).await;
+                Ok(())
+            }
+            Err(_) => Err(MachineError::Timeout {
+                machine: self.inner.name.clone(),
+                what: "shutdown".into(),
+                seconds: timeout.as_secs_f64(),
+                diagnostics: self.inner.console.last_lines(20).join("\n"),
+            }),
+        }
+    }
+
+    /// Waits until the machine stops on its own (e.g. after `poweroff` in the guest).
+    pub async fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
+        let Some(instance) = self.current_instance().await else {
+            return Ok(());
+        };
+        let mut exit = instance.exit_watch();
+        tokio::select! {
+            _ = wait_exit(&mut exit) => {}
+            () = tokio::time::sleep(timeout) => {
+                return Err(MachineError::Timeout {
+                    machine: self.inner.name.clone(),
+                    what: "wait_for_shutdown".into(),
+                    seconds: timeout.as_secs_f64(),
+                    diagnostics: String::new(),
+                })
+            }
+            () = self.inner.cancel.cancelled() => return Err(self.cancelled()),
+        }
+        self.forget_instance(MachineState::Off).await;
+        Ok(())
+    }
+
+    /// Kills the machine at once.
+    pub async fn crash(&self) -> Result<(), MachineError> {
+        let Some(instance) = self.current_instance().await else {
+            return Ok(());
+        };
+        instance
+            .may_power_off()
+            .map_err(|e| self.backend_error("crash", e))?;
+        instance
+            .crash()
+            .await
+            .map_err(|e| self.backend_error("crash", e))?;
+        self.forget_instance(MachineState::Crashed).await;
+        Ok(())
+    }
+
+    /// A backend-specific operation.
+    pub async fn backend_op(&self, op: BackendOp) -> Result<String, MachineError> {
+        let name = op.name();
+        let reconnect = matches!(op, BackendOp::SnapshotRestore(_) | BackendOp::Reboot);
+        self.ensure_started().await?;
+        let instance = self
+            .current_instance()
+            .await
+            .ok_or_else(|| MachineError::NotRunning {
+                machine: self.inner.name.clone(),
+                state: self.state().name(),
+            })?;
+        let out = instance
+            .op(op)
+            .await
+            .map_err(|e| self.backend_error(name, e))?;
+        if reconnect {
+            // The old sessions talk to a shell that no longer exists.
+            let g = self.inner.running.lock().await;
+            if let Some(r) = g.as_ref() {
+                r.sessions.lock().expect("pool").clear();
+            }
+            drop(g);
+            let session = self
+                .open_session(&*instance, Instant::now() + self.boot_timeout())
+                .await?;
+            if let Some(r) = self.inner.running.lock().await.as_ref() {
+                r.sessions.lock().expect("pool").push(session);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn current_instance(&self) -> Option<Arc<dyn Instance>> {
+        self.inner
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.instance.clone())
+    }
+
+    /// Ends the machine for teardown (graceful, then forced).
+    pub async fn terminate(&self) {
+        let taken = self.inner.running.lock().await.take();
+        if let Some(r) = taken {
+            r.sessions.lock().expect("pool").clear();
+            r.instance.terminate(Duration::from_secs(10)).await;
+            self.set_state(MachineState::Off, Some("torn down".into()));
+        }
+    }
+
+    /// The reporter.
+    pub fn reporter(&self) -> &Reporter {
+        &self.inner.reporter
+    }
+
+    /// The cancellation token of the run.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.inner.cancel
+    }
+}
+
+async fn wait_exit(rx: &mut watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(info) = rx.borrow_and_update().clone() {
+            return info;
+        }
+        if rx.changed().await.is_err() {
+            // The watcher is gone: the machine cannot report an exit any
+            // more; never resolve rather than claim it died.
+            std::future::pending::<()>().await;
+        }
+    }
+}

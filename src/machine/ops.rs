@@ -1,0 +1,603 @@
+//! The high-level operations, with the NixOS Python driver's names and
+//! semantics (`succeed`, `wait_for_unit`, …), built on [`Machine::execute`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use super::{Machine, MachineError};
+use crate::guest::CommandOutput;
+
+/// Seconds between polls of the `wait_*` family (the NixOS driver polls once a second).
+const POLL: Duration = Duration::from_millis(500);
+
+/// Bytes per chunk when copying files through the channel (a command is one
+/// argv string in the guest, limited to 128 KiB).
+const UPLOAD_CHUNK: usize = 64 * 1024;
+const DOWNLOAD_CHUNK: u64 = 32 << 20;
+
+/// Quotes a string for bash.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn user_prefix(user: Option<&str>) -> String {
+    match user {
+        Some(u) => format!(
+            "su -l {} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` ",
+            shell_quote(u)
+        ),
+        None => String::new(),
+    }
+}
+
+/// `systemctl …` for the system or a user's manager.
+fn systemctl_command(args: &str, user: Option<&str>) -> String {
+    match user {
+        Some(_) => format!(
+            "{}systemctl --user {}'",
+            user_prefix(user),
+            args.replace('\'', "\\'")
+        ),
+        None => format!("systemctl {args}"),
+    }
+}
+
+impl Machine {
+    fn timeout_error(&self, what: &str, seconds: f64, diagnostics: String) -> MachineError {
+        MachineError::Timeout {
+            machine: self.name().to_owned(),
+            what: what.to_owned(),
+            seconds,
+            diagnostics,
+        }
+    }
+
+    /// Runs commands in order; each must exit 0. Returns their joined stdout.
+    pub async fn succeed(
+        &self,
+        commands: &[String],
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let mut output = String::new();
+        for c in commands {
+            let out = self.execute(c, timeout).await?;
+            if out.status != 0 {
+                return Err(self.command_failed("succeed", c, "failed", &out, timeout));
+            }
+            output.push_str(&out.stdout_text());
+        }
+        Ok(output)
+    }
+
+    /// Runs commands in order; each must exit non-zero. Returns their joined stdout.
+    pub async fn fail(
+        &self,
+        commands: &[String],
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let mut output = String::new();
+        for c in commands {
+            let out = self.execute(c, timeout).await?;
+            if out.status == 0 {
+                return Err(self.command_failed(
+                    "fail",
+                    c,
+                    "unexpectedly succeeded",
+                    &out,
+                    timeout,
+                ));
+            }
+            output.push_str(&out.stdout_text());
+        }
+        Ok(output)
+    }
+
+    fn command_failed(
+        &self,
+        call: &'static str,
+        command: &str,
+        expectation: &'static str,
+        out: &CommandOutput,
+        timeout: Duration,
+    ) -> MachineError {
+        let expectation = if out.status == 124 && call == "succeed" {
+            "timed out"
+        } else {
+            expectation
+        };
+        let mut stderr = out.stderr_text();
+        if out.status == 124 {
+            stderr.push_str(&format!(
+                "(the command ran longer than its timeout of {} seconds)",
+                timeout.as_secs_f64()
+            ));
+        }
+        MachineError::CommandFailed {
+            machine: self.name().to_owned(),
+            call,
+            command: command.to_owned(),
+            expectation,
+            status: out.status,
+            stdout: out.stdout_text(),
+            stderr,
+        }
+    }
+
+    /// Polls `check` until it returns `Some`, or fails with diagnostics at the timeout.
+    async fn poll<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> Result<T, MachineError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, MachineError>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if Instant::now() >= deadline {
+                let diag = self.diagnostics().await;
+                return Err(self.timeout_error(what, timeout.as_secs_f64(), diag));
+            }
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Failed units and the last 30 journal lines, for failed waits.
+    pub async fn diagnostics(&self) -> String {
+        let cmd =
+            "echo '--- failed units:'; systemctl --no-pager --failed --plain --no-legend 2>&1; \
+                   echo '--- last 30 journal lines:'; journalctl --no-pager -n 30 -q 2>&1";
+        match self.execute(cmd, Duration::from_secs(20)).await {
+            Ok(out) => out.stdout_text(),
+            Err(e) => format!("(could not collect diagnostics: {e})"),
+        }
+    }
+
+    /// Retries `command` until it exits 0; returns its stdout.
+    pub async fn wait_until_succeeds(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let what = format!("wait_until_succeeds `{command}`");
+        let last = std::sync::Mutex::new(None);
+        let r = self
+            .poll(&what, timeout, || async {
+                let out = self.execute(command, timeout).await?;
+                if out.status == 0 {
+                    Ok(Some(out.stdout_text()))
+                } else {
+                    *last.lock().expect("last output lock") = Some(out);
+                    Ok(None)
+                }
+            })
+            .await;
+        self.with_last_output(r, last.into_inner().unwrap_or(None))
+    }
+
+    /// Retries `command` until it exits non-zero; returns its stdout.
+    pub async fn wait_until_fails(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let what = format!("wait_until_fails `{command}`");
+        let last = std::sync::Mutex::new(None);
+        let r = self
+            .poll(&what, timeout, || async {
+                let out = self.execute(command, timeout).await?;
+                if out.status != 0 {
+                    Ok(Some(out.stdout_text()))
+                } else {
+                    *last.lock().expect("last output lock") = Some(out);
+                    Ok(None)
+                }
+            })
+            .await;
+        self.with_last_output(r, last.into_inner().unwrap_or(None))
+    }
+
+    fn with_last_output(
+        &self,
+        r: Result<String, MachineError>,
+        last: Option<CommandOutput>,
+    ) -> Result<String, MachineError> {
+        match (r, last) {
+            (
+                Err(MachineError::Timeout {
+                    machine,
+                    what,
+                    seconds,
+                    diagnostics,
+                }),
+                Some(out),
+            ) => Err(MachineError::Timeout {
+                machine,
+                what,
+                seconds,
+                diagnostics: format!(
+                    "--- last attempt: exit status {}\nstdout: {}\nstderr: {}\n{diagnostics}",
+                    out.status,
+                    out.stdout_text().trim_end(),
+                    out.stderr_text().trim_end()
+                ),
+            }),
+            (r, _) => r,
+        }
+    }
+
+    /// `systemctl ARGS` (for a user's manager with `user`).
+    pub async fn systemctl(
+        &self,
+        args: &str,
+        user: Option<&str>,
+    ) -> Result<CommandOutput, MachineError> {
+        self.execute(&systemctl_command(args, user), Duration::from_secs(900))
+            .await
+    }
+
+    /// All properties of a unit (`systemctl show`).
+    pub async fn get_unit_info(
+        &self,
+        unit: &str,
+        user: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, MachineError> {
+        let out = self
+            .systemctl(&format!("--no-pager show {}", shell_quote(unit)), user)
+            .await?;
+        if out.status != 0 {
+            return Err(MachineError::WaitFailed {
+                machine: self.name().to_owned(),
+                what: format!("get_unit_info {unit}"),
+                reason: format!(
+                    "systemctl show failed (exit status {}): {}",
+                    out.status,
+                    out.stderr_text().trim()
+                ),
+                diagnostics: String::new(),
+            });
+        }
+        Ok(out
+            .stdout_text()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
+    /// One property of a unit.
+    pub async fn get_unit_property(
+        &self,
+        unit: &str,
+        property: &str,
+        user: Option<&str>,
+    ) -> Result<String, MachineError> {
+        let out = self
+            .systemctl(
+                &format!(
+                    "--no-pager show {} --property={} --value",
+                    shell_quote(unit),
+                    shell_quote(property)
+                ),
+                user,
+            )
+            .await?;
+        Ok(out.stdout_text().trim_end_matches('\n').to_owned())
+    }
+
+    /// Waits until a unit is active; fails at once when it failed or is
+    /// inactive with no job pending.
+    pub async fn wait_for_unit(
+        &self,
+        unit: &str,
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), MachineError> {
+        let what = format!("wait_for_unit {unit}");
+        self.poll(&what, timeout, || async {
+            let probe = format!(
+                "--no-pager show {} --property=ActiveState --value; echo; {}",
+                shell_quote(unit),
+                systemctl_command("list-jobs --full --no-legend 2>&1 | wc -l", user)
+            );
+            let out = self.systemctl(&probe, user).await?;
+            let text = out.stdout_text();
+            let mut lines = text.lines().filter(|l| !l.is_empty());
+            let state = lines.next().unwrap_or("").trim().to_owned();
+            let jobs: u32 = lines
+                .next()
+                .and_then(|j| j.trim().parse().ok())
+                .unwrap_or(1);
+            match state.as_str() {
+                "active" => Ok(Some(())),
+                "failed" => Err(self
+                    .wait_failed(&what, format!("unit \"{unit}\" reached state \"failed\""))
+                    .await),
+                "inactive" if jobs == 0 => Err(self
+                    .wait_failed(
+                        &what,
+                        format!("unit \"{unit}\" is inactive and there are no pending jobs"),
+                    )
+                    .await),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn wait_failed(&self, what: &str, reason: String) -> MachineError {
+        MachineError::WaitFailed {
+            machine: self.name().to_owned(),
+            what: what.to_owned(),
+            reason,
+            diagnostics: self.diagnostics().await,
+        }
+    }
+
+    /// Fails unless the unit is in `state`.
+    pub async fn require_unit_state(
+        &self,
+        unit: &str,
+        state: &str,
+        user: Option<&str>,
+    ) -> Result<(), MachineError> {
+        let actual = self.get_unit_property(unit, "ActiveState", user).await?;
+        if actual == state {
+            Ok(())
+        } else {
+            Err(MachineError::WaitFailed {
+                machine: self.name().to_owned(),
+                what: format!("require_unit_state {unit}"),
+                reason: format!("expected unit \"{unit}\" to be in state \"{state}\" but it is in state \"{actual}\""),
+                diagnostics: String::new(),
+            })
+        }
+    }
+
+    /// Waits for a TCP port to accept connections (or, with `open = false`, to stop).
+    pub async fn wait_for_port(
+        &self,
+        port: u16,
+        addr: &str,
+        open: bool,
+        timeout: Duration,
+    ) -> Result<(), MachineError> {
+        let what = format!(
+            "wait_for_{}_port {addr}:{port}",
+            if open { "open" } else { "closed" }
+        );
+        // bash's /dev/tcp needs no netcat in the guest.
+        let probe = format!(
+            "timeout 2 bash -c {}",
+            shell_quote(&format!("</dev/tcp/{addr}/{port}"))
+        );
+        self.poll(&what, timeout, || async {
+            let out = self.execute(&probe, Duration::from_secs(10)).await?;
+            Ok(((out.status == 0) == open).then_some(()))
+        })
+        .await
+    }
+
+    /// Waits for a unix socket that accepts connections.
+    pub async fn wait_for_open_unix_socket(
+        &self,
+        path: &str,
+        datagram: bool,
+        timeout: Duration,
+    ) -> Result<(), MachineError> {
+        let what = format!("wait_for_open_unix_socket {path}");
+        let kind = if datagram {
+            "UNIX-SENDTO"
+        } else {
+            "UNIX-CONNECT"
+        };
+        let p = shell_quote(path);
+        let probe = format!(
+            "test -S {p} && if command -v socat >/dev/null; then socat -u OPEN:/dev/null {kind}:{p}; \
+             elif command -v nc >/dev/null; then nc -z{} -U {p}; fi",
+            if datagram { "u" } else { "" }
+        );
+        self.poll(&what, timeout, || async {
+            Ok((self.execute(&probe, Duration::from_secs(10)).await?.status == 0).then_some(()))
+        })
+        .await
+    }
+
+    /// Waits for a file to exist.
+    pub async fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<(), MachineError> {
+        let what = format!("wait_for_file {path}");
+        let probe = format!("test -e {}", shell_quote(path));
+        self.poll(&what, timeout, || async {
+            Ok((self.execute(&probe, Duration::from_secs(10)).await?.status == 0).then_some(()))
+        })
+        .await
+    }
+
+    /// Waits for console output matching `regex`, from where the last such
+    /// wait stopped (so the same line is not matched twice).
+    pub async fn wait_for_console_text(
+        &self,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let re = regex::Regex::new(pattern).map_err(|e| MachineError::Internal {
+            machine: self.name().to_owned(),
+            message: format!("wait_for_console_text: bad regex: {e}"),
+        })?;
+        let mut changed = self.console().subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let from = *self.inner.console_cursor.lock().expect("cursor lock");
+            let text = self.console().text_since(from);
+            if let Some(m) = re.find(&text) {
+                *self.inner.console_cursor.lock().expect("cursor lock") = from + m.end();
+                return Ok(m.as_str().to_owned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.timeout_error(
+                    &format!("wait_for_console_text {pattern:?}"),
+                    timeout.as_secs_f64(),
+                    self.console().last_lines(20).join("\n"),
+                ));
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep(left) => {}
+                () = self.cancel_token().cancelled() => return Err(self.cancelled()),
+            }
+        }
+    }
+
+    /// The last `lines` journal lines, optionally of one unit.
+    pub async fn journal(&self, unit: Option<&str>, lines: u32) -> Result<String, MachineError> {
+        let unit = unit
+            .map(|u| format!("-u {}", shell_quote(u)))
+            .unwrap_or_default();
+        let cmd = format!("journalctl --no-pager -q {unit} -n {lines}");
+        self.succeed(&[cmd], Duration::from_secs(60)).await
+    }
+
+    /// Copies a host file or directory into the guest at `target`.
+    pub async fn copy_from_host(&self, source: &Path, target: &str) -> Result<(), MachineError> {
+        let internal = |message: String| MachineError::Internal {
+            machine: self.name().to_owned(),
+            message,
+        };
+        let meta = std::fs::metadata(source)
+            .map_err(|e| internal(format!("copy_from_host: {}: {e}", source.display())))?;
+        let t = shell_quote(target);
+        let (data, finish) = if meta.is_dir() {
+            let out = tokio::process::Command::new("tar")
+                .arg("-C")
+                .arg(source)
+                .args(["-cf", "-", "."])
+                .output()
+                .await
+                .map_err(|e| internal(format!("copy_from_host: tar: {e}")))?;
+            if !out.status.success() {
+                return Err(internal(format!(
+                    "copy_from_host: tar {}: {}",
+                    source.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            (
+                out.stdout,
+                format!("mkdir -p {t} && tar -C {t} -xf \"$__f\" && rm -f \"$__f\""),
+            )
+        } else {
+            let data = std::fs::read(source)
+                .map_err(|e| internal(format!("copy_from_host: {}: {e}", source.display())))?;
+            (
+                data,
+                format!("mkdir -p \"$(dirname {t})\" && mv -f \"$__f\" {t}"),
+            )
+        };
+        let staging = format!("/tmp/.attest-upload-{}", std::process::id());
+        let set = format!("__f={};", shell_quote(&staging));
+        self.succeed(&[format!("{set} : > \"$__f\"")], Duration::from_secs(60))
+            .await?;
+        for chunk in data.chunks(UPLOAD_CHUNK) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+            self.succeed(
+                &[format!(
+                    "{set} base64 -d >> \"$__f\" <<'ATTEST_EOF'\n{b64}\nATTEST_EOF"
+                )],
+                Duration::from_secs(60),
+            )
+            .await?;
+        }
+        self.succeed(&[format!("{set} {finish}")], Duration::from_secs(300))
+            .await?;
+        Ok(())
+    }
+
+    /// Copies a guest file or directory to `target` on the host.
+    pub async fn copy_from_machine(&self, source: &str, target: &Path) -> Result<(), MachineError> {
+        let internal = |message: String| MachineError::Internal {
+            machine: self.name().to_owned(),
+            message,
+        };
+        let s = shell_quote(source);
+        let kind = self
+            .succeed(&[format!("if [ -d {s} ]; then echo dir; elif [ -e {s} ]; then stat -c %s {s}; else echo missing; fi")], Duration::from_secs(30))
+            .await?;
+        let kind = kind.trim();
+        if kind == "missing" {
+            return Err(internal(format!(
+                "copy_from_machine: {source} does not exist in the guest"
+            )));
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
+        }
+        if kind == "dir" {
+            let out = self
+                .execute(&format!("tar -C {s} -cf - ."), Duration::from_secs(900))
+                .await?;
+            if out.status != 0 {
+                return Err(internal(format!(
+                    "copy_from_machine: tar failed: {}",
+                    out.stderr_text().trim()
+                )));
+            }
+            std::fs::create_dir_all(target)
+                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
+            let mut child = tokio::process::Command::new("tar")
+                .arg("-C")
+                .arg(target)
+                .args(["-xf", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| internal(format!("copy_from_machine: tar: {e}")))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use tokio::io::AsyncWriteExt;
+                stdin
+                    .write_all(&out.stdout)
+                    .await
+                    .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
+            }
+            let st = child
+                .wait()
+                .await
+                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
+            if !st.success() {
+                return Err(internal(
+                    "copy_from_machine: extracting the archive failed".into(),
+                ));
+            }
+            return Ok(());
+        }
+        let size: u64 = kind.parse().unwrap_or(0);
+        let mut data = Vec::with_capacity(size as usize);
+        let mut offset = 0;
+        while offset < size {
+            let out = self
+                .execute(
+                    &format!("dd if={s} bs=1M iflag=skip_bytes,count_bytes skip={offset} count={DOWNLOAD_CHUNK} status=none"),
+                    Duration::from_secs(300),
+                )
+                .await?;
+            if out.status != 0 || out.stdout.is_empty() {
+                return Err(internal(format!(
+                    "copy_from_machine: reading {source} at {offset}: {}",
+                    out.stderr_text().trim()
+                )));
+            }
+            offset += out.stdout.len() as u64;
+            data.extend_from_slice(&out.stdout);
+        }
+        std::fs::write(target, data)
+            .map_err(|e| internal(format!("copy_from_machine: {}: {e}", target.display())))
+    }
+}

@@ -1,0 +1,82 @@
+//! The test's network: the IP plan (`192.168.<vlan>.<n>`, from the config)
+//! and the switch it runs on. For containers (and microVM TAPs) the switch is
+//! one Linux bridge per vlan inside a private network namespace
+//! ([`SwitchNamespace`]) that dies with attest, so no bridge or veth can leak.
+
+mod switch_ns;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use switch_ns::SwitchNamespace;
+
+/// The vlans of a test and their switches, created on first use.
+pub struct Network {
+    vlans: BTreeSet<u8>,
+    switch: Mutex<Option<std::sync::Arc<SwitchNamespace>>>,
+}
+
+impl Network {
+    /// A network with these vlans; nothing is created yet.
+    pub fn new(vlans: impl IntoIterator<Item = u8>) -> Network {
+        Network {
+            vlans: vlans.into_iter().collect(),
+            switch: Mutex::new(None),
+        }
+    }
+
+    /// The vlans.
+    pub fn vlans(&self) -> &BTreeSet<u8> {
+        &self.vlans
+    }
+
+    /// The bridge namespace, with one bridge `br<vlan>` per vlan.
+    pub fn switch(&self) -> Result<std::sync::Arc<SwitchNamespace>, String> {
+        let mut g = self.switch.lock().map_err(|_| "network lock poisoned")?;
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let ns = std::sync::Arc::new(SwitchNamespace::create()?);
+        for v in &self.vlans {
+            ns.ip(&["link", "add", &bridge_name(*v), "type", "bridge"])?;
+            ns.ip(&["link", "set", &bridge_name(*v), "up"])?;
+        }
+        *g = Some(ns.clone());
+        Ok(ns)
+    }
+
+    /// The namespace path machines' helpers enter (`nsenter --net=…`).
+    pub fn netns_path(&self) -> Result<PathBuf, String> {
+        Ok(self.switch()?.path().to_owned())
+    }
+
+    /// Attaches the host end `ifname` (made by a machine's process, so it may
+    /// not exist yet) to the vlan's bridge and brings it up.
+    pub async fn attach(&self, ifname: &str, vlan: u8, timeout: Duration) -> Result<(), String> {
+        let switch = self.switch()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = switch.ip(&["link", "set", ifname, "master", &bridge_name(vlan), "up"]);
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("cannot attach {ifname} to vlan {vlan}: {e}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Sets a host end down (`block`) or up (`unblock`).
+    pub fn set_link(&self, ifname: &str, up: bool) -> Result<(), String> {
+        self.switch()?
+            .ip(&["link", "set", ifname, if up { "up" } else { "down" }])
+    }
+}
+
+/// The bridge of a vlan.
+pub fn bridge_name(vlan: u8) -> String {
+    format!("br{vlan}")
+}

@@ -1,0 +1,91 @@
+//! [`SwitchNamespace`]: a network namespace private to this attest process.
+//!
+//! A parked thread of attest holds it (`unshare(CLONE_NEWNET)` affects only
+//! the calling thread), so it lives exactly as long as attest or its machine
+//! processes do: nothing to clean up, nothing named in `/run/netns` to leak.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A private network namespace and the thread that holds it.
+pub struct SwitchNamespace {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SwitchNamespace {
+    /// Creates the namespace (needs CAP_SYS_ADMIN: run attest as root).
+    pub fn create() -> Result<SwitchNamespace, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop2 = stop.clone();
+        let holder = std::thread::Builder::new()
+            .name("attest-netns".into())
+            .spawn(move || {
+                let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map(|()| nix::unistd::gettid().as_raw())
+                    .map_err(|e| e.to_string());
+                let ok = r.is_ok();
+                let _ = tx.send(r);
+                if ok {
+                    while !stop2.load(Ordering::Relaxed) {
+                        std::thread::park();
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the network namespace thread: {e}"))?;
+        let tid = rx
+            .recv()
+            .map_err(|_| "network namespace thread died".to_owned())?
+            .map_err(|e| {
+                format!("cannot create a network namespace ({e}): vlans need root (CAP_SYS_ADMIN)")
+            })?;
+        let ns = SwitchNamespace {
+            path: PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())),
+            stop,
+            holder: Some(holder),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `/proc/…/ns/net` of the namespace.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .arg("ip")
+            .args(args)
+            .output()
+            .map_err(|e| {
+                format!("cannot run nsenter/ip (apt-get install util-linux iproute2): {e}")
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+impl Drop for SwitchNamespace {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.holder.take() {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}

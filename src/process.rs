@@ -1,0 +1,195 @@
+//! Child processes attest starts: each in its own process group, killed when
+//! attest dies (parent-death signal), watched by a task that publishes its
+//! exit, and terminated by one escalating function.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// How a child ended, as text for error messages (`exited with status 1`,
+/// `killed by signal 9`).
+pub type ExitInfo = String;
+
+/// Prepares `cmd` so the child is supervised: own process group (signals to
+/// the group reach its helpers), SIGKILL when attest dies, killed on drop.
+///
+/// The parent-death signal fires when the *thread* that spawned the child
+/// exits, so spawn from a runtime worker (inside an async task), never from a
+/// short-lived thread.
+pub fn supervise(cmd: &mut Command) -> &mut Command {
+    cmd.process_group(0).kill_on_drop(true).stdin(Stdio::null());
+    // SAFETY: prctl and getppid are async-signal-safe; the closure touches no
+    // memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent died during spawn"));
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Text for an exit status.
+pub fn describe_exit(status: std::process::ExitStatus) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "exited".to_owned(),
+    }
+}
+
+/// A supervised child: its pid and a watch that turns `Some` when it exits.
+#[derive(Clone, Debug)]
+pub struct Watched {
+    /// Process id (also its process group id).
+    pub pid: u32,
+    /// `None` while running; how it ended afterwards.
+    pub exit: watch::Receiver<Option<ExitInfo>>,
+}
+
+impl Watched {
+    /// Whether it has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
+    }
+
+    /// Waits until it exits; returns how.
+    pub async fn wait(&self) -> ExitInfo {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(info) = rx.borrow_and_update().clone() {
+                return info;
+            }
+            if rx.changed().await.is_err() {
+                return "exit watcher stopped".to_owned();
+            }
+        }
+    }
+
+    /// Sends `signal` to the child's whole process group.
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
+        if !self.has_exited() {
+            let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::killpg(pgid, signal);
+        }
+    }
+
+    /// Ends the child: SIGTERM to its group, then SIGKILL after `grace`, then
+    /// waits for the reap. Returns how it ended.
+    pub async fn terminate(&self, grace: Duration) -> ExitInfo {
+        use nix::sys::signal::Signal;
+        if let Some(info) = self.exit.borrow().clone() {
+            return info;
+        }
+        self.signal_group(Signal::SIGTERM);
+        if let Ok(info) = tokio::time::timeout(grace, self.wait()).await {
+            return info;
+        }
+        self.signal_group(Signal::SIGKILL);
+        // SIGKILL cannot be ignored; the bound only guards against a watcher bug.
+        tokio::time::timeout(Duration::from_secs(10), self.wait())
+            .await
+            .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned())
+    }
+}
+
+/// Spawns the supervised child and a task that reaps it and publishes the
+/// exit. Piped stdout and stderr are pumped line by line into `output`.
+pub fn spawn_watched(
+    cmd: &mut Command,
+    output: Option<crate::console::ConsoleLog>,
+) -> std::io::Result<Watched> {
+    let mut child: Child = supervise(cmd).spawn()?;
+    if let Some(log) = output {
+        if let Some(out) = child.stdout.take() {
+            let log = log.clone();
+            pump_lines(out, move |l| log.push_line(&l));
+        }
+        if let Some(err) = child.stderr.take() {
+            pump_lines(err, move |l| log.push_line(&l));
+        }
+    }
+    let pid = child.id().unwrap_or(0);
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let info = match child.wait().await {
+            Ok(status) => describe_exit(status),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let _ = tx.send(Some(info));
+    });
+    Ok(Watched { pid, exit: rx })
+}
+
+/// Reads `stream` line by line into `sink` until it closes.
+pub fn pump_lines<R, F>(stream: R, mut sink: F) -> tokio::task::JoinHandle<()>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    F: FnMut(String) + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    sink(line.trim_end_matches(['\n', '\r']).to_owned());
+                }
+            }
+        }
+    })
+}
+
+/// Finds a binary on PATH, or explains how to get it.
+pub fn require_binary(name: &str, package: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!("`{name}` is not installed or not on PATH: install it (apt-get install {package}, or run .ci/install-deps)")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn terminate_escalates_to_sigkill_and_reaps() {
+        let w = spawn_watched(
+            Command::new("bash").args(["-c", "trap '' TERM; sleep 30"]),
+            None,
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let info = w.terminate(Duration::from_millis(300)).await;
+        assert_eq!(info, "killed by signal 9");
+        assert!(w.has_exited());
+    }
+
+    #[tokio::test]
+    async fn exit_is_published() {
+        let w = spawn_watched(Command::new("bash").args(["-c", "exit 7"]), None).unwrap();
+        assert_eq!(w.wait().await, "exited with status 7");
+    }
+
+    #[test]
+    fn missing_binaries_name_the_package() {
+        let e = require_binary("no-such-binary-attest", "some-pkg").unwrap_err();
+        assert!(e.contains("apt-get install some-pkg"));
+    }
+}

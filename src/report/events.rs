@@ -1,0 +1,98 @@
+//! The events of a run: the contract of `--log-json` (one JSON object a line).
+//!
+//! Order: `TestStarted`, then any mix of `Log`, `Console`, `MachineState` and
+//! properly nested `SectionStarted`/`SectionFinished` pairs (per thread),
+//! then one `TestFinished`.
+
+use serde::Serialize;
+
+/// One fact, stamped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Seconds since the run started.
+    pub elapsed: f64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run began.
+    TestStarted {
+        /// Test name.
+        name: String,
+        /// Node names.
+        nodes: Vec<String>,
+    },
+    /// A section (a machine operation or a subtest) began.
+    SectionStarted {
+        /// Unique id.
+        id: u64,
+        /// Enclosing section.
+        parent: Option<u64>,
+        /// What it does.
+        name: String,
+        /// The machine it acts on.
+        machine: Option<String>,
+        /// Whether it is a subtest (a JUnit test case).
+        subtest: bool,
+        /// Nesting depth.
+        depth: usize,
+    },
+    /// A section ended.
+    SectionFinished {
+        /// The id from `SectionStarted`.
+        id: u64,
+        /// What it did.
+        name: String,
+        /// The machine it acted on.
+        machine: Option<String>,
+        /// Whether it is a subtest.
+        subtest: bool,
+        /// Nesting depth.
+        depth: usize,
+        /// Seconds it took.
+        duration: f64,
+        /// Why it failed, if it did.
+        error: Option<String>,
+    },
+    /// A message from the script or the driver.
+    Log {
+        /// The machine it concerns.
+        machine: Option<String>,
+        /// The text.
+        message: String,
+        /// Nesting depth.
+        depth: usize,
+    },
+    /// A line of a machine's console.
+    Console {
+        /// The machine.
+        machine: String,
+        /// The line.
+        line: String,
+    },
+    /// A machine changed state.
+    MachineState {
+        /// The machine.
+        machine: String,
+        /// `booting`, `up`, `off`, `crashed`, …
+        state: String,
+        /// Details (exit status, accelerator, …).
+        detail: Option<String>,
+    },
+    /// The run ended.
+    TestFinished {
+        /// `passed`, `failed` or `error`.
+        outcome: String,
+        /// The error that ended it.
+        error: Option<String>,
+        /// Seconds the run took.
+        duration: f64,
+    },
+}

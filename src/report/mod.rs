@@ -1,0 +1,155 @@
+//! Reporting: [`events`] are the facts a run produces; [`Reporter`] fans them
+//! out to the human log on stderr ([`human`]), the JSON event log and the
+//! JUnit aggregator ([`junit`]). Nothing else writes to the user.
+
+pub mod events;
+pub mod human;
+pub mod junit;
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use events::{Event, EventKind};
+
+/// Options for the reporters.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Print console lines of machines live.
+    pub show_console: bool,
+    /// Colour the human log (only when stderr is a terminal).
+    pub colour: bool,
+    /// Write the JSON event log here.
+    pub log_json: Option<std::path::PathBuf>,
+    /// Write JUnit XML here.
+    pub junit: Option<std::path::PathBuf>,
+}
+
+/// The fan-out of events. Cheap to clone.
+#[derive(Clone)]
+pub struct Reporter {
+    inner: Arc<Mutex<State>>,
+    start: Instant,
+    next_section: Arc<AtomicU64>,
+}
+
+struct State {
+    human: human::HumanReporter,
+    json: Option<std::io::BufWriter<std::fs::File>>,
+    junit: junit::JunitAggregator,
+    junit_path: Option<std::path::PathBuf>,
+}
+
+thread_local! {
+    /// Open sections of the current thread, innermost last.
+    static SECTION_STACK: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Reporter {
+    /// A reporter for the test `name`.
+    pub fn new(name: &str, opts: &ReportOptions) -> std::io::Result<Reporter> {
+        let json = match &opts.log_json {
+            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
+            None => None,
+        };
+        Ok(Reporter {
+            inner: Arc::new(Mutex::new(State {
+                human: human::HumanReporter::new(opts.colour, opts.show_console),
+                json,
+                junit: junit::JunitAggregator::new(name),
+                junit_path: opts.junit.clone(),
+            })),
+            start: Instant::now(),
+            next_section: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// Emits one event to every reporter.
+    pub fn emit(&self, kind: EventKind) {
+        let event = Event {
+            timestamp: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+            elapsed: self.start.elapsed().as_secs_f64(),
+            kind,
+        };
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.human.handle(&event);
+        if let Some(json) = g.json.as_mut() {
+            if serde_json::to_writer(&mut *json, &event).is_ok() {
+                let _ = json.write_all(b"\n");
+                let _ = json.flush();
+            }
+        }
+        g.junit.handle(&event);
+    }
+
+    /// A log line, attributed to a machine or to the test.
+    pub fn log(&self, machine: Option<&str>, message: impl Into<String>) {
+        self.emit(EventKind::Log {
+            machine: machine.map(str::to_owned),
+            message: message.into(),
+            depth: current_depth(),
+        });
+    }
+
+    /// Runs `f` inside a named section (nested in the current thread's open
+    /// section). `subtest` sections become JUnit test cases.
+    pub fn section<T, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        machine: Option<&str>,
+        subtest: bool,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let id = self.next_section.fetch_add(1, Ordering::Relaxed);
+        let (parent, depth) = SECTION_STACK.with(|s| {
+            let s = s.borrow();
+            (s.last().map(|(id, _)| *id), s.len())
+        });
+        self.emit(EventKind::SectionStarted {
+            id,
+            parent,
+            name: name.to_owned(),
+            machine: machine.map(str::to_owned),
+            subtest,
+            depth,
+        });
+        SECTION_STACK.with(|s| s.borrow_mut().push((id, depth)));
+        let started = Instant::now();
+        let result = f();
+        SECTION_STACK.with(|s| s.borrow_mut().pop());
+        self.emit(EventKind::SectionFinished {
+            id,
+            name: name.to_owned(),
+            machine: machine.map(str::to_owned),
+            subtest,
+            depth,
+            duration: started.elapsed().as_secs_f64(),
+            error: result.as_ref().err().map(|e| e.to_string()),
+        });
+        result
+    }
+
+    /// Time since the reporter was made.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Writes the JUnit file, if asked for.
+    pub fn finish(&self) -> std::io::Result<()> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &g.junit_path {
+            std::fs::write(path, g.junit.to_xml().map_err(std::io::Error::other)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Nesting depth of the current thread's open sections.
+pub fn current_depth() -> usize {
+    SECTION_STACK.with(|s| s.borrow().len())
+}

@@ -1,0 +1,827 @@
+//! The script API: machine methods (also callable as functions,
+//! `succeed(server, "…")`) and globals. Bindings only parse arguments and
+//! call [`Machine`]; each call is a log section with its duration.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
+
+use super::ScriptContext;
+use crate::backend::BackendOp;
+use crate::machine::{Machine, MachineError, DEFAULT_TIMEOUT};
+
+type R<T> = Result<T, Box<EvalAltResult>>;
+
+fn err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE).into()
+}
+
+/// Runs a machine operation from the script thread as a log section.
+fn op<T: Send + 'static>(
+    m: &Machine,
+    label: String,
+    fut: impl Future<Output = Result<T, MachineError>> + Send + 'static,
+) -> R<T> {
+    m.reporter()
+        .section(&label, Some(m.name()), false, || m.block_on(fut))
+        .map_err(err)
+}
+
+fn secs(v: &Dynamic, what: &str) -> R<f64> {
+    if let Ok(i) = v.as_int() {
+        return Ok(i as f64);
+    }
+    v.as_float().map_err(|_| {
+        err(format!(
+            "{what} must be a number of seconds, not {}",
+            v.type_name()
+        ))
+    })
+}
+
+/// The `timeout` of an options map (seconds), or the default.
+fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
+    for k in opts.keys() {
+        if ![
+            "timeout",
+            "user",
+            "addr",
+            "is_datagram",
+            "lines",
+            "unit",
+            "state",
+        ]
+        .contains(&k.as_str())
+        {
+            return Err(err(format!("unknown option `{k}`")));
+        }
+    }
+    let t = match opts.get("timeout") {
+        Some(v) => secs(v, "timeout")?,
+        None => default,
+    };
+    if !(t > 0.0 && t.is_finite()) {
+        return Err(err(format!("timeout must be positive, not {t}")));
+    }
+    Ok(Duration::from_secs_f64(t))
+}
+
+fn opt_str(opts: &Map, key: &str) -> Option<String> {
+    opts.get(key).and_then(|v| v.clone().into_string().ok())
+}
+
+fn output_map(out: &crate::guest::CommandOutput) -> Map {
+    let mut m = Map::new();
+    m.insert("status".into(), Dynamic::from_int(out.status as i64));
+    m.insert("stdout".into(), out.stdout_text().into());
+    m.insert("stderr".into(), out.stderr_text().into());
+    m
+}
+
+fn strings(a: &Array) -> R<Vec<String>> {
+    a.iter()
+        .map(|v| {
+            v.clone()
+                .into_string()
+                .map_err(|t| err(format!("expected a string, got {t}")))
+        })
+        .collect()
+}
+
+/// Registers every function of the script API.
+pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
+    engine.register_type_with_name::<Machine>("Machine");
+    engine.register_get("name", |m: &mut Machine| m.name().to_owned());
+    engine.register_fn("to_string", |m: &mut Machine| {
+        format!("Machine({})", m.name())
+    });
+    engine.register_fn("to_debug", |m: &mut Machine| {
+        format!("Machine({})", m.name())
+    });
+
+    register_lifecycle(engine);
+    register_commands(engine);
+    register_waits(engine);
+    register_systemd(engine);
+    register_files(engine, ctx.clone());
+    register_backend_ops(engine);
+    register_globals(engine, ctx);
+}
+
+fn register_lifecycle(engine: &mut Engine) {
+    engine.register_fn("start", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "starting".into(), async move { mm.start().await })
+    });
+    engine.register_fn("shutdown", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "shutting down".into(), async move {
+            mm.shutdown(Duration::from_secs(300)).await
+        })
+    });
+    engine.register_fn("crash", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "crashing".into(), async move { mm.crash().await })
+    });
+    engine.register_fn("reboot", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "rebooting".into(), async move {
+            mm.backend_op(BackendOp::Reboot).await.map(drop)
+        })
+    });
+    engine.register_fn("wait_for_shutdown", |m: &mut Machine| {
+        let mm = m.clone();
+        op(
+            m,
+            "waiting for the machine to shut down".into(),
+            async move {
+                mm.wait_for_shutdown(Duration::from_secs_f64(DEFAULT_TIMEOUT))
+                    .await
+            },
+        )
+    });
+    engine.register_fn("is_up", |m: &mut Machine| {
+        m.state() == crate::machine::MachineState::Up
+    });
+}
+
+fn register_commands(engine: &mut Engine) {
+    fn execute(m: &Machine, cmd: String, opts: &Map) -> R<Map> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let mm = m.clone();
+        let out = op(m, format!("executing `{cmd}`"), async move {
+            mm.execute(&cmd, t).await
+        })?;
+        Ok(output_map(&out))
+    }
+    engine.register_fn("execute", |m: &mut Machine, c: &str| {
+        execute(m, c.into(), &Map::new())
+    });
+    engine.register_fn("execute", |m: &mut Machine, c: &str, o: Map| {
+        execute(m, c.into(), &o)
+    });
+
+    fn succeed(m: &Machine, cmds: Vec<String>, opts: &Map, expect_success: bool) -> R<String> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let mm = m.clone();
+        let verb = if expect_success {
+            "must succeed"
+        } else {
+            "must fail"
+        };
+        op(m, format!("{verb}: {}", cmds.join("; ")), async move {
+            if expect_success {
+                mm.succeed(&cmds, t).await
+            } else {
+                mm.fail(&cmds, t).await
+            }
+        })
+    }
+    for (name, ok) in [("succeed", true), ("fail", false)] {
+        engine.register_fn(name, move |m: &mut Machine, a: &str| {
+            succeed(m, vec![a.into()], &Map::new(), ok)
+        });
+        engine.register_fn(name, move |m: &mut Machine, a: &str, o: Map| {
+            succeed(m, vec![a.into()], &o, ok)
+        });
+        engine.register_fn(name, move |m: &mut Machine, a: &str, b: &str| {
+            succeed(m, vec![a.into(), b.into()], &Map::new(), ok)
+        });
+        engine.register_fn(name, move |m: &mut Machine, a: &str, b: &str, c: &str| {
+            succeed(m, vec![a.into(), b.into(), c.into()], &Map::new(), ok)
+        });
+        engine.register_fn(name, move |m: &mut Machine, a: Array| {
+            succeed(m, strings(&a)?, &Map::new(), ok)
+        });
+        engine.register_fn(name, move |m: &mut Machine, a: Array, o: Map| {
+            succeed(m, strings(&a)?, &o, ok)
+        });
+    }
+
+    fn wait_until(m: &Machine, cmd: String, opts: &Map, succeeds: bool) -> R<String> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let mm = m.clone();
+        let label = format!(
+            "waiting for `{cmd}` to {}",
+            if succeeds { "succeed" } else { "fail" }
+        );
+        op(m, label, async move {
+            if succeeds {
+                mm.wait_until_succeeds(&cmd, t).await
+            } else {
+                mm.wait_until_fails(&cmd, t).await
+            }
+        })
+    }
+    for (name, s) in [("wait_until_succeeds", true), ("wait_until_fails", false)] {
+        engine.register_fn(name, move |m: &mut Machine, c: &str| {
+            wait_until(m, c.into(), &Map::new(), s)
+        });
+        engine.register_fn(name, move |m: &mut Machine, c: &str, o: Map| {
+            wait_until(m, c.into(), &o, s)
+        });
+    }
+
+    engine.register_fn("sleep", |m: &mut Machine, s: Dynamic| {
+        let d = secs(&s, "sleep")?;
+        m.reporter()
+            .log(Some(m.name()), format!("sleeping {d} seconds"));
+        sleep_cancellable(m, d)
+    });
+    engine.register_fn("log", |m: &mut Machine, msg: &str| {
+        m.reporter().log(Some(m.name()), msg)
+    });
+}
+
+fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
+    let cancel = m.cancel_token().clone();
+    let name = m.name().to_owned();
+    m.block_on(async move {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))) => Ok(()),
+            () = cancel.cancelled() => Err(MachineError::Cancelled { machine: name }),
+        }
+    })
+    .map_err(err)
+}
+
+fn register_waits(engine: &mut Engine) {
+    fn port(m: &Machine, port: i64, opts: &Map, open: bool) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let port = u16::try_from(port).map_err(|_| err(format!("port {port} is out of range")))?;
+        let addr = opt_str(opts, "addr").unwrap_or_else(|| "localhost".into());
+        let mm = m.clone();
+        let label = format!(
+            "waiting for TCP port {port} on {addr} to be {}",
+            if open { "open" } else { "closed" }
+        );
+        op(m, label, async move {
+            mm.wait_for_port(port, &addr, open, t).await
+        })
+    }
+    for (name, open) in [
+        ("wait_for_open_port", true),
+        ("wait_for_closed_port", false),
+    ] {
+        engine.register_fn(name, move |m: &mut Machine, p: i64| {
+            port(m, p, &Map::new(), open)
+        });
+        engine.register_fn(name, move |m: &mut Machine, p: i64, o: Map| {
+            port(m, p, &o, open)
+        });
+        engine.register_fn(name, move |m: &mut Machine, p: i64, addr: &str| {
+            let mut o = Map::new();
+            o.insert("addr".into(), addr.into());
+            port(m, p, &o, open)
+        });
+    }
+
+    fn unix_socket(m: &Machine, path: String, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let dgram = opts
+            .get("is_datagram")
+            .and_then(|v| v.as_bool().ok())
+            .unwrap_or(false);
+        let mm = m.clone();
+        op(m, format!("waiting for unix socket {path}"), async move {
+            mm.wait_for_open_unix_socket(&path, dgram, t).await
+        })
+    }
+    engine.register_fn("wait_for_open_unix_socket", |m: &mut Machine, p: &str| {
+        unix_socket(m, p.into(), &Map::new())
+    });
+    engine.register_fn(
+        "wait_for_open_unix_socket",
+        |m: &mut Machine, p: &str, o: Map| unix_socket(m, p.into(), &o),
+    );
+
+    fn file(m: &Machine, path: String, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let mm = m.clone();
+        op(m, format!("waiting for file {path}"), async move {
+            mm.wait_for_file(&path, t).await
+        })
+    }
+    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str| {
+        file(m, p.into(), &Map::new())
+    });
+    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str, o: Map| {
+        file(m, p.into(), &o)
+    });
+
+    fn console(m: &Machine, re: String, opts: &Map) -> R<String> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let mm = m.clone();
+        op(
+            m,
+            format!("waiting for {re:?} on the console"),
+            async move { mm.wait_for_console_text(&re, t).await },
+        )
+    }
+    engine.register_fn("wait_for_console_text", |m: &mut Machine, r: &str| {
+        console(m, r.into(), &Map::new())
+    });
+    engine.register_fn(
+        "wait_for_console_text",
+        |m: &mut Machine, r: &str, o: Map| console(m, r.into(), &o),
+    );
+    engine.register_fn("get_console_log", |m: &mut Machine| m.console().text());
+}
+
+fn register_systemd(engine: &mut Engine) {
+    fn unit(m: &Machine, unit: String, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let user = opt_str(opts, "user");
+        let mm = m.clone();
+        op(m, format!("waiting for unit {unit}"), async move {
+            mm.wait_for_unit(&unit, user.as_deref(), t).await
+        })
+    }
+    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str| {
+        unit(m, u.into(), &Map::new())
+    });
+    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, o: Map| {
+        unit(m, u.into(), &o)
+    });
+    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, user: &str| {
+        let mut o = Map::new();
+        o.insert("user".into(), user.into());
+        unit(m, u.into(), &o)
+    });
+
+    fn systemctl(m: &Machine, args: String, user: Option<String>) -> R<Map> {
+        let mm = m.clone();
+        let out = op(m, format!("systemctl {args}"), async move {
+            mm.systemctl(&args, user.as_deref()).await
+        })?;
+        Ok(output_map(&out))
+    }
+    engine.register_fn("systemctl", |m: &mut Machine, a: &str| {
+        systemctl(m, a.into(), None)
+    });
+    engine.register_fn("systemctl", |m: &mut Machine, a: &str, u: &str| {
+        systemctl(m, a.into(), Some(u.into()))
+    });
+    for (name, verb) in [("start_job", "start"), ("stop_job", "stop")] {
+        engine.register_fn(name, move |m: &mut Machine, unit: &str| {
+            systemctl(
+                m,
+                format!("{verb} {}", crate::machine::shell_quote(unit)),
+                None,
+            )
+        });
+        engine.register_fn(name, move |m: &mut Machine, unit: &str, u: &str| {
+            systemctl(
+                m,
+                format!("{verb} {}", crate::machine::shell_quote(unit)),
+                Some(u.into()),
+            )
+        });
+    }
+
+    fn info(m: &Machine, unit: String, user: Option<String>) -> R<Map> {
+        let mm = m.clone();
+        let props: BTreeMap<String, String> =
+            op(m, format!("getting info of unit {unit}"), async move {
+                mm.get_unit_info(&unit, user.as_deref()).await
+            })?;
+        Ok(props
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect())
+    }
+    engine.register_fn("get_unit_info", |m: &mut Machine, u: &str| {
+        info(m, u.into(), None)
+    });
+    engine.register_fn("get_unit_info", |m: &mut Machine, u: &str, user: &str| {
+        info(m, u.into(), Some(user.into()))
+    });
+
+    fn property(m: &Machine, unit: String, prop: String, user: Option<String>) -> R<String> {
+        let mm = m.clone();
+        op(m, format!("getting {prop} of unit {unit}"), async move {
+            mm.get_unit_property(&unit, &prop, user.as_deref()).await
+        })
+    }
+    engine.register_fn("get_unit_property", |m: &mut Machine, u: &str, p: &str| {
+        property(m, u.into(), p.into(), None)
+    });
+    engine.register_fn(
+        "get_unit_property",
+        |m: &mut Machine, u: &str, p: &str, user: &str| {
+            property(m, u.into(), p.into(), Some(user.into()))
+        },
+    );
+
+    fn require(m: &Machine, unit: String, state: String, user: Option<String>) -> R<()> {
+        let mm = m.clone();
+        op(
+            m,
+            format!("checking that unit {unit} is {state}"),
+            async move { mm.require_unit_state(&unit, &state, user.as_deref()).await },
+        )
+    }
+    engine.register_fn("require_unit_state", |m: &mut Machine, u: &str| {
+        require(m, u.into(), "active".into(), None)
+    });
+    engine.register_fn("require_unit_state", |m: &mut Machine, u: &str, s: &str| {
+        require(m, u.into(), s.into(), None)
+    });
+    engine.register_fn(
+        "require_unit_state",
+        |m: &mut Machine, u: &str, s: &str, user: &str| {
+            require(m, u.into(), s.into(), Some(user.into()))
+        },
+    );
+
+    fn journal(m: &Machine, unit: Option<String>, lines: i64) -> R<String> {
+        let mm = m.clone();
+        let lines = u32::try_from(lines).map_err(|_| err("lines must be positive"))?;
+        op(m, "reading the journal".into(), async move {
+            mm.journal(unit.as_deref(), lines).await
+        })
+    }
+    engine.register_fn("journal", |m: &mut Machine| journal(m, None, 30));
+    engine.register_fn("journal", |m: &mut Machine, u: &str| {
+        journal(m, Some(u.into()), 30)
+    });
+    engine.register_fn("journal", |m: &mut Machine, u: &str, n: i64| {
+        journal(m, Some(u.into()), n)
+    });
+    engine.register_fn("journal", |m: &mut Machine, o: Map| {
+        let lines = o.get("lines").and_then(|v| v.as_int().ok()).unwrap_or(30);
+        journal(m, opt_str(&o, "unit"), lines)
+    });
+}
+
+fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
+    let base = ctx.base_dir.clone();
+    engine.register_fn(
+        "copy_from_host",
+        move |m: &mut Machine, src: &str, dst: &str| {
+            let mm = m.clone();
+            let src = base.join(src);
+            let dst = dst.to_owned();
+            op(
+                m,
+                format!("copying {} to {dst}", src.display()),
+                async move { mm.copy_from_host(&src, &dst).await },
+            )
+        },
+    );
+    let out_dir = std::env::var_os("out")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ctx.base_dir.clone());
+    for name in ["copy_from_machine", "copy_from_vm"] {
+        let out_dir = out_dir.clone();
+        engine.register_fn(name, move |m: &mut Machine, src: &str, dst: &str| {
+            let mm = m.clone();
+            let dst = out_dir.join(dst);
+            let src = src.to_owned();
+            op(
+                m,
+                format!("copying {src} to {}", dst.display()),
+                async move { mm.copy_from_machine(&src, &dst).await },
+            )
+        });
+    }
+}
+
+fn register_backend_ops(engine: &mut Engine) {
+    fn backend(m: &Machine, o: BackendOp) -> R<String> {
+        let mm = m.clone();
+        op(m, o.name().replace('_', " "), async move {
+            mm.backend_op(o).await
+        })
+    }
+    engine.register_fn("screenshot", |m: &mut Machine, p: &str| {
+        backend(m, BackendOp::Screenshot(p.into())).map(drop)
+    });
+    engine.register_fn("send_key", |m: &mut Machine, k: &str| {
+        backend(m, BackendOp::SendKey(k.into())).map(drop)
+    });
+    engine.register_fn("send_chars", |m: &mut Machine, s: &str| {
+        backend(m, BackendOp::SendChars(s.into())).map(drop)
+    });
+    engine.register_fn("send_console", |m: &mut Machine, s: &str| {
+        backend(m, BackendOp::SendConsole(s.into())).map(drop)
+    });
+    engine.register_fn("block", |m: &mut Machine| {
+        backend(m, BackendOp::Block).map(drop)
+    });
+    engine.register_fn("unblock", |m: &mut Machine| {
+        backend(m, BackendOp::Unblock).map(drop)
+    });
+    engine.register_fn("forward_port", |m: &mut Machine, host: i64, guest: i64| {
+        let (host, guest) = (
+            u16::try_from(host).map_err(|_| err("host port out of range"))?,
+            u16::try_from(guest).map_err(|_| err("guest port out of range"))?,
+        );
+        backend(m, BackendOp::ForwardPort { host, guest }).map(drop)
+    });
+    engine.register_fn("snapshot_create", |m: &mut Machine, d: &str| {
+        backend(m, BackendOp::SnapshotCreate(d.into())).map(drop)
+    });
+    engine.register_fn("snapshot_restore", |m: &mut Machine, d: &str| {
+        backend(m, BackendOp::SnapshotRestore(d.into())).map(drop)
+    });
+    engine.register_fn("get_screen_text", |m: &mut Machine| {
+        backend(m, BackendOp::ScreenText)
+    });
+    fn wait_for_text(m: &Machine, re: &str, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let re =
+            regex::Regex::new(re).map_err(|e| err(format!("wait_for_text: bad regex: {e}")))?;
+        let deadline = Instant::now() + t;
+        loop {
+            let text = backend(m, BackendOp::ScreenText)?;
+            if re.is_match(&text) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err(format!(
+                    "machine {}: wait_for_text {:?}: timed out after {} seconds; last screen text:\n{text}",
+                    m.name(),
+                    re.as_str(),
+                    t.as_secs_f64()
+                )));
+            }
+            sleep_cancellable(m, 1.0)?;
+        }
+    }
+    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str| {
+        wait_for_text(m, r, &Map::new())
+    });
+    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str, o: Map| {
+        wait_for_text(m, r, &o)
+    });
+
+    // Virtual terminals and X are read through the guest, as the NixOS driver does.
+    fn tty_text(m: &Machine, tty: i64) -> R<String> {
+        let mm = m.clone();
+        op(m, format!("reading tty{tty}"), async move {
+            mm.succeed(
+                &[format!(
+                    "fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
+                )],
+                Duration::from_secs(30),
+            )
+            .await
+        })
+    }
+    engine.register_fn("get_tty_text", |m: &mut Machine, tty: i64| tty_text(m, tty));
+    fn tty_matches(m: &Machine, tty: i64, re: &str, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let re = regex::Regex::new(re).map_err(|e| err(format!("bad regex: {e}")))?;
+        let deadline = Instant::now() + t;
+        loop {
+            let text = tty_text(m, tty)?;
+            if re.is_match(&text) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(err(format!(
+                    "machine {}: wait_until_tty_matches tty{tty} {:?}: timed out; tty text:\n{text}",
+                    m.name(),
+                    re.as_str()
+                )));
+            }
+            sleep_cancellable(m, 1.0)?;
+        }
+    }
+    engine.register_fn(
+        "wait_until_tty_matches",
+        |m: &mut Machine, tty: i64, r: &str| tty_matches(m, tty, r, &Map::new()),
+    );
+    engine.register_fn(
+        "wait_until_tty_matches",
+        |m: &mut Machine, tty: i64, r: &str, o: Map| tty_matches(m, tty, r, &o),
+    );
+    engine.register_fn("wait_for_x", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "waiting for the X server".into(), async move {
+            mm.wait_until_succeeds(
+                "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q 'Reached target Current graphical'; \
+                 [ -e /tmp/.X11-unix/X0 ]",
+                Duration::from_secs_f64(DEFAULT_TIMEOUT),
+            )
+            .await
+            .map(drop)
+        })
+    });
+    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str| {
+        let mm = m.clone();
+        let cmd = format!(
+            "DISPLAY=:0 xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d' | grep -E {}",
+            crate::machine::shell_quote(re)
+        );
+        op(m, format!("waiting for a window matching {re:?}"), async move {
+            mm.wait_until_succeeds(&cmd, Duration::from_secs_f64(DEFAULT_TIMEOUT)).await.map(drop)
+        })
+    });
+}
+
+fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
+    let c = ctx.clone();
+    engine.register_fn("start_all", move || -> R<()> {
+        let machines = c.machines.clone();
+        c.reporter
+            .section("starting all machines", None, false, || {
+                let Some(first) = machines.first().cloned() else {
+                    return Ok(());
+                };
+                first.block_on(async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for m in machines {
+                        set.spawn(async move { m.start().await });
+                    }
+                    let mut first_err = None;
+                    while let Some(r) = set.join_next().await {
+                        if let Ok(Err(e)) = r {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                    first_err.map_or(Ok(()), Err)
+                })
+            })
+            .map_err(err)
+    });
+    let c = ctx.clone();
+    engine.register_fn("join_all", move || -> R<()> {
+        for m in &c.machines {
+            let mm = m.clone();
+            op(
+                m,
+                "waiting for the machine to shut down".into(),
+                async move {
+                    mm.wait_for_shutdown(Duration::from_secs_f64(DEFAULT_TIMEOUT))
+                        .await
+                },
+            )?;
+        }
+        Ok(())
+    });
+    let c = ctx.clone();
+    engine.register_fn("log", move |msg: &str| c.reporter.log(None, msg));
+    let c = ctx.clone();
+    engine.register_fn("sleep", move |s: Dynamic| -> R<()> {
+        let d = secs(&s, "sleep")?;
+        match c.machines.first() {
+            Some(m) => sleep_cancellable(m, d),
+            None => {
+                std::thread::sleep(Duration::from_secs_f64(d.max(0.0)));
+                Ok(())
+            }
+        }
+    });
+
+    let c = ctx.clone();
+    engine.register_fn(
+        "subtest",
+        move |nc: NativeCallContext, name: &str, f: FnPtr| -> R<Dynamic> {
+            c.reporter
+                .section(name, None, true, || {
+                    f.call_within_context::<Dynamic>(&nc, ())
+                        .map_err(|e| SubtestError(e.to_string(), e))
+                })
+                .map_err(|e| e.1)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn(
+        "retry",
+        move |nc: NativeCallContext, opts: Map, f: FnPtr| -> R<Dynamic> {
+            let attempts = opts
+                .get("attempts")
+                .and_then(|v| v.as_int().ok())
+                .unwrap_or(3)
+                .max(1);
+            let delay = match opts.get("delay") {
+                Some(v) => secs(v, "delay")?,
+                None => 1.0,
+            };
+            let mut last = None;
+            for attempt in 1..=attempts {
+                match f.call_within_context::<Dynamic>(&nc, ()) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => {
+                        if c.cancel.is_cancelled() {
+                            return Err(e);
+                        }
+                        c.reporter.log(
+                            None,
+                            format!(
+                                "attempt {attempt}/{attempts} failed: {}",
+                                first_line(&e.to_string())
+                            ),
+                        );
+                        last = Some(e);
+                        if attempt < attempts {
+                            match c.machines.first() {
+                                Some(m) => sleep_cancellable(m, delay)?,
+                                None => std::thread::sleep(Duration::from_secs_f64(delay)),
+                            }
+                        }
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| err("retry: no attempt was made")))
+        },
+    );
+    let c = ctx;
+    engine.register_fn(
+        "wait_all",
+        move |nc: NativeCallContext, machines: Array, f: FnPtr| -> R<Array> {
+            let machines: Vec<Machine> = machines
+                .into_iter()
+                .map(|d| {
+                    d.try_cast::<Machine>()
+                        .ok_or_else(|| err("wait_all takes an array of machines"))
+                })
+                .collect::<R<_>>()?;
+            let ast = c
+                .ast
+                .get()
+                .cloned()
+                .ok_or_else(|| err("wait_all is only available while a test runs"))?;
+            let engine = nc.engine();
+            // Each machine's closure runs on its own thread, so waits really overlap.
+            let results: Vec<R<Dynamic>> = std::thread::scope(|s| {
+                let handles: Vec<_> = machines
+                    .iter()
+                    .map(|m| {
+                        let (f, ast, m) = (f.clone(), ast.clone(), m.clone());
+                        s.spawn(move || f.call::<Dynamic>(engine, &ast, (m,)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(err("wait_all: a closure panicked")))
+                    })
+                    .collect()
+            });
+            let mut out = Array::new();
+            let mut failures = Vec::new();
+            for (m, r) in machines.iter().zip(results) {
+                match r {
+                    Ok(v) => out.push(v),
+                    Err(e) => failures.push(format!("{}: {e}", m.name())),
+                }
+            }
+            if failures.is_empty() {
+                Ok(out)
+            } else {
+                Err(err(format!("wait_all: {}", failures.join("\n"))))
+            }
+        },
+    );
+
+    engine.register_fn("assert_contains", |haystack: &str, needle: &str| -> R<()> {
+        if haystack.contains(needle) {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "assert_contains: {needle:?} not found in:\n{haystack}"
+            )))
+        }
+    });
+    engine.register_fn("assert_matches", |text: &str, re: &str| -> R<()> {
+        let r =
+            regex::Regex::new(re).map_err(|e| err(format!("assert_matches: bad regex: {e}")))?;
+        if r.is_match(text) {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "assert_matches: /{re}/ does not match:\n{text}"
+            )))
+        }
+    });
+    engine.register_fn("assert_eq", |a: Dynamic, b: Dynamic| -> R<()> {
+        let same = a.type_name() == b.type_name() && format!("{a:?}") == format!("{b:?}");
+        if same {
+            Ok(())
+        } else {
+            Err(err(format!(
+                "assert_eq: left != right\n  left:  {a:?}\n  right: {b:?}"
+            )))
+        }
+    });
+}
+
+/// An error that displays as its message, for sections.
+struct SubtestError(String, Box<EvalAltResult>);
+
+impl std::fmt::Display for SubtestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
