@@ -147,11 +147,16 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
 
 /// `file:line:col: message` plus the source line, for a runtime error.
 fn describe_script_error(path: &Path, source: &str, e: &rhai::EvalAltResult) -> String {
-    let pos = e.position();
+    let mut pos = e.position();
     let mut inner = e;
-    // Unwrap "in call to function/closure" layers down to the real message.
+    // Unwrap "in call to function/closure" layers down to the real message
+    // and the innermost script position (the failing line, not the
+    // `subtest(` that called it).
     while let rhai::EvalAltResult::ErrorInFunctionCall(_, _, cause, _) = inner {
         inner = cause;
+        if !inner.position().is_none() {
+            pos = inner.position();
+        }
     }
     let message = match inner {
         rhai::EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
