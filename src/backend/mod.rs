@@ -4,6 +4,7 @@
 //! [`BackendError::Unsupported`] by default.
 
 pub mod nspawn;
+pub mod ssh;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,6 +164,7 @@ pub trait Instance: Send + Sync {
 pub fn for_node(kind: &str) -> Result<Arc<dyn Backend>, BackendError> {
     match kind {
         "nspawn" => Ok(Arc::new(nspawn::NspawnBackend)),
+        "ssh" => Ok(Arc::new(ssh::SshBackend)),
         other => Err(BackendError::Prerequisite(format!(
             "the {other} backend is not available in this build of attest"
         ))),
