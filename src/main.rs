@@ -51,6 +51,33 @@ enum Command {
         /// The test config (JSON).
         config: PathBuf,
     },
+    /// Measure boot, command round trips, shutdown, a whole test and scaling on each backend.
+    Bench {
+        /// The test whose wall time is measured, rewritten to each backend.
+        #[arg(default_value = "examples/nginx/test.json")]
+        config: PathBuf,
+        /// Backends to measure (comma-separated); unavailable ones are listed with the reason.
+        #[arg(long, value_delimiter = ',', default_value = "nspawn,qemu,firecracker,cloud-hypervisor")]
+        backends: Vec<String>,
+        /// Runs per figure on nspawn.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Runs per figure on VM backends (QEMU under TCG boots in about a minute).
+        #[arg(long, default_value_t = 1)]
+        vm_runs: usize,
+        /// `true` round trips per run.
+        #[arg(long, default_value_t = 200)]
+        commands: usize,
+        /// Node counts for the nspawn `start_all` scaling figure (empty: skip).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
+        scaling: Vec<usize>,
+        /// The Debian test image manifest.
+        #[arg(long, default_value = "images/debian/out/manifest.json")]
+        image: PathBuf,
+        /// Also write the figures as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,8 +132,62 @@ fn main() -> ExitCode {
             };
             run(&config, &opts)
         }
+        Command::Bench {
+            config,
+            backends,
+            runs,
+            vm_runs,
+            commands,
+            scaling,
+            image,
+            json,
+        } => {
+            let opts = attest::bench::BenchOptions {
+                test_config: config,
+                image,
+                backends,
+                runs: runs.max(1),
+                vm_runs: vm_runs.max(1),
+                commands: commands.max(1),
+                scaling,
+                colour: std::io::stderr().is_terminal(),
+            };
+            return bench(&opts, json.as_deref());
+        }
     };
     ExitCode::from(outcome.exit_code() as u8)
+}
+
+/// `attest bench`: 0 when every figure was taken, 1 when some failed or the
+/// run was interrupted, 2 when it could not start.
+fn bench(opts: &attest::bench::BenchOptions, json: Option<&std::path::Path>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match attest::bench::run(opts, &runtime) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("attest bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", attest::bench::output::table(&report));
+    if let Some(path) = json {
+        if let Err(e) = attest::bench::output::write_json(&report, path) {
+            eprintln!("attest bench: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let failed = report.interrupted.is_some() || report.backends.iter().any(|b| !b.errors.is_empty());
+    ExitCode::from(if failed { 1 } else { 0 })
 }
 
 fn run(config: &std::path::Path, opts: &RunOptions) -> Outcome {

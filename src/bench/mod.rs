@@ -1,0 +1,451 @@
+//! `attest bench`: the same scenario on every requested backend, with the
+//! Debian test image, reported as a table and as JSON ([`BenchReport`]).
+//!
+//! Every figure comes from a real guest booted through the normal
+//! [`Driver`](crate::driver::Driver) (so teardown, signal handling and the
+//! global timeout are the ones a test run gets). Backends that cannot run on
+//! this host are reported with the reason, never dropped.
+//!
+//! - [`stats`]: median/min/max/p99 of samples;
+//! - [`usage`]: attest's own CPU time and peak RSS;
+//! - [`scenario`]: the measurements;
+//! - [`output`]: the table and the JSON document.
+
+pub mod output;
+pub mod scenario;
+pub mod stats;
+pub mod usage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::ImageManifest;
+pub use stats::Summary;
+pub use usage::Usage;
+
+/// Backends `attest bench` knows about, in table order.
+pub const KNOWN_BACKENDS: &[&str] = &["nspawn", "qemu", "firecracker", "cloud-hypervisor", "ssh"];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The test whose wall time is measured (rewritten to each backend).
+    pub test_config: PathBuf,
+    /// The Debian test image manifest.
+    pub image: PathBuf,
+    /// Backends to measure, in order.
+    pub backends: Vec<String>,
+    /// Runs per figure on fast backends (nspawn).
+    pub runs: usize,
+    /// Runs per figure on VM backends (slow under TCG).
+    pub vm_runs: usize,
+    /// `true` round trips per run.
+    pub commands: usize,
+    /// Node counts for the `start_all` scaling figure (nspawn only).
+    pub scaling: Vec<usize>,
+    /// Colour the progress log.
+    pub colour: bool,
+}
+
+/// Everything one `attest bench` produced; serialized as the `--json` file.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// attest's version.
+    pub attest_version: String,
+    /// When the run started (UTC, RFC 3339).
+    pub date: String,
+    /// The host.
+    pub machine: MachineInfo,
+    /// The options the figures were taken with.
+    pub options: ReportedOptions,
+    /// One entry per requested backend, available or not.
+    pub backends: Vec<BackendReport>,
+    /// `start_all` time by node count.
+    pub scaling: Option<ScalingReport>,
+    /// attest's own cost over the whole run.
+    pub attest: AttestCost,
+    /// Set when the run was cut short (Ctrl-C, global timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
+}
+
+/// The host the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineInfo {
+    /// `/proc/cpuinfo` model name.
+    pub cpu_model: String,
+    /// Online CPUs.
+    pub cores: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// Total memory in MiB.
+    pub memory_mib: u64,
+    /// What `/dev/kvm` is on this host.
+    pub kvm: String,
+}
+
+/// The options, as recorded in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportedOptions {
+    /// Runs on fast backends.
+    pub runs: usize,
+    /// Runs on VM backends.
+    pub vm_runs: usize,
+    /// `true` round trips per run.
+    pub commands: usize,
+    /// Scaling node counts.
+    pub scaling: Vec<usize>,
+    /// The whole-test config.
+    pub test_config: PathBuf,
+    /// The image manifest.
+    pub image: PathBuf,
+    /// Whether attest was built with optimizations.
+    pub release_build: bool,
+}
+
+/// The figures of one backend.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct BackendReport {
+    /// The backend.
+    pub name: String,
+    /// Whether it could run here.
+    pub available: bool,
+    /// Why not, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// First line of the backend binary's `--version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Runs measured.
+    pub runs: usize,
+    /// Figures by name, in milliseconds (see [`output::FIGURES`]).
+    pub figures: BTreeMap<String, Summary>,
+    /// Figures that do not apply, with the reason.
+    pub not_applicable: BTreeMap<String, String>,
+    /// Failures while measuring (the figure is then missing).
+    pub errors: Vec<String>,
+}
+
+/// `start_all` time by node count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingReport {
+    /// The backend measured.
+    pub backend: String,
+    /// One point per node count.
+    pub points: Vec<ScalingPoint>,
+}
+
+/// One node count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingPoint {
+    /// Nodes started at once.
+    pub nodes: usize,
+    /// `start_all` → every backdoor up, ms.
+    pub start_all_ms: Summary,
+    /// That time divided by the node count, ms (median run).
+    pub per_node_ms: f64,
+}
+
+/// attest's own cost over the whole bench.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttestCost {
+    /// Peak RSS of attest (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    /// CPU times of attest and of its reaped children.
+    pub usage: Usage,
+    /// Wall time of the whole bench, s.
+    pub wall_s: f64,
+}
+
+/// Why `attest bench` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A signal or the global timeout ended the run.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+    /// Something a scenario needs is missing or broken.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Set by the bench's own SIGINT/SIGTERM listener; checked between runs.
+#[derive(Clone, Default)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// Whether a signal arrived.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Listens for SIGINT/SIGTERM on `runtime` (the running Driver's own
+    /// watchers cancel the machines; this makes the bench stop between runs).
+    pub fn listen(&self, runtime: &tokio::runtime::Runtime) {
+        let flag = self.0.clone();
+        runtime.spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Whether `backend` counts as a VM (slow under TCG: fewer runs, no scaling).
+pub fn is_vm(backend: &str) -> bool {
+    matches!(backend, "qemu" | "firecracker" | "cloud-hypervisor")
+}
+
+/// What `/dev/kvm` is here, in words.
+pub fn kvm_state() -> Result<&'static str, String> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Err("/dev/kvm is KVM-PVM (stock guest kernels do not run)".into());
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => Ok("usable"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("/dev/kvm is missing".into()),
+        Err(e) => Err(format!("/dev/kvm is not accessible: {e}")),
+    }
+}
+
+fn binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The binary a backend runs.
+pub fn backend_binary(backend: &str) -> Option<&'static str> {
+    match backend {
+        "nspawn" => Some("systemd-nspawn"),
+        "qemu" => Some("qemu-system-x86_64"),
+        "firecracker" => Some("firecracker"),
+        "cloud-hypervisor" => Some("cloud-hypervisor"),
+        "ssh" => Some("ssh"),
+        _ => None,
+    }
+}
+
+/// First line of `<binary> --version`, if the binary runs.
+pub fn backend_version(backend: &str) -> Option<String> {
+    let bin = binary(backend_binary(backend)?)?;
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_owned())
+}
+
+/// Why `backend` cannot run here with `image`, or `Ok` when it can.
+pub fn availability(backend: &str, image: &ImageManifest) -> Result<(), String> {
+    if !KNOWN_BACKENDS.contains(&backend) {
+        return Err(format!(
+            "unknown backend (known: {})",
+            KNOWN_BACKENDS.join(", ")
+        ));
+    }
+    if backend == "ssh" {
+        return Err(
+            "needs an existing host; bench boots its own guests (measure ssh with a test config of your own)"
+                .into(),
+        );
+    }
+    if matches!(backend, "firecracker" | "cloud-hypervisor") {
+        kvm_state().map_err(|e| format!("needs KVM; {e}"))?;
+    }
+    let bin = backend_binary(backend).unwrap_or(backend);
+    if binary(bin).is_none() {
+        return Err(format!("`{bin}` is not installed"));
+    }
+    crate::backend::for_node(backend).map_err(|e| e.to_string())?;
+    match backend {
+        "nspawn" => {
+            if !nix::unistd::Uid::effective().is_root() {
+                return Err("systemd-nspawn needs root".into());
+            }
+            if !image.rootfs.join("usr").is_dir() {
+                return Err(format!(
+                    "{} is not a root tree: run images/debian/build",
+                    image.rootfs.display()
+                ));
+            }
+        }
+        _ => {
+            for p in [&image.kernel, &image.disk] {
+                if !p.is_file() {
+                    return Err(format!("{} is missing: run images/debian/build", p.display()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host's description.
+pub fn machine_info() -> MachineInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(0);
+    let kvm = match kvm_state() {
+        Ok(s) => s.to_owned(),
+        Err(e) => e,
+    };
+    MachineInfo {
+        cpu_model,
+        cores,
+        kernel,
+        memory_mib,
+        kvm,
+    }
+}
+
+/// Now as UTC RFC 3339 (seconds).
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Runs the whole bench. Returns the report even when it was interrupted
+/// (then [`BenchReport::interrupted`] says why) so partial figures are kept.
+pub fn run(opts: &BenchOptions, runtime: &tokio::runtime::Runtime) -> Result<BenchReport, BenchError> {
+    let started = std::time::Instant::now();
+    let usage0 = Usage::now();
+    let image_path = std::path::absolute(&opts.image)
+        .map_err(|e| BenchError::Setup(format!("{}: {e}", opts.image.display())))?;
+    let image = ImageManifest::load(&image_path).map_err(|e| {
+        BenchError::Setup(format!(
+            "{e}: the Debian test image is missing; run images/debian/build"
+        ))
+    })?;
+    let interrupt = Interrupt::default();
+    interrupt.listen(runtime);
+    let dir = tempfile::Builder::new()
+        .prefix("attest-bench-")
+        .tempdir()
+        .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
+    let mut report = BenchReport {
+        attest_version: env!("CARGO_PKG_VERSION").to_owned(),
+        date: utc_now(),
+        machine: machine_info(),
+        options: ReportedOptions {
+            runs: opts.runs,
+            vm_runs: opts.vm_runs,
+            commands: opts.commands,
+            scaling: opts.scaling.clone(),
+            test_config: opts.test_config.clone(),
+            image: image_path.clone(),
+            release_build: !cfg!(debug_assertions),
+        },
+        backends: Vec::new(),
+        scaling: None,
+        attest: AttestCost {
+            peak_rss_mib: 0.0,
+            usage: Usage::default(),
+            wall_s: 0.0,
+        },
+        interrupted: None,
+    };
+    let ctx = scenario::BenchContext {
+        runtime,
+        dir: dir.path(),
+        image: &image_path,
+        opts,
+        interrupt: &interrupt,
+    };
+    let result = (|| -> Result<(), BenchError> {
+        for backend in &opts.backends {
+            let mut b = BackendReport {
+                name: backend.clone(),
+                version: backend_version(backend),
+                ..Default::default()
+            };
+            if let Err(reason) = availability(backend, &image) {
+                b.reason = Some(reason);
+                report.backends.push(b);
+                continue;
+            }
+            b.available = true;
+            b.runs = if is_vm(backend) { opts.vm_runs } else { opts.runs };
+            let r = scenario::measure_backend(&ctx, &mut b);
+            let r = r.and_then(|()| {
+                if backend == "nspawn" && !opts.scaling.is_empty() {
+                    report.scaling = scenario::measure_scaling(&ctx, backend, &mut b.errors)?;
+                }
+                Ok(())
+            });
+            report.backends.push(b);
+            r?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        match e {
+            BenchError::Interrupted(why) => report.interrupted = Some(why),
+            other => return Err(other),
+        }
+    }
+    report.attest = AttestCost {
+        peak_rss_mib: usage::peak_rss_kib().unwrap_or(0) as f64 / 1024.0,
+        usage: Usage::now().since(&usage0),
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    Ok(report)
+}

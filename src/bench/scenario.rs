@@ -1,0 +1,449 @@
+//! The measurements. Each run gets a fresh [`Driver`] from a generated config
+//! (one node, or N nodes for scaling) so it is torn down, and interrupted,
+//! exactly like a test run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::BackendOp;
+use crate::config::TestConfig;
+use crate::driver::{self, Driver, DriverOptions, Outcome, RunOptions};
+use crate::machine::{Machine, MachineError};
+use crate::report::{ReportOptions, Reporter};
+
+use super::usage::Usage;
+use super::{is_vm, BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary};
+
+/// Size of the large-output figure.
+pub const MIB: usize = 1 << 20;
+/// Large-output round trips per run.
+const MIB_REPEATS: usize = 5;
+/// Guest-side loop length for the fork/exec figures.
+const GUEST_LOOP: u32 = 100;
+
+/// What every scenario needs.
+pub struct BenchContext<'a> {
+    /// The runtime machines run on.
+    pub runtime: &'a tokio::runtime::Runtime,
+    /// Where generated configs and snapshots go (removed at the end).
+    pub dir: &'a Path,
+    /// The image manifest (absolute).
+    pub image: &'a Path,
+    /// The options.
+    pub opts: &'a BenchOptions,
+    /// Set on SIGINT/SIGTERM.
+    pub interrupt: &'a Interrupt,
+}
+
+impl BenchContext<'_> {
+    fn check_interrupt(&self) -> Result<(), BenchError> {
+        if self.interrupt.is_set() {
+            return Err(BenchError::Interrupted("interrupted by a signal".into()));
+        }
+        Ok(())
+    }
+
+    fn report_options(&self) -> ReportOptions {
+        ReportOptions {
+            show_console: false,
+            colour: self.opts.colour,
+            log_json: None,
+            junit: None,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Writes a config with `nodes` nodes of `backend` on the test image.
+fn write_config(
+    ctx: &BenchContext<'_>,
+    name: &str,
+    backend: &str,
+    nodes: usize,
+    network: bool,
+) -> Result<PathBuf, String> {
+    let mut map = serde_json::Map::new();
+    for i in 1..=nodes {
+        map.insert(
+            format!("n{i:02}"),
+            serde_json::json!({ "backend": { backend: { "image": ctx.image } } }),
+        );
+    }
+    let config = serde_json::json!({
+        "version": 1,
+        "name": name,
+        "script": "bench.rhai",
+        "global_timeout": if is_vm(backend) { 3600 } else { 600 },
+        "enable_network": network,
+        "nodes": map,
+    });
+    let script = ctx.dir.join("bench.rhai");
+    let path = ctx.dir.join(format!("{name}.json"));
+    std::fs::write(&script, "start_all();\n").map_err(|e| e.to_string())?;
+    std::fs::write(&path, serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Runs `f` with a fresh driver for `config`, then tears it down whatever
+/// happened. The outer error is an interruption, the inner one a failure.
+fn with_driver<T>(
+    ctx: &BenchContext<'_>,
+    config: &Path,
+    f: impl FnOnce(&Driver) -> Result<T, String>,
+) -> Result<Result<T, String>, BenchError> {
+    ctx.check_interrupt()?;
+    let setup = || -> Result<Driver, String> {
+        let config = Arc::new(TestConfig::load(config).map_err(|e| e.to_string())?);
+        let reporter =
+            Reporter::new(&config.name, &ctx.report_options()).map_err(|e| e.to_string())?;
+        Driver::new(
+            config,
+            reporter,
+            &DriverOptions::default(),
+            ctx.runtime.handle().clone(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let mut driver = match setup() {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    driver.spawn_watchers();
+    let result = f(&driver);
+    let reason = driver.cancel_reason();
+    driver.teardown();
+    if let Some(reason) = reason {
+        return Err(BenchError::Interrupted(reason.to_string()));
+    }
+    ctx.check_interrupt()?;
+    Ok(result)
+}
+
+/// Runs a future on the runtime (a worker thread spawns the guest processes,
+/// as for a script) and waits for it.
+fn block<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = Result<T, MachineError>> + Send + 'static,
+) -> Result<T, String> {
+    match rt.block_on(rt.spawn(fut)) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("measurement task failed: {e}")),
+    }
+}
+
+/// The samples of one single-node run.
+#[derive(Default)]
+struct SingleRun {
+    boot_backdoor: f64,
+    boot_multi_user: f64,
+    round_trips: Vec<f64>,
+    mib: Vec<f64>,
+    attest_cpu_per_command: f64,
+    guest_exec_true: f64,
+    guest_bash_c_true: f64,
+    snapshot: Option<Result<f64, String>>,
+    shutdown: f64,
+}
+
+async fn guest_loop_ms(m: &Machine, body: &str) -> Result<f64, MachineError> {
+    let cmd = format!(
+        "s=$(date +%s%N); for i in $(seq {GUEST_LOOP}); do {body}; done; e=$(date +%s%N); echo $((e - s))"
+    );
+    let out = m.execute(&cmd, Duration::from_secs(300)).await?;
+    let ns: f64 = out.stdout_text().trim().parse().map_err(|_| MachineError::Internal {
+        machine: m.name().to_owned(),
+        message: format!("guest timing loop printed {:?}", out.stdout_text()),
+    })?;
+    Ok(ns / 1e6 / f64::from(GUEST_LOOP))
+}
+
+fn expect_ok(m: &Machine, out: &crate::guest::CommandOutput, what: &str) -> Result<(), MachineError> {
+    if out.status == 0 {
+        return Ok(());
+    }
+    Err(MachineError::Internal {
+        machine: m.name().to_owned(),
+        message: format!("{what} exited {}: {}", out.status, out.stderr_text().trim()),
+    })
+}
+
+fn single_run(
+    ctx: &BenchContext<'_>,
+    driver: &Driver,
+    snapshot: PathBuf,
+) -> Result<SingleRun, String> {
+    let rt = ctx.runtime;
+    let m = driver
+        .machines()
+        .values()
+        .next()
+        .cloned()
+        .ok_or("the generated config has no node")?;
+    let vm = is_vm(m.backend_kind());
+    let mut run = SingleRun::default();
+
+    let mm = m.clone();
+    let (backdoor, multi_user) = block(rt, async move {
+        let t0 = Instant::now();
+        mm.start().await?;
+        let backdoor = t0.elapsed();
+        let limit = Duration::from_secs(if vm { 900 } else { 120 });
+        mm.wait_for_unit("multi-user.target", None, limit).await?;
+        Ok((backdoor, t0.elapsed()))
+    })?;
+    run.boot_backdoor = ms(backdoor);
+    run.boot_multi_user = ms(multi_user);
+
+    // Round trips as a script makes them: one blocking call per command
+    // from the script thread.
+    let timeout = Duration::from_secs(30);
+    for _ in 0..5 {
+        m.block_on({
+            let m = m.clone();
+            async move { m.execute("true", timeout).await }
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    let u0 = Usage::now();
+    for _ in 0..ctx.opts.commands {
+        let t = Instant::now();
+        let out = m
+            .block_on({
+                let m = m.clone();
+                async move { m.execute("true", timeout).await }
+            })
+            .map_err(|e| e.to_string())?;
+        run.round_trips.push(ms(t.elapsed()));
+        expect_ok(&m, &out, "true").map_err(|e| e.to_string())?;
+    }
+    run.attest_cpu_per_command =
+        Usage::now().since(&u0).self_cpu_s() * 1000.0 / ctx.opts.commands.max(1) as f64;
+
+    for _ in 0..MIB_REPEATS {
+        let t = Instant::now();
+        let out = m
+            .block_on({
+                let m = m.clone();
+                async move {
+                    m.execute(&format!("head -c {MIB} /dev/zero"), Duration::from_secs(120))
+                        .await
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        run.mib.push(ms(t.elapsed()));
+        if out.stdout.len() != MIB {
+            return Err(format!("1 MiB output arrived as {} bytes", out.stdout.len()));
+        }
+    }
+
+    let mm = m.clone();
+    let (exec_true, bash_c) = block(rt, async move {
+        let a = guest_loop_ms(&mm, "/bin/true").await?;
+        let b = guest_loop_ms(&mm, "bash -c true").await?;
+        Ok((a, b))
+    })?;
+    run.guest_exec_true = exec_true;
+    run.guest_bash_c_true = bash_c;
+
+    let mm = m.clone();
+    run.snapshot = Some(block(rt, async move {
+        match mm.backend_op(BackendOp::SnapshotCreate(snapshot.clone())).await {
+            Err(MachineError::Backend {
+                unsupported: true,
+                message,
+                ..
+            }) => Ok(Err(message)),
+            Err(e) => Err(e),
+            Ok(_) => {
+                let t = Instant::now();
+                mm.backend_op(BackendOp::SnapshotRestore(snapshot)).await?;
+                let out = mm.execute("true", Duration::from_secs(60)).await?;
+                expect_ok(&mm, &out, "true after restore")?;
+                Ok(Ok(ms(t.elapsed())))
+            }
+        }
+    })?);
+
+    let mm = m.clone();
+    let shutdown = block(rt, async move {
+        let t = Instant::now();
+        mm.shutdown(Duration::from_secs(if vm { 300 } else { 60 })).await?;
+        Ok(t.elapsed())
+    })?;
+    run.shutdown = ms(shutdown);
+    Ok(run)
+}
+
+/// The test config rewritten so every node runs on `backend` with the image.
+fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String> {
+    let src = &ctx.opts.test_config;
+    let text =
+        std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
+    let base = std::path::absolute(src)
+        .map_err(|e| e.to_string())?
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let script = v
+        .get("script")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| format!("{}: no script", src.display()))?;
+    v["script"] = serde_json::json!(base.join(script));
+    let name = v.get("name").and_then(|s| s.as_str()).unwrap_or("test").to_owned();
+    v["name"] = serde_json::json!(format!("{name}-{backend}"));
+    if is_vm(backend) {
+        v["global_timeout"] = serde_json::json!(3600);
+    }
+    let nodes = v
+        .get_mut("nodes")
+        .and_then(|n| n.as_object_mut())
+        .ok_or_else(|| format!("{}: no nodes", src.display()))?;
+    for node in nodes.values_mut() {
+        node["backend"] = serde_json::json!({ backend: { "image": ctx.image } });
+    }
+    let path = ctx.dir.join(format!("whole-{backend}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
+    if let Some(s) = Summary::of(samples, p99) {
+        b.figures.insert(name.to_owned(), s);
+    }
+}
+
+/// Every single-node figure and the whole-test wall time for one backend.
+pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<(), BenchError> {
+    let backend = b.name.clone();
+    let mut runs = Vec::new();
+    for i in 0..b.runs {
+        let config = match write_config(ctx, &format!("bench-{backend}"), &backend, 1, false) {
+            Ok(c) => c,
+            Err(e) => {
+                b.errors.push(e);
+                break;
+            }
+        };
+        let snapshot = ctx.dir.join(format!("snapshot-{backend}-{i}"));
+        eprintln!("bench: {backend}: single-node run {}/{}", i + 1, b.runs);
+        match with_driver(ctx, &config, |d| single_run(ctx, d, snapshot))? {
+            Ok(r) => runs.push(r),
+            Err(e) => b.errors.push(format!("run {}: {e}", i + 1)),
+        }
+    }
+    let col = |f: fn(&SingleRun) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    put(b, "boot_backdoor_ms", &col(|r| r.boot_backdoor), false);
+    put(b, "boot_multi_user_ms", &col(|r| r.boot_multi_user), false);
+    let rtt: Vec<f64> = runs.iter().flat_map(|r| r.round_trips.clone()).collect();
+    put(b, "true_round_trip_ms", &rtt, true);
+    let mib: Vec<f64> = runs.iter().flat_map(|r| r.mib.clone()).collect();
+    put(b, "output_1mib_ms", &mib, false);
+    put(b, "shutdown_ms", &col(|r| r.shutdown), false);
+    put(b, "guest_exec_true_ms", &col(|r| r.guest_exec_true), false);
+    put(b, "guest_bash_c_true_ms", &col(|r| r.guest_bash_c_true), false);
+    put(b, "attest_cpu_per_command_ms", &col(|r| r.attest_cpu_per_command), false);
+    let snaps: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.snapshot.clone())
+        .filter_map(|s| s.ok())
+        .collect();
+    put(b, "snapshot_restore_first_command_ms", &snaps, false);
+    if let Some(reason) = runs
+        .iter()
+        .find_map(|r| r.snapshot.clone().and_then(|s| s.err()))
+    {
+        b.not_applicable
+            .insert("snapshot_restore_first_command_ms".into(), reason);
+    }
+
+    let mut walls = Vec::new();
+    for i in 0..b.runs {
+        ctx.check_interrupt()?;
+        let config = match rewrite_test(ctx, &backend) {
+            Ok(c) => c,
+            Err(e) => {
+                b.errors.push(format!("whole test: {e}"));
+                break;
+            }
+        };
+        eprintln!("bench: {backend}: whole test run {}/{}", i + 1, b.runs);
+        let opts = RunOptions {
+            report: ctx.report_options(),
+            driver: DriverOptions::default(),
+            interactive: false,
+        };
+        let t = Instant::now();
+        let outcome = driver::run_test(&config, &opts, ctx.runtime);
+        let wall = ms(t.elapsed());
+        ctx.check_interrupt()?;
+        match outcome {
+            Outcome::Passed => walls.push(wall),
+            Outcome::Failed(e) | Outcome::Error(e) => {
+                b.errors.push(format!("whole test run {}: {e}", i + 1))
+            }
+        }
+    }
+    put(b, "whole_test_ms", &walls, false);
+    Ok(())
+}
+
+/// `start_all` of N nodes (every backdoor up), for each requested N.
+pub fn measure_scaling(
+    ctx: &BenchContext<'_>,
+    backend: &str,
+    errors: &mut Vec<String>,
+) -> Result<Option<ScalingReport>, BenchError> {
+    let mut points = Vec::new();
+    for &n in &ctx.opts.scaling {
+        let config = match write_config(ctx, &format!("scale-{backend}-{n}"), backend, n, true) {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let mut samples = Vec::new();
+        for i in 0..ctx.opts.runs {
+            eprintln!("bench: {backend}: start_all of {n} nodes, run {}/{}", i + 1, ctx.opts.runs);
+            let r = with_driver(ctx, &config, |d| {
+                let machines: Vec<Machine> = d.machines().values().cloned().collect();
+                block(ctx.runtime, async move {
+                    let t = Instant::now();
+                    let mut set = tokio::task::JoinSet::new();
+                    for m in machines {
+                        set.spawn(async move { m.start().await });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        if let Ok(Err(e)) = r {
+                            return Err(e);
+                        }
+                    }
+                    Ok(t.elapsed())
+                })
+            })?;
+            match r {
+                Ok(d) => samples.push(ms(d)),
+                Err(e) => errors.push(format!("start_all of {n}: {e}")),
+            }
+        }
+        if let Some(s) = Summary::of(&samples, false) {
+            points.push(ScalingPoint {
+                nodes: n,
+                per_node_ms: s.median / n.max(1) as f64,
+                start_all_ms: s,
+            });
+        }
+    }
+    Ok(Some(ScalingReport {
+        backend: backend.to_owned(),
+        points,
+    }))
+}
