@@ -57,7 +57,11 @@ enum Command {
         #[arg(default_value = "examples/nginx/test.json")]
         config: PathBuf,
         /// Backends to measure (comma-separated); unavailable ones are listed with the reason.
-        #[arg(long, value_delimiter = ',', default_value = "nspawn,qemu,firecracker,cloud-hypervisor")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "nspawn,qemu,firecracker,cloud-hypervisor"
+        )]
         backends: Vec<String>,
         /// Runs per figure on nspawn.
         #[arg(long, default_value_t = 5)]
@@ -68,9 +72,9 @@ enum Command {
         /// `true` round trips per run.
         #[arg(long, default_value_t = 200)]
         commands: usize,
-        /// Node counts for the nspawn `start_all` scaling figure (empty: skip).
-        #[arg(long, value_delimiter = ',', default_value = "1,4,8,16")]
-        scaling: Vec<usize>,
+        /// Node counts for the nspawn `start_all` scaling figure (`none`: skip).
+        #[arg(long, default_value = "1,4,8,16")]
+        scaling: String,
         /// The Debian test image manifest.
         #[arg(long, default_value = "images/debian/out/manifest.json")]
         image: PathBuf,
@@ -149,7 +153,13 @@ fn main() -> ExitCode {
                 runs: runs.max(1),
                 vm_runs: vm_runs.max(1),
                 commands: commands.max(1),
-                scaling,
+                scaling: match attest::bench::parse_counts(&scaling) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("attest bench: --scaling: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
                 colour: std::io::stderr().is_terminal(),
             };
             return bench(&opts, json.as_deref());
@@ -186,7 +196,8 @@ fn bench(opts: &attest::bench::BenchOptions, json: Option<&std::path::Path>) -> 
         }
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    let failed = report.interrupted.is_some() || report.backends.iter().any(|b| !b.errors.is_empty());
+    let failed =
+        report.interrupted.is_some() || report.backends.iter().any(|b| !b.errors.is_empty());
     ExitCode::from(if failed { 1 } else { 0 })
 }
 

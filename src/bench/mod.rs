@@ -18,7 +18,6 @@ pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -174,12 +173,17 @@ pub enum BenchError {
 
 /// Set by the bench's own SIGINT/SIGTERM listener; checked between runs.
 #[derive(Clone, Default)]
-pub struct Interrupt(Arc<AtomicBool>);
+pub struct Interrupt(Arc<std::sync::Mutex<Option<&'static str>>>);
 
 impl Interrupt {
+    /// The signal that arrived, if one did.
+    pub fn signal(&self) -> Option<&'static str> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether a signal arrived.
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.signal().is_some()
     }
 
     /// Listens for SIGINT/SIGTERM on `runtime` (the running Driver's own
@@ -188,18 +192,33 @@ impl Interrupt {
         let flag = self.0.clone();
         runtime.spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) =
-                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-            else {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
                 return;
             };
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            flag.store(true, Ordering::SeqCst);
+            let name = tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            };
+            *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
         });
     }
+}
+
+/// Parses `1,4,8,16` (or `none` / empty: no scaling figure).
+pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(n),
+            _ => Err(format!("{p:?} is not a node count from 1 to 64")),
+        })
+        .collect()
 }
 
 /// Whether `backend` counts as a VM (slow under TCG: fewer runs, no scaling).
@@ -293,7 +312,10 @@ pub fn availability(backend: &str, image: &ImageManifest) -> Result<(), String> 
         _ => {
             for p in [&image.kernel, &image.disk] {
                 if !p.is_file() {
-                    return Err(format!("{} is missing: run images/debian/build", p.display()));
+                    return Err(format!(
+                        "{} is missing: run images/debian/build",
+                        p.display()
+                    ));
                 }
             }
         }
@@ -365,7 +387,10 @@ pub fn utc_now() -> String {
 
 /// Runs the whole bench. Returns the report even when it was interrupted
 /// (then [`BenchReport::interrupted`] says why) so partial figures are kept.
-pub fn run(opts: &BenchOptions, runtime: &tokio::runtime::Runtime) -> Result<BenchReport, BenchError> {
+pub fn run(
+    opts: &BenchOptions,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<BenchReport, BenchError> {
     let started = std::time::Instant::now();
     let usage0 = Usage::now();
     let image_path = std::path::absolute(&opts.image)
@@ -423,7 +448,11 @@ pub fn run(opts: &BenchOptions, runtime: &tokio::runtime::Runtime) -> Result<Ben
                 continue;
             }
             b.available = true;
-            b.runs = if is_vm(backend) { opts.vm_runs } else { opts.runs };
+            b.runs = if is_vm(backend) {
+                opts.vm_runs
+            } else {
+                opts.runs
+            };
             let r = scenario::measure_backend(&ctx, &mut b);
             let r = r.and_then(|()| {
                 if backend == "nspawn" && !opts.scaling.is_empty() {

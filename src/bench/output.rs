@@ -12,11 +12,17 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("true_round_trip_ms", "command: `true` round trip"),
     ("output_1mib_ms", "command: 1 MiB output"),
     ("shutdown_ms", "shutdown: request → process gone"),
-    ("snapshot_restore_first_command_ms", "snapshot restore → first command"),
+    (
+        "snapshot_restore_first_command_ms",
+        "snapshot restore → first command",
+    ),
     ("whole_test_ms", "whole test (nginx example), wall"),
     ("guest_exec_true_ms", "guest: fork+exec /bin/true"),
     ("guest_bash_c_true_ms", "guest: bash -c true"),
-    ("attest_cpu_per_command_ms", "attest CPU per `true` round trip"),
+    (
+        "attest_cpu_per_command_ms",
+        "attest CPU per `true` round trip",
+    ),
 ];
 
 /// A duration in ms, with a unit that keeps it readable.
@@ -53,7 +59,11 @@ pub fn table(r: &BenchReport) -> String {
         out,
         "attest {} ({} build) bench, {}: {}, {} cores, {} MiB, kernel {}, /dev/kvm: {}",
         r.attest_version,
-        if r.options.release_build { "release" } else { "debug" },
+        if r.options.release_build {
+            "release"
+        } else {
+            "debug"
+        },
         r.date,
         m.cpu_model,
         m.cores,
@@ -70,7 +80,11 @@ pub fn table(r: &BenchReport) -> String {
     let avail: Vec<_> = r.backends.iter().filter(|b| b.available).collect();
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header = vec!["figure: median [min–max]".to_owned()];
-    header.extend(avail.iter().map(|b| format!("{} (runs: {})", b.name, b.runs)));
+    header.extend(
+        avail
+            .iter()
+            .map(|b| format!("{} (runs: {})", b.name, b.runs)),
+    );
     rows.push(header);
     for (key, label) in FIGURES {
         let mut row = vec![(*label).to_owned()];

@@ -13,7 +13,9 @@ use crate::machine::{Machine, MachineError};
 use crate::report::{ReportOptions, Reporter};
 
 use super::usage::Usage;
-use super::{is_vm, BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary};
+use super::{
+    is_vm, BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary,
+};
 
 /// Size of the large-output figure.
 pub const MIB: usize = 1 << 20;
@@ -38,8 +40,8 @@ pub struct BenchContext<'a> {
 
 impl BenchContext<'_> {
     fn check_interrupt(&self) -> Result<(), BenchError> {
-        if self.interrupt.is_set() {
-            return Err(BenchError::Interrupted("interrupted by a signal".into()));
+        if let Some(signal) = self.interrupt.signal() {
+            return Err(BenchError::Interrupted(format!("interrupted by {signal}")));
         }
         Ok(())
     }
@@ -84,8 +86,11 @@ fn write_config(
     let script = ctx.dir.join("bench.rhai");
     let path = ctx.dir.join(format!("{name}.json"));
     std::fs::write(&script, "start_all();\n").map_err(|e| e.to_string())?;
-    std::fs::write(&path, serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -155,14 +160,22 @@ async fn guest_loop_ms(m: &Machine, body: &str) -> Result<f64, MachineError> {
         "s=$(date +%s%N); for i in $(seq {GUEST_LOOP}); do {body}; done; e=$(date +%s%N); echo $((e - s))"
     );
     let out = m.execute(&cmd, Duration::from_secs(300)).await?;
-    let ns: f64 = out.stdout_text().trim().parse().map_err(|_| MachineError::Internal {
-        machine: m.name().to_owned(),
-        message: format!("guest timing loop printed {:?}", out.stdout_text()),
-    })?;
+    let ns: f64 = out
+        .stdout_text()
+        .trim()
+        .parse()
+        .map_err(|_| MachineError::Internal {
+            machine: m.name().to_owned(),
+            message: format!("guest timing loop printed {:?}", out.stdout_text()),
+        })?;
     Ok(ns / 1e6 / f64::from(GUEST_LOOP))
 }
 
-fn expect_ok(m: &Machine, out: &crate::guest::CommandOutput, what: &str) -> Result<(), MachineError> {
+fn expect_ok(
+    m: &Machine,
+    out: &crate::guest::CommandOutput,
+    what: &str,
+) -> Result<(), MachineError> {
     if out.status == 0 {
         return Ok(());
     }
@@ -230,14 +243,20 @@ fn single_run(
             .block_on({
                 let m = m.clone();
                 async move {
-                    m.execute(&format!("head -c {MIB} /dev/zero"), Duration::from_secs(120))
-                        .await
+                    m.execute(
+                        &format!("head -c {MIB} /dev/zero"),
+                        Duration::from_secs(120),
+                    )
+                    .await
                 }
             })
             .map_err(|e| e.to_string())?;
         run.mib.push(ms(t.elapsed()));
         if out.stdout.len() != MIB {
-            return Err(format!("1 MiB output arrived as {} bytes", out.stdout.len()));
+            return Err(format!(
+                "1 MiB output arrived as {} bytes",
+                out.stdout.len()
+            ));
         }
     }
 
@@ -252,7 +271,10 @@ fn single_run(
 
     let mm = m.clone();
     run.snapshot = Some(block(rt, async move {
-        match mm.backend_op(BackendOp::SnapshotCreate(snapshot.clone())).await {
+        match mm
+            .backend_op(BackendOp::SnapshotCreate(snapshot.clone()))
+            .await
+        {
             Err(MachineError::Backend {
                 unsupported: true,
                 message,
@@ -272,7 +294,8 @@ fn single_run(
     let mm = m.clone();
     let shutdown = block(rt, async move {
         let t = Instant::now();
-        mm.shutdown(Duration::from_secs(if vm { 300 } else { 60 })).await?;
+        mm.shutdown(Duration::from_secs(if vm { 300 } else { 60 }))
+            .await?;
         Ok(t.elapsed())
     })?;
     run.shutdown = ms(shutdown);
@@ -282,8 +305,7 @@ fn single_run(
 /// The test config rewritten so every node runs on `backend` with the image.
 fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String> {
     let src = &ctx.opts.test_config;
-    let text =
-        std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let text = std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
     let base = std::path::absolute(src)
@@ -296,7 +318,11 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String
         .and_then(|s| s.as_str())
         .ok_or_else(|| format!("{}: no script", src.display()))?;
     v["script"] = serde_json::json!(base.join(script));
-    let name = v.get("name").and_then(|s| s.as_str()).unwrap_or("test").to_owned();
+    let name = v
+        .get("name")
+        .and_then(|s| s.as_str())
+        .unwrap_or("test")
+        .to_owned();
     v["name"] = serde_json::json!(format!("{name}-{backend}"));
     if is_vm(backend) {
         v["global_timeout"] = serde_json::json!(3600);
@@ -309,8 +335,11 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String
         node["backend"] = serde_json::json!({ backend: { "image": ctx.image } });
     }
     let path = ctx.dir.join(format!("whole-{backend}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -324,6 +353,7 @@ fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
 pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<(), BenchError> {
     let backend = b.name.clone();
     let mut runs = Vec::new();
+    let mut interrupted = Ok(());
     for i in 0..b.runs {
         let config = match write_config(ctx, &format!("bench-{backend}"), &backend, 1, false) {
             Ok(c) => c,
@@ -334,9 +364,14 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
         };
         let snapshot = ctx.dir.join(format!("snapshot-{backend}-{i}"));
         eprintln!("bench: {backend}: single-node run {}/{}", i + 1, b.runs);
-        match with_driver(ctx, &config, |d| single_run(ctx, d, snapshot))? {
-            Ok(r) => runs.push(r),
-            Err(e) => b.errors.push(format!("run {}: {e}", i + 1)),
+        match with_driver(ctx, &config, |d| single_run(ctx, d, snapshot)) {
+            Ok(Ok(r)) => runs.push(r),
+            Ok(Err(e)) => b.errors.push(format!("run {}: {e}", i + 1)),
+            Err(e) => {
+                // Keep the runs done so far.
+                interrupted = Err(e);
+                break;
+            }
         }
     }
     let col = |f: fn(&SingleRun) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
@@ -348,8 +383,18 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
     put(b, "output_1mib_ms", &mib, false);
     put(b, "shutdown_ms", &col(|r| r.shutdown), false);
     put(b, "guest_exec_true_ms", &col(|r| r.guest_exec_true), false);
-    put(b, "guest_bash_c_true_ms", &col(|r| r.guest_bash_c_true), false);
-    put(b, "attest_cpu_per_command_ms", &col(|r| r.attest_cpu_per_command), false);
+    put(
+        b,
+        "guest_bash_c_true_ms",
+        &col(|r| r.guest_bash_c_true),
+        false,
+    );
+    put(
+        b,
+        "attest_cpu_per_command_ms",
+        &col(|r| r.attest_cpu_per_command),
+        false,
+    );
     let snaps: Vec<f64> = runs
         .iter()
         .filter_map(|r| r.snapshot.clone())
@@ -363,6 +408,7 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
         b.not_applicable
             .insert("snapshot_restore_first_command_ms".into(), reason);
     }
+    interrupted?;
 
     let mut walls = Vec::new();
     for i in 0..b.runs {
@@ -412,7 +458,11 @@ pub fn measure_scaling(
         };
         let mut samples = Vec::new();
         for i in 0..ctx.opts.runs {
-            eprintln!("bench: {backend}: start_all of {n} nodes, run {}/{}", i + 1, ctx.opts.runs);
+            eprintln!(
+                "bench: {backend}: start_all of {n} nodes, run {}/{}",
+                i + 1,
+                ctx.opts.runs
+            );
             let r = with_driver(ctx, &config, |d| {
                 let machines: Vec<Machine> = d.machines().values().cloned().collect();
                 block(ctx.runtime, async move {
