@@ -146,7 +146,7 @@ impl Backend for NspawnBackend {
             "--private-network",
             "--register=no",
             "--keep-unit",
-            "--console=pipe",
+            "--console=read-only",
             "--link-journal=no",
         ])
         .arg(format!("--directory={}", rootfs.display()))

@@ -61,9 +61,13 @@ impl Framer {
 
     /// The line that prepares a fresh backdoor shell: no prompts, no history
     /// expansion, and the directory for output files.
+    ///
+    /// `/dev/shm` first: the backdoor starts before `tmp.mount`, and a tmpfs
+    /// mounted over `/tmp` between writing and reading a command's output
+    /// would hide it. `/dev/shm` is mounted before PID 1's first unit.
     pub fn init_line(&self) -> String {
         "set +o histexpand 2>/dev/null; unset HISTFILE; PS1=; PS2=; \
-         __ad=${TMPDIR:-/tmp}; [ -d \"$__ad\" ] && [ -w \"$__ad\" ] || __ad=/tmp\n"
+         __ad=/dev/shm; [ -d \"$__ad\" ] && [ -w \"$__ad\" ] || __ad=${TMPDIR:-/tmp}\n"
             .to_owned()
     }
 

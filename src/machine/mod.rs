@@ -343,8 +343,13 @@ impl Machine {
             () = self.inner.cancel.cancelled() => Err(self.cancelled()),
         };
         if let Err(MachineError::Guest { .. }) = &result {
-            // The channel broke: if the machine died meanwhile, say so.
-            if let Some(info) = instance.exit_watch().borrow().clone() {
+            // The channel broke: usually because the machine is dying; its
+            // process exit may lag the socket's close by a moment.
+            let mut exit = instance.exit_watch();
+            if let Ok(info) =
+                tokio::time::timeout(Duration::from_secs(3), wait_exit(&mut exit)).await
+            {
+                self.forget_instance(MachineState::Crashed).await;
                 return Err(self.died(&info, &format!("running `{command}`")));
             }
         }

@@ -1,0 +1,328 @@
+//! The driver against real systemd-nspawn containers booting the Debian test
+//! image: the examples, the whole script API, failures, faults and cleanup.
+//! Needs root and `images/debian/build`.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{assert_nothing_left, attest, TestDir};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn run(dir: &TestDir) -> harness::Run {
+    attest(
+        &["run", "--quiet-console", dir.config().to_str().unwrap()],
+        LIMIT,
+    )
+}
+
+#[test]
+fn the_examples_pass() {
+    harness::image_manifest();
+    for example in ["single", "nginx"] {
+        let config = format!(
+            "{}/examples/{example}/test.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let r = attest(&["run", "--quiet-console", &config], LIMIT);
+        assert_eq!(r.code, Some(0), "example {example} failed:\n{}", r.stderr);
+        assert!(r.stderr.contains("test passed"), "{}", r.stderr);
+        assert_nothing_left(&r, example);
+    }
+}
+
+/// Every script method and global at least once, on real containers.
+#[test]
+fn the_script_api_works_on_real_containers() {
+    let dir = TestDir::nspawn(
+        "api-tour",
+        &["server", "client"],
+        "",
+        r#"
+start_all();
+wait_all([server, client], |m| m.wait_for_unit("multi-user.target"));
+
+subtest("commands", || {
+    let r = execute(server, "echo out; echo err >&2; exit 4", #{ timeout: 10 });
+    assert_eq(r.status, 4);
+    assert_eq(r.stdout, "out\n");
+    assert_eq(r.stderr, "err\n");
+    assert_eq(server.succeed("echo a", "echo b"), "a\nb\n");
+    assert_eq(succeed(server, ["echo c", "echo d"]), "c\nd\n");
+    server.fail("false");
+    let n = server.wait_until_succeeds("test -e /tmp/flag || { touch /tmp/flag; false; }", #{ timeout: 20 });
+    server.wait_until_fails("rm /tmp/flag", #{ timeout: 20 });
+    subtest("nested", || log("inside a nested subtest"));
+});
+
+subtest("systemd", || {
+    server.wait_for_unit("nginx.service");
+    server.require_unit_state("nginx.service", "active");
+    let info = server.get_unit_info("nginx.service");
+    assert_eq(info["ActiveState"], "active");
+    assert_eq(server.get_unit_property("nginx.service", "SubState"), "running");
+    let st = server.systemctl("is-active nginx.service");
+    assert_eq(st.stdout, "active\n");
+    server.stop_job("nginx.service");
+    server.wait_for_closed_port(80);
+    server.start_job("nginx.service");
+    server.wait_for_open_port(80, #{ timeout: 30 });
+    assert_contains(server.journal("nginx.service", 50), "nginx");
+    server.succeed("systemd-run --unit=attest-sock socat UNIX-LISTEN:/run/t.sock,fork EXEC:cat");
+    server.wait_for_open_unix_socket("/run/t.sock");
+    server.succeed("(sleep 1; touch /tmp/later) >/dev/null 2>&1 &");
+    server.wait_for_file("/tmp/later");
+    server.succeed("echo attest-console-marker > /dev/console");
+    server.wait_for_console_text("attest-console-marker");
+    assert_contains(server.get_console_log(), "attest-console-marker");
+});
+
+subtest("files", || {
+    server.succeed("head -c 300000 /dev/urandom > /tmp/blob; sha256sum /tmp/blob | cut -c1-64 > /tmp/blob.sum");
+    server.copy_from_machine("/tmp/blob", "out/blob");
+    server.copy_from_machine("/tmp/blob.sum", "out/blob.sum");
+    client.copy_from_host("out/blob", "/root/blob");
+    let sum = client.succeed("sha256sum /root/blob | cut -c1-64");
+    assert_eq(sum, server.succeed("cat /tmp/blob.sum"));
+    client.copy_from_host("out", "/root/outdir");
+    client.succeed("test -s /root/outdir/blob.sum");
+});
+
+subtest("network and helpers", || {
+    assert_contains(client.wait_until_succeeds("curl -sf http://server"), "nginx");
+    assert_matches(client.succeed("ip -4 addr show eth0"), "192\\.168\\.1\\.1/24");
+    let tries = 0;
+    retry(#{ attempts: 5, delay: 0.1 }, || { tries += 1; if tries < 3 { throw "not yet"; } });
+    assert_eq(tries, 3);
+    let names = wait_all([server, client], |m| m.succeed("hostname"));
+    assert_eq(names, ["server\n", "client\n"]);
+    sleep(0.1);
+    server.sleep(0.1);
+    server.log("a machine log line");
+});
+
+subtest("backend-specific calls say they are unsupported", || {
+    try { server.screenshot("x.png"); throw "no error"; }
+    catch (e) { assert_contains(`${e}`, "screenshot is not supported by the nspawn backend"); }
+    try { server.snapshot_create("snap"); throw "no error"; }
+    catch (e) { assert_contains(`${e}`, "snapshot_create is not supported by the nspawn backend"); }
+});
+
+subtest("lifecycle", || {
+    client.crash();
+    client.start();
+    client.wait_for_unit("multi-user.target");
+    client.shutdown();
+    client.start();
+    client.succeed("true");
+});
+"#,
+    );
+    let r = attest(
+        &[
+            "run",
+            "--quiet-console",
+            dir.config().to_str().unwrap(),
+            "--junit",
+            dir.path("junit.xml").to_str().unwrap(),
+            "--log-json",
+            dir.path("events.jsonl").to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let junit = std::fs::read_to_string(dir.path("junit.xml")).unwrap();
+    for case in [
+        "commands",
+        "commands / nested",
+        "systemd",
+        "files",
+        "lifecycle",
+    ] {
+        assert!(junit.contains(&format!("name=\"{case}\"")), "{junit}");
+    }
+    let events = std::fs::read_to_string(dir.path("events.jsonl")).unwrap();
+    assert!(events
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(
+        events.contains(r#""event":"test_finished""#) && events.contains(r#""outcome":"passed""#)
+    );
+    assert_nothing_left(&r, "api-tour");
+}
+
+#[test]
+fn a_failing_command_fails_the_test_with_context() {
+    let dir = TestDir::nspawn(
+        "failing",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.succeed(\"echo some-output; echo some-error >&2; exit 3\");\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    for needle in [
+        "test.rhai:2:",
+        "machine machine: succeed `echo some-output; echo some-error >&2; exit 3` failed (exit status 3)",
+        "some-output",
+        "some-error",
+        "test failed",
+    ] {
+        assert!(r.stderr.contains(needle), "missing {needle:?} in:\n{}", r.stderr);
+    }
+    assert_nothing_left(&r, "failing");
+}
+
+#[test]
+fn wait_for_unit_fails_at_once_on_a_failed_unit_with_diagnostics() {
+    let dir = TestDir::nspawn(
+        "unitfail",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.succeed(\"systemd-run --unit=doomed.service false\");\nmachine.wait_for_unit(\"doomed.service\", #{ timeout: 120 });\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("unit \"doomed.service\" reached state \"failed\""),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--- failed units:"), "{}", r.stderr);
+    assert!(r.stderr.contains("doomed.service"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--- last 30 journal lines:"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(60), "{:?}", r.elapsed);
+}
+
+#[test]
+fn a_container_killed_mid_command_fails_the_call_at_once() {
+    let dir = TestDir::nspawn(
+        "killed",
+        &["victim"],
+        "",
+        "victim.start();\nvictim.succeed(\"sleep 120\");\n",
+    );
+    let started = Instant::now();
+    let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    let pid = child.id();
+    // Wait for the container, then kill its PID 1 from outside.
+    let needle = format!("--machine=attest-{pid}-1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let nspawn_pid = loop {
+        let found = harness::processes_matching(&needle);
+        if let Some(line) = found.iter().find(|l| l.contains("systemd-nspawn")) {
+            break line.split(':').next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "container never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let children =
+        std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children")).unwrap();
+    let leader = children
+        .split_whitespace()
+        .next()
+        .expect("container leader");
+    let killed_at = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", leader])
+        .status()
+        .unwrap()
+        .success());
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    assert!(r.stderr.contains("machine victim:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("while running `sleep 120`"),
+        "{}",
+        r.stderr
+    );
+    assert_nothing_left(&r, "killed");
+}
+
+#[test]
+fn sigterm_tears_everything_down() {
+    let dir = TestDir::nspawn(
+        "sigterm",
+        &["a", "b"],
+        "",
+        "start_all();\na.succeed(\"sleep 120\");\n",
+    );
+    let started = Instant::now();
+    let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness::processes_matching(&format!("--machine=attest-{pid}-")).len() < 2 {
+        assert!(Instant::now() < deadline, "containers never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("interrupted by SIGTERM"), "{}", r.stderr);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "teardown took {:?}",
+        signalled.elapsed()
+    );
+    assert_nothing_left(&r, "sigterm");
+}
+
+#[test]
+fn the_global_timeout_ends_the_test() {
+    let dir = TestDir::nspawn(
+        "globaltimeout",
+        &["machine"],
+        r#""global_timeout": 8"#,
+        "machine.start();\nmachine.succeed(\"sleep 120\");\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("global timeout of 8 seconds reached"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(40), "{:?}", r.elapsed);
+    assert_nothing_left(&r, "globaltimeout");
+}
+
+#[test]
+fn keep_state_keeps_the_state_dir() {
+    let dir = TestDir::nspawn("keepstate", &["machine"], "", "machine.start();\n");
+    let r = attest(
+        &[
+            "run",
+            "--quiet-console",
+            "--keep-state",
+            dir.config().to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let kept = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("keeping state in "))
+        .expect("state dir logged")
+        .to_owned();
+    assert!(std::path::Path::new(&kept).join("machine").is_dir());
+    std::fs::remove_dir_all(&kept).unwrap();
+}
