@@ -4,6 +4,7 @@
 //! [`BackendError::Unsupported`] by default.
 
 pub mod nspawn;
+pub mod qemu;
 pub mod ssh;
 
 use std::path::PathBuf;
@@ -164,6 +165,7 @@ pub trait Instance: Send + Sync {
 pub fn for_node(kind: &str) -> Result<Arc<dyn Backend>, BackendError> {
     match kind {
         "nspawn" => Ok(Arc::new(nspawn::NspawnBackend)),
+        "qemu" => Ok(Arc::new(qemu::QemuBackend)),
         "ssh" => Ok(Arc::new(ssh::SshBackend)),
         other => Err(BackendError::Prerequisite(format!(
             "the {other} backend is not available in this build of attest"

@@ -70,6 +70,8 @@ pub struct SshInstance {
     destination: String,
     /// The master connection process.
     master: Watched,
+    /// The master's exit, told as the end of the connection to the host.
+    exit: watch::Receiver<Option<ExitInfo>>,
     console: ConsoleLog,
     owned: bool,
     /// Keeps a short private directory for the control socket alive when the
@@ -116,8 +118,7 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
              on the node to accept a host seen for the first time ({last})"
         ));
     }
-    if lower.contains("permission denied") || lower.contains("too many authentication failures")
-    {
+    if lower.contains("permission denied") || lower.contains("too many authentication failures") {
         let key = match identity {
             Some(k) => format!("the identity file {}", k.display()),
             None => "the keys of your ssh agent and ~/.ssh (no identity_file set)".to_owned(),
@@ -126,8 +127,7 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
             "authentication refused by {who}: {key} was not accepted ({last})"
         ));
     }
-    if lower.contains("could not resolve hostname") || lower.contains("name or service not known")
-    {
+    if lower.contains("could not resolve hostname") || lower.contains("name or service not known") {
         return Failure::Fatal(format!("cannot resolve the host name of {who} ({last})"));
     }
     if lower.contains("bad configuration option")
@@ -159,7 +159,11 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
 }
 
 /// The options every master connection gets, from the node's config.
-fn master_args(c: &SshConfig, resolve: impl Fn(&Path) -> PathBuf, connect_wait: f64) -> Vec<String> {
+fn master_args(
+    c: &SshConfig,
+    resolve: impl Fn(&Path) -> PathBuf,
+    connect_wait: f64,
+) -> Vec<String> {
     let connect_timeout = connect_wait.clamp(1.0, 10.0).ceil() as u32;
     let mut a: Vec<String> = vec![
         "-o".into(),
@@ -233,7 +237,9 @@ fn control_path(state_dir: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)
     let dir = tempfile::Builder::new()
         .prefix("attest-ssh-")
         .tempdir_in("/tmp")
-        .map_err(|e| BackendError::Start(format!("cannot create a control socket directory: {e}")))?;
+        .map_err(|e| {
+            BackendError::Start(format!("cannot create a control socket directory: {e}"))
+        })?;
     Ok((dir.path().join("ctl"), Some(dir)))
 }
 
@@ -316,9 +322,21 @@ impl Backend for SshBackend {
             }
         };
 
+        let (exit_tx, exit) = watch::channel(None);
+        {
+            let master = master.clone();
+            let display = display.clone();
+            tokio::spawn(async move {
+                let info = master.wait().await;
+                let _ = exit_tx.send(Some(format!(
+                    "lost the ssh connection to {display} (ssh {info})"
+                )));
+            });
+        }
         let instance = SshInstance {
             machine: ctx.machine.clone(),
             display,
+            exit,
             ssh,
             control,
             destination: c.host.clone(),
@@ -571,7 +589,7 @@ impl Instance for SshInstance {
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
-        self.master.exit.clone()
+        self.exit.clone()
     }
 
     fn may_power_off(&self) -> Result<(), BackendError> {
@@ -663,12 +681,18 @@ mod tests {
 
     #[test]
     fn network_failures_are_transient() {
-        assert!(transient("ssh: connect to host 10.0.0.2 port 22: Connection refused")
-            .contains("refused the connection"));
-        assert!(transient("ssh: connect to host 10.0.0.2 port 22: No route to host")
-            .contains("unreachable"));
-        assert!(transient("ssh: connect to host 10.0.0.2 port 22: Connection timed out")
-            .contains("timed out"));
+        assert!(
+            transient("ssh: connect to host 10.0.0.2 port 22: Connection refused")
+                .contains("refused the connection")
+        );
+        assert!(
+            transient("ssh: connect to host 10.0.0.2 port 22: No route to host")
+                .contains("unreachable")
+        );
+        assert!(
+            transient("ssh: connect to host 10.0.0.2 port 22: Connection timed out")
+                .contains("timed out")
+        );
     }
 
     #[test]

@@ -1,0 +1,383 @@
+//! A real sshd to test the ssh backend against: the Debian test image booted
+//! with systemd-nspawn inside a fresh network namespace that a veth pair joins
+//! to the host (`10.<b>.<c>.1/30` on the host, `.2/30` in the namespace,
+//! where the container's sshd listens). Root logs in with the image's key.
+//!
+//! [`SshdHost`] removes everything on drop (container, namespace, veth), also
+//! when the test panics; namespaces left by a test process that was killed
+//! outright are removed by the next [`SshdHost::start`].
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const NS_PREFIX: &str = "attest-sshtest-";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The image's output directory; fails the test with the fix when absent.
+pub fn image_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out");
+    for f in ["manifest.json", "id_ed25519", "rootfs/usr"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} is missing: build the Debian test image first with `images/debian/build` (as root)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// A booted container with sshd on [`SshdHost::addr`].
+pub struct SshdHost {
+    /// The namespace's name (under /run/netns).
+    pub netns: String,
+    /// Address of the container (sshd listens on port 22).
+    pub addr: String,
+    /// The host end of the veth pair.
+    host_link: String,
+    nspawn: Option<Child>,
+    /// Key, known_hosts files and the container's log.
+    pub dir: tempfile::TempDir,
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Kills every process in namespace `ns` and deletes it (its veth end goes
+/// with it, and so does the host end of the pair).
+fn remove_netns(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+}
+
+/// Removes namespaces whose test process no longer exists.
+fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            remove_netns(&name);
+        }
+    }
+}
+
+impl SshdHost {
+    /// Boots the container and waits (up to 90 s) until sshd greets.
+    pub fn start() -> SshdHost {
+        let image = image_dir();
+        assert!(
+            nix_is_root(),
+            "the ssh tests need root (network namespaces, systemd-nspawn)"
+        );
+        remove_stale();
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let netns = format!("{NS_PREFIX}{pid}-{n}");
+        let host_link = format!("ats{}x{n}", pid % 1_000_000);
+        let peer_link = format!("atp{}x{n}", pid % 1_000_000);
+        // 10.<b>.<c>.0/30: b from the pid, c from the counter.
+        let (b, c) = (100 + pid % 100, (n * 4) % 256);
+        let host_addr = format!("10.{b}.{c}.1");
+        let addr = format!("10.{b}.{c}.2");
+        let dir = tempfile::tempdir().expect("temp dir");
+
+        let mut host = SshdHost {
+            netns: netns.clone(),
+            addr: addr.clone(),
+            host_link: host_link.clone(),
+            nspawn: None,
+            dir,
+        };
+        // From here on, drop cleans up whatever was made.
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &netns])?;
+            ip(&[
+                "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
+            ])?;
+            ip(&["link", "set", &peer_link, "netns", &netns])?;
+            ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_link])?;
+            ip(&["link", "set", &host_link, "up"])?;
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                &peer_link,
+            ])?;
+            ip(&["-n", &netns, "link", "set", &peer_link, "up"])?;
+            ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+            Ok(())
+        };
+        if let Err(e) = setup() {
+            panic!("cannot set up the test network: {e}");
+        }
+        let log = std::fs::File::create(host.dir.path().join("container.log")).expect("log");
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args([
+            "-q",
+            "-b",
+            "--volatile=overlay",
+            "--register=no",
+            "--keep-unit",
+        ])
+        .arg("--console=pipe")
+        .arg("--link-journal=no")
+        .arg(format!("--directory={}", image.join("rootfs").display()))
+        .arg(format!("--machine={netns}"))
+        .arg(format!("--network-namespace-path=/run/netns/{netns}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+        // SAFETY: setsid is async-signal-safe and touches no parent memory.
+        // Its own session: nspawn never sees (or signals through) the
+        // terminal of whoever runs the tests.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("cannot run systemd-nspawn");
+        host.nspawn = Some(child);
+
+        // The image's key; ssh wants it private to its owner.
+        let key = host.key();
+        std::fs::copy(image.join("id_ed25519"), &key).expect("copy key");
+        set_mode(&key, 0o600);
+        std::fs::write(host.dir.path().join("known_hosts.empty"), "").expect("write");
+        std::fs::write(
+            host.dir.path().join("known_hosts"),
+            format!(
+                "{addr} {}",
+                std::fs::read_to_string(image.join("rootfs/etc/ssh/ssh_host_ed25519_key.pub"))
+                    .expect("host key")
+            ),
+        )
+        .expect("write");
+
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if host.sshd_greets() {
+                break;
+            }
+            if !host.container_running() {
+                panic!(
+                    "the container exited while booting:\n{}",
+                    host.container_log()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "sshd in the container did not come up within 90 s:\n{}",
+                    host.container_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        host
+    }
+
+    /// The image's private key (mode 0600).
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
+    /// A known_hosts file that has the container's host key.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// An empty known_hosts file (the container's key is unknown).
+    pub fn empty_known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts.empty")
+    }
+
+    /// What the container printed so far.
+    pub fn container_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("container.log")).unwrap_or_default()
+    }
+
+    /// Whether systemd-nspawn still runs.
+    pub fn container_running(&mut self) -> bool {
+        match self.nspawn.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Whether sshd answers with its version banner.
+    pub fn sshd_greets(&self) -> bool {
+        use std::io::Read;
+        let Ok(addr) = format!("{}:22", self.addr).parse() else {
+            return false;
+        };
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 8];
+        matches!(s.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"SSH-"))
+    }
+
+    /// Runs a command over a fresh ssh connection (outside attest), as a
+    /// proof that the host still runs and accepts logins.
+    pub fn ssh(&self, command: &str) -> std::process::Output {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(self.key())
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.known_hosts().display()
+            ))
+            .arg(format!("root@{}", self.addr))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh")
+    }
+
+    /// Pids of the namespace's processes whose command name is `comm`.
+    pub fn pids_named(&self, comm: &str) -> Vec<u32> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.netns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == comm)
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// SIGKILLs every sshd of the container (listener and connections) —
+    /// only processes inside this test's namespace, never the host's sshd.
+    pub fn kill_sshd(&self) -> usize {
+        let pids = self.pids_named("sshd");
+        for p in &pids {
+            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+        }
+        pids.len()
+    }
+}
+
+impl Drop for SshdHost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            // Killing every process of the namespace takes the container's
+            // PID 1 down with its PID namespace; nspawn then exits.
+            remove_netns_processes(&self.netns);
+            let _ = Command::new("kill")
+                .args(["-9", &format!("-{}", child.id())])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        remove_netns(&self.netns);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn remove_netns_processes(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs the real attest binary on a config; returns (exit code, stdout+stderr).
+/// Kills it and fails the test after `timeout`.
+pub fn run_attest(config: &Path, timeout: Duration) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
+        .arg("run")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run attest");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}",
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default()
+    );
+    match status {
+        Some(st) => (st.code().unwrap_or(-1), text),
+        None => panic!("attest did not finish within {timeout:?}:\n{text}"),
+    }
+}

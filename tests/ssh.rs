@@ -1,0 +1,341 @@
+//! The ssh backend against a real sshd (the Debian test image in a container
+//! behind a veth pair, see `common/sshd_host.rs`), through the real binary.
+//!
+//! Connection errors (wrong key, unknown or changed host key) fail the run
+//! with exit status 1: the config is valid, the machine fails to start while
+//! the script runs (`remote.start()`), and the message names the host and says
+//! what to change. Needs root and `images/debian/build`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::sshd_host::{run_attest, SshdHost};
+use sha2::{Digest, Sha256};
+
+/// Writes `test.json` (nodes as given) and `test.rhai` into a temp dir.
+fn write_test(name: &str, nodes: &str, script: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("test.rhai"), script).expect("write script");
+    let config = dir.path().join("test.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"version":1,"name":"{name}","script":"test.rhai","global_timeout":240,"nodes":{nodes}}}"#
+        ),
+    )
+    .expect("write config");
+    (dir, config)
+}
+
+/// The JSON of an ssh node reaching `host`; `extra` adds fields.
+fn ssh_node(host: &SshdHost, key: &Path, known_hosts: &Path, extra: &str) -> String {
+    format!(
+        r#"{{"backend":{{"ssh":{{"host":"{}","user":"root","identity_file":"{}","known_hosts_file":"{}"{extra}}}}}}}"#,
+        host.addr,
+        key.display(),
+        known_hosts.display()
+    )
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// ssh clients attest left running towards `addr` (there must be none).
+fn leftover_ssh_clients(addr: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_ssh = args.first().is_some_and(|a| a.ends_with("ssh"));
+        if is_ssh && args.iter().any(|a| a == addr) && args.iter().any(|a| a.contains("attest")) {
+            left.push(args.join(" "));
+        }
+    }
+    left
+}
+
+#[test]
+fn ssh_script_api_copies_and_latency() {
+    let host = SshdHost::start();
+    // A binary file of 6 MiB with every byte value.
+    let blob: Vec<u8> = (0..6 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let blob_hash = sha256_hex(&blob);
+    let script = format!(
+        r#"
+remote.start();
+remote.wait_for_unit("multi-user.target");
+remote.wait_for_unit("ssh.service");
+assert_eq(remote.succeed("echo hi"), "hi\n");
+let r = remote.execute("echo out; echo err >&2; exit 3");
+assert_eq(r.status, 3);
+assert_eq(r.stdout, "out\n");
+assert_eq(r.stderr, "err\n");
+remote.fail("false");
+assert_eq(remote.succeed("id -u"), "0\n");
+
+remote.copy_from_host("blob.bin", "/tmp/attest-blob.bin");
+assert_eq(remote.succeed("sha256sum /tmp/attest-blob.bin | cut -d' ' -f1"), "{blob_hash}\n");
+remote.succeed("head -c 5500000 /dev/urandom > /tmp/gen.bin; sha256sum /tmp/gen.bin | cut -d' ' -f1 > /tmp/gen.sha");
+remote.copy_from_machine("/tmp/gen.bin", "back.bin");
+remote.copy_from_machine("/tmp/gen.sha", "back.sha");
+
+let n = 100;
+let t = timestamp();
+for i in 0..n {{ remote.execute("true"); }}
+print(`ssh-latency-ms: ${{t.elapsed * 1000.0 / n}}`);
+
+let refused = false;
+try {{ remote.shutdown(); }} catch (e) {{
+    refused = true;
+    if !`${{e}}`.contains("never powers off") {{ throw `${{e}}`; }}
+}}
+if !refused {{ throw "shutdown of a host attest does not own must be refused"; }}
+try {{ remote.crash(); refused = false; }} catch (e) {{ }}
+if !refused {{ throw "crash of a host attest does not own must be refused"; }}
+remote.succeed("true");
+"#
+    );
+    let (dir, config) = write_test(
+        "ssh-api",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), "")
+        ),
+        &script,
+    );
+    std::fs::write(dir.path().join("blob.bin"), &blob).expect("write blob");
+    let (code, out) = run_attest(&config, Duration::from_secs(180));
+    assert_eq!(code, 0, "{out}");
+
+    let back = std::fs::read(dir.path().join("back.bin")).expect("copied file");
+    assert_eq!(back.len(), 5_500_000);
+    let want = std::fs::read_to_string(dir.path().join("back.sha")).expect("hash file");
+    assert_eq!(
+        sha256_hex(&back),
+        want.trim(),
+        "copy_from_machine corrupted the file"
+    );
+
+    let ms: f64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ssh-latency-ms: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no latency line:\n{out}"));
+    eprintln!("ssh per-command latency (execute(\"true\"), mean of 100): {ms:.2} ms");
+    assert!(ms < 200.0, "per-command latency {ms} ms");
+
+    // The host still runs and takes logins; attest left no ssh behind.
+    let again = host.ssh("systemctl is-system-running || true");
+    assert!(again.status.success(), "host no longer answers: {again:?}");
+    assert!(
+        leftover_ssh_clients(&host.addr).is_empty(),
+        "{:?}",
+        leftover_ssh_clients(&host.addr)
+    );
+}
+
+#[test]
+fn ssh_wrong_key_is_a_clear_error() {
+    let host = SshdHost::start();
+    let wrong = host.dir.path().join("wrong_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let (_dir, config) = write_test(
+        "ssh-wrong-key",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &wrong, &host.known_hosts(), "")
+        ),
+        "remote.start();\nremote.succeed(\"true\");\n",
+    );
+    let started = Instant::now();
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("authentication refused by root@{}", host.addr)),
+        "{out}"
+    );
+    assert!(out.contains(&wrong.display().to_string()), "{out}");
+    // A configuration error is not retried until the boot timeout.
+    assert!(started.elapsed() < Duration::from_secs(20), "{out}");
+}
+
+#[test]
+fn ssh_unknown_host_key_under_strict_policy() {
+    let host = SshdHost::start();
+    // No `known_hosts` key: strict is the default.
+    let (_dir, config) = write_test(
+        "ssh-unknown-key",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.empty_known_hosts(), "")
+        ),
+        "remote.start();\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "host key of root@{} is not in known_hosts",
+            host.addr
+        )),
+        "{out}"
+    );
+    assert!(out.contains(r#""known_hosts": "accept-new""#), "{out}");
+
+    // A changed key is a mismatch, also under accept-new.
+    let other = host.dir.path().join("other_host_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .expect("ssh-keygen");
+    let changed = host.dir.path().join("known_hosts.changed");
+    let pubkey = std::fs::read_to_string(other.with_extension("pub")).expect("pub key");
+    std::fs::write(&changed, format!("{} {pubkey}", host.addr)).expect("write");
+    let (_dir2, config) = write_test(
+        "ssh-changed-key",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(
+                &host,
+                &host.key(),
+                &changed,
+                r#","known_hosts":"accept-new""#
+            )
+        ),
+        "remote.start();\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("host key mismatch for root@{}", host.addr)),
+        "{out}"
+    );
+
+    // accept-new with an empty file connects and records the key.
+    let fresh = host.dir.path().join("known_hosts.fresh");
+    std::fs::write(&fresh, "").expect("write");
+    let (_dir3, config) = write_test(
+        "ssh-accept-new",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &fresh, r#","known_hosts":"accept-new""#)
+        ),
+        "remote.succeed(\"true\");\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}");
+    let recorded = std::fs::read_to_string(&fresh).expect("read");
+    assert!(recorded.contains("ssh-ed25519"), "{recorded}");
+}
+
+#[test]
+fn ssh_sshd_killed_mid_command_fails_at_once() {
+    let mut host = SshdHost::start();
+    let (_dir, config) = write_test(
+        "ssh-killed",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), "")
+        ),
+        "remote.start();\nremote.succeed(\"sleep 60\");\n",
+    );
+    let killed_at = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while host.pids_named("sleep").is_empty() {
+                assert!(Instant::now() < deadline, "sleep 60 never started");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(host.kill_sshd() > 0);
+            Instant::now()
+        });
+        let (code, out) = run_attest(&config, Duration::from_secs(90));
+        let killed_at = killer.join().expect("killer thread");
+        let ended = Instant::now();
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("lost the ssh connection to root@{}", host.addr)),
+            "{out}"
+        );
+        assert!(out.contains("while running `sleep 60`"), "{out}");
+        (killed_at, ended)
+    });
+    let (killed, ended) = killed_at;
+    assert!(
+        ended.duration_since(killed) < Duration::from_secs(10),
+        "the call took {:?} to fail after sshd died",
+        ended.duration_since(killed)
+    );
+    // Only sshd died: the host itself runs on.
+    assert!(host.container_running());
+    assert!(leftover_ssh_clients(&host.addr).is_empty());
+}
+
+#[test]
+fn ssh_mixed_with_nspawn_node() {
+    let host = SshdHost::start();
+    let manifest = common::sshd_host::image_dir().join("manifest.json");
+    let nodes = format!(
+        r#"{{"remote":{},"local":{{"backend":{{"nspawn":{{"image":"{}"}}}}}}}}"#,
+        ssh_node(&host, &host.key(), &host.known_hosts(), ""),
+        manifest.display()
+    );
+    let script = r#"
+start_all();
+local.wait_for_unit("multi-user.target");
+remote.wait_for_unit("multi-user.target");
+assert_eq(local.succeed("hostname"), "local\n");
+let r = remote.succeed("cat /proc/sys/kernel/hostname");
+if r == "local\n" { throw r; }
+remote.succeed("echo from-remote > /tmp/x");
+assert_eq(remote.succeed("cat /tmp/x"), "from-remote\n");
+local.shutdown();
+"#;
+    let (_dir, config) = write_test("ssh-mixed", &nodes, script);
+    let (code, out) = run_attest(&config, Duration::from_secs(180));
+    assert_eq!(code, 0, "{out}");
+    assert!(host.ssh("true").status.success());
+}
+
+#[test]
+fn ssh_owned_host_may_be_shut_down() {
+    let mut host = SshdHost::start();
+    let (_dir, config) = write_test(
+        "ssh-owned",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), r#","owned":true"#)
+        ),
+        "remote.start();\nremote.wait_for_unit(\"multi-user.target\");\nremote.shutdown();\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(120));
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.container_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the owned host did not power off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
