@@ -193,8 +193,8 @@ impl Driver {
                         None,
                         format!("{name} received again: killing every machine now"),
                     );
-                    // SAFETY: kill(0, SIGKILL) would kill attest too; instead
-                    // exit and let PDEATHSIG kill every child.
+                    // Exiting is the fastest sure kill: every child has
+                    // PDEATHSIG=SIGKILL, and the vlan namespace dies with us.
                     std::process::exit(130);
                 }
             }
@@ -226,14 +226,6 @@ impl Driver {
                     .log(None, format!("cannot remove {}: {e}", path.display()));
             }
         }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // Last resort when the caller forgot teardown (e.g. a panic): the
-        // machines' kill-on-drop and PDEATHSIG end the processes; the state
-        // dir is removed by TempDir's own Drop.
     }
 }
 
