@@ -21,15 +21,16 @@ pub type ExitInfo = String;
 /// short-lived thread.
 pub fn supervise(cmd: &mut Command) -> &mut Command {
     cmd.process_group(0).kill_on_drop(true).stdin(Stdio::null());
-    // SAFETY: prctl and getppid are async-signal-safe; the closure touches no
-    // memory of the parent.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe; the closure only reads
+    // a copied integer.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
-            if libc::getppid() == 1 {
+            if libc::getppid() != parent {
                 return Err(std::io::Error::other("parent died during spawn"));
             }
             Ok(())

@@ -102,7 +102,19 @@ pub fn run_test(
         Err(e) => return finish(&reporter, Outcome::Error(e.to_string())),
     };
     driver.spawn_watchers();
-    let outcome = run_script(&driver, &script, opts.interactive);
+    // A panic in a binding must still tear the machines down before it
+    // propagates.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_script(&driver, &script, opts.interactive)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Outcome::Error(format!("attest panicked (a bug; please report it): {what}"))
+    });
     let outcome = match (outcome, driver.cancel_reason()) {
         (Outcome::Passed, _) => Outcome::Passed,
         (Outcome::Failed(e), Some(reason)) => Outcome::Failed(format!("{reason}\n{e}")),
