@@ -167,20 +167,7 @@ impl Machine {
         command: &str,
         timeout: Duration,
     ) -> Result<String, MachineError> {
-        let what = format!("wait_until_succeeds `{command}`");
-        let last = std::sync::Mutex::new(None);
-        let r = self
-            .poll(&what, timeout, || async {
-                let out = self.execute(command, timeout).await?;
-                if out.status == 0 {
-                    Ok(Some(out.stdout_text()))
-                } else {
-                    *last.lock().expect("last output lock") = Some(out);
-                    Ok(None)
-                }
-            })
-            .await;
-        self.with_last_output(r, last.into_inner().unwrap_or(None))
+        self.wait_until(command, true, timeout).await
     }
 
     /// Retries `command` until it exits non-zero; returns its stdout.
@@ -189,12 +176,26 @@ impl Machine {
         command: &str,
         timeout: Duration,
     ) -> Result<String, MachineError> {
-        let what = format!("wait_until_fails `{command}`");
+        self.wait_until(command, false, timeout).await
+    }
+
+    async fn wait_until(
+        &self,
+        command: &str,
+        succeeds: bool,
+        timeout: Duration,
+    ) -> Result<String, MachineError> {
+        let call = if succeeds {
+            "wait_until_succeeds"
+        } else {
+            "wait_until_fails"
+        };
+        let what = format!("{call} `{command}`");
         let last = std::sync::Mutex::new(None);
         let r = self
             .poll(&what, timeout, || async {
                 let out = self.execute(command, timeout).await?;
-                if out.status != 0 {
+                if (out.status == 0) == succeeds {
                     Ok(Some(out.stdout_text()))
                 } else {
                     *last.lock().expect("last output lock") = Some(out);
