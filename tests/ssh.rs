@@ -339,3 +339,58 @@ fn ssh_owned_host_may_be_shut_down() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn ssh_remote_lacking_tools_and_closed_port() {
+    let host = SshdHost::start();
+    // The container's root is a volatile overlay: this changes only this boot.
+    let hide = host.ssh("mv /usr/bin/timeout /usr/bin/timeout.hidden");
+    assert!(hide.status.success(), "{hide:?}");
+    let (_dir, config) = write_test(
+        "ssh-lacks-timeout",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), "")
+        ),
+        "remote.start();\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("remote lacks timeout on root@{}", host.addr)),
+        "{out}"
+    );
+    assert!(host
+        .ssh("mv /usr/bin/timeout.hidden /usr/bin/timeout")
+        .status
+        .success());
+
+    // Nothing listens on port 2222: attest retries until the node's
+    // boot_timeout, then says the host refused the connection.
+    let (_dir2, config) = write_test(
+        "ssh-closed-port",
+        &format!(
+            r#"{{"remote":{{"boot_timeout":3,"backend":{{"ssh":{{"host":"{}","port":2222,"user":"root","identity_file":"{}","known_hosts_file":"{}"}}}}}}}}"#,
+            host.addr,
+            host.key().display(),
+            host.known_hosts().display()
+        ),
+        "remote.start();\n",
+    );
+    let started = Instant::now();
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot connect to root@{}:2222 within 3 s",
+            host.addr
+        )),
+        "{out}"
+    );
+    assert!(out.contains("refused the connection"), "{out}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+}

@@ -274,6 +274,8 @@ impl Backend for SshBackend {
         let identity = c.identity_file.as_ref().map(|k| ctx.config.resolve(k));
 
         let mut attempt = 0u32;
+        let mut last_reason: Option<String> = None;
+        let mut backoff = Duration::from_millis(250);
         let master = loop {
             attempt += 1;
             let _ = std::fs::remove_file(&control);
@@ -305,8 +307,10 @@ impl Backend for SshBackend {
                     let stderr = settled_since(&ctx.console, from).await;
                     match classify(&stderr, &display, identity.as_deref()) {
                         Failure::Fatal(m) => Failure::Fatal(m),
-                        Failure::Transient(_) => Failure::Transient(format!(
-                            "{display} did not complete the ssh handshake"
+                        // Cut short by the deadline: the previous attempt
+                        // knows better what is wrong.
+                        Failure::Transient(_) => Failure::Transient(last_reason.take().unwrap_or_else(
+                            || format!("{display} did not complete the ssh handshake"),
                         )),
                     }
                 }
@@ -318,7 +322,11 @@ impl Backend for SshBackend {
                         "cannot connect to {display} within {wait} s: {m}"
                     )))
                 }
-                Failure::Transient(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Failure::Transient(m) => {
+                    last_reason = Some(m);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
             }
         };
 

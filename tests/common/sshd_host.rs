@@ -101,10 +101,13 @@ impl SshdHost {
         let netns = format!("{NS_PREFIX}{pid}-{n}");
         let host_link = format!("ats{}x{n}", pid % 1_000_000);
         let peer_link = format!("atp{}x{n}", pid % 1_000_000);
-        // 10.<b>.<c>.0/30: b from the pid, c from the counter.
-        let (b, c) = (100 + pid % 100, (n * 4) % 256);
-        let host_addr = format!("10.{b}.{c}.1");
-        let addr = format!("10.{b}.{c}.2");
+        // One /30 per (pid, counter) in 10.128.0.0/9: 18 bits of pid and 3
+        // of counter, so tests running at once (nextest: one process each)
+        // never share a subnet.
+        let s = ((pid & 0x3ffff) << 3) | (n & 7);
+        let (b, c, d) = (128 + (s >> 14), (s >> 6) & 255, (s & 63) * 4);
+        let host_addr = format!("10.{b}.{c}.{}", d + 1);
+        let addr = format!("10.{b}.{c}.{}", d + 2);
         let dir = tempfile::tempdir().expect("temp dir");
 
         let mut host = SshdHost {
