@@ -309,9 +309,11 @@ impl Backend for SshBackend {
                         Failure::Fatal(m) => Failure::Fatal(m),
                         // Cut short by the deadline: the previous attempt
                         // knows better what is wrong.
-                        Failure::Transient(_) => Failure::Transient(last_reason.take().unwrap_or_else(
-                            || format!("{display} did not complete the ssh handshake"),
-                        )),
+                        Failure::Transient(_) => {
+                            Failure::Transient(last_reason.take().unwrap_or_else(|| {
+                                format!("{display} did not complete the ssh handshake")
+                            }))
+                        }
                     }
                 }
             };
