@@ -4,6 +4,7 @@
 //! ([`SwitchNamespace`]) that dies with attest, so no bridge or veth can leak.
 
 mod switch_ns;
+mod vde;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,11 +12,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use switch_ns::SwitchNamespace;
+pub use vde::VdeSwitches;
 
 /// The vlans of a test and their switches, created on first use.
 pub struct Network {
     vlans: BTreeSet<u8>,
     switch: Mutex<Option<std::sync::Arc<SwitchNamespace>>>,
+    vde: tokio::sync::Mutex<Option<std::sync::Arc<VdeSwitches>>>,
 }
 
 impl Network {
@@ -24,6 +27,7 @@ impl Network {
         Network {
             vlans: vlans.into_iter().collect(),
             switch: Mutex::new(None),
+            vde: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -45,6 +49,20 @@ impl Network {
         }
         *g = Some(ns.clone());
         Ok(ns)
+    }
+
+    /// The VDE switches (one per vlan, for QEMU), started in `dir` on first use.
+    pub async fn vde_switches(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<std::sync::Arc<VdeSwitches>, String> {
+        let mut g = self.vde.lock().await;
+        if let Some(s) = g.as_ref() {
+            return Ok(s.clone());
+        }
+        let s = std::sync::Arc::new(VdeSwitches::start(dir, self.vlans.iter().copied()).await?);
+        *g = Some(s.clone());
+        Ok(s)
     }
 
     /// The namespace path machines' helpers enter (`nsenter --net=…`).

@@ -1,0 +1,190 @@
+//! Choosing QEMU's accelerator. A `/dev/kvm` that opens is not proof that KVM
+//! runs guests: a KVM-PVM host (`/sys/module/kvm_pvm`, no `vmx`/`svm` CPU
+//! flag) accepts VMs but a stock guest kernel never executes on it. `auto`
+//! picks KVM only when it really works and falls back to TCG with a warning;
+//! an explicit `kvm` on a host that cannot do it is an error naming the cause.
+
+use std::path::Path;
+
+/// The accelerator QEMU runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation (`-accel kvm -cpu host`).
+    Kvm,
+    /// Emulation (`-accel tcg -cpu max`).
+    Tcg,
+}
+
+impl Accel {
+    /// The name in logs and on QEMU's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What the host offers, gathered once (inputs of [`decide`]).
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// `Ok` when `/dev/kvm` opens read-write, else why not.
+    pub dev_kvm: Result<(), String>,
+    /// The `kvm_pvm` module is loaded.
+    pub kvm_pvm: bool,
+    /// `/proc/cpuinfo` lists `vmx` or `svm`.
+    pub cpu_virt_flag: bool,
+}
+
+impl HostFacts {
+    /// Looks at this host.
+    pub fn probe() -> HostFacts {
+        let dev_kvm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .map(|_| ())
+            .map_err(|e| format!("/dev/kvm: {e}"));
+        let kvm_pvm = Path::new("/sys/module/kvm_pvm").exists();
+        let cpu_virt_flag = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| cpu_has_virt_flag(&s))
+            .unwrap_or(false);
+        HostFacts {
+            dev_kvm,
+            kvm_pvm,
+            cpu_virt_flag,
+        }
+    }
+}
+
+fn cpu_has_virt_flag(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// The choice and, for a fallback, the warning to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The accelerator to use.
+    pub accel: Accel,
+    /// Why KVM was not used, when `auto` fell back to TCG.
+    pub warning: Option<String>,
+}
+
+/// Why KVM cannot run stock guests here, if it cannot.
+fn kvm_unusable(facts: &HostFacts) -> Option<String> {
+    if let Err(e) = &facts.dev_kvm {
+        return Some(format!("KVM is not available ({e})"));
+    }
+    if facts.kvm_pvm {
+        return Some(
+            "/dev/kvm is KVM-PVM (/sys/module/kvm_pvm exists): stock guest kernels do not run on it"
+                .into(),
+        );
+    }
+    if !facts.cpu_virt_flag {
+        return Some("the CPU has no vmx/svm flag: /dev/kvm is not hardware virtualisation".into());
+    }
+    None
+}
+
+/// Decides the accelerator for `requested` (`auto`, `kvm`, `tcg`).
+pub fn decide(requested: &str, facts: &HostFacts) -> Result<Decision, String> {
+    match requested {
+        "tcg" => Ok(Decision {
+            accel: Accel::Tcg,
+            warning: None,
+        }),
+        "kvm" => match kvm_unusable(facts) {
+            None => Ok(Decision {
+                accel: Accel::Kvm,
+                warning: None,
+            }),
+            Some(why) => Err(format!(
+                "accel is `kvm` but {why}; use `accel: \"tcg\"` or `\"auto\"`"
+            )),
+        },
+        "auto" => Ok(match kvm_unusable(facts) {
+            None => Decision {
+                accel: Accel::Kvm,
+                warning: None,
+            },
+            Some(why) => Decision {
+                accel: Accel::Tcg,
+                warning: Some(format!(
+                    "{why}; falling back to TCG emulation (slow: about 1 minute per boot)"
+                )),
+            },
+        }),
+        other => Err(format!("unknown accel `{other}`; use auto, kvm or tcg")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(dev: bool, pvm: bool, flag: bool) -> HostFacts {
+        HostFacts {
+            dev_kvm: if dev {
+                Ok(())
+            } else {
+                Err("/dev/kvm: No such file or directory (os error 2)".into())
+            },
+            kvm_pvm: pvm,
+            cpu_virt_flag: flag,
+        }
+    }
+
+    #[test]
+    fn auto_uses_kvm_only_when_it_really_works() {
+        assert_eq!(
+            decide("auto", &facts(true, false, true)).unwrap().accel,
+            Accel::Kvm
+        );
+        for (f, needle) in [
+            (facts(true, true, false), "KVM-PVM"),
+            (facts(false, false, true), "not available"),
+            (facts(true, false, false), "vmx/svm"),
+        ] {
+            let d = decide("auto", &f).unwrap();
+            assert_eq!(d.accel, Accel::Tcg);
+            assert!(d.warning.as_deref().unwrap().contains(needle), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_kvm_on_a_pvm_host_is_an_error_naming_the_cause() {
+        let e = decide("kvm", &facts(true, true, false)).unwrap_err();
+        assert!(e.contains("KVM-PVM"), "{e}");
+        let e = decide("kvm", &facts(false, false, true)).unwrap_err();
+        assert!(e.contains("/dev/kvm"), "{e}");
+        assert_eq!(
+            decide("kvm", &facts(true, false, true)).unwrap().accel,
+            Accel::Kvm
+        );
+    }
+
+    #[test]
+    fn tcg_is_always_possible() {
+        let d = decide("tcg", &facts(false, true, false)).unwrap();
+        assert_eq!(
+            d,
+            Decision {
+                accel: Accel::Tcg,
+                warning: None
+            }
+        );
+        assert!(decide("hvf", &facts(true, false, true)).is_err());
+    }
+
+    #[test]
+    fn cpu_flags_are_read_from_cpuinfo() {
+        assert!(cpu_has_virt_flag(
+            "processor: 0\nflags\t\t: fpu vme vmx sse\n"
+        ));
+        assert!(!cpu_has_virt_flag("flags\t\t: fpu vme sse\nvmx: none\n"));
+    }
+}

@@ -1,0 +1,790 @@
+//! The QEMU backend: [`QemuBackend`] starts a VM from a plain description
+//! (kernel, initrd, disk, command line — the Debian test image) or from a
+//! NixOS `run-<name>-vm` start script; [`QemuInstance`] is the running VM.
+//!
+//! - Channels: attest listens on the virtconsole socket (`/dev/hvc0`, the
+//!   backdoor) and the serial socket (`ttyS0`, drained into the console
+//!   log); QEMU connects to both ([`relay`]). Everything else goes through
+//!   attest's own QMP client ([`qmp`]); HMP only for `hostfwd_add`.
+//! - Accelerator: [`accel`] (KVM only where it really runs guests).
+//! - Disk: a qcow2 overlay per VM in its state dir over the shared image, so
+//!   snapshots can save and restore the disk with the memory.
+//! - Networking: one VDE switch per vlan ([`crate::net::VdeSwitches`]), NICs
+//!   `vlan<N>` with NixOS' MACs; `block`/`unblock` are QMP `set_link`.
+//! - Snapshots: `stop`, `migrate` to `exec:cat > DIR/vm.state`, copy the
+//!   writable disks, `cont`. Restore kills the QEMU, starts the same command
+//!   line with `-incoming defer`, copies the disks back, `migrate-incoming`.
+//!   The restored guest's shell is still waiting for its next command, so
+//!   attest asks it to print the banner again.
+
+pub mod accel;
+pub mod args;
+pub mod keys;
+pub mod ocr;
+pub mod qmp;
+pub mod relay;
+pub mod screen;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use self::accel::{decide, Accel, HostFacts};
+use self::args::{Nic, PlainSpec, Sockets};
+use self::qmp::Qmp;
+use self::relay::{SerialRelay, ShellRelay};
+use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
+use crate::config::{BackendConfig, ImageManifest, QemuConfig};
+use crate::guest::{GuestStream, BANNER};
+use crate::net::VdeSwitches;
+use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
+
+/// Starts QEMU VMs.
+pub struct QemuBackend;
+
+/// How to (re)start the VM's QEMU process: the same for a first start and
+/// for a restore from a snapshot.
+#[derive(Debug, Clone)]
+struct Launch {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    /// QEMU's stdout and stderr.
+    log: PathBuf,
+    /// The QMP socket QEMU listens on.
+    qmp: PathBuf,
+}
+
+/// One QEMU process and its QMP session.
+struct Proc {
+    process: Watched,
+    qmp: Arc<Qmp>,
+}
+
+/// A running QEMU VM.
+pub struct QemuInstance {
+    machine: String,
+    state_dir: PathBuf,
+    launch: Launch,
+    current: tokio::sync::Mutex<Proc>,
+    /// Bumped when attest replaces the process on purpose (restore), so the
+    /// old one's exit is not reported as the machine's.
+    generation: Arc<AtomicU64>,
+    exit_tx: Arc<watch::Sender<Option<ExitInfo>>>,
+    exit_rx: watch::Receiver<Option<ExitInfo>>,
+    shell: ShellRelay,
+    serial: SerialRelay,
+    netdevs: Vec<String>,
+    user_netdev: Option<String>,
+    enable_ocr: bool,
+    /// After a restore the guest's shell is mid-session and prints no
+    /// banner by itself; the next connect asks it to.
+    banner_on_connect: AtomicBool,
+    screenshots: AtomicU64,
+    _vde: Option<Arc<VdeSwitches>>,
+}
+
+fn start_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Start(e.to_string())
+}
+
+fn failed(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed(e.to_string())
+}
+
+/// A path that exists, made absolute (QEMU runs in the state dir).
+fn existing(p: &Path, what: &str) -> Result<PathBuf, BackendError> {
+    std::fs::canonicalize(p).map_err(|e| {
+        BackendError::Prerequisite(format!(
+            "{what} {}: {e} (for the Debian test image run images/debian/build)",
+            p.display()
+        ))
+    })
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, BackendError> {
+    std::path::absolute(p).map_err(|e| failed(format!("{}: {e}", p.display())))
+}
+
+/// Single-quotes `s` for `sh -c` (QEMU's `exec:` migration URIs).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The last lines of QEMU's own output, for start errors.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.trim().is_empty() {
+        "(QEMU printed nothing)".into()
+    } else {
+        tail
+    }
+}
+
+/// The user-mode netdev `forward_port` can use: NixOS VMs have `user.0`;
+/// a plain VM has one only if its `extra_args` add it.
+fn find_user_netdev(extra: &[String]) -> Option<String> {
+    extra.iter().find_map(|a| {
+        let rest = a.strip_prefix("user,")?;
+        rest.split(',')
+            .find_map(|kv| kv.strip_prefix("id=").map(str::to_owned))
+    })
+}
+
+/// Creates the VM's qcow2 overlay over `base`.
+async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError> {
+    let qemu_img = require_binary("qemu-img", "qemu-utils").map_err(BackendError::Prerequisite)?;
+    let format = if base.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let _ = std::fs::remove_file(overlay);
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+        .arg(base)
+        .arg(overlay)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| start_err(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(start_err(format!(
+            "qemu-img create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Launch {
+    /// Starts QEMU and connects QMP. A QEMU that exits meanwhile (bad flag,
+    /// missing file) fails at once with its own output.
+    async fn spawn(&self, incoming: bool) -> Result<Proc, BackendError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| start_err(format!("cannot open {}: {e}", self.log.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| start_err(format!("cannot open {}: {e}", self.log.display())))?;
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdout(log)
+            .stderr(log2);
+        if incoming {
+            cmd.args(["-incoming", "defer"]);
+        }
+        let process = spawn_watched(&mut cmd, None)
+            .map_err(|e| start_err(format!("cannot run {}: {e}", self.program.display())))?;
+        let qmp_path = self.qmp.clone();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let qmp = poll_until("QEMU's QMP socket", deadline, &process.exit, || {
+            let p = qmp_path.clone();
+            async move { Qmp::connect(&p).await }
+        })
+        .await;
+        match qmp {
+            Ok(q) => Ok(Proc {
+                process,
+                qmp: Arc::new(q),
+            }),
+            Err(e) => {
+                process.terminate(Duration::from_secs(2)).await;
+                // Let the exit watcher see a quick exit before we report.
+                let exit = process.exit.borrow().clone();
+                Err(start_err(format!(
+                    "QEMU {} while starting ({e})\nQEMU said:\n{}",
+                    exit.unwrap_or_else(|| "did not come up".into()),
+                    log_tail(&self.log)
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
+        let node = &ctx.config.nodes[&ctx.machine];
+        let BackendConfig::Qemu(c) = &node.backend else {
+            return Err(start_err("not a qemu node"));
+        };
+        let name = ctx.machine.as_str();
+        let state_dir = absolute(&ctx.state_dir)?;
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| start_err(format!("cannot create {}: {e}", state_dir.display())))?;
+
+        let facts = HostFacts::probe();
+        let decision = decide(c.accel.as_deref().unwrap_or("auto"), &facts)
+            .map_err(BackendError::Prerequisite)?;
+        if let Some(w) = &decision.warning {
+            ctx.reporter.log(Some(name), format!("warning: {w}"));
+        }
+        ctx.reporter.log(
+            Some(name),
+            format!("qemu: accelerator {}", decision.accel.name()),
+        );
+
+        // Networking: the test's VDE switches, one NIC per vlan.
+        let vlans = ctx.config.node_vlans(name);
+        let number = ctx.config.node_number(name).unwrap_or(1);
+        let mut nics = Vec::new();
+        let mut vde = None;
+        if !vlans.is_empty() {
+            let net = ctx
+                .network
+                .as_ref()
+                .ok_or_else(|| start_err("the node has vlans but the test has no network"))?;
+            let dir = state_dir.parent().unwrap_or(&state_dir).join("vde");
+            let switches = net.vde_switches(&dir).await.map_err(start_err)?;
+            for vlan in &vlans {
+                let socket = switches
+                    .socket(*vlan)
+                    .ok_or_else(|| start_err(format!("no switch for vlan {vlan}")))?;
+                nics.push(Nic {
+                    vlan: *vlan,
+                    socket: socket.to_owned(),
+                    mac: args::mac(*vlan, number),
+                });
+            }
+            vde = Some(switches);
+        }
+
+        let sockets = Sockets::in_dir(&state_dir);
+        let (launch, user_netdev) = match &c.start_script {
+            Some(script) => {
+                let script = existing(&ctx.config.resolve(script), "start script")?;
+                let shared = state_dir.parent().unwrap_or(&state_dir).join("shared-xchg");
+                std::fs::create_dir_all(&shared)
+                    .map_err(|e| start_err(format!("cannot create {}: {e}", shared.display())))?;
+                let env = args::start_script_env(
+                    &state_dir,
+                    &shared,
+                    &nics,
+                    decision.accel,
+                    &c.extra_args,
+                    std::env::var("QEMU_OPTS").ok().as_deref(),
+                );
+                (
+                    Launch {
+                        program: script,
+                        args: args::attest_args(&sockets),
+                        env,
+                        cwd: state_dir.clone(),
+                        log: state_dir.join("qemu.log"),
+                        qmp: sockets.qmp.clone(),
+                    },
+                    Some("user.0".to_owned()),
+                )
+            }
+            None => (
+                plain_launch(ctx, c, &state_dir, &sockets, decision.accel, nics.clone()).await?,
+                find_user_netdev(&c.extra_args),
+            ),
+        };
+        let _ = std::fs::write(
+            state_dir.join("qemu.cmdline"),
+            format!("{} {}\n", launch.program.display(), launch.args.join(" ")),
+        );
+
+        let shell = ShellRelay::listen(&sockets.shell).map_err(start_err)?;
+        let serial =
+            SerialRelay::listen(&sockets.serial, ctx.console.clone()).map_err(start_err)?;
+        let proc_ = launch.spawn(false).await?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let instance = QemuInstance {
+            machine: name.to_owned(),
+            state_dir,
+            launch,
+            current: tokio::sync::Mutex::new(Proc {
+                process: proc_.process.clone(),
+                qmp: proc_.qmp.clone(),
+            }),
+            generation: Arc::new(AtomicU64::new(0)),
+            exit_tx: Arc::new(exit_tx),
+            exit_rx,
+            shell,
+            serial,
+            netdevs: nics.iter().map(Nic::netdev_id).collect(),
+            user_netdev,
+            enable_ocr: c.enable_ocr,
+            banner_on_connect: AtomicBool::new(false),
+            screenshots: AtomicU64::new(0),
+            _vde: vde,
+        };
+        instance.forward_exit(&proc_.process);
+        Ok(Box::new(instance))
+    }
+}
+
+/// The launch of a VM described by an image manifest and/or explicit files.
+async fn plain_launch(
+    ctx: &StartContext,
+    c: &QemuConfig,
+    state_dir: &Path,
+    sockets: &Sockets,
+    accel: Accel,
+    nics: Vec<Nic>,
+) -> Result<Launch, BackendError> {
+    let manifest = match &c.image {
+        Some(image) => Some(
+            ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
+                BackendError::Prerequisite(format!("{e}: build the image with images/debian/build"))
+            })?,
+        ),
+        None => None,
+    };
+    let pick = |own: &Option<PathBuf>, from: Option<&PathBuf>| -> Option<PathBuf> {
+        own.as_ref()
+            .map(|p| ctx.config.resolve(p))
+            .or_else(|| from.cloned())
+    };
+    let kernel = pick(&c.kernel, manifest.as_ref().map(|m| &m.kernel))
+        .ok_or_else(|| start_err("no kernel configured"))?;
+    let kernel = existing(&kernel, "kernel")?;
+    let initrd = pick(&c.initrd, manifest.as_ref().map(|m| &m.initrd))
+        .map(|p| existing(&p, "initrd"))
+        .transpose()?;
+    let disk = pick(&c.disk, manifest.as_ref().map(|m| &m.disk))
+        .ok_or_else(|| start_err("no disk configured"))?;
+    let disk = existing(&disk, "disk image")?;
+    let base_cmdline = c
+        .cmdline
+        .clone()
+        .or_else(|| manifest.as_ref().map(|m| m.kernel_cmdline.clone()))
+        .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into());
+    let name = ctx.machine.as_str();
+    let addresses: Vec<_> = nics
+        .iter()
+        .filter_map(|n| ctx.config.node_address(name, n.vlan))
+        .collect();
+    let hosts = if nics.is_empty() {
+        Vec::new()
+    } else {
+        ctx.config.hosts_entries()
+    };
+    let overlay = state_dir.join("disk.qcow2");
+    create_overlay(&disk, &overlay).await?;
+    let program = match &c.qemu_binary {
+        Some(b) => b.clone(),
+        None => require_binary("qemu-system-x86_64", "qemu-system-x86")
+            .map_err(BackendError::Prerequisite)?,
+    };
+    let spec = PlainSpec {
+        accel,
+        memory_mib: c.memory_mib.unwrap_or(1024),
+        cpus: c.cpus.unwrap_or(1),
+        kernel,
+        initrd,
+        disk: overlay,
+        cmdline: args::kernel_cmdline(&base_cmdline, &addresses, name, &hosts),
+        nics,
+        extra_args: c.extra_args.clone(),
+    };
+    Ok(Launch {
+        program,
+        args: args::plain_args(&spec, sockets),
+        env: Vec::new(),
+        cwd: state_dir.to_owned(),
+        log: state_dir.join("qemu.log"),
+        qmp: sockets.qmp.clone(),
+    })
+}
+
+impl QemuInstance {
+    /// Publishes `process`'s exit as the machine's, unless attest replaced
+    /// it on purpose meanwhile.
+    fn forward_exit(&self, process: &Watched) {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let current = self.generation.clone();
+        let tx = self.exit_tx.clone();
+        let process = process.clone();
+        tokio::spawn(async move {
+            let info = process.wait().await;
+            if current.load(Ordering::SeqCst) == generation {
+                tx.send_replace(Some(info));
+            }
+        });
+    }
+
+    async fn qmp(&self) -> Arc<Qmp> {
+        self.current.lock().await.qmp.clone()
+    }
+
+    /// Runs a QMP command, failing at once if QEMU is gone.
+    async fn command(&self, cmd: &str, args: Option<Value>) -> Result<Value, BackendError> {
+        if let Some(info) = self.exit_rx.borrow().clone() {
+            return Err(failed(format!("QEMU {info}")));
+        }
+        self.qmp().await.execute(cmd, args).await.map_err(failed)
+    }
+
+    async fn send_key(&self, combo: &str) -> Result<(), BackendError> {
+        let keys = keys::combination(combo).map_err(failed)?;
+        self.command("send-key", Some(json!({ "keys": keys })))
+            .await
+            .map(drop)
+    }
+
+    async fn screenshot(&self, path: &Path) -> Result<(), BackendError> {
+        let n = self.screenshots.fetch_add(1, Ordering::Relaxed);
+        let ppm = self.state_dir.join(format!("screen-{n}.ppm"));
+        self.command(
+            "screendump",
+            Some(json!({ "filename": ppm.display().to_string() })),
+        )
+        .await?;
+        let data = std::fs::read(&ppm).map_err(|e| failed(format!("{}: {e}", ppm.display())))?;
+        let _ = std::fs::remove_file(&ppm);
+        let img = screen::parse_ppm(&data).map_err(failed)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::write(path, screen::encode_png(&img))
+            .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Polls `query-migrate` until the migration ends.
+    async fn wait_migration(&self, qmp: &Qmp, what: &str) -> Result<(), BackendError> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let st = qmp.execute("query-migrate", None).await.map_err(failed)?;
+            match st.get("status").and_then(Value::as_str).unwrap_or("") {
+                "completed" => return Ok(()),
+                "failed" | "cancelled" => {
+                    return Err(failed(format!(
+                        "{what} failed: {}",
+                        st.get("error-desc")
+                            .and_then(Value::as_str)
+                            .unwrap_or("no reason given")
+                    )))
+                }
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return Err(failed(format!("{what} did not finish in 600 s")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The VM's writable disk images (they must live in the state dir, so a
+    /// restore can put them back).
+    async fn writable_disks(&self, qmp: &Qmp) -> Result<Vec<PathBuf>, BackendError> {
+        let blocks = qmp.execute("query-block", None).await.map_err(failed)?;
+        let mut out = Vec::new();
+        for b in blocks.as_array().into_iter().flatten() {
+            let Some(ins) = b.get("inserted") else {
+                continue;
+            };
+            if ins.get("ro").and_then(Value::as_bool).unwrap_or(false) {
+                continue;
+            }
+            let Some(file) = ins.get("file").and_then(Value::as_str) else {
+                continue;
+            };
+            let file = PathBuf::from(file);
+            if !file.starts_with(&self.state_dir) {
+                return Err(failed(format!(
+                    "disk {} is outside the machine's state dir (a `snapshot=on` disk?); \
+                     snapshots need the disk images in {}",
+                    file.display(),
+                    self.state_dir.display()
+                )));
+            }
+            out.push(file);
+        }
+        Ok(out)
+    }
+
+    async fn snapshot_create(&self, dir: &Path) -> Result<String, BackendError> {
+        let dir = absolute(dir)?;
+        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        let qmp = self.qmp().await;
+        let started = Instant::now();
+        qmp.execute("stop", None).await.map_err(failed)?;
+        let result = async {
+            let _ = qmp
+                .execute(
+                    "migrate-set-parameters",
+                    Some(json!({ "max-bandwidth": 1u64 << 40 })),
+                )
+                .await;
+            let state = dir.join("vm.state");
+            let uri = format!("exec:cat > {}", sh_quote(&state.display().to_string()));
+            qmp.execute("migrate", Some(json!({ "uri": uri })))
+                .await
+                .map_err(failed)?;
+            self.wait_migration(&qmp, "saving the VM state").await?;
+            // The migration flushed and released the disks; copy them now,
+            // before the guest writes again.
+            let disks = self.writable_disks(&qmp).await?;
+            let mut names = Vec::new();
+            for d in &disks {
+                let base = d.file_name().unwrap_or_default();
+                std::fs::copy(d, dir.join(base))
+                    .map_err(|e| failed(format!("cannot copy {}: {e}", d.display())))?;
+                names.push(d.display().to_string());
+            }
+            let meta = json!({ "machine": self.machine, "disks": names });
+            std::fs::write(dir.join("attest-snapshot.json"), meta.to_string())
+                .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+            Ok::<_, BackendError>(())
+        }
+        .await;
+        // The VM keeps running whatever happened.
+        let cont = qmp.execute("cont", None).await.map_err(failed);
+        result?;
+        cont?;
+        Ok(format!(
+            "snapshot saved to {} in {:.2} s",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ))
+    }
+
+    async fn snapshot_restore(&self, dir: &Path) -> Result<String, BackendError> {
+        let dir = absolute(dir)?;
+        let meta: Value = std::fs::read_to_string(dir.join("attest-snapshot.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| failed(format!("{} holds no attest snapshot", dir.display())))?;
+        let state = dir.join("vm.state");
+        if !state.is_file() {
+            return Err(failed(format!("{} is missing", state.display())));
+        }
+        let started = Instant::now();
+        let mut current = self.current.lock().await;
+        // Replace the process: its exit is not the machine's.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), current.qmp.execute("quit", None)).await;
+        if tokio::time::timeout(Duration::from_secs(5), current.process.wait())
+            .await
+            .is_err()
+        {
+            current.process.terminate(Duration::from_secs(2)).await;
+        }
+        for d in meta["disks"].as_array().into_iter().flatten() {
+            let Some(d) = d.as_str().map(PathBuf::from) else {
+                continue;
+            };
+            let saved = dir.join(d.file_name().unwrap_or_default());
+            std::fs::copy(&saved, &d)
+                .map_err(|e| failed(format!("cannot restore {}: {e}", d.display())))?;
+        }
+        let connections = self.shell.connections();
+        let fresh = self.launch.spawn(true).await.map_err(failed)?;
+        self.exit_tx.send_replace(None);
+        self.forward_exit(&fresh.process);
+        *current = Proc {
+            process: fresh.process.clone(),
+            qmp: fresh.qmp.clone(),
+        };
+        drop(current);
+        let uri = format!("exec:cat {}", sh_quote(&state.display().to_string()));
+        fresh
+            .qmp
+            .execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map_err(failed)?;
+        self.wait_migration(&fresh.qmp, "loading the VM state")
+            .await?;
+        let status = fresh
+            .qmp
+            .execute("query-status", None)
+            .await
+            .map_err(failed)?;
+        if status.get("status").and_then(Value::as_str) != Some("running") {
+            fresh.qmp.execute("cont", None).await.map_err(failed)?;
+        }
+        // QEMU connects its chardevs at start; make sure the backdoor did.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.shell.connections() == connections || !self.shell.is_connected() {
+            if Instant::now() > deadline {
+                return Err(failed(
+                    "the restored QEMU did not connect the backdoor socket",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.banner_on_connect.store(true, Ordering::SeqCst);
+        Ok(format!(
+            "restored from {} in {:.2} s",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ))
+    }
+}
+
+#[async_trait]
+impl Instance for QemuInstance {
+    async fn connect(&self, deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError> {
+        let shell = &self.shell;
+        poll_until(
+            "QEMU's virtconsole connection",
+            deadline,
+            &self.exit_rx,
+            || async {
+                if shell.is_connected() {
+                    Ok(())
+                } else {
+                    Err("QEMU has not connected the backdoor socket".to_owned())
+                }
+            },
+        )
+        .await?;
+        let session = self.shell.session().map_err(start_err)?;
+        if self.banner_on_connect.swap(false, Ordering::SeqCst) {
+            // Restored: the same shell as at snapshot time, idle; it
+            // announces itself again (a newline first ends any partial line).
+            self.shell
+                .write_raw(format!("\necho '{BANNER}'\n").as_bytes())
+                .await
+                .map_err(start_err)?;
+        }
+        Ok(Box::new(session))
+    }
+
+    fn max_sessions(&self) -> usize {
+        1
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.exit_rx.clone()
+    }
+
+    async fn crash(&self) -> Result<(), BackendError> {
+        let current = self.current.lock().await;
+        // A power cut: no chance for QEMU to flush or the guest to notice.
+        current
+            .process
+            .signal_group(nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(10), current.process.wait()).await;
+        Ok(())
+    }
+
+    async fn terminate(&self, grace: Duration) {
+        let current = self.current.lock().await;
+        if current.process.has_exited() {
+            return;
+        }
+        // The disk is a throw-away overlay, so QMP `quit` is a clean end for
+        // everything attest keeps; a guest poweroff would cost seconds.
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), current.qmp.execute("quit", None)).await;
+        if tokio::time::timeout(grace, current.process.wait())
+            .await
+            .is_err()
+        {
+            current.process.terminate(Duration::from_secs(2)).await;
+        }
+    }
+
+    async fn op(&self, op: BackendOp) -> Result<String, BackendError> {
+        match op {
+            BackendOp::Screenshot(path) => {
+                self.screenshot(&path).await?;
+                Ok(path.display().to_string())
+            }
+            BackendOp::SendKey(k) => self.send_key(&k).await.map(|()| String::new()),
+            BackendOp::SendChars(text) => {
+                for c in text.chars() {
+                    let combo = keys::for_char(c).map_err(failed)?;
+                    self.send_key(&combo).await?;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(String::new())
+            }
+            BackendOp::SendConsole(text) => {
+                self.serial.send(&text).await.map_err(failed)?;
+                Ok(String::new())
+            }
+            BackendOp::Block | BackendOp::Unblock => {
+                if self.netdevs.is_empty() {
+                    return Err(failed("the machine has no vlan NIC to block"));
+                }
+                let up = matches!(op, BackendOp::Unblock);
+                for id in &self.netdevs {
+                    self.command("set_link", Some(json!({ "name": id, "up": up })))
+                        .await?;
+                }
+                Ok(String::new())
+            }
+            BackendOp::ForwardPort { host, guest } => {
+                let Some(id) = &self.user_netdev else {
+                    return Err(failed(
+                        "forward_port needs a user-mode NIC: add `-netdev user,id=user.0 -device \
+                         virtio-net-pci,netdev=user.0` to the machine's qemu extra_args",
+                    ));
+                };
+                let reply = self
+                    .qmp()
+                    .await
+                    .hmp(&format!("hostfwd_add {id} tcp::{host}-:{guest}"))
+                    .await
+                    .map_err(failed)?;
+                if !reply.trim().is_empty() {
+                    return Err(failed(format!("hostfwd_add: {}", reply.trim())));
+                }
+                Ok(String::new())
+            }
+            BackendOp::ScreenText => {
+                ocr::check_available(self.enable_ocr).map_err(BackendError::Prerequisite)?;
+                let n = self.screenshots.fetch_add(1, Ordering::Relaxed);
+                let png = self.state_dir.join(format!("ocr-{n}.png"));
+                self.screenshot(&png).await?;
+                ocr::screen_text(&png).await.map_err(failed)
+            }
+            BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
+            BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,
+            BackendOp::Reboot => {
+                // A clean reboot, as the NixOS driver does it. QEMU resets
+                // (no -no-reboot) and keeps the virtconsole connection; the
+                // driver's next connect waits for the new shell's banner.
+                self.send_key("ctrl-alt-delete").await?;
+                Ok(String::new())
+            }
+        }
+    }
+
+    fn backend_kind(&self) -> &'static str {
+        "qemu"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_netdev_is_found_in_extra_args() {
+        let a: Vec<String> = ["-netdev", "user,id=u1,hostfwd=tcp::2222-:22"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(find_user_netdev(&a).as_deref(), Some("u1"));
+        assert_eq!(find_user_netdev(&[]), None);
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(sh_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}

@@ -1,0 +1,312 @@
+//! The host ends of QEMU's client-mode chardev sockets. attest listens; QEMU
+//! connects at start, and a QEMU restored from a snapshot connects again.
+//!
+//! [`ShellRelay`] owns the virtconsole connection and gives the driver
+//! *sessions*: in-memory streams relayed to the current connection. The
+//! driver drops its session on reboot or restore and asks for a new one, but
+//! the guest's hvc0 stays the same connection across a guest reboot, so the
+//! real socket must outlive sessions. Bytes that arrive while no session is
+//! attached (the banner before the driver connects) are kept for the next one.
+//!
+//! [`SerialRelay`] drains the serial console into the [`ConsoleLog`] and
+//! lets `send_console` write to it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::console::ConsoleLog;
+use crate::process::pump_lines;
+
+/// Bytes kept while no session is attached.
+const MAX_PENDING: usize = 1 << 20;
+
+type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+#[derive(Default)]
+struct State {
+    /// The current connection's write half.
+    writer: Option<Writer>,
+    /// Which accepted connection is current.
+    generation: u64,
+    /// The attached session's inbound channel.
+    sink: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    pending: Vec<u8>,
+}
+
+/// The virtconsole backdoor socket and its sessions.
+pub struct ShellRelay {
+    state: Arc<Mutex<State>>,
+    /// Counts accepted connections (0: QEMU has not connected yet).
+    connected: watch::Receiver<u64>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Drop for ShellRelay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+}
+
+impl ShellRelay {
+    /// Listens on `path` (before QEMU starts, which connects to it).
+    pub fn listen(path: &Path) -> Result<ShellRelay, String> {
+        let listener = bind(path)?;
+        let state: Arc<Mutex<State>> = Arc::default();
+        let (tx, rx) = watch::channel(0u64);
+        let acceptor = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (mut r, w) = stream.into_split();
+                    let generation = {
+                        let mut g = state.lock().expect("relay lock");
+                        g.generation += 1;
+                        g.writer = Some(Arc::new(tokio::sync::Mutex::new(w)));
+                        // A new QEMU: whatever the old one sent is stale.
+                        g.pending.clear();
+                        g.sink = None;
+                        g.generation
+                    };
+                    tx.send_modify(|n| *n += 1);
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let mut g = state.lock().expect("relay lock");
+                            if g.generation != generation {
+                                return;
+                            }
+                            let chunk = buf[..n].to_vec();
+                            let delivered = match &g.sink {
+                                Some(s) => s.send(chunk.clone()).is_ok(),
+                                None => false,
+                            };
+                            if !delivered {
+                                g.sink = None;
+                                if g.pending.len() + n <= MAX_PENDING {
+                                    g.pending.extend_from_slice(&chunk);
+                                }
+                            }
+                        }
+                        let mut g = state.lock().expect("relay lock");
+                        if g.generation == generation {
+                            // QEMU closed it: the attached session sees EOF.
+                            g.writer = None;
+                            g.sink = None;
+                        }
+                    });
+                }
+            })
+        };
+        Ok(ShellRelay {
+            state,
+            connected: rx,
+            acceptor,
+        })
+    }
+
+    /// Whether QEMU is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.state.lock().expect("relay lock").writer.is_some()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> u64 {
+        *self.connected.borrow()
+    }
+
+    /// Writes to the current connection directly (not through a session).
+    pub async fn write_raw(&self, bytes: &[u8]) -> Result<(), String> {
+        let w = self
+            .state
+            .lock()
+            .expect("relay lock")
+            .writer
+            .clone()
+            .ok_or("the backdoor socket is not connected")?;
+        let mut w = w.lock().await;
+        w.write_all(bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// A new session on the current connection; detaches the previous one.
+    pub fn session(&self) -> Result<DuplexStream, String> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (mut sr, mut sw) = tokio::io::split(server);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let generation = {
+            let mut g = self.state.lock().expect("relay lock");
+            if g.writer.is_none() {
+                return Err("the backdoor socket is not connected".into());
+            }
+            let pending = std::mem::take(&mut g.pending);
+            if !pending.is_empty() {
+                let _ = tx.send(pending);
+            }
+            g.sink = Some(tx);
+            g.generation
+        };
+        // guest -> session
+        let state = self.state.clone();
+        let mine = self.state.lock().expect("relay lock").sink.clone();
+        tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if sw.write_all(&chunk).await.is_err() {
+                    // The session was dropped: if nobody replaced it, keep
+                    // these bytes for the next one (a banner after reboot).
+                    let mut g = state.lock().expect("relay lock");
+                    let ours = match (&g.sink, &mine) {
+                        (Some(s), Some(m)) => s.same_channel(m),
+                        _ => false,
+                    };
+                    if ours {
+                        g.sink = None;
+                        let mut kept = chunk;
+                        while let Ok(more) = rx.try_recv() {
+                            kept.extend_from_slice(&more);
+                        }
+                        kept.append(&mut g.pending);
+                        g.pending = kept;
+                    }
+                    break;
+                }
+            }
+            // Detached or QEMU gone: the session reads EOF.
+            let _ = sw.shutdown().await;
+        });
+        // session -> guest
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let w = {
+                    let g = state.lock().expect("relay lock");
+                    if g.generation != generation {
+                        break;
+                    }
+                    g.writer.clone()
+                };
+                let Some(w) = w else { break };
+                if w.lock().await.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// The serial console socket: drained line by line into the console log.
+pub struct SerialRelay {
+    writer: Arc<Mutex<Option<Writer>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Drop for SerialRelay {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl SerialRelay {
+    /// Listens on `path`; every connection is drained into `console`.
+    pub fn listen(path: &Path, console: ConsoleLog) -> Result<SerialRelay, String> {
+        let listener = bind(path)?;
+        let writer: Arc<Mutex<Option<Writer>>> = Arc::default();
+        let acceptor = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (r, w) = stream.into_split();
+                    *writer.lock().expect("serial lock") =
+                        Some(Arc::new(tokio::sync::Mutex::new(w)));
+                    let console = console.clone();
+                    pump_lines(r, move |l| console.push_line(&l));
+                }
+            })
+        };
+        Ok(SerialRelay { writer, acceptor })
+    }
+
+    /// Writes text to the serial console.
+    pub async fn send(&self, text: &str) -> Result<(), String> {
+        let w = self
+            .writer
+            .lock()
+            .expect("serial lock")
+            .clone()
+            .ok_or("the serial console is not connected")?;
+        let mut w = w.lock().await;
+        w.write_all(text.as_bytes())
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::UnixStream;
+
+    #[tokio::test]
+    async fn sessions_come_and_go_but_the_connection_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shell.sock");
+        let relay = ShellRelay::listen(&path).unwrap();
+        // "QEMU" connects and the guest prints its banner before anyone listens.
+        let guest = UnixStream::connect(&path).await.unwrap();
+        let (gr, mut gw) = guest.into_split();
+        let mut gr = BufReader::new(gr).lines();
+        gw.write_all(b"banner\n").await.unwrap();
+        while !relay.is_connected() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let s1 = relay.session().unwrap();
+        let mut s1 = BufReader::new(s1);
+        let mut line = String::new();
+        s1.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "banner\n");
+        s1.get_mut().write_all(b"cmd1\n").await.unwrap();
+        assert_eq!(gr.next_line().await.unwrap().unwrap(), "cmd1");
+        drop(s1);
+        // After a "reboot" the driver attaches again to the same connection.
+        gw.write_all(b"banner again\n").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut s2 = BufReader::new(relay.session().unwrap());
+        line.clear();
+        s2.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "banner again\n");
+        s2.get_mut().write_all(b"cmd2\n").await.unwrap();
+        assert_eq!(gr.next_line().await.unwrap().unwrap(), "cmd2");
+        // QEMU goes away: the session sees EOF at once.
+        drop(gw);
+        drop(gr);
+        line.clear();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s2.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(relay.connections(), 1);
+    }
+}

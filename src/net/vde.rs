@@ -1,0 +1,110 @@
+//! [`VdeSwitches`]: one `vde_switch` per vlan for QEMU VMs (`-netdev vde`).
+//! Each switch runs in the foreground under [`spawn_watched`] (own process
+//! group, parent-death signal). `vde_switch` exits on EOF on its stdin
+//! console, so its stdin is a FIFO opened read-write (never EOF) by the shell
+//! that execs it. Dropping [`VdeSwitches`] kills them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::process::{require_binary, spawn_watched, Watched};
+
+/// The running switches of a test, by vlan.
+pub struct VdeSwitches {
+    switches: BTreeMap<u8, (PathBuf, Watched)>,
+}
+
+impl VdeSwitches {
+    /// Starts one switch per vlan under `dir` and waits until each accepts
+    /// connections (its `ctl` socket exists).
+    pub async fn start(
+        dir: &Path,
+        vlans: impl IntoIterator<Item = u8>,
+    ) -> Result<VdeSwitches, String> {
+        let bin = require_binary("vde_switch", "vde2")?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut switches = VdeSwitches {
+            switches: BTreeMap::new(),
+        };
+        for vlan in vlans {
+            let sock = dir.join(format!("vde{vlan}.ctl"));
+            let fifo = dir.join(format!("vde{vlan}.stdin"));
+            let _ = std::fs::remove_file(&fifo);
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c")
+                .arg("exec \"$0\" --sock \"$1\" --dirmode 0700 <>\"$2\"")
+                .arg(&bin)
+                .arg(&sock)
+                .arg(&fifo)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let w =
+                spawn_watched(&mut cmd, None).map_err(|e| format!("cannot run vde_switch: {e}"))?;
+            switches.switches.insert(vlan, (sock.clone(), w.clone()));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !sock.join("ctl").exists() {
+                if let Some(info) = w.exit.borrow().clone() {
+                    return Err(format!("vde_switch for vlan {vlan} {info}"));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "vde_switch for vlan {vlan} did not create {}",
+                        sock.display()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(switches)
+    }
+
+    /// The socket directory of a vlan's switch (`-netdev vde,sock=…`).
+    pub fn socket(&self, vlan: u8) -> Option<&Path> {
+        self.switches.get(&vlan).map(|(p, _)| p.as_path())
+    }
+
+    /// A switch that died, if any (vlan and how it ended).
+    pub fn dead(&self) -> Option<(u8, String)> {
+        self.switches
+            .iter()
+            .find_map(|(v, (_, w))| w.exit.borrow().clone().map(|i| (*v, i)))
+    }
+}
+
+impl Drop for VdeSwitches {
+    fn drop(&mut self) {
+        for (_, w) in self.switches.values() {
+            w.signal_group(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn switches_run_until_dropped() {
+        if require_binary("vde_switch", "vde2").is_err() {
+            panic!("vde_switch is missing: apt-get install vde2");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let s = VdeSwitches::start(dir.path(), [1, 3]).await.unwrap();
+        let sock = s.socket(3).unwrap().to_owned();
+        assert!(sock.join("ctl").exists());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(s.dead().is_none(), "a switch died: {:?}", s.dead());
+        let w = s.switches[&1].1.clone();
+        drop(s);
+        let info = tokio::time::timeout(Duration::from_secs(5), w.wait())
+            .await
+            .unwrap();
+        assert_eq!(info, "killed by signal 9");
+    }
+}
