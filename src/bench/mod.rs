@@ -296,6 +296,9 @@ pub fn availability(backend: &str, image: &ImageManifest) -> Result<(), String> 
     if binary(bin).is_none() {
         return Err(format!("`{bin}` is not installed"));
     }
+    if backend == "qemu" && binary("qemu-img").is_none() {
+        return Err("`qemu-img` is not installed (apt-get install qemu-utils)".into());
+    }
     crate::backend::for_node(backend).map_err(|e| e.to_string())?;
     match backend {
         "nspawn" => {
