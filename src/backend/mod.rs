@@ -3,6 +3,7 @@
 //! may not support goes through [`Instance::op`] and fails with
 //! [`BackendError::Unsupported`] by default.
 
+pub mod microvm;
 pub mod nspawn;
 pub mod qemu;
 pub mod ssh;
@@ -167,6 +168,8 @@ pub fn for_node(kind: &str) -> Result<Arc<dyn Backend>, BackendError> {
         "nspawn" => Ok(Arc::new(nspawn::NspawnBackend)),
         "qemu" => Ok(Arc::new(qemu::QemuBackend)),
         "ssh" => Ok(Arc::new(ssh::SshBackend)),
+        "firecracker" => Ok(Arc::new(microvm::firecracker::FirecrackerBackend)),
+        "cloud-hypervisor" => Ok(Arc::new(microvm::cloud_hypervisor::CloudHypervisorBackend)),
         other => Err(BackendError::Prerequisite(format!(
             "the {other} backend is not available in this build of attest"
         ))),

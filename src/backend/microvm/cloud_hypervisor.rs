@@ -1,0 +1,313 @@
+//! The cloud-hypervisor backend: [`CloudHypervisorBackend`] starts one
+//! `cloud-hypervisor` process per node with the whole VM on its command line
+//! (`--api-socket path=…`, `--kernel`, `--initramfs`, `--cmdline`, `--cpus
+//! boot=N`, `--memory size=…M`, `--disk path=…` (a private copy), `--pmem`,
+//! `--net tap=…,mac=…`, `--vsock cid=3,socket=…`, `--serial tty`, `--console
+//! off`), so it boots at once; the REST API (`/api/v1/…`) does the rest:
+//! `vm.pause`, `vm.resume`, `vm.snapshot {destination_url}`, `vm.restore
+//! {source_url}` (into a fresh process started with only `--api-socket`),
+//! `vm.power-button`, `vm.info`, `vmm.ping`. Shapes follow cloud-hypervisor's
+//! `docs/api.md` and `docs/snapshot_restore.md`.
+//!
+//! The guest needs a PVH ELF kernel (`XEN_ELFNOTE_PHYS32_ENTRY`).
+//!
+//! Knobs (`options`): `hugepages` (bool: `--memory …,hugepages=on`),
+//! `pmem_devices` (list of paths or `{path, read_only}`: `--pmem
+//! file=…,discard_writes=on` for read-only ones), `enable_pci` (accepted as
+//! `true` only: cloud-hypervisor always uses virtio-pci).
+//!
+//! A snapshot directory holds cloud-hypervisor's `config.json`, `state.json`
+//! and `memory-ranges`, plus `disk.img` and `attest-snapshot.json`; as on
+//! firecracker it refers to the machine's own paths (disk copy, vsock socket,
+//! TAP names), so the same machine of the same run restores it.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::api::{ApiClient, ApiError};
+use super::instance::{self, Flavor, MicroVmInstance, VmmPaths};
+use super::{option_error, vmm_version, KvmFacts, MicroVmSpec, Version, GUEST_CID};
+use crate::backend::{Backend, BackendError, Instance, StartContext};
+
+/// How to get cloud-hypervisor, for error messages.
+pub const HOW_TO_GET: &str = "no Debian or PyPI package ships it: download a static release from https://github.com/cloud-hypervisor/cloud-hypervisor/releases and set $ATTEST_CLOUD_HYPERVISOR or `binary`";
+
+/// Starts cloud-hypervisor microVMs.
+pub struct CloudHypervisorBackend;
+
+/// The checked `options` of a cloud-hypervisor node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CloudHypervisorOptions {
+    /// Guest memory on huge pages.
+    pub hugepages: bool,
+    /// virtio-pmem devices: (path, read-only).
+    pub pmem_devices: Vec<(PathBuf, bool)>,
+}
+
+impl CloudHypervisorOptions {
+    /// Checks `options`.
+    pub fn parse(
+        options: &std::collections::BTreeMap<String, Value>,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<CloudHypervisorOptions, BackendError> {
+        let vmm = "cloud-hypervisor";
+        let mut o = CloudHypervisorOptions::default();
+        for (key, value) in options {
+            match key.as_str() {
+                "hugepages" => {
+                    o.hugepages = value
+                        .as_bool()
+                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?
+                }
+                "enable_pci" => {
+                    if value.as_bool() != Some(true) {
+                        return Err(option_error(
+                            vmm,
+                            key,
+                            "true (cloud-hypervisor always uses virtio-pci)",
+                            value,
+                        ));
+                    }
+                }
+                "pmem_devices" => {
+                    let list = value.as_array().ok_or_else(|| {
+                        option_error(vmm, key, "a list of paths or {path, read_only}", value)
+                    })?;
+                    for item in list {
+                        let (p, ro) = match item {
+                            Value::String(p) => (p.as_str(), true),
+                            Value::Object(m) => (
+                                m.get("path").and_then(Value::as_str).ok_or_else(|| {
+                                    option_error(vmm, key, "an object with `path`", item)
+                                })?,
+                                m.get("read_only").and_then(Value::as_bool).unwrap_or(true),
+                            ),
+                            _ => return Err(option_error(vmm, key, "a path or an object", item)),
+                        };
+                        o.pmem_devices.push((resolve(Path::new(p)), ro));
+                    }
+                }
+                other => {
+                    return Err(BackendError::Prerequisite(format!(
+                        "unknown cloud-hypervisor option `{other}`; known options: hugepages, pmem_devices, enable_pci"
+                    )))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// The cloud-hypervisor side of a [`MicroVmInstance`].
+pub struct CloudHypervisor {
+    spec: MicroVmSpec,
+    options: CloudHypervisorOptions,
+    version: Version,
+}
+
+#[async_trait]
+impl Backend for CloudHypervisorBackend {
+    fn kind(&self) -> &'static str {
+        "cloud-hypervisor"
+    }
+
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(CloudHypervisorBackend::start_instance(ctx).await?))
+    }
+}
+
+impl CloudHypervisorBackend {
+    /// Starts the node and returns the concrete instance.
+    pub async fn start_instance(ctx: &StartContext) -> Result<MicroVmInstance, BackendError> {
+        let spec = MicroVmSpec::resolve(ctx)?;
+        let binary =
+            spec.find_binary("cloud-hypervisor", "ATTEST_CLOUD_HYPERVISOR", HOW_TO_GET)?;
+        let kvm = KvmFacts::probe();
+        kvm.require("cloud-hypervisor")?;
+        let version = vmm_version(&binary).await?;
+        let options = CloudHypervisorOptions::parse(&spec.config.options, |p| ctx.config.resolve(p))?;
+        for (p, _) in &options.pmem_devices {
+            if !p.is_file() {
+                return Err(BackendError::Prerequisite(format!(
+                    "pmem device {} does not exist",
+                    p.display()
+                )));
+            }
+        }
+        let flavor = CloudHypervisor {
+            spec: spec.clone(),
+            options,
+            version,
+        };
+        instance::start(ctx, &spec, Box::new(flavor), binary, &kvm).await
+    }
+}
+
+/// The command-line arguments of a booting VM (without the binary).
+pub fn boot_args(spec: &MicroVmSpec, options: &CloudHypervisorOptions, paths: &VmmPaths) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--kernel".into(),
+        spec.kernel.display().to_string(),
+        "--cmdline".into(),
+        spec.cmdline.clone(),
+        "--cpus".into(),
+        format!("boot={}", spec.cpus),
+        "--memory".into(),
+        format!(
+            "size={}M{}",
+            spec.memory_mib,
+            if options.hugepages { ",hugepages=on" } else { "" }
+        ),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--vsock".into(),
+        format!("cid={GUEST_CID},socket={}", paths.vsock.display()),
+    ];
+    if let Some(i) = &spec.initrd {
+        a.push("--initramfs".into());
+        a.push(i.display().to_string());
+    }
+    if let Some(d) = &paths.disk {
+        a.push("--disk".into());
+        a.push(format!("path={}", d.display()));
+    }
+    for (p, ro) in &options.pmem_devices {
+        a.push("--pmem".into());
+        a.push(format!(
+            "file={}{}",
+            p.display(),
+            if *ro { ",discard_writes=on" } else { "" }
+        ));
+    }
+    for (tap, _vlan, mac) in &paths.taps {
+        a.push("--net".into());
+        a.push(format!("tap={tap},mac={mac}"));
+    }
+    a
+}
+
+#[async_trait]
+impl Flavor for CloudHypervisor {
+    fn name(&self) -> &'static str {
+        "cloud-hypervisor"
+    }
+
+    fn version(&self) -> Version {
+        self.version
+    }
+
+    fn args(&self, paths: &VmmPaths, boot: bool) -> Vec<String> {
+        let mut a = vec![
+            "--api-socket".to_owned(),
+            format!("path={}", paths.api_socket.display()),
+            "--log-file".to_owned(),
+            paths.log.display().to_string(),
+        ];
+        if boot {
+            a.extend(boot_args(&self.spec, &self.options, paths));
+        }
+        a
+    }
+
+    fn api_probe(&self) -> &'static str {
+        "/api/v1/vmm.ping"
+    }
+
+    async fn configure_and_boot(&self, api: &ApiClient, _paths: &VmmPaths) -> Result<(), ApiError> {
+        // The command line created and booted the VM; a VM that failed to
+        // start is reported here with cloud-hypervisor's words.
+        api.get("/api/v1/vm.info").await.map(|_| ())
+    }
+
+    async fn power_button(&self, api: &ApiClient) -> Result<(), ApiError> {
+        api.put("/api/v1/vm.power-button", None).await.map(|_| ())
+    }
+
+    async fn pause(&self, api: &ApiClient) -> Result<(), ApiError> {
+        api.put("/api/v1/vm.pause", None).await.map(|_| ())
+    }
+
+    async fn resume(&self, api: &ApiClient) -> Result<(), ApiError> {
+        api.put("/api/v1/vm.resume", None).await.map(|_| ())
+    }
+
+    async fn snapshot(&self, api: &ApiClient, dir: &Path) -> Result<(), ApiError> {
+        api.put(
+            "/api/v1/vm.snapshot",
+            Some(&json!({ "destination_url": format!("file://{}", dir.display()) })),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn restore(&self, api: &ApiClient, dir: &Path) -> Result<(), ApiError> {
+        // A restored VM starts paused (docs/snapshot_restore.md).
+        api.put(
+            "/api/v1/vm.restore",
+            Some(&json!({ "source_url": format!("file://{}", dir.display()) })),
+        )
+        .await?;
+        api.put("/api/v1/vm.resume", None).await.map(|_| ())
+    }
+
+    async fn state(&self, api: &ApiClient) -> Result<String, ApiError> {
+        let body = api.get("/api/v1/vm.info").await?;
+        Ok(serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("state").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_follows_the_cli_docs() {
+        let spec = MicroVmSpec {
+            config: Default::default(),
+            kernel: "/k/vmlinux".into(),
+            initrd: Some("/k/initrd".into()),
+            disk: Some("/img/disk.img".into()),
+            cmdline: "console=ttyS0".into(),
+            memory_mib: 512,
+            cpus: 2,
+            vlans: vec![1],
+            number: 2,
+        };
+        let paths = VmmPaths {
+            api_socket: "/s/api.sock".into(),
+            vsock: "/s/vsock.sock".into(),
+            log: "/s/ch.log".into(),
+            disk: Some("/s/disk.img".into()),
+            taps: vec![("tap2v1".into(), 1, "52:54:00:12:01:02".into())],
+        };
+        let options = CloudHypervisorOptions {
+            hugepages: true,
+            pmem_devices: vec![("/nix.img".into(), true)],
+        };
+        let a = boot_args(&spec, &options, &paths).join(" ");
+        assert_eq!(
+            a,
+            "--kernel /k/vmlinux --cmdline console=ttyS0 --cpus boot=2 --memory size=512M,hugepages=on \
+             --serial tty --console off --vsock cid=3,socket=/s/vsock.sock --initramfs /k/initrd \
+             --disk path=/s/disk.img --pmem file=/nix.img,discard_writes=on \
+             --net tap=tap2v1,mac=52:54:00:12:01:02"
+        );
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let o: std::collections::BTreeMap<String, Value> =
+            serde_json::from_str(r#"{"io_engine": "Async"}"#).unwrap();
+        let e = CloudHypervisorOptions::parse(&o, Path::to_owned)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown cloud-hypervisor option `io_engine`"), "{e}");
+    }
+}

@@ -1,0 +1,719 @@
+//! The microVM backends: [`firecracker`] and [`cloud_hypervisor`]. Both run one
+//! VMM process per node, configured over a REST API on a unix socket
+//! ([`api::ApiClient`]), reach the guest's backdoor over *hybrid vsock*
+//! ([`connect_hybrid_vsock`]), drain the serial console from the VMM's stdout,
+//! and put each NIC on a TAP attached to the vlan's bridge in attest's private
+//! switch namespace ([`Taps`]). Snapshots are taken by the VMM and restored by
+//! a fresh VMM process ([`VmmProcess`] keeps one exit watch across both).
+//!
+//! See `docs/microvm.md` for what was verified where and what a snapshot
+//! contains.
+
+pub mod api;
+pub mod cloud_hypervisor;
+pub mod firecracker;
+pub mod instance;
+pub mod tiny_guest;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use super::{BackendError, StartContext};
+use crate::config::{BackendConfig, ImageManifest, MicroVmConfig};
+use crate::net::Network;
+use crate::process::{ExitInfo, Watched};
+
+/// The vsock port the guest's backdoor listens on.
+pub const BACKDOOR_VSOCK_PORT: u32 = 1234;
+/// The guest CID given to every microVM (each VMM has its own vsock socket).
+pub const GUEST_CID: u32 = 3;
+/// How long one `CONNECT` may wait for `OK`: before the guest's vsock driver
+/// is up, firecracker accepts the unix connection and answers nothing.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Pause between two handshake attempts.
+const HANDSHAKE_RETRY: Duration = Duration::from_millis(100);
+
+/// What the host's `/dev/kvm` is.
+#[derive(Debug, Clone)]
+pub struct KvmFacts {
+    /// `/dev/kvm` exists.
+    pub present: bool,
+    /// It opens read-write (an `Err` holds why not).
+    pub usable: Result<(), String>,
+    /// The `kvm_pvm` module is loaded: stock guest kernels cannot run.
+    pub pvm: bool,
+}
+
+impl KvmFacts {
+    /// Looks at this host.
+    pub fn probe() -> KvmFacts {
+        let dev = Path::new("/dev/kvm");
+        let present = dev.exists();
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        KvmFacts {
+            present,
+            usable,
+            pvm: Path::new("/sys/module/kvm_pvm").exists(),
+        }
+    }
+
+    /// Whether KVM runs ordinary Linux guests here.
+    pub fn runs_linux_guests(&self) -> bool {
+        self.present && self.usable.is_ok() && !self.pvm
+    }
+
+    /// A prerequisite error when the VMM cannot run at all.
+    pub fn require(&self, vmm: &str) -> Result<(), BackendError> {
+        if !self.present {
+            return Err(BackendError::Prerequisite(format!(
+                "{vmm} needs /dev/kvm, which does not exist: load kvm_intel or kvm_amd, or run on a host with hardware virtualisation"
+            )));
+        }
+        if let Err(e) = &self.usable {
+            return Err(BackendError::Prerequisite(format!(
+                "{vmm} needs read-write access to /dev/kvm ({e}): run attest as root or add the user to the kvm group"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The warning logged when a microVM starts on a KVM-PVM host.
+pub fn pvm_warning(vmm: &str) -> String {
+    format!(
+        "/dev/kvm is KVM-PVM (/sys/module/kvm_pvm exists): Linux guest kernels cannot run under {vmm} here (only PVM-patched ones); the VMM is started anyway, so tiny test guests run but a Linux guest will never reach its backdoor"
+    )
+}
+
+/// Whether the host has a unified cgroup2 hierarchy (firecracker restores
+/// snapshots much more slowly on cgroups v1).
+pub fn host_has_cgroup2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || std::fs::read_to_string("/proc/mounts")
+            .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2")))
+            .unwrap_or(false)
+}
+
+/// A VMM version `major.minor.patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+impl Version {
+    /// Finds the first `[v]X.Y[.Z]` in `--version` output
+    /// (`Firecracker v1.12.1`, `cloud-hypervisor v43.0`).
+    pub fn parse_from(text: &str) -> Option<Version> {
+        let re = regex::Regex::new(r"v?(\d+)\.(\d+)(?:\.(\d+))?").expect("valid regex");
+        let c = re.captures(text)?;
+        let n = |i: usize| c.get(i).and_then(|m| m.as_str().parse().ok());
+        Some(Version(n(1)?, n(2)?, n(3).unwrap_or(0)))
+    }
+}
+
+/// Runs `binary --version` and parses it.
+pub async fn vmm_version(binary: &Path) -> Result<Version, BackendError> {
+    let out = tokio::process::Command::new(binary)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            BackendError::Prerequisite(format!("cannot run {} --version: {e}", binary.display()))
+        })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Version::parse_from(&text).ok_or_else(|| {
+        BackendError::Prerequisite(format!(
+            "cannot read a version from `{} --version`: {}",
+            binary.display(),
+            text.trim()
+        ))
+    })
+}
+
+/// A node's microVM settings after resolving the image manifest.
+#[derive(Debug, Clone)]
+pub struct MicroVmSpec {
+    /// The raw settings (options, binary).
+    pub config: MicroVmConfig,
+    /// Uncompressed ELF kernel.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// Root disk (the original; the VM gets a copy).
+    pub disk: Option<PathBuf>,
+    /// Kernel command line, including `ip=` arguments for each NIC.
+    pub cmdline: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// The vlans, in NIC order (`eth0`, `eth1`, …).
+    pub vlans: Vec<u8>,
+    /// The node's number (1-based).
+    pub number: u8,
+}
+
+impl MicroVmSpec {
+    /// Resolves the node's settings.
+    pub fn resolve(ctx: &StartContext) -> Result<MicroVmSpec, BackendError> {
+        let node = &ctx.config.nodes[&ctx.machine];
+        let c = match &node.backend {
+            BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => c.clone(),
+            other => {
+                return Err(BackendError::Start(format!(
+                    "node `{}` is a {} node, not a microVM",
+                    ctx.machine,
+                    other.kind()
+                )))
+            }
+        };
+        let manifest = match &c.image {
+            Some(image) => Some(ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
+                BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
+            })?),
+            None => None,
+        };
+        let kernel = match (&c.kernel, &manifest) {
+            (Some(k), _) => ctx.config.resolve(k),
+            (None, Some(m)) => m.vmlinux.clone().ok_or_else(|| {
+                BackendError::Prerequisite(format!(
+                    "the image {} has no uncompressed `vmlinux` (microVMs need an ELF kernel): rebuild it with images/debian/build",
+                    m.dir.display()
+                ))
+            })?,
+            (None, None) => {
+                return Err(BackendError::Start(
+                    "no kernel configured: set `image` or `kernel`".into(),
+                ))
+            }
+        };
+        if !kernel.is_file() {
+            return Err(BackendError::Prerequisite(format!(
+                "kernel {} does not exist",
+                kernel.display()
+            )));
+        }
+        let initrd = c
+            .initrd
+            .as_ref()
+            .map(|p| ctx.config.resolve(p))
+            .or_else(|| manifest.as_ref().map(|m| m.initrd.clone()));
+        let disk = c
+            .disk
+            .as_ref()
+            .map(|p| ctx.config.resolve(p))
+            .or_else(|| manifest.as_ref().map(|m| m.disk.clone()));
+        for p in initrd.iter().chain(disk.iter()) {
+            if !p.is_file() {
+                return Err(BackendError::Prerequisite(format!(
+                    "{} does not exist",
+                    p.display()
+                )));
+            }
+        }
+        let vlans = ctx.config.node_vlans(&ctx.machine);
+        let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
+        let mut cmdline = c
+            .cmdline
+            .clone()
+            .or_else(|| manifest.as_ref().map(|m| m.kernel_cmdline.clone()))
+            .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".to_owned());
+        if manifest.is_some() {
+            // The Debian image configures its NICs from `ip=` (see
+            // images/debian/README.md) and names itself from systemd.hostname.
+            for (i, vlan) in vlans.iter().enumerate() {
+                if let Some(addr) = ctx.config.node_address(&ctx.machine, *vlan) {
+                    cmdline.push_str(&format!(" ip={addr}:::255.255.255.0::eth{i}:off"));
+                }
+            }
+            cmdline.push_str(&format!(" systemd.hostname={}", ctx.machine));
+        }
+        Ok(MicroVmSpec {
+            memory_mib: c.memory_mib.unwrap_or(1024),
+            cpus: c.cpus.unwrap_or(1),
+            config: c,
+            kernel,
+            initrd,
+            disk,
+            cmdline,
+            vlans,
+            number,
+        })
+    }
+
+    /// Finds the VMM binary: `binary` from the config, `$env_var`, PATH, then
+    /// attest's cache directory. `how` says how to get it.
+    pub fn find_binary(&self, name: &str, env_var: &str, how: &str) -> Result<PathBuf, BackendError> {
+        if let Some(b) = &self.config.binary {
+            return if b.is_file() {
+                Ok(b.clone())
+            } else {
+                Err(BackendError::Prerequisite(format!(
+                    "the configured {name} binary {} does not exist: {how}",
+                    b.display()
+                )))
+            };
+        }
+        if let Some(p) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return if p.is_file() {
+                Ok(p)
+            } else {
+                Err(BackendError::Prerequisite(format!(
+                    "${env_var} is {} but that file does not exist: {how}",
+                    p.display()
+                )))
+            };
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .chain(std::iter::once(Path::new(CACHE_BIN_DIR).join(name)))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                BackendError::Prerequisite(format!(
+                    "`{name}` is not installed (not on PATH, not in {CACHE_BIN_DIR}, ${env_var} unset): {how}"
+                ))
+            })
+    }
+}
+
+/// Where `.ci/fetch-firecracker` installs binaries.
+pub const CACHE_BIN_DIR: &str = "/var/cache/attest/bin";
+
+/// The MAC address of a node's NIC on a vlan: `52:54:00:12:<vlan>:<node>`.
+pub fn mac_address(vlan: u8, node: u8) -> String {
+    format!("52:54:00:12:{vlan:02x}:{node:02x}")
+}
+
+/// The TAP of a node on a vlan (inside the private switch namespace).
+pub fn tap_name(node: u8, vlan: u8) -> String {
+    format!("tap{node}v{vlan}")
+}
+
+/// A node's TAPs in the switch namespace, one per vlan, attached to the
+/// vlan's bridge. Removed by [`Taps::remove`] (and with the namespace anyway).
+pub struct Taps {
+    network: Option<Arc<Network>>,
+    /// (tap name, vlan, MAC) in NIC order.
+    pub links: Vec<(String, u8, String)>,
+}
+
+impl Taps {
+    /// No network.
+    pub fn none() -> Taps {
+        Taps {
+            network: None,
+            links: Vec::new(),
+        }
+    }
+
+    /// Creates and attaches the TAPs of `spec`'s vlans.
+    pub async fn create(network: &Arc<Network>, spec: &MicroVmSpec) -> Result<Taps, BackendError> {
+        let switch = network.switch().map_err(BackendError::Start)?;
+        let mut taps = Taps {
+            network: Some(network.clone()),
+            links: Vec::new(),
+        };
+        for vlan in &spec.vlans {
+            let name = tap_name(spec.number, *vlan);
+            // A TAP left by an earlier start of this node (restart) is reused.
+            let _ = switch.ip(&["link", "del", &name]);
+            if let Err(e) = switch.ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
+                taps.remove();
+                return Err(BackendError::Start(format!("cannot create TAP {name}: {e}")));
+            }
+            taps.links
+                .push((name.clone(), *vlan, mac_address(*vlan, spec.number)));
+            if let Err(e) = network.attach(&name, *vlan, Duration::from_secs(5)).await {
+                taps.remove();
+                return Err(BackendError::Start(e));
+            }
+        }
+        Ok(taps)
+    }
+
+    /// The namespace the VMM must run in to open the TAPs.
+    pub fn netns(&self) -> Result<Option<PathBuf>, BackendError> {
+        match (&self.network, self.links.is_empty()) {
+            (Some(n), false) => n.netns_path().map(Some).map_err(BackendError::Start),
+            _ => Ok(None),
+        }
+    }
+
+    /// Takes the links down (`block`) or up (`unblock`).
+    pub fn set_up(&self, up: bool) -> Result<(), BackendError> {
+        let net = self
+            .network
+            .as_ref()
+            .filter(|_| !self.links.is_empty())
+            .ok_or_else(|| BackendError::Failed("the machine has no network to block".into()))?;
+        for (name, _, _) in &self.links {
+            net.set_link(name, up).map_err(BackendError::Failed)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the TAPs (best effort; the namespace dies with attest anyway).
+    pub fn remove(&mut self) {
+        if let Some(net) = &self.network {
+            if let Ok(switch) = net.switch() {
+                for (name, _, _) in self.links.drain(..) {
+                    let _ = switch.ip(&["link", "del", &name]);
+                }
+            }
+        }
+    }
+}
+
+/// Makes the VM's private copy of a disk image. firecracker and
+/// cloud-hypervisor take raw files only (no qcow2 backing files), so the
+/// copy is a reflink where the file system supports it (instant) and a sparse
+/// full copy otherwise.
+pub async fn copy_disk(from: &Path, to: &Path) -> Result<(), BackendError> {
+    let out = tokio::process::Command::new("cp")
+        .args(["--reflink=auto", "--sparse=always", "--"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|e| BackendError::Start(format!("cannot run cp: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BackendError::Failed(format!(
+            "cannot copy {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// The current VMM process of a machine. A snapshot restore replaces the
+/// process; the machine's exit watch ([`VmmProcess::exit_watch`]) reports only
+/// the exit of the *current* one, so the driver does not take a planned
+/// replacement for a crash.
+pub struct VmmProcess {
+    current: Mutex<Option<Watched>>,
+    generation: Arc<AtomicU64>,
+    exit_tx: Arc<watch::Sender<Option<ExitInfo>>>,
+    exit_rx: watch::Receiver<Option<ExitInfo>>,
+}
+
+impl VmmProcess {
+    /// Watches `first`.
+    pub fn new(first: Watched) -> VmmProcess {
+        let (tx, rx) = watch::channel(None);
+        let p = VmmProcess {
+            current: Mutex::new(None),
+            generation: Arc::new(AtomicU64::new(0)),
+            exit_tx: Arc::new(tx),
+            exit_rx: rx,
+        };
+        p.adopt(first);
+        p
+    }
+
+    /// Makes `w` the current process and forwards its exit.
+    pub fn adopt(&self, w: Watched) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let gen = self.generation.clone();
+        let tx = self.exit_tx.clone();
+        let watched = w.clone();
+        tokio::spawn(async move {
+            let info = watched.wait().await;
+            if gen.load(Ordering::SeqCst) == generation {
+                let _ = tx.send(Some(info));
+            }
+        });
+        *self.current.lock().expect("vmm lock") = Some(w);
+    }
+
+    /// Detaches the current process (its exit is no longer reported) and
+    /// returns it, for a planned replacement.
+    pub fn retire(&self) -> Option<Watched> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.current.lock().expect("vmm lock").take()
+    }
+
+    /// The current process.
+    pub fn current(&self) -> Option<Watched> {
+        self.current.lock().expect("vmm lock").clone()
+    }
+
+    /// Reports that the machine is gone without a process exit to show for
+    /// it (a failed restore after the old VMM was retired).
+    pub fn mark_exited(&self, info: ExitInfo) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.exit_tx.send(Some(info));
+    }
+
+    /// The machine's exit watch.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.exit_rx.clone()
+    }
+
+    /// Whether the machine has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit_rx.borrow().is_some() || self.current().is_none_or(|w| w.has_exited())
+    }
+
+    /// SIGKILL to the current process group, then waits for the reap.
+    pub async fn kill(&self) -> ExitInfo {
+        match self.current() {
+            Some(w) => {
+                w.signal_group(nix::sys::signal::Signal::SIGKILL);
+                tokio::time::timeout(Duration::from_secs(10), w.wait())
+                    .await
+                    .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned())
+            }
+            None => "not running".to_owned(),
+        }
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, reap.
+    pub async fn terminate(&self, grace: Duration) -> ExitInfo {
+        match self.current() {
+            Some(w) => w.terminate(grace).await,
+            None => "not running".to_owned(),
+        }
+    }
+
+    /// Waits for the current process to exit, at most `limit`.
+    pub async fn wait(&self, limit: Duration) -> Option<ExitInfo> {
+        let w = self.current()?;
+        tokio::time::timeout(limit, w.wait()).await.ok()
+    }
+}
+
+/// A hybrid-vsock stream to the guest: the unix connection after the
+/// `CONNECT`/`OK` handshake, read through the buffered reader that read `OK`
+/// (guest bytes may have arrived in the same read).
+pub type VsockStream = BufReader<UnixStream>;
+
+/// One handshake attempt on the VMM's vsock socket.
+async fn handshake_once(uds: &Path, port: u32) -> Result<VsockStream, String> {
+    let stream = UnixStream::connect(uds)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", uds.display()))?;
+    let mut reader = BufReader::new(stream);
+    reader
+        .get_mut()
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| format!("cannot send CONNECT: {e}"))?;
+    let mut line = Vec::new();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => Err(format!(
+            "CONNECT {port} got no answer within {} ms",
+            HANDSHAKE_TIMEOUT.as_millis()
+        )),
+        Ok(Err(e)) => Err(format!("reading the CONNECT answer failed: {e}")),
+        Ok(Ok(0)) => Err(format!(
+            "the VMM closed the connection after CONNECT {port} (nothing listens on that port in the guest yet)"
+        )),
+        Ok(Ok(_)) => {
+            let text = String::from_utf8_lossy(&line);
+            if text.starts_with("OK ") {
+                Ok(reader)
+            } else {
+                Err(format!("unexpected CONNECT answer {:?}", text.trim_end()))
+            }
+        }
+    }
+}
+
+/// Connects to the guest's vsock `port` through the VMM's hybrid vsock unix
+/// socket `uds`: short handshake attempts, retried until `deadline`; fails at
+/// once when the VMM exits. `since` is when the machine started (for the
+/// message).
+pub async fn connect_hybrid_vsock(
+    uds: &Path,
+    port: u32,
+    since: Instant,
+    deadline: Instant,
+    exit: &watch::Receiver<Option<ExitInfo>>,
+    hint: &str,
+) -> Result<VsockStream, BackendError> {
+    loop {
+        if let Some(info) = exit.borrow().clone() {
+            return Err(BackendError::Start(format!(
+                "the VMM {info} while waiting for the backdoor on vsock port {port}"
+            )));
+        }
+        let last = match handshake_once(uds, port).await {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            let waited = deadline.saturating_duration_since(since).as_secs_f64();
+            return Err(BackendError::Start(format!(
+                "no backdoor on vsock port {port} within {waited:.0}s (last attempt: {last}){hint}"
+            )));
+        }
+        tokio::time::sleep(HANDSHAKE_RETRY).await;
+    }
+}
+
+/// Parses one option value or says what was expected.
+pub fn option_error(vmm: &str, key: &str, expected: &str, got: &serde_json::Value) -> BackendError {
+    BackendError::Prerequisite(format!(
+        "{vmm} option `{key}`: expected {expected}, got {got}"
+    ))
+}
+
+/// An error for an option the VMM version lacks.
+pub fn require_version(
+    vmm: &str,
+    key: &str,
+    need: Version,
+    have: Version,
+) -> Result<(), BackendError> {
+    if have < need {
+        Err(BackendError::Prerequisite(format!(
+            "option `{key}` needs {vmm} ≥ {}.{}, found {have}",
+            need.0, need.1
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Removes a stale socket file (VMMs refuse to bind over an existing one).
+pub fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+/// Waits until the VMM's API answers `GET probe`.
+pub async fn wait_for_api(
+    api: &api::ApiClient,
+    probe: &str,
+    process: &Watched,
+    limit: Duration,
+    vmm: &str,
+) -> Result<(), BackendError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(info) = process.exit.borrow().clone() {
+            return Err(BackendError::Start(format!(
+                "{vmm} {info} before its API socket {} answered",
+                api.socket().display()
+            )));
+        }
+        let err = match api.get(probe).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(BackendError::Start(format!(
+                "{vmm}'s API did not answer within {} s: {err}",
+                limit.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(
+            Version::parse_from("Firecracker v1.12.1\n\n2026-… exiting"),
+            Some(Version(1, 12, 1))
+        );
+        assert_eq!(
+            Version::parse_from("cloud-hypervisor v43.0"),
+            Some(Version(43, 0, 0))
+        );
+        assert!(Version(1, 12, 1) < Version(1, 13, 0));
+        assert_eq!(Version::parse_from("nothing"), None);
+    }
+
+    #[test]
+    fn macs_and_taps_follow_the_plan() {
+        assert_eq!(mac_address(1, 2), "52:54:00:12:01:02");
+        assert_eq!(mac_address(255, 254), "52:54:00:12:ff:fe");
+        assert!(tap_name(254, 255).len() <= 15);
+    }
+
+    #[tokio::test]
+    async fn handshake_times_out_when_the_vmm_stays_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let listener = tokio::net::UnixListener::bind(&uds).unwrap();
+        // Accept and say nothing, like firecracker before the guest's vsock is up.
+        let _keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let (_tx, rx) = watch::channel(None);
+        let started = Instant::now();
+        let e = connect_hybrid_vsock(
+            &uds,
+            1234,
+            started,
+            started + Duration::from_millis(1200),
+            &rx,
+            "",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no backdoor on vsock port 1234 within 1s"), "{e}");
+        assert!(e.contains("got no answer within 500 ms"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn handshake_keeps_bytes_that_follow_ok() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let listener = tokio::net::UnixListener::bind(&uds).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"CONNECT 1234\n");
+            // OK and the guest's first bytes in one write.
+            s.write_all(b"OK 1073741824\nSpawning backdoor root shell...\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let (_tx, rx) = watch::channel(None);
+        let now = Instant::now();
+        let mut s = connect_hybrid_vsock(&uds, 1234, now, now + Duration::from_secs(5), &rx, "")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "Spawning backdoor root shell...\n");
+    }
+}
