@@ -10,8 +10,11 @@ use base64::Engine as _;
 use super::{Machine, MachineError};
 use crate::guest::CommandOutput;
 
-/// Seconds between polls of the `wait_*` family (the NixOS driver polls once a second).
-const POLL: Duration = Duration::from_millis(500);
+/// Pauses between polls of the `wait_*` family: short at first (a container
+/// reaches its targets within a second), growing to the longest, where the
+/// NixOS driver polls once a second throughout.
+const POLL_FIRST: Duration = Duration::from_millis(25);
+const POLL_LONGEST: Duration = Duration::from_millis(500);
 
 /// Bytes per chunk when copying files through the channel (a command is one
 /// argv string in the guest, limited to 128 KiB).
@@ -138,6 +141,7 @@ impl Machine {
         Fut: std::future::Future<Output = Result<Option<T>, MachineError>>,
     {
         let deadline = Instant::now() + timeout;
+        let mut pause = POLL_FIRST;
         loop {
             if let Some(v) = check().await? {
                 return Ok(v);
@@ -146,7 +150,8 @@ impl Machine {
                 let diag = self.diagnostics().await;
                 return Err(self.timeout_error(what, timeout.as_secs_f64(), diag));
             }
-            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(POLL_LONGEST);
         }
     }
 
