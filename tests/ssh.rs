@@ -394,3 +394,114 @@ fn ssh_remote_lacking_tools_and_closed_port() {
         "{took:?}"
     );
 }
+
+/// Sessions run concurrently over the one connection (`max_sessions` > 1),
+/// and `terminate` ends every ssh process while the host keeps running.
+#[test]
+fn ssh_sessions_are_concurrent_over_one_connection() {
+    use std::sync::Arc;
+
+    use attest::backend::{Backend, StartContext};
+    use attest::config::TestConfig;
+    use attest::console::ConsoleLog;
+    use attest::guest::Session;
+    use attest::report::{ReportOptions, Reporter};
+
+    let mut host = SshdHost::start();
+    let (dir, config) = write_test(
+        "ssh-concurrent",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), "")
+        ),
+        "",
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let addr = host.addr.clone();
+    rt.block_on(async move {
+        let config = Arc::new(TestConfig::load(&config).expect("config"));
+        let console = ConsoleLog::new(Arc::new(|_: &str| {}));
+        let ctx = StartContext {
+            machine: "remote".into(),
+            config: config.clone(),
+            state_dir: dir.path().join("state"),
+            console,
+            network: None,
+            reporter: Reporter::new("ssh-concurrent", &ReportOptions::default()).expect("reporter"),
+        };
+        let backend = attest::backend::for_node("ssh").expect("ssh backend");
+        assert_eq!(backend.kind(), "ssh");
+        let instance = backend.start(&ctx).await.expect("start");
+        assert!(instance.max_sessions() > 1);
+        assert!(instance.may_power_off().is_err());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            let stream = instance.connect(deadline).await.expect("connect");
+            sessions.push(
+                Session::establish(stream, Duration::from_secs(30))
+                    .await
+                    .expect("session"),
+            );
+        }
+        let started = Instant::now();
+        let runs = sessions
+            .iter_mut()
+            .map(|s| s.execute("sleep 2; echo $$", Duration::from_secs(30)));
+        let outs = futures_join_all(runs).await;
+        let took = started.elapsed();
+        let mut shells: Vec<String> = outs
+            .into_iter()
+            .map(|o| o.expect("execute").stdout_text())
+            .collect();
+        shells.sort();
+        shells.dedup();
+        assert_eq!(shells.len(), 4, "four distinct remote shells");
+        assert!(
+            took < Duration::from_secs(5),
+            "4 × sleep 2 took {took:?}: not concurrent"
+        );
+
+        drop(sessions);
+        instance.terminate(Duration::from_secs(5)).await;
+        assert!(
+            instance.exit_watch().borrow().is_some(),
+            "master still running"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            leftover_ssh_clients(&addr).is_empty(),
+            "{:?}",
+            leftover_ssh_clients(&addr)
+        );
+    });
+    assert!(host.container_running());
+    assert!(host.ssh("true").status.success());
+}
+
+/// Polls every future to completion concurrently (no `futures` dependency).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut outs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if outs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter().map(|o| o.expect("ready")).collect()
+}

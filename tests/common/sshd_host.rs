@@ -64,7 +64,10 @@ fn ip(args: &[&str]) -> Result<(), String> {
 fn remove_netns(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
+            let _ = Command::new("kill")
+                .args(["-9", pid])
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
@@ -308,6 +311,7 @@ impl Drop for SshdHost {
             remove_netns_processes(&self.netns);
             let _ = Command::new("kill")
                 .args(["-9", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
                 .status();
             let _ = child.kill();
             let _ = child.wait();
@@ -323,7 +327,10 @@ impl Drop for SshdHost {
 fn remove_netns_processes(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-9", pid]).status();
+            let _ = Command::new("kill")
+                .args(["-9", pid])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
