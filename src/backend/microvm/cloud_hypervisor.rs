@@ -122,12 +122,12 @@ impl CloudHypervisorBackend {
     /// Starts the node and returns the concrete instance.
     pub async fn start_instance(ctx: &StartContext) -> Result<MicroVmInstance, BackendError> {
         let spec = MicroVmSpec::resolve(ctx)?;
-        let binary =
-            spec.find_binary("cloud-hypervisor", "ATTEST_CLOUD_HYPERVISOR", HOW_TO_GET)?;
+        let binary = spec.find_binary("cloud-hypervisor", "ATTEST_CLOUD_HYPERVISOR", HOW_TO_GET)?;
         let kvm = KvmFacts::probe();
         kvm.require("cloud-hypervisor")?;
         let version = vmm_version(&binary).await?;
-        let options = CloudHypervisorOptions::parse(&spec.config.options, |p| ctx.config.resolve(p))?;
+        let options =
+            CloudHypervisorOptions::parse(&spec.config.options, |p| ctx.config.resolve(p))?;
         for (p, _) in &options.pmem_devices {
             if !p.is_file() {
                 return Err(BackendError::Prerequisite(format!(
@@ -146,7 +146,11 @@ impl CloudHypervisorBackend {
 }
 
 /// The command-line arguments of a booting VM (without the binary).
-pub fn boot_args(spec: &MicroVmSpec, options: &CloudHypervisorOptions, paths: &VmmPaths) -> Vec<String> {
+pub fn boot_args(
+    spec: &MicroVmSpec,
+    options: &CloudHypervisorOptions,
+    paths: &VmmPaths,
+) -> Vec<String> {
     let mut a: Vec<String> = vec![
         "--kernel".into(),
         spec.kernel.display().to_string(),
@@ -158,7 +162,11 @@ pub fn boot_args(spec: &MicroVmSpec, options: &CloudHypervisorOptions, paths: &V
         format!(
             "size={}M{}",
             spec.memory_mib,
-            if options.hugepages { ",hugepages=on" } else { "" }
+            if options.hugepages {
+                ",hugepages=on"
+            } else {
+                ""
+            }
         ),
         "--serial".into(),
         "tty".into(),
@@ -308,6 +316,9 @@ mod tests {
         let e = CloudHypervisorOptions::parse(&o, Path::to_owned)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown cloud-hypervisor option `io_engine`"), "{e}");
+        assert!(
+            e.contains("unknown cloud-hypervisor option `io_engine`"),
+            "{e}"
+        );
     }
 }

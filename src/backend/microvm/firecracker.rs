@@ -299,7 +299,9 @@ impl Flavor for Firecracker {
     }
 
     async fn pause(&self, api: &ApiClient) -> Result<(), ApiError> {
-        api.patch("/vm", &json!({ "state": "Paused" })).await.map(|_| ())
+        api.patch("/vm", &json!({ "state": "Paused" }))
+            .await
+            .map(|_| ())
     }
 
     async fn resume(&self, api: &ApiClient) -> Result<(), ApiError> {
@@ -360,7 +362,10 @@ mod tests {
         let e = FirecrackerOptions::parse(&opts(r#"{"enable_pci": true}"#), v12, Path::to_owned)
             .unwrap_err()
             .to_string();
-        assert_eq!(e, "option `enable_pci` needs firecracker ≥ 1.13, found 1.12.1");
+        assert_eq!(
+            e,
+            "option `enable_pci` needs firecracker ≥ 1.13, found 1.12.1"
+        );
         let e = FirecrackerOptions::parse(
             &opts(r#"{"pmem_devices": ["/nix/store.img"]}"#),
             v12,
@@ -370,8 +375,10 @@ mod tests {
         .to_string();
         assert!(e.contains("needs firecracker ≥ 1.14, found 1.12.1"), "{e}");
         let o = FirecrackerOptions::parse(
-            &opts(r#"{"enable_pci": true, "io_engine": "Async", "huge_pages": "2M",
-                      "pmem_devices": ["s.img", {"path": "/r.img", "read_only": false}]}"#),
+            &opts(
+                r#"{"enable_pci": true, "io_engine": "Async", "huge_pages": "2M",
+                      "pmem_devices": ["s.img", {"path": "/r.img", "read_only": false}]}"#,
+            ),
             Version(1, 14, 0),
             |p| Path::new("/base").join(p),
         )

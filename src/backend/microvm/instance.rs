@@ -110,7 +110,9 @@ fn spawn_vmm(
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display())).arg("--").arg(binary);
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(binary);
             c
         }
         None => Command::new(binary),
@@ -312,7 +314,12 @@ impl MicroVmInstance {
                     snapshot_files::META
                 ))
             })?;
-        let field = |k: &str| meta.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+        let field = |k: &str| {
+            meta.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_owned()
+        };
         if field("vmm") != vmm {
             return Err(BackendError::Failed(format!(
                 "{} holds a {} snapshot; this machine runs {vmm}",

@@ -101,7 +101,10 @@ pub fn pvm_warning(vmm: &str) -> String {
 pub fn host_has_cgroup2() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
         || std::fs::read_to_string("/proc/mounts")
-            .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2")))
+            .map(|m| {
+                m.lines()
+                    .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+            })
             .unwrap_or(false)
 }
 
@@ -188,9 +191,11 @@ impl MicroVmSpec {
             }
         };
         let manifest = match &c.image {
-            Some(image) => Some(ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
-                BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
-            })?),
+            Some(image) => Some(
+                ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
+                    BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
+                })?,
+            ),
             None => None,
         };
         let kernel = match (&c.kernel, &manifest) {
@@ -263,7 +268,12 @@ impl MicroVmSpec {
 
     /// Finds the VMM binary: `binary` from the config, `$env_var`, PATH, then
     /// attest's cache directory. `how` says how to get it.
-    pub fn find_binary(&self, name: &str, env_var: &str, how: &str) -> Result<PathBuf, BackendError> {
+    pub fn find_binary(
+        &self,
+        name: &str,
+        env_var: &str,
+        how: &str,
+    ) -> Result<PathBuf, BackendError> {
         if let Some(b) = &self.config.binary {
             return if b.is_file() {
                 Ok(b.clone())
@@ -341,7 +351,9 @@ impl Taps {
             let _ = switch.ip(&["link", "del", &name]);
             if let Err(e) = switch.ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
                 taps.remove();
-                return Err(BackendError::Start(format!("cannot create TAP {name}: {e}")));
+                return Err(BackendError::Start(format!(
+                    "cannot create TAP {name}: {e}"
+                )));
             }
             taps.links
                 .push((name.clone(), *vlan, mac_address(*vlan, spec.number)));
@@ -484,9 +496,11 @@ impl VmmProcess {
         match self.current() {
             Some(w) => {
                 w.signal_group(nix::sys::signal::Signal::SIGKILL);
-                tokio::time::timeout(Duration::from_secs(10), w.wait())
+                let info = tokio::time::timeout(Duration::from_secs(10), w.wait())
                     .await
-                    .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned())
+                    .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned());
+                self.publish(&w, &info);
+                info
             }
             None => "not running".to_owned(),
         }
@@ -495,8 +509,29 @@ impl VmmProcess {
     /// SIGTERM, SIGKILL after `grace`, reap.
     pub async fn terminate(&self, grace: Duration) -> ExitInfo {
         match self.current() {
-            Some(w) => w.terminate(grace).await,
+            Some(w) => {
+                let info = w.terminate(grace).await;
+                self.publish(&w, &info);
+                info
+            }
             None => "not running".to_owned(),
+        }
+    }
+
+    /// Publishes the exit of `w` now if it is still the current process, so
+    /// that callers see it as soon as `kill`/`terminate` return (the
+    /// forwarding task may not have run yet).
+    fn publish(&self, w: &Watched, info: &ExitInfo) {
+        let current = self.current().map(|c| c.pid);
+        if current == Some(w.pid) && w.has_exited() {
+            self.exit_tx.send_if_modified(|v| {
+                if v.is_none() {
+                    *v = Some(info.clone());
+                    true
+                } else {
+                    false
+                }
+            });
         }
     }
 
@@ -685,7 +720,10 @@ mod tests {
         .await
         .unwrap_err()
         .to_string();
-        assert!(e.contains("no backdoor on vsock port 1234 within 1s"), "{e}");
+        assert!(
+            e.contains("no backdoor on vsock port 1234 within 1s"),
+            "{e}"
+        );
         assert!(e.contains("got no answer within 500 ms"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }

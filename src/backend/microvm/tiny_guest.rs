@@ -177,7 +177,7 @@ pub fn tiny_guest_elf(behavior: TinyGuestBehavior, pvh: bool) -> Vec<u8> {
     f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
     f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-    // PT_LOAD: the whole file at BASE, RWX.
+                                              // PT_LOAD: the whole file at BASE, RWX.
     phdr(&mut f, 1, 7, 0, u64::from(BASE), total as u64, 0x1000);
     if pvh {
         phdr(
