@@ -1,0 +1,282 @@
+//! Real QEMU VMs (the Debian test image; TCG where KVM cannot run guests, so
+//! about a minute per boot). Driven through the real `attest` binary; every
+//! test checks that no QEMU or vde_switch it started is left running.
+//!
+//! Boots: two-node test 2, lifecycle test 3, kill test 1.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn manifest() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");
+    let disk = p.with_file_name("rootfs.ext4");
+    assert!(
+        p.is_file() && disk.is_file(),
+        "the Debian test image is missing ({}): run images/debian/build first",
+        p.display()
+    );
+    p
+}
+
+/// A test directory: config + script, and a private TMPDIR for attest so its
+/// state dir (and every process started from it) is recognisable.
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+struct Outcome {
+    code: i32,
+    stderr: String,
+}
+
+impl Case {
+    fn new(name: &str, nodes: &[(&str, &str)], enable_network: bool, script: &str) -> Case {
+        let dir = tempfile::Builder::new()
+            .prefix("attest-qemu-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        let image = manifest();
+        let nodes: Vec<String> = nodes
+            .iter()
+            .map(|(n, extra)| {
+                format!(
+                    r#""{n}": {{ "backend": {{ "qemu": {{ "image": "{}" {extra} }} }} }}"#,
+                    image.display()
+                )
+            })
+            .collect();
+        let config = format!(
+            r#"{{ "version": 1, "name": "{name}", "script": "test.rhai", "global_timeout": 1500,
+                 "enable_network": {enable_network}, "nodes": {{ {} }} }}"#,
+            nodes.join(",\n")
+        );
+        std::fs::write(dir.path().join("test.json"), config).unwrap();
+        std::fs::write(dir.path().join("test.rhai"), script).unwrap();
+        Case { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Runs attest; `on_line` sees every stderr line as it comes.
+    fn run(&self, mut on_line: impl FnMut(&str)) -> Outcome {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
+            .arg("run")
+            .arg(self.path("test.json"))
+            .env("TMPDIR", self.path("tmp"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let out_thread = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(l) = line else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = String::new();
+        for line in rx {
+            eprintln!("{line}");
+            on_line(&line);
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        let status = child.wait().unwrap();
+        let _ = out_thread.join();
+        Outcome {
+            code: status.code().unwrap_or(-1),
+            stderr,
+        }
+    }
+
+    /// Processes whose command line mentions this case's directory.
+    fn processes(&self) -> Vec<(i32, String)> {
+        processes_mentioning(&self.dir.path().display().to_string())
+    }
+
+    /// Asserts nothing the run started is left (a short grace for reaping).
+    fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("processes left behind: {left:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) && (cmd.contains("qemu-system") || cmd.contains("vde_switch")) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+fn assert_passed(o: &Outcome) {
+    assert_eq!(o.code, 0, "attest failed:\n{}", o.stderr);
+}
+
+#[test]
+fn two_vms_on_a_vde_vlan_reach_each_other_by_name() {
+    let case = Case::new(
+        "qemu-two-nodes",
+        &[("server", ""), ("client", "")],
+        false,
+        r#"
+start_all();
+server.wait_for_unit("nginx.service");
+server.wait_for_open_port(80);
+let page = client.wait_until_succeeds("curl -sf http://server", #{ timeout: 120 });
+assert_contains(page, "Welcome to nginx");
+assert_matches(client.succeed("getent hosts server"), "^192\\.168\\.1\\.2\\s");
+assert_matches(client.succeed("cat /sys/class/net/eth0/address"), "^52:54:00:12:01:01");
+server.block();
+client.fail("curl -sf --max-time 3 http://server");
+server.unblock();
+client.wait_until_succeeds("curl -sf --max-time 3 http://server", #{ timeout: 60 });
+log("two-node test done");
+"#,
+    );
+    let o = case.run(|_| {});
+    assert_passed(&o);
+    assert!(o.stderr.contains("accelerator"), "{}", o.stderr);
+    assert!(o.stderr.contains("two-node test done"));
+    case.assert_nothing_left();
+}
+
+#[test]
+fn one_vm_lifecycle_screens_keys_links_snapshots_reboot_shutdown_crash() {
+    let dir_marker = "@DIR@";
+    let script = r#"
+machine.start();
+machine.wait_for_unit("multi-user.target");
+
+// The VGA console, as PNG.
+machine.screenshot("@DIR@/screen.png");
+
+// Keys reach the guest's keyboard: switch the VGA console to tty2.
+machine.send_key("ctrl-alt-f2");
+machine.wait_until_succeeds("grep -qx tty2 /sys/class/tty/tty0/active", #{ timeout: 30 });
+
+// block/unblock take the vlan link down and up.
+machine.block();
+machine.wait_until_succeeds("grep -qx 0 /sys/class/net/eth0/carrier", #{ timeout: 30 });
+machine.unblock();
+machine.wait_until_succeeds("grep -qx 1 /sys/class/net/eth0/carrier", #{ timeout: 30 });
+
+// Snapshots: memory and disk; the VM keeps running after create.
+machine.succeed("echo before > /root/marker && sync && echo in-memory > /run/mem-marker");
+machine.snapshot_create("@DIR@/snap");
+machine.succeed("rm /root/marker /run/mem-marker && echo after > /root/after && sync");
+machine.snapshot_restore("@DIR@/snap");
+assert_contains(machine.succeed("cat /root/marker"), "before");
+assert_contains(machine.succeed("cat /run/mem-marker"), "in-memory");
+machine.fail("test -e /root/after");
+log("snapshot restored");
+
+// Reboot: /run is fresh, the disk is kept, the backdoor comes back.
+machine.reboot();
+machine.fail("test -e /run/mem-marker");
+assert_contains(machine.succeed("cat /root/marker"), "before");
+log("rebooted");
+
+// Shutdown and start again: the disk survives.
+machine.shutdown();
+machine.start();
+assert_contains(machine.succeed("cat /root/marker"), "before");
+log("started again");
+
+machine.crash();
+log("crashed");
+"#
+    .to_owned();
+    let case = Case::new("qemu-lifecycle", &[("machine", "")], true, "");
+    let script = script.replace(dir_marker, &case.dir.path().display().to_string());
+    std::fs::write(case.path("test.rhai"), script).unwrap();
+    let o = case.run(|_| {});
+    assert_passed(&o);
+    for step in ["snapshot restored", "rebooted", "started again", "crashed"] {
+        assert!(o.stderr.contains(step), "missing {step:?}:\n{}", o.stderr);
+    }
+    let png = std::fs::read(case.path("screen.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    assert!(png.len() > 100_000, "screenshot too small: {} bytes", png.len());
+    assert!(case.path("snap/vm.state").is_file());
+    case.assert_nothing_left();
+}
+
+#[test]
+fn a_qemu_killed_mid_command_fails_the_call_at_once() {
+    let case = Case::new(
+        "qemu-killed",
+        &[("victim", "")],
+        false,
+        r#"
+victim.start();
+log("about to sleep");
+victim.succeed("sleep 60");
+log("should not get here");
+"#,
+    );
+    let needle = case.path("tmp").display().to_string();
+    let mut killed_at = None;
+    let o = case.run(|line| {
+        if killed_at.is_none() && line.contains("about to sleep") {
+            std::thread::sleep(Duration::from_secs(3));
+            let qemu: Vec<_> = processes_mentioning(&needle)
+                .into_iter()
+                .filter(|(_, c)| c.contains("qemu-system"))
+                .collect();
+            assert_eq!(qemu.len(), 1, "expected one QEMU: {qemu:?}");
+            // SAFETY: kill(2) on a pid we just found; no memory is involved.
+            unsafe { libc::kill(qemu[0].0, libc::SIGKILL) };
+            killed_at = Some(Instant::now());
+        }
+    });
+    let killed_at = killed_at.expect("the script never reached the sleep");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(45),
+        "the failure took {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("killed by signal 9 while running `sleep 60`"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("last console lines"), "{}", o.stderr);
+    assert!(!o.stderr.contains("should not get here"));
+    case.assert_nothing_left();
+}
