@@ -159,31 +159,43 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Both entry paths: 64-bit long mode at `e_entry`, and (firecracker ≥ 1.12
+/// takes the PVH note when present) 32-bit protected mode at the PVH entry,
+/// which is what cloud-hypervisor uses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_tiny_guest_prints_and_powers_off() {
-    let lib = Lib::new(TinyGuestBehavior::PowerOff, "");
-    let started = Instant::now();
-    let vm = lib.start().await.expect("start");
-    let pid = vm.vmm_pid().unwrap();
-    lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
-        .await;
-    // The guest's i8042 reset ends firecracker by itself.
-    let mut exit = vm.exit_watch();
-    let info = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some()))
-        .await
-        .expect("firecracker exits after the guest powers off")
-        .unwrap()
-        .clone();
-    assert_eq!(info.as_deref(), Some("exited with status 0"));
-    eprintln!("tiny guest: start → power-off in {:?}", started.elapsed());
-    vm.terminate(Duration::from_secs(1)).await;
-    assert!(!alive(pid));
-    // firecracker's own log went to its file, not onto the console.
-    assert!(
-        !lib.console.text().contains("Running Firecracker"),
-        "{}",
-        lib.console.text()
-    );
+    for pvh in [false, true] {
+        let lib = Lib::new(TinyGuestBehavior::PowerOff, "");
+        if pvh {
+            let kernel = lib.t.dir.path().join("tiny-PowerOff.elf");
+            std::fs::write(&kernel, tiny_guest_elf(TinyGuestBehavior::PowerOff, true)).unwrap();
+        }
+        let started = Instant::now();
+        let vm = lib.start().await.expect("start");
+        let pid = vm.vmm_pid().unwrap();
+        lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
+            .await;
+        // The guest's i8042 reset ends firecracker by itself.
+        let mut exit = vm.exit_watch();
+        let info = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some()))
+            .await
+            .expect("firecracker exits after the guest powers off")
+            .unwrap()
+            .clone();
+        assert_eq!(info.as_deref(), Some("exited with status 0"));
+        eprintln!(
+            "tiny guest (pvh: {pvh}): start → power-off in {:?}",
+            started.elapsed()
+        );
+        vm.terminate(Duration::from_secs(1)).await;
+        assert!(!alive(pid));
+        // firecracker's own log went to its file, not onto the console.
+        assert!(
+            !lib.console.text().contains("Running Firecracker"),
+            "{}",
+            lib.console.text()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,7 +167,12 @@ impl FirecrackerBackend {
     /// Starts the node and returns the concrete instance (tests use its
     /// extra methods).
     pub async fn start_instance(ctx: &StartContext) -> Result<MicroVmInstance, BackendError> {
-        let spec = MicroVmSpec::resolve(ctx)?;
+        let mut spec = MicroVmSpec::resolve(ctx)?;
+        if spec.config.image.is_some() && !spec.cmdline.contains("reboot=") {
+            // A guest reboot (and Ctrl-Alt-Del) then ends firecracker through
+            // the keyboard controller, firecracker's only way out.
+            spec.cmdline.push_str(" reboot=k");
+        }
         let binary = spec.find_binary("firecracker", "ATTEST_FIRECRACKER", HOW_TO_GET)?;
         let kvm = KvmFacts::probe();
         kvm.require("firecracker")?;

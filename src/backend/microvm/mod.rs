@@ -252,6 +252,15 @@ impl MicroVmSpec {
                 }
             }
             cmdline.push_str(&format!(" systemd.hostname={}", ctx.machine));
+            let hosts: Vec<String> = ctx
+                .config
+                .hosts_entries()
+                .into_iter()
+                .map(|(addr, name)| format!("{addr}:{name}"))
+                .collect();
+            if !hosts.is_empty() {
+                cmdline.push_str(&format!(" attest.hosts={}", hosts.join(",")));
+            }
         }
         Ok(MicroVmSpec {
             memory_mib: c.memory_mib.unwrap_or(1024),

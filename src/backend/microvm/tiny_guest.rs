@@ -244,4 +244,23 @@ mod tests {
             }
         }
     }
+
+    /// `tests/fixtures/tiny-guest/build` runs this to write every variant
+    /// into `$ATTEST_TINY_GUEST_OUT` (a no-op otherwise).
+    #[test]
+    fn write_variants_when_asked() {
+        let Some(dir) = std::env::var_os("ATTEST_TINY_GUEST_OUT") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, b) in [
+            ("poweroff", TinyGuestBehavior::PowerOff),
+            ("tick", TinyGuestBehavior::Tick),
+            ("halt", TinyGuestBehavior::Halt),
+        ] {
+            std::fs::write(dir.join(format!("{name}.elf")), tiny_guest_elf(b, false)).unwrap();
+            std::fs::write(dir.join(format!("{name}-pvh.elf")), tiny_guest_elf(b, true)).unwrap();
+        }
+    }
 }
