@@ -58,7 +58,12 @@ fn leftover_ssh_clients(addr: &str) -> Vec<String> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let is_ssh = args.first().is_some_and(|a| a.ends_with("ssh"));
-        if is_ssh && args.iter().any(|a| a == addr) && args.iter().any(|a| a.contains("attest")) {
+        // Any ssh towards this test's own address: nothing else talks to it.
+        if is_ssh
+            && args
+                .iter()
+                .any(|a| a == addr || a.ends_with(&format!("@{addr}")))
+        {
             left.push(args.join(" "));
         }
     }
@@ -504,4 +509,29 @@ async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>)
     })
     .await;
     outs.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// Through a jump host: the container is the hop, and the target is its own
+/// sshd on 127.0.0.1 (same host key). The hop uses the node's identity file
+/// and known_hosts too.
+#[test]
+fn ssh_through_jump_host() {
+    let host = SshdHost::start();
+    let known = host.dir.path().join("known_hosts.jump");
+    let line = std::fs::read_to_string(host.known_hosts()).expect("read");
+    let key = line.split_once(' ').expect("known_hosts line").1;
+    std::fs::write(&known, format!("{line}127.0.0.1 {key}")).expect("write");
+    let (_dir, config) = write_test(
+        "ssh-jump",
+        &format!(
+            r#"{{"remote":{{"backend":{{"ssh":{{"host":"127.0.0.1","user":"root","identity_file":"{}","known_hosts_file":"{}","jump_host":"root@{}:22"}}}}}}}}"#,
+            host.key().display(),
+            known.display(),
+            host.addr
+        ),
+        "remote.start();\nassert_eq(remote.succeed(\"echo $SSH_CLIENT | cut -d' ' -f1\"), \"127.0.0.1\\n\");\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}");
+    assert!(leftover_ssh_clients(&host.addr).is_empty());
 }

@@ -160,8 +160,9 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
 
 /// The options every master connection gets, from the node's config.
 fn master_args(
+    ssh: &Path,
     c: &SshConfig,
-    resolve: impl Fn(&Path) -> PathBuf,
+    resolve: &dyn Fn(&Path) -> PathBuf,
     connect_wait: f64,
 ) -> Vec<String> {
     let connect_timeout = connect_wait.clamp(1.0, 10.0).ceil() as u32;
@@ -202,14 +203,75 @@ fn master_args(
         a.push("IdentitiesOnly=yes".into());
     }
     if let Some(jump) = &c.jump_host {
-        a.push("-J".into());
-        a.push(jump.clone());
+        // Not `-J`: ssh would run the hop without our identity file,
+        // known_hosts policy and BatchMode. The hop gets the same options.
+        a.push("-o".into());
+        a.push(format!(
+            "ProxyCommand={}",
+            jump_proxy_command(ssh, c, jump, resolve, connect_wait)
+        ));
     }
     for o in &c.options {
         a.push("-o".into());
         a.push(o.clone());
     }
     a
+}
+
+/// Splits `[user@]host[:port]` (`[v6]:port` too).
+fn parse_jump(jump: &str) -> (Option<String>, String, Option<u16>) {
+    let (user, rest) = match jump.rsplit_once('@') {
+        Some((u, r)) => (Some(u.to_owned()), r),
+        None => (None, jump),
+    };
+    if let Some(v6) = rest.strip_prefix('[') {
+        if let Some((host, tail)) = v6.split_once(']') {
+            let port = tail.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (user, host.to_owned(), port);
+        }
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (user, h.to_owned(), Some(port)),
+            Err(_) => (user, rest.to_owned(), None),
+        },
+        _ => (user, rest.to_owned(), None),
+    }
+}
+
+/// The `ProxyCommand` that reaches the target through `jump`: the same ssh
+/// options as the target (identity, known_hosts, policy, BatchMode), with
+/// the jump host's own user and port, and `-W %h:%p`.
+fn jump_proxy_command(
+    ssh: &Path,
+    c: &SshConfig,
+    jump: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    connect_wait: f64,
+) -> String {
+    let (user, host, port) = parse_jump(jump);
+    let hop = SshConfig {
+        host: host.clone(),
+        port,
+        user,
+        jump_host: None,
+        ..c.clone()
+    };
+    let mut words = vec![ssh.display().to_string()];
+    words.extend(master_args(ssh, &hop, resolve, connect_wait));
+    words.extend(["-T".into(), "-W".into(), "%h:%p".into(), host]);
+    words
+        .iter()
+        .map(|w| {
+            if w == "%h:%p" {
+                w.clone()
+            } else {
+                // `%` is ssh's token character in ProxyCommand.
+                crate::machine::shell_quote(w).replace('%', "%%")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `[user@]host[:port]` for messages.
@@ -270,7 +332,7 @@ impl Backend for SshBackend {
         let display = display_name(c);
         let _ = std::fs::create_dir_all(&ctx.state_dir);
         let (control, control_dir) = control_path(&ctx.state_dir)?;
-        let args = master_args(c, |p| ctx.config.resolve(p), wait);
+        let args = master_args(&ssh, c, &|p: &Path| ctx.config.resolve(p), wait);
         let identity = c.identity_file.as_ref().map(|k| ctx.config.resolve(k));
 
         let mut attempt = 0u32;
@@ -703,6 +765,17 @@ mod tests {
             transient("ssh: connect to host 10.0.0.2 port 22: Connection timed out")
                 .contains("timed out")
         );
+    }
+
+    #[test]
+    fn jump_hosts_parse() {
+        assert_eq!(parse_jump("j"), (None, "j".into(), None));
+        assert_eq!(
+            parse_jump("me@j.example:2222"),
+            (Some("me".into()), "j.example".into(), Some(2222))
+        );
+        assert_eq!(parse_jump("[::1]:22"), (None, "::1".into(), Some(22)));
+        assert_eq!(parse_jump("fe80::1"), (None, "fe80::1".into(), None));
     }
 
     #[test]
