@@ -594,3 +594,40 @@ client.succeed("curl -sf http://server");
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_no_vmm_left(r.pid);
 }
+
+#[test]
+fn vm_firecracker_a_vmm_that_dies_at_start_is_reported_with_its_last_words() {
+    let t = tiny_test("fc-dies", TinyGuestBehavior::Tick, "", "", "m.start();");
+    let fake = t.dir.path().join("firecracker");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'Firecracker v1.12.1'; exit 0; }\necho 'simulated: cannot open /dev/kvm' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(t.config()).unwrap();
+    std::fs::write(
+        t.config(),
+        config.replace(
+            r#""memory_mib":64"#,
+            &format!(r#""memory_mib":64,"binary":"{}""#, fake.display()),
+        ),
+    )
+    .unwrap();
+    let r = attest(
+        &["run", t.config().to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("firecracker exited with status 3 before its API socket"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("simulated: cannot open /dev/kvm"),
+        "{}",
+        r.stderr
+    );
+}

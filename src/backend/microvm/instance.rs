@@ -220,6 +220,12 @@ pub async fn start(
     }
     .await;
     if let Err(e) = booted {
+        let e = match e {
+            BackendError::Start(m) if process.has_exited() && !m.contains("its last output") => {
+                BackendError::Start(format!("{m}{}", instance.last_words()))
+            }
+            other => other,
+        };
         instance.stop_now().await;
         return Err(e);
     }
@@ -231,10 +237,34 @@ impl MicroVmInstance {
     fn api_failure(&self, what: &str, e: ApiError, process: &Watched) -> BackendError {
         let vmm = self.flavor.name();
         if let Some(info) = process.exit.borrow().clone() {
-            let tail = self.console.last_lines(5).join("\n");
-            return BackendError::Start(format!("{vmm} {info} ({e}); its last output:\n{tail}"));
+            return BackendError::Start(format!("{vmm} {info} ({e}){}", self.last_words()));
         }
         BackendError::Start(format!("{vmm} {what}: {e}"))
+    }
+
+    /// The VMM's last output (stdout/stderr and its log file), for errors
+    /// about a VMM that died.
+    fn last_words(&self) -> String {
+        let mut s = String::new();
+        let console = self.console.last_lines(5);
+        if !console.is_empty() {
+            s.push_str(&format!(
+                "\nits last output:\n    {}",
+                console.join("\n    ")
+            ));
+        }
+        if let Ok(log) = std::fs::read_to_string(&self.paths.log) {
+            let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+            if !lines.is_empty() {
+                let tail = &lines[lines.len().saturating_sub(5)..];
+                s.push_str(&format!(
+                    "\nits log ({}):\n    {}",
+                    self.paths.log.display(),
+                    tail.join("\n    ")
+                ));
+            }
+        }
+        s
     }
 
     /// Kills the VMM, reaps it and removes the TAPs.
