@@ -406,7 +406,7 @@ fn ssh_remote_lacking_tools_and_closed_port() {
 fn ssh_sessions_are_concurrent_over_one_connection() {
     use std::sync::Arc;
 
-    use attest::backend::{Backend, StartContext};
+    use attest::backend::StartContext;
     use attest::config::TestConfig;
     use attest::console::ConsoleLog;
     use attest::guest::Session;
@@ -534,4 +534,24 @@ fn ssh_through_jump_host() {
     let (code, out) = run_attest(&config, Duration::from_secs(60));
     assert_eq!(code, 0, "{out}");
     assert!(leftover_ssh_clients(&host.addr).is_empty());
+}
+
+#[test]
+fn ssh_owned_host_may_be_crashed() {
+    let mut host = SshdHost::start();
+    let (_dir, config) = write_test(
+        "ssh-owned-crash",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), r#","owned":true"#)
+        ),
+        "remote.start();\nremote.crash();\n",
+    );
+    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host.container_running() {
+        assert!(Instant::now() < deadline, "the owned host did not go down");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

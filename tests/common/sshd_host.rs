@@ -86,6 +86,9 @@ fn remove_stale() {
         let pid = rest.split('-').next().unwrap_or("");
         if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
             remove_netns(&name);
+            for dir in cgroup_dirs(&name) {
+                remove_cgroup_tree(&dir);
+            }
         }
     }
 }
@@ -162,13 +165,33 @@ impl SshdHost {
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
-        // SAFETY: setsid is async-signal-safe and touches no parent memory.
+        // With --keep-unit, nspawn splits the cgroup it starts in into
+        // `supervisor` and `payload`; started from the root cgroup, every
+        // container on the machine would share one `/payload` (and its
+        // systemd's unit cgroups). A private parent per fixture avoids that.
+        let procs: Vec<std::ffi::CString> = cgroup_dirs(&netns)
+            .into_iter()
+            .filter(|d| std::fs::create_dir_all(d).is_ok())
+            .filter_map(|d| {
+                std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes())
+                    .ok()
+            })
+            .collect();
+        // SAFETY: setsid, open, write and close are async-signal-safe; the
+        // closure only reads the CStrings prepared above.
         // Its own session: nspawn never sees (or signals through) the
         // terminal of whoever runs the tests.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
+                    if fd >= 0 {
+                        libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                    }
                 }
                 Ok(())
             });
@@ -317,11 +340,48 @@ impl Drop for SshdHost {
             let _ = child.wait();
         }
         remove_netns(&self.netns);
+        // The container's processes may take a moment to leave them.
+        for dir in cgroup_dirs(&self.netns) {
+            for _ in 0..50 {
+                remove_cgroup_tree(&dir);
+                if !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The fixture's private cgroups (named like its namespace), in the
+/// hierarchies nspawn uses, where they exist.
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|h| h.join("cgroup.procs").exists())
+    .map(|h| h.join(name))
+    .collect()
+}
+
+/// Removes a cgroup and its children, deepest first (empty ones only).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 fn remove_netns_processes(ns: &str) {
