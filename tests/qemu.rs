@@ -33,21 +33,16 @@ struct Outcome {
 }
 
 impl Case {
-    fn new(name: &str, nodes: &[(&str, &str)], enable_network: bool, script: &str) -> Case {
+    /// `nodes`: name and the body of its `qemu` settings ([`image_settings`]).
+    fn new(name: &str, nodes: &[(&str, String)], enable_network: bool, script: &str) -> Case {
         let dir = tempfile::Builder::new()
             .prefix("attest-qemu-test-")
             .tempdir()
             .unwrap();
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
-        let image = manifest();
         let nodes: Vec<String> = nodes
             .iter()
-            .map(|(n, extra)| {
-                format!(
-                    r#""{n}": {{ "backend": {{ "qemu": {{ "image": "{}" {extra} }} }} }}"#,
-                    image.display()
-                )
-            })
+            .map(|(n, settings)| format!(r#""{n}": {{ "backend": {{ "qemu": {{ {settings} }} }} }}"#))
             .collect();
         let config = format!(
             r#"{{ "version": 1, "name": "{name}", "script": "test.rhai", "global_timeout": 1500,
@@ -126,6 +121,42 @@ impl Case {
     }
 }
 
+/// The qemu settings of a node booting the Debian test image.
+fn image_settings() -> String {
+    format!(r#""image": "{}""#, manifest().display())
+}
+
+/// A stand-in for NixOS' `run-<name>-vm` (qemu-vm.nix) booting the Debian
+/// image: its disk in `$TMPDIR`, vlan NICs from `QEMU_VDE_SOCKET_<n>` with
+/// NixOS' MACs, its own `accel=kvm:tcg`, then `$QEMU_OPTS` and `"$@"` last.
+fn fake_nixos_start_script(dir: &Path, name: &str, number: u8, hosts: &str) -> PathBuf {
+    let m = manifest();
+    let out = m.parent().unwrap();
+    let text = std::fs::read_to_string(&m).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cmdline = v["kernel_cmdline"].as_str().unwrap();
+    let script = format!(
+        r#"#!/usr/bin/env bash
+set -e
+test "$USE_TMPDIR" = 1
+NIX_DISK_IMAGE=${{NIX_DISK_IMAGE:-$TMPDIR/{name}.qcow2}}
+test -e "$NIX_DISK_IMAGE" || qemu-img create -q -f qcow2 -F raw -b {out}/rootfs.ext4 "$NIX_DISK_IMAGE"
+exec qemu-system-x86_64 -machine q35,accel=kvm:tcg -m 1024 -nodefaults -no-user-config -vga std \
+  -drive file="$NIX_DISK_IMAGE",if=none,id=root,format=qcow2 -device virtio-blk-pci,drive=root \
+  -netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1" -device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:0{number} \
+  -kernel {out}/vmlinuz -initrd {out}/initrd.img \
+  -append "{cmdline} ip=192.168.1.{number}:::255.255.255.0::eth0:off systemd.hostname={name} attest.hosts={hosts} $QEMU_KERNEL_PARAMS" \
+  $QEMU_OPTS "$@"
+"#,
+        out = out.display()
+    );
+    let p = dir.join(format!("run-{name}-vm"));
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
 fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -149,9 +180,21 @@ fn assert_passed(o: &Outcome) {
 
 #[test]
 fn two_vms_on_a_vde_vlan_reach_each_other_by_name() {
+    // The client comes from a NixOS-style start script, the server from
+    // the plain image description: both paths in one test.
+    let scripts = tempfile::tempdir().unwrap();
+    let run_client = fake_nixos_start_script(
+        scripts.path(),
+        "client",
+        1,
+        "192.168.1.1:client,192.168.1.2:server",
+    );
     let case = Case::new(
         "qemu-two-nodes",
-        &[("server", ""), ("client", "")],
+        &[
+            ("server", image_settings()),
+            ("client", format!(r#""start_script": "{}""#, run_client.display())),
+        ],
         false,
         r#"
 start_all();
@@ -172,6 +215,30 @@ log("two-node test done");
     assert_passed(&o);
     assert!(o.stderr.contains("accelerator"), "{}", o.stderr);
     assert!(o.stderr.contains("two-node test done"));
+    case.assert_nothing_left();
+    assert!(
+        case.path("tmp").read_dir().unwrap().next().is_none(),
+        "attest left its state dir behind"
+    );
+}
+
+#[test]
+fn a_bad_qemu_flag_fails_the_start_at_once_with_qemus_message() {
+    let case = Case::new(
+        "qemu-bad-flag",
+        &[(
+            "m",
+            format!(r#"{}, "extra_args": ["-no-such-flag"]"#, image_settings()),
+        )],
+        false,
+        "m.start();",
+    );
+    let started = Instant::now();
+    let o = case.run(|_| {});
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("QEMU exited with status 1 while starting"), "{}", o.stderr);
+    assert!(o.stderr.contains("-no-such-flag: invalid option"), "{}", o.stderr);
     case.assert_nothing_left();
 }
 
@@ -221,7 +288,7 @@ machine.crash();
 log("crashed");
 "#
     .to_owned();
-    let case = Case::new("qemu-lifecycle", &[("machine", "")], true, "");
+    let case = Case::new("qemu-lifecycle", &[("machine", image_settings())], true, "");
     let script = script.replace(dir_marker, &case.dir.path().display().to_string());
     std::fs::write(case.path("test.rhai"), script).unwrap();
     let o = case.run(|_| {});
@@ -231,7 +298,11 @@ log("crashed");
     }
     let png = std::fs::read(case.path("screen.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
-    assert!(png.len() > 100_000, "screenshot too small: {} bytes", png.len());
+    assert!(
+        png.len() > 100_000,
+        "screenshot too small: {} bytes",
+        png.len()
+    );
     assert!(case.path("snap/vm.state").is_file());
     case.assert_nothing_left();
 }
@@ -240,7 +311,7 @@ log("crashed");
 fn a_qemu_killed_mid_command_fails_the_call_at_once() {
     let case = Case::new(
         "qemu-killed",
-        &[("victim", "")],
+        &[("victim", image_settings())],
         false,
         r#"
 victim.start();
@@ -272,7 +343,8 @@ log("should not get here");
     );
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
-        o.stderr.contains("killed by signal 9 while running `sleep 60`"),
+        o.stderr
+            .contains("killed by signal 9 while running `sleep 60`"),
         "{}",
         o.stderr
     );

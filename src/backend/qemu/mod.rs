@@ -148,7 +148,6 @@ async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError>
     } else {
         "raw"
     };
-    let _ = std::fs::remove_file(overlay);
     let out = Command::new(qemu_img)
         .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
         .arg(base)
@@ -202,12 +201,14 @@ impl Launch {
                 qmp: Arc::new(q),
             }),
             Err(e) => {
+                let exited = process.exit.borrow().clone();
                 process.terminate(Duration::from_secs(2)).await;
-                // Let the exit watcher see a quick exit before we report.
-                let exit = process.exit.borrow().clone();
+                let what = match exited {
+                    Some(info) => format!("QEMU {info} while starting"),
+                    None => format!("QEMU did not open its QMP socket: {e}"),
+                };
                 Err(start_err(format!(
-                    "QEMU {} while starting ({e})\nQEMU said:\n{}",
-                    exit.unwrap_or_else(|| "did not come up".into()),
+                    "{what}; QEMU said:\n{}",
                     log_tail(&self.log)
                 )))
             }
@@ -381,7 +382,11 @@ async fn plain_launch(
         ctx.config.hosts_entries()
     };
     let overlay = state_dir.join("disk.qcow2");
-    create_overlay(&disk, &overlay).await?;
+    // The disk lives as long as the test, as in the NixOS driver: a machine
+    // started again after shutdown or crash finds what it wrote.
+    if !overlay.exists() {
+        create_overlay(&disk, &overlay).await?;
+    }
     let program = match &c.qemu_binary {
         Some(b) => b.clone(),
         None => require_binary("qemu-system-x86_64", "qemu-system-x86")
