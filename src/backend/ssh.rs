@@ -15,6 +15,14 @@
 //! agent and known_hosts keep working. The remote needs only `bash` and
 //! coreutils (`base64`, `timeout`); [`SshBackend::start`] checks for them.
 //!
+//! Connecting waits up to the node's `boot_timeout` (default 60 s), retrying
+//! while the host refuses, is unreachable or times out; a refused key, an
+//! unknown host key under the strict policy, a changed host key or a bad
+//! option fail at once with a message naming the host and the fix. The run
+//! then fails with exit status 1 (the machine fails to start while the script
+//! runs). A `jump_host` becomes a `ProxyCommand` running `ssh -W` with the
+//! node's own options, so the hop uses the same identity and known_hosts.
+//!
 //! attest never powers off a host it did not start: `shutdown` and `crash`
 //! are refused unless the node says `"owned": true`
 //! ([`SshInstance::may_power_off`]). Teardown closes the sessions and the
