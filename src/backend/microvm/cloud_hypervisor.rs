@@ -14,7 +14,9 @@
 //! Knobs (`options`): `hugepages` (bool: `--memory …,hugepages=on`),
 //! `pmem_devices` (list of paths or `{path, read_only}`: `--pmem
 //! file=…,discard_writes=on` for read-only ones), `enable_pci` (accepted as
-//! `true` only: cloud-hypervisor always uses virtio-pci).
+//! `true` only: cloud-hypervisor always uses virtio-pci), `store_image` (a
+//! read-only second disk: the Nix side's shared erofs store), `snapshots`
+//! (accepted for the Nix side; nothing needs enabling).
 //!
 //! A snapshot directory holds cloud-hypervisor's `config.json`, `state.json`
 //! and `memory-ranges`, plus `disk.img` and `attest-snapshot.json`; as on
@@ -44,6 +46,8 @@ pub struct CloudHypervisorOptions {
     pub hugepages: bool,
     /// virtio-pmem devices: (path, read-only).
     pub pmem_devices: Vec<(PathBuf, bool)>,
+    /// A read-only second disk.
+    pub store_image: Option<PathBuf>,
 }
 
 impl CloudHypervisorOptions {
@@ -60,6 +64,17 @@ impl CloudHypervisorOptions {
                     o.hugepages = value
                         .as_bool()
                         .ok_or_else(|| option_error(vmm, key, "true or false", value))?
+                }
+                "store_image" => {
+                    let p = value
+                        .as_str()
+                        .ok_or_else(|| option_error(vmm, key, "a path", value))?;
+                    o.store_image = Some(resolve(Path::new(p)));
+                }
+                "snapshots" => {
+                    value
+                        .as_bool()
+                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?;
                 }
                 "enable_pci" => {
                     if value.as_bool() != Some(true) {
@@ -91,7 +106,7 @@ impl CloudHypervisorOptions {
                 }
                 other => {
                     return Err(BackendError::Prerequisite(format!(
-                        "unknown cloud-hypervisor option `{other}`; known options: hugepages, pmem_devices, enable_pci"
+                        "unknown cloud-hypervisor option `{other}`; known options: hugepages, pmem_devices, enable_pci, store_image, snapshots"
                     )))
                 }
             }
@@ -128,10 +143,15 @@ impl CloudHypervisorBackend {
         let version = vmm_version(&binary).await?;
         let options =
             CloudHypervisorOptions::parse(&spec.config.options, |p| ctx.config.resolve(p))?;
-        for (p, _) in &options.pmem_devices {
+        for p in options
+            .pmem_devices
+            .iter()
+            .map(|(p, _)| p)
+            .chain(options.store_image.iter())
+        {
             if !p.is_file() {
                 return Err(BackendError::Prerequisite(format!(
-                    "pmem device {} does not exist",
+                    "{} (from the cloud-hypervisor options) does not exist",
                     p.display()
                 )));
             }
@@ -179,21 +199,35 @@ pub fn boot_args(
         a.push("--initramfs".into());
         a.push(i.display().to_string());
     }
+    // Several devices of a kind follow one flag (`--disk path=a path=b`), as
+    // cloud-hypervisor's own docs write it.
+    let mut disks = Vec::new();
     if let Some(d) = &paths.disk {
-        a.push("--disk".into());
-        a.push(format!("path={}", d.display()));
+        disks.push(format!("path={}", d.display()));
     }
-    for (p, ro) in &options.pmem_devices {
-        a.push("--pmem".into());
-        a.push(format!(
+    if let Some(s) = &options.store_image {
+        disks.push(format!("path={},readonly=on", s.display()));
+    }
+    let pmem = options.pmem_devices.iter().map(|(p, ro)| {
+        format!(
             "file={}{}",
             p.display(),
             if *ro { ",discard_writes=on" } else { "" }
-        ));
-    }
-    for (tap, _vlan, mac) in &paths.taps {
-        a.push("--net".into());
-        a.push(format!("tap={tap},mac={mac}"));
+        )
+    });
+    let nets = paths
+        .taps
+        .iter()
+        .map(|(tap, _vlan, mac)| format!("tap={tap},mac={mac}"));
+    for (flag, values) in [
+        ("--disk", disks),
+        ("--pmem", pmem.collect()),
+        ("--net", nets.collect()),
+    ] {
+        if !values.is_empty() {
+            a.push(flag.into());
+            a.extend(values);
+        }
     }
     a
 }
@@ -298,6 +332,7 @@ mod tests {
         let options = CloudHypervisorOptions {
             hugepages: true,
             pmem_devices: vec![("/nix.img".into(), true)],
+            store_image: None,
         };
         let a = boot_args(&spec, &options, &paths).join(" ");
         assert_eq!(

@@ -14,6 +14,8 @@
 //! | `io_engine` | `"Sync"` or `"Async"` (io_uring) for the root disk | ≥ 1.0 |
 //! | `pmem_devices` | list of paths or `{path, read_only, root_device}`: virtio-pmem | ≥ 1.14 |
 //! | `huge_pages` | `"None"` or `"2M"`: guest memory on 2 MiB huge pages | ≥ 1.7 |
+//! | `store_image` | path: a read-only second drive (the Nix side's shared erofs store) | — |
+//! | `snapshots` | bool: accepted for the Nix side; full snapshots need nothing enabled | — |
 //!
 //! Snapshots (`snapshot_create(dir)`): pause, `PUT /snapshot/create`
 //! (`Full`: `vm.state` + `vm.mem`), copy the disk to `dir/disk.img`, write
@@ -65,9 +67,11 @@ pub struct FirecrackerOptions {
     pub pmem_devices: Vec<PmemDevice>,
     /// `huge_pages` of the machine config.
     pub huge_pages: Option<String>,
+    /// A read-only second drive shared by all nodes (the Nix store image).
+    pub store_image: Option<PathBuf>,
 }
 
-const KNOWN: &str = "enable_pci, io_engine, pmem_devices, huge_pages";
+const KNOWN: &str = "enable_pci, io_engine, pmem_devices, huge_pages, store_image, snapshots";
 
 impl FirecrackerOptions {
     /// Checks `options` against the firecracker `version`.
@@ -87,6 +91,17 @@ impl FirecrackerOptions {
                     if o.enable_pci {
                         require_version(vmm, key, Version(1, 13, 0), version)?;
                     }
+                }
+                "store_image" => {
+                    let p = value
+                        .as_str()
+                        .ok_or_else(|| option_error(vmm, key, "a path", value))?;
+                    o.store_image = Some(resolve(Path::new(p)));
+                }
+                "snapshots" => {
+                    value
+                        .as_bool()
+                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?;
                 }
                 "io_engine" => match value.as_str() {
                     Some(e @ ("Sync" | "Async")) => o.io_engine = Some(e.to_owned()),
@@ -179,11 +194,16 @@ impl FirecrackerBackend {
         let version = vmm_version(&binary).await?;
         let options =
             FirecrackerOptions::parse(&spec.config.options, version, |p| ctx.config.resolve(p))?;
-        for p in &options.pmem_devices {
-            if !p.path.is_file() {
+        for p in options
+            .pmem_devices
+            .iter()
+            .map(|p| &p.path)
+            .chain(options.store_image.iter())
+        {
+            if !p.is_file() {
                 return Err(BackendError::Prerequisite(format!(
-                    "pmem device {} does not exist",
-                    p.path.display()
+                    "{} (from the firecracker options) does not exist",
+                    p.display()
                 )));
             }
         }
@@ -264,6 +284,18 @@ impl Flavor for Firecracker {
                 drive["io_engine"] = json!(e);
             }
             api.put("/drives/rootfs", Some(&drive)).await?;
+        }
+        if let Some(store) = &self.options.store_image {
+            api.put(
+                "/drives/store",
+                Some(&json!({
+                    "drive_id": "store",
+                    "path_on_host": store,
+                    "is_root_device": false,
+                    "is_read_only": true,
+                })),
+            )
+            .await?;
         }
         for (i, p) in self.options.pmem_devices.iter().enumerate() {
             let id = format!("pmem{i}");
@@ -399,6 +431,13 @@ mod tests {
     #[test]
     fn unknown_and_malformed_options_are_named() {
         let v = Version(1, 12, 1);
+        let o = FirecrackerOptions::parse(
+            &opts(r#"{"enable_pci": false, "snapshots": true, "store_image": "s.erofs"}"#),
+            v,
+            |p| Path::new("/b").join(p),
+        )
+        .unwrap();
+        assert_eq!(o.store_image.as_deref(), Some(Path::new("/b/s.erofs")));
         let e = FirecrackerOptions::parse(&opts(r#"{"balloon": 1}"#), v, Path::to_owned)
             .unwrap_err()
             .to_string();

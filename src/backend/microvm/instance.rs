@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::api::{ApiClient, ApiError};
 use super::{
-    connect_hybrid_vsock, copy_disk, host_has_cgroup2, remove_socket, wait_for_api, KvmFacts,
+    cgroup_v1_warning, connect_hybrid_vsock, copy_disk, remove_socket, wait_for_api, KvmFacts,
     MicroVmSpec, Taps, VmmProcess, BACKDOOR_VSOCK_PORT,
 };
 use crate::backend::{BackendError, BackendOp, Instance, StartContext};
@@ -387,11 +387,11 @@ impl MicroVmInstance {
     async fn snapshot_restore(&self, dir: &Path) -> Result<String, BackendError> {
         let vmm = self.flavor.name();
         self.check_snapshot(dir)?;
-        if vmm == "firecracker" && !host_has_cgroup2() {
-            self.reporter.log(
-                Some(&self.machine),
-                "warning: this host has no cgroup2 hierarchy; firecracker restores snapshots much more slowly on cgroups v1",
-            );
+        if vmm == "firecracker" {
+            if let Some(w) = cgroup_v1_warning() {
+                self.reporter
+                    .log(Some(&self.machine), format!("warning: {w}"));
+            }
         }
         let started = Instant::now();
         // The old VMM's exit is planned: detach it from the exit watch first.

@@ -96,16 +96,33 @@ pub fn pvm_warning(vmm: &str) -> String {
     )
 }
 
-/// Whether the host has a unified cgroup2 hierarchy (firecracker restores
-/// snapshots much more slowly on cgroups v1).
-pub fn host_has_cgroup2() -> bool {
-    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-        || std::fs::read_to_string("/proc/mounts")
-            .map(|m| {
-                m.lines()
-                    .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-            })
-            .unwrap_or(false)
+/// Why firecracker snapshot restores will be slow on this host, if they
+/// will: its memory controller is on a cgroup v1 hierarchy (also on hybrid
+/// hosts that mount cgroup2 beside it), or there is no cgroup2 at all.
+pub fn cgroup_v1_warning() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let mut v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut v1_memory = false;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.get(2) {
+            Some(&"cgroup2") => v2 = true,
+            Some(&"cgroup")
+                if f.get(3)
+                    .is_some_and(|o| o.split(',').any(|o| o == "memory")) =>
+            {
+                v1_memory = true
+            }
+            _ => {}
+        }
+    }
+    if v1_memory {
+        Some("the host's memory cgroup controller is on cgroups v1: firecracker restores snapshots much more slowly than on a cgroup2-only host".to_owned())
+    } else if !v2 {
+        Some("the host has no cgroup2 hierarchy: firecracker restores snapshots much more slowly on cgroups v1".to_owned())
+    } else {
+        None
+    }
 }
 
 /// A VMM version `major.minor.patch`.
