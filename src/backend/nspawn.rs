@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::cgroup::PrivateCgroup;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendConfig, ImageManifest};
 use crate::guest::GuestStream;
@@ -29,6 +30,8 @@ pub struct NspawnInstance {
     socket: PathBuf,
     network: Option<Arc<Network>>,
     host_links: Vec<String>,
+    /// Declared last: removed after the process fields are dropped.
+    _cgroup: PrivateCgroup,
 }
 
 /// Host-side name of a node's veth on a vlan (at most 15 bytes).
@@ -162,6 +165,8 @@ impl Backend for NspawnBackend {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
 
+        let cgroup = PrivateCgroup::create(&machine_name);
+        cgroup.enter_on_spawn(&mut cmd);
         let process = spawn_watched(&mut cmd, Some(ctx.console.clone()))
             .map_err(|e| BackendError::Start(format!("cannot run systemd-nspawn: {e}")))?;
 
@@ -182,6 +187,7 @@ impl Backend for NspawnBackend {
             socket: backdoor_dir.join("shell.sock"),
             network: ctx.network.clone(),
             host_links,
+            _cgroup: cgroup,
         }))
     }
 }
