@@ -167,10 +167,13 @@ pub fn assert_nothing_left(run: &Run, test_name: &str) {
     }
     let tmp = std::env::temp_dir();
     let prefix = format!("attest-{test_name}-");
+    // Only dirs made during this run: a killed earlier run may have left some.
+    let run_start = std::time::SystemTime::now() - run.elapsed - Duration::from_secs(1);
     let dirs: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= run_start))
         .map(|e| e.path())
         .collect();
     assert!(dirs.is_empty(), "state dirs left behind: {dirs:?}");
