@@ -105,7 +105,11 @@ fn check_fixture(fixture: &str, backend: &str) {
         "{fixture}: nodes"
     );
     for (name, node) in nodes {
-        assert_eq!(node["vlans"], serde_json::json!([1]), "{fixture}: {name} vlans");
+        assert_eq!(
+            node["vlans"],
+            serde_json::json!([1]),
+            "{fixture}: {name} vlans"
+        );
         assert!(
             node["backend"][backend].is_object(),
             "{fixture}: {name} runs on {backend}: {node}"
@@ -120,7 +124,10 @@ fn check_fixture(fixture: &str, backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_test(dir.path(), &config, BAD_SCRIPT);
     let (code, out) = attest_check(&path);
-    assert_eq!(code, 2, "attest check {fixture} (script names node `database`):\n{out}");
+    assert_eq!(
+        code, 2,
+        "attest check {fixture} (script names node `database`):\n{out}"
+    );
     assert!(
         out.contains("database"),
         "the error should name the unknown node `database`:\n{out}"
@@ -146,9 +153,15 @@ fn firecracker_config_from_nix_passes_attest_check() {
 fn pure_fixtures_evaluate() {
     // Each fixture asserts its expected values; evaluating is the test.
     let plan = eval_fixture("ip-plan.nix");
-    assert_eq!(plan["plan"]["server"]["interfaces"][0]["address"], "192.168.1.3");
+    assert_eq!(
+        plan["plan"]["server"]["interfaces"][0]["address"],
+        "192.168.1.3"
+    );
     let hosts = eval_fixture("hosts.nix");
-    assert!(hosts["file"].as_str().unwrap().contains("192.168.1.1 client\n"));
+    assert!(hosts["file"]
+        .as_str()
+        .unwrap()
+        .contains("192.168.1.1 client\n"));
     let numbering = eval_fixture("numbering.nix");
     assert_eq!(numbering["numbers"]["client"], 3);
     let defaults = eval_fixture("defaults.nix");
