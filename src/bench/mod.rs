@@ -85,6 +85,9 @@ pub struct MachineInfo {
     pub memory_mib: u64,
     /// What `/dev/kvm` is on this host.
     pub kvm: String,
+    /// `/proc/loadavg`'s 1-minute figure when the bench started and ended
+    /// (other work on the host inflates every figure).
+    pub load_average: [f64; 2],
 }
 
 /// The options, as recorded in the report.
@@ -326,6 +329,14 @@ pub fn availability(backend: &str, image: &ImageManifest) -> Result<(), String> 
     Ok(())
 }
 
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
 /// The host's description.
 pub fn machine_info() -> MachineInfo {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -360,6 +371,7 @@ pub fn machine_info() -> MachineInfo {
         kernel,
         memory_mib,
         kvm,
+        load_average: [load_average(), 0.0],
     }
 }
 
@@ -474,6 +486,7 @@ pub fn run(
             other => return Err(other),
         }
     }
+    report.machine.load_average[1] = load_average();
     report.attest = AttestCost {
         peak_rss_mib: usage::peak_rss_kib().unwrap_or(0) as f64 / 1024.0,
         usage: Usage::now().since(&usage0),

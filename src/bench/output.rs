@@ -65,7 +65,7 @@ pub fn table(r: &BenchReport) -> String {
     let m = &r.machine;
     let _ = writeln!(
         out,
-        "attest {} ({} build) bench, {}: {}, {} cores, {} MiB, kernel {}, /dev/kvm: {}",
+        "attest {} ({} build) bench, {}: {}, {} cores, {} MiB, kernel {}, /dev/kvm: {}, load average {:.1} → {:.1}",
         r.attest_version,
         if r.options.release_build {
             "release"
@@ -77,7 +77,9 @@ pub fn table(r: &BenchReport) -> String {
         m.cores,
         m.memory_mib,
         m.kernel,
-        m.kvm
+        m.kvm,
+        m.load_average[0],
+        m.load_average[1]
     );
     for b in &r.backends {
         if let Some(v) = &b.version {
@@ -134,7 +136,11 @@ pub fn table(r: &BenchReport) -> String {
         "guest_exec_true_ms",
         false,
     ));
-    out.push_str(&markdown(&rows));
+    if avail.is_empty() {
+        out.push_str("no requested backend can run here\n");
+    } else {
+        out.push_str(&markdown(&rows));
+    }
 
     if let Some(s) = &r.scaling {
         let _ = writeln!(out);
