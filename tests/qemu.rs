@@ -42,7 +42,9 @@ impl Case {
         std::fs::create_dir(dir.path().join("tmp")).unwrap();
         let nodes: Vec<String> = nodes
             .iter()
-            .map(|(n, settings)| format!(r#""{n}": {{ "backend": {{ "qemu": {{ {settings} }} }} }}"#))
+            .map(|(n, settings)| {
+                format!(r#""{n}": {{ "backend": {{ "qemu": {{ {settings} }} }} }}"#)
+            })
             .collect();
         let config = format!(
             r#"{{ "version": 1, "name": "{name}", "script": "test.rhai", "global_timeout": 1500,
@@ -193,7 +195,10 @@ fn two_vms_on_a_vde_vlan_reach_each_other_by_name() {
         "qemu-two-nodes",
         &[
             ("server", image_settings()),
-            ("client", format!(r#""start_script": "{}""#, run_client.display())),
+            (
+                "client",
+                format!(r#""start_script": "{}""#, run_client.display()),
+            ),
         ],
         false,
         r#"
@@ -235,10 +240,23 @@ fn a_bad_qemu_flag_fails_the_start_at_once_with_qemus_message() {
     );
     let started = Instant::now();
     let o = case.run(|_| {});
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(o.code, 1, "{}", o.stderr);
-    assert!(o.stderr.contains("QEMU exited with status 1 while starting"), "{}", o.stderr);
-    assert!(o.stderr.contains("-no-such-flag: invalid option"), "{}", o.stderr);
+    assert!(
+        o.stderr
+            .contains("QEMU exited with status 1 while starting"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr.contains("-no-such-flag: invalid option"),
+        "{}",
+        o.stderr
+    );
     case.assert_nothing_left();
 }
 
@@ -255,6 +273,10 @@ machine.screenshot("@DIR@/screen.png");
 // Keys reach the guest's keyboard: switch the VGA console to tty2.
 machine.send_key("ctrl-alt-f2");
 machine.wait_until_succeeds("grep -qx tty2 /sys/class/tty/tty0/active", #{ timeout: 30 });
+
+// OCR of the VGA console (tesseract + the NixOS driver's preprocessing).
+machine.succeed("printf '\\033c' > /dev/tty2; echo 'ATTEST READS THIS SCREEN' > /dev/tty2");
+machine.wait_for_text("READS THIS", #{ timeout: 120 });
 
 // block/unblock take the vlan link down and up.
 machine.block();
@@ -288,7 +310,8 @@ machine.crash();
 log("crashed");
 "#
     .to_owned();
-    let case = Case::new("qemu-lifecycle", &[("machine", image_settings())], true, "");
+    let settings = format!(r#"{}, "enable_ocr": true"#, image_settings());
+    let case = Case::new("qemu-lifecycle", &[("machine", settings)], true, "");
     let script = script.replace(dir_marker, &case.dir.path().display().to_string());
     std::fs::write(case.path("test.rhai"), script).unwrap();
     let o = case.run(|_| {});
