@@ -221,6 +221,11 @@ async fn vm_firecracker_terminate_stops_a_guest_that_ignores_everything() {
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
+    // firecracker takes the power button (Ctrl-Alt-Del); the tiny guest
+    // ignores it and keeps running.
+    vm.power_button().await.expect("SendCtrlAltDel");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid));
     let t = Instant::now();
     vm.terminate(Duration::from_secs(10)).await;
     // The guest never answered on vsock, so no graceful phase is spent.
@@ -630,4 +635,46 @@ fn vm_firecracker_a_vmm_that_dies_at_start_is_reported_with_its_last_words() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn vm_firecracker_two_nodes_on_a_vlan_start_and_go_away_together() {
+    firecracker();
+    let t = TestDir::new("fc-two", "{}", "", "");
+    let kernel = tiny_guest(t.dir.path(), TinyGuestBehavior::Tick);
+    let node = |n: &str| {
+        format!(
+            r#""{n}":{{"boot_timeout":3,"backend":{{"firecracker":{{"kernel":"{}","memory_mib":64}}}}}}"#,
+            kernel.display()
+        )
+    };
+    std::fs::write(
+        t.config(),
+        format!(
+            r#"{{"version":1,"name":"fc-two","script":"test.rhai","nodes":{{{},{}}}}}"#,
+            node("a"),
+            node("b")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path("test.rhai"),
+        format!(
+            r#"
+try {{ start_all(); }} catch (e) {{ log(`start_all failed as expected: ${{e}}`); }}
+assert_contains(a.get_console_log(), "{TINY_GUEST_HELLO}");
+assert_contains(b.get_console_log(), "{TINY_GUEST_HELLO}");
+"#
+        ),
+    )
+    .unwrap();
+    let r = attest(
+        &["run", "--quiet-console", t.config().to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Both booted in parallel: well under two boot timeouts.
+    assert!(r.elapsed < Duration::from_secs(6), "took {:?}", r.elapsed);
+    assert_no_vmm_left(r.pid);
+    harness::assert_nothing_left(&r, "fc-two");
 }

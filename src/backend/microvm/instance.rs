@@ -531,6 +531,15 @@ impl MicroVmInstance {
             .map_err(|e| BackendError::Failed(e.to_string()))
     }
 
+    /// Presses the VM's power button (firecracker: Ctrl-Alt-Del), as
+    /// teardown does first for a guest that answered on vsock.
+    pub async fn power_button(&self) -> Result<(), BackendError> {
+        self.flavor
+            .power_button(&self.api)
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))
+    }
+
     /// The current VMM process id (changes on snapshot restore).
     pub fn vmm_pid(&self) -> Option<u32> {
         self.vmm.current().map(|w| w.pid)

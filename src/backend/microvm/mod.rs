@@ -701,6 +701,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kvm_problems_are_explained() {
+        let missing = KvmFacts {
+            present: false,
+            usable: Err("No such file or directory".into()),
+            pvm: false,
+        };
+        let e = missing.require("firecracker").unwrap_err().to_string();
+        assert!(
+            e.contains("firecracker needs /dev/kvm, which does not exist"),
+            "{e}"
+        );
+        let denied = KvmFacts {
+            present: true,
+            usable: Err("Permission denied (os error 13)".into()),
+            pvm: false,
+        };
+        let e = denied.require("cloud-hypervisor").unwrap_err().to_string();
+        assert!(
+            e.contains("read-write access to /dev/kvm (Permission denied"),
+            "{e}"
+        );
+        let pvm = KvmFacts {
+            present: true,
+            usable: Ok(()),
+            pvm: true,
+        };
+        assert!(pvm.require("firecracker").is_ok());
+        assert!(!pvm.runs_linux_guests());
+    }
+
+    #[test]
     fn versions_parse() {
         assert_eq!(
             Version::parse_from("Firecracker v1.12.1\n\n2026-… exiting"),
