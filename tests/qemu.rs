@@ -72,12 +72,14 @@ impl Case {
             .spawn()
             .unwrap();
         let mut out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        // A failed assertion in `on_line` must not leave attest running.
+        let mut child = KillOnDrop(child);
         let out_thread = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = out.read_to_string(&mut s);
             s
         });
-        let err = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines() {
@@ -94,7 +96,7 @@ impl Case {
             stderr.push_str(&line);
             stderr.push('\n');
         }
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         let _ = out_thread.join();
         Outcome {
             code: status.code().unwrap_or(-1),
@@ -157,6 +159,17 @@ exec qemu-system-x86_64 -machine q35,accel=kvm:tcg -m 1024 -nodefaults -no-user-
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     p
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
@@ -332,21 +345,51 @@ log("crashed");
 
 #[test]
 fn a_qemu_killed_mid_command_fails_the_call_at_once() {
+    // The victim also has a user-mode NIC, to check forward_port on the way.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(manifest()).unwrap()).unwrap();
+    let cmdline = format!(
+        "{} ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off",
+        v["kernel_cmdline"].as_str().unwrap()
+    );
+    let settings = format!(
+        r#"{}, "cmdline": "{cmdline}",
+           "extra_args": ["-netdev", "user,id=user0", "-device", "virtio-net-pci,netdev=user0"]"#,
+        image_settings()
+    );
     let case = Case::new(
         "qemu-killed",
-        &[("victim", image_settings())],
+        &[("victim", settings)],
         false,
-        r#"
+        &r#"
 victim.start();
+victim.wait_for_unit("nginx.service");
+victim.forward_port(@PORT@, 80);
 log("about to sleep");
 victim.succeed("sleep 60");
 log("should not get here");
-"#,
+"#
+        .replace("@PORT@", &port.to_string()),
     );
     let needle = case.path("tmp").display().to_string();
     let mut killed_at = None;
+    let mut forwarded = false;
     let o = case.run(|line| {
         if killed_at.is_none() && line.contains("about to sleep") {
+            // forward_port: the guest's nginx answers on the host port.
+            use std::io::Write;
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut page = String::new();
+            let _ = c.read_to_string(&mut page);
+            assert!(page.contains("nginx"), "forwarded port answered {page:?}");
+            forwarded = true;
             std::thread::sleep(Duration::from_secs(3));
             let qemu: Vec<_> = processes_mentioning(&needle)
                 .into_iter()
@@ -359,6 +402,7 @@ log("should not get here");
         }
     });
     let killed_at = killed_at.expect("the script never reached the sleep");
+    assert!(forwarded);
     assert!(
         killed_at.elapsed() < Duration::from_secs(45),
         "the failure took {:?} after the kill",
