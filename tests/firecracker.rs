@@ -678,3 +678,32 @@ assert_contains(b.get_console_log(), "{TINY_GUEST_HELLO}");
     assert_no_vmm_left(r.pid);
     harness::assert_nothing_left(&r, "fc-two");
 }
+
+#[test]
+fn vm_firecracker_a_state_dir_too_deep_for_unix_sockets_is_explained() {
+    firecracker();
+    let t = TestDir::new("fc-deep", "{}", "", "");
+    let kernel = tiny_guest(t.dir.path(), TinyGuestBehavior::Tick);
+    let name = "n".repeat(100);
+    std::fs::write(
+        t.config(),
+        format!(
+            r#"{{"version":1,"name":"fc-deep","script":"test.rhai","nodes":{{"{name}":{{"backend":{{"firecracker":{{"kernel":"{}"}}}}}}}}}}"#,
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(t.path("test.rhai"), format!("{name}.start();")).unwrap();
+    let r = attest(
+        &["run", t.config().to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("is too deep for the VMM's unix sockets (at most 107 bytes per path)"),
+        "{}",
+        r.stderr
+    );
+    assert_no_vmm_left(r.pid);
+}

@@ -143,6 +143,14 @@ pub async fn start(
         BackendError::Start(format!("cannot prepare {what} in {}: {e}", dir.display()))
     };
     std::fs::create_dir_all(&dir).map_err(|e| io("the state directory", e))?;
+    // sun_path holds 108 bytes including the NUL.
+    let longest = dir.join("vsock.sock");
+    if longest.as_os_str().len() > 107 {
+        return Err(BackendError::Prerequisite(format!(
+            "the state directory {} is too deep for the VMM's unix sockets (at most 107 bytes per path): use a shorter TMPDIR or node name",
+            dir.display()
+        )));
+    }
     let log = dir.join(format!("{vmm_name}.log"));
     std::fs::write(&log, b"").map_err(|e| io("the log file", e))?;
     let disk = match &spec.disk {
