@@ -37,6 +37,8 @@ struct State {
     /// The attached session's inbound channel.
     sink: Option<mpsc::UnboundedSender<Vec<u8>>>,
     pending: Vec<u8>,
+    /// Which session `sink` belongs to.
+    session: u64,
 }
 
 /// The virtconsole backdoor socket and its sessions.
@@ -148,7 +150,7 @@ impl ShellRelay {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (mut sr, mut sw) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let generation = {
+        let (generation, session) = {
             let mut g = self.state.lock().expect("relay lock");
             if g.writer.is_none() {
                 return Err("the backdoor socket is not connected".into());
@@ -158,21 +160,18 @@ impl ShellRelay {
                 let _ = tx.send(pending);
             }
             g.sink = Some(tx);
-            g.generation
+            g.session += 1;
+            (g.generation, g.session)
         };
         // guest -> session
         let state = self.state.clone();
-        let mine = self.state.lock().expect("relay lock").sink.clone();
         tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
                 if sw.write_all(&chunk).await.is_err() {
                     // The session was dropped: if nobody replaced it, keep
                     // these bytes for the next one (a banner after reboot).
                     let mut g = state.lock().expect("relay lock");
-                    let ours = match (&g.sink, &mine) {
-                        (Some(s), Some(m)) => s.same_channel(m),
-                        _ => false,
-                    };
+                    let ours = g.sink.is_some() && g.session == session;
                     if ours {
                         g.sink = None;
                         let mut kept = chunk;
