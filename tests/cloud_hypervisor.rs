@@ -407,3 +407,123 @@ client.succeed("curl -sf http://server");
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// attest's side of the cloud-hypervisor protocol, against
+/// `tests/fixtures/fake-cloud-hypervisor` (a Python stand-in implementing the
+/// documented command line and REST calls). Runs everywhere; proves the
+/// call sequence and shapes attest sends, not cloud-hypervisor's behaviour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_cloud_hypervisor_call_sequence_against_a_stand_in_vmm() {
+    if let Err(e) = &KvmFacts::probe().usable {
+        eprintln!("SKIPPED vm_cloud_hypervisor_call_sequence_against_a_stand_in_vmm: /dev/kvm unusable ({e})");
+        return;
+    }
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-cloud-hypervisor");
+    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let log = lib.state.path().join("calls.jsonl");
+    // Read by the stand-in VMM, which inherits the environment; set before it starts.
+    std::env::set_var("FAKE_CH_LOG", &log);
+    let config = std::fs::read_to_string(lib.t.config()).unwrap();
+    std::fs::write(
+        lib.t.config(),
+        config.replace(
+            r#""memory_mib":64"#,
+            &format!(
+                r#""memory_mib":64,"cpus":2,"binary":"{}","options":{{"hugepages":true}}"#,
+                fake.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let network = Arc::new(Network::new([1]));
+    lib.network = Some(network.clone());
+    let calls = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let requests = || -> Vec<String> {
+        calls()
+            .iter()
+            .filter_map(|c| c.get("path").and_then(|p| p.as_str()).map(str::to_owned))
+            .filter(|p| p != "/api/v1/vmm.ping")
+            .collect()
+    };
+
+    let vm = lib.start().await.expect("start");
+    lib.wait_console(
+        "fake-cloud-hypervisor: serial console up",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    let argv: Vec<String> = serde_json::from_value(calls()[0]["argv"].clone()).unwrap();
+    let argv = argv.join(" ");
+    for part in [
+        "--api-socket path=",
+        "--cpus boot=2",
+        "--memory size=64M,hugepages=on",
+        "--serial tty --console off",
+        "--vsock cid=3,socket=",
+        "--net tap=tap1v1,mac=52:54:00:12:01:01",
+    ] {
+        assert!(argv.contains(part), "{part:?} missing from {argv}");
+    }
+    assert_eq!(requests(), ["/api/v1/vm.info"]);
+
+    let snap = lib.state.path().join("snap");
+    vm.op(BackendOp::SnapshotCreate(snap.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        requests()[1..],
+        [
+            "/api/v1/vm.pause",
+            "/api/v1/vm.snapshot",
+            "/api/v1/vm.resume"
+        ]
+    );
+    let snapshot_call = calls()
+        .into_iter()
+        .find(|c| c["path"] == "/api/v1/vm.snapshot")
+        .unwrap();
+    assert_eq!(
+        snapshot_call["body"]["destination_url"],
+        format!("file://{}", snap.display())
+    );
+    assert_eq!(vm.vm_state().await.unwrap(), "Running");
+
+    let old = vm.vmm_pid().unwrap();
+    vm.op(BackendOp::SnapshotRestore(snap.clone()))
+        .await
+        .unwrap();
+    assert_ne!(vm.vmm_pid().unwrap(), old);
+    assert!(!alive(old));
+    let argvs: Vec<serde_json::Value> = calls()
+        .into_iter()
+        .filter(|c| c.get("argv").is_some())
+        .collect();
+    let restore_argv: Vec<String> = serde_json::from_value(argvs[1]["argv"].clone()).unwrap();
+    assert_eq!(
+        restore_argv.len(),
+        4,
+        "a restoring VMM gets only its sockets: {restore_argv:?}"
+    );
+    let r = requests();
+    let tail = &r[r.len() - 2..];
+    assert_eq!(tail, ["/api/v1/vm.restore", "/api/v1/vm.resume"]);
+    assert_eq!(vm.vm_state().await.unwrap(), "Running");
+
+    // The power button ends the VMM on its own.
+    vm.power_button().await.unwrap();
+    let mut exit = vm.exit_watch();
+    let info = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(|e| e.is_some()))
+        .await
+        .expect("the VMM exits after the power button")
+        .unwrap()
+        .clone();
+    assert_eq!(info.as_deref(), Some("exited with status 0"));
+    vm.terminate(Duration::from_secs(1)).await;
+}

@@ -134,7 +134,8 @@ impl ApiClient {
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = hyper::Request::builder()
             .method(method)
-            .uri(format!("http://localhost{path}"))
+            // Origin-form request target, as servers expect from a client.
+            .uri(path)
             .header("Host", "localhost")
             .header("Accept", "application/json");
         if body.is_some() {
