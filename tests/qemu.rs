@@ -2,7 +2,8 @@
 //! about a minute per boot). Driven through the real `attest` binary; every
 //! test checks that no QEMU or vde_switch it started is left running.
 //!
-//! Boots: two-node test 2, lifecycle test 3, kill test 1.
+//! Boots: two-node test 2, lifecycle test 3, kill test 1. Tests that boot
+//! are named `vm_*`: nextest runs them one at a time (.config/nextest.toml).
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -194,7 +195,7 @@ fn assert_passed(o: &Outcome) {
 }
 
 #[test]
-fn two_vms_on_a_vde_vlan_reach_each_other_by_name() {
+fn vm_two_nodes_on_a_vde_vlan_reach_each_other_by_name() {
     // The client comes from a NixOS-style start script, the server from
     // the plain image description: both paths in one test.
     let scripts = tempfile::tempdir().unwrap();
@@ -274,7 +275,7 @@ fn a_bad_qemu_flag_fails_the_start_at_once_with_qemus_message() {
 }
 
 #[test]
-fn one_vm_lifecycle_screens_keys_links_snapshots_reboot_shutdown_crash() {
+fn vm_lifecycle_screens_keys_ocr_links_snapshots_reboot_shutdown_crash() {
     let dir_marker = "@DIR@";
     let script = r#"
 machine.start();
@@ -344,7 +345,7 @@ log("crashed");
 }
 
 #[test]
-fn a_qemu_killed_mid_command_fails_the_call_at_once() {
+fn vm_killed_mid_command_fails_the_call_at_once() {
     // The victim also has a user-mode NIC, to check forward_port on the way.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
