@@ -232,6 +232,32 @@ impl Backend for QemuBackend {
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| start_err(format!("cannot create {}: {e}", state_dir.display())))?;
 
+        // Unix socket paths are limited to 107 bytes; say so up front rather
+        // than let QEMU or vde_switch fail obscurely.
+        let longest = [
+            Sockets::in_dir(&state_dir).serial,
+            state_dir
+                .parent()
+                .unwrap_or(&state_dir)
+                .join("vde/vde255.ctl/ctl"),
+        ]
+        .into_iter()
+        .take(if ctx.config.node_vlans(name).is_empty() {
+            1
+        } else {
+            2
+        })
+        .max_by_key(|p| p.as_os_str().len())
+        .unwrap_or_default();
+        if longest.as_os_str().len() > 107 {
+            return Err(BackendError::Prerequisite(format!(
+                "the state dir {} is too deep for unix sockets ({} is longer than 107 bytes): \
+                 set TMPDIR to a shorter directory",
+                state_dir.display(),
+                longest.display()
+            )));
+        }
+
         let facts = HostFacts::probe();
         let decision = decide(c.accel.as_deref().unwrap_or("auto"), &facts)
             .map_err(BackendError::Prerequisite)?;
