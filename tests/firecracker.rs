@@ -809,3 +809,79 @@ async fn vm_firecracker_hybrid_vsock_reaches_a_guest_listener() {
     assert_eq!(lib.console.text().matches("vsock-guest: hello").count(), 1);
     vm.terminate(Duration::from_secs(1)).await;
 }
+
+/// The whole driver on the real firecracker, through the binary: the
+/// vsock-guest answers every framed command with status 0 (it runs no shell),
+/// so start, commands, block/unblock, snapshot create/restore with the
+/// driver's reconnect, crash, shutdown (`systemctl poweroff` → the guest
+/// resets) and teardown's power button (Ctrl-Alt-Del → the guest resets)
+/// all run for real, on three nodes on a vlan.
+#[test]
+fn vm_firecracker_the_driver_runs_a_test_on_vsock_guests() {
+    firecracker();
+    let t = TestDir::new("fc-driver", "{}", "", "");
+    let elf = vsock_guest(t.dir.path());
+    let node = |n: &str| {
+        format!(
+            r#""{n}":{{"boot_timeout":20,"backend":{{"firecracker":{{"kernel":"{}","memory_mib":64}}}}}}"#,
+            elf.display()
+        )
+    };
+    std::fs::write(
+        t.config(),
+        format!(
+            r#"{{"version":1,"name":"fc-driver","script":"test.rhai","nodes":{{{},{},{}}}}}"#,
+            node("a"),
+            node("b"),
+            node("c")
+        ),
+    )
+    .unwrap();
+    let snap = t.path("snap");
+    std::fs::write(
+        t.path("test.rhai"),
+        format!(
+            r#"
+start_all();
+a.succeed("true");
+assert_eq(b.execute("anything").status, 0);
+a.block();
+a.unblock();
+a.wait_for_console_text("banner sent");
+a.snapshot_create("{snap}");
+a.succeed("true");
+a.snapshot_restore("{snap}");
+a.succeed("true");
+c.crash();
+a.shutdown();
+"#,
+            snap = snap.display()
+        ),
+    )
+    .unwrap();
+    let r = attest(
+        &["run", t.config().to_str().unwrap()],
+        Duration::from_secs(90),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a: up (backdoor up after"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("a # vsock-guest: poweroff"),
+        "{}",
+        r.stderr
+    );
+    // b was still up at the end: teardown pressed its power button.
+    assert!(
+        r.stderr.contains("b # vsock-guest: ctrl-alt-del"),
+        "{}",
+        r.stderr
+    );
+    assert!(snap.join("vm.mem").is_file());
+    assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+    assert_no_vmm_left(r.pid);
+    harness::assert_nothing_left(&r, "fc-driver");
+}
