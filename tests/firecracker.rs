@@ -885,3 +885,61 @@ a.shutdown();
     assert_no_vmm_left(r.pid);
     harness::assert_nothing_left(&r, "fc-driver");
 }
+
+/// Guest-to-guest traffic through the TAPs and the vlan bridge: each
+/// vsock-guest brings up its virtio-net NIC and broadcasts an Ethernet frame
+/// (ethertype 0x88b5, its MAC as source) every ~0.3 s, and prints the node
+/// number of every such frame it receives. `block` takes a's TAP down: b
+/// stops hearing a until `unblock`.
+#[test]
+fn vm_firecracker_guests_exchange_frames_over_the_vlan_and_block_cuts_them() {
+    firecracker();
+    let t = TestDir::new("fc-frames", "{}", "", "");
+    let elf = vsock_guest(t.dir.path());
+    let node = |n: &str| {
+        format!(
+            r#""{n}":{{"boot_timeout":20,"backend":{{"firecracker":{{"kernel":"{}","memory_mib":64}}}}}}"#,
+            elf.display()
+        )
+    };
+    std::fs::write(
+        t.config(),
+        format!(
+            r#"{{"version":1,"name":"fc-frames","script":"test.rhai","nodes":{{{},{}}}}}"#,
+            node("a"),
+            node("b")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path("test.rhai"),
+        r#"
+start_all();
+a.wait_for_console_text("frame from node 2", #{ timeout: 10 });
+b.wait_for_console_text("frame from node 1", #{ timeout: 10 });
+
+a.block();
+sleep(1.0);
+b.wait_for_console_text("(?s).*");
+let heard = true;
+try { b.wait_for_console_text("frame from node 1", #{ timeout: 2 }); } catch { heard = false; }
+if heard { throw "b heard a through a blocked link"; }
+a.wait_for_console_text("(?s).*");
+let heard_b = true;
+try { a.wait_for_console_text("frame from node 2", #{ timeout: 2 }); } catch { heard_b = false; }
+if heard_b { throw "a heard b through its blocked link"; }
+
+a.unblock();
+b.wait_for_console_text("frame from node 1", #{ timeout: 10 });
+a.wait_for_console_text("frame from node 2", #{ timeout: 10 });
+"#,
+    )
+    .unwrap();
+    let r = attest(
+        &["run", "--quiet-console", t.config().to_str().unwrap()],
+        Duration::from_secs(90),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_no_vmm_left(r.pid);
+    harness::assert_nothing_left(&r, "fc-frames");
+}
