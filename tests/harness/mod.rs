@@ -173,7 +173,11 @@ pub fn assert_nothing_left(run: &Run, test_name: &str) {
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= run_start))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= run_start)
+        })
         .map(|e| e.path())
         .collect();
     assert!(dirs.is_empty(), "state dirs left behind: {dirs:?}");
