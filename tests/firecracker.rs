@@ -943,3 +943,60 @@ a.wait_for_console_text("frame from node 2", #{ timeout: 10 });
     assert_no_vmm_left(r.pid);
     harness::assert_nothing_left(&r, "fc-frames");
 }
+
+/// SIGTERM while machines are up with their backdoor connected: teardown
+/// presses each power button (the vsock-guests reset), and nothing is left.
+#[test]
+fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
+    firecracker();
+    let t = TestDir::new("fc-sigterm-up", "{}", "", "");
+    let elf = vsock_guest(t.dir.path());
+    let node = |n: &str| {
+        format!(
+            r#""{n}":{{"boot_timeout":20,"backend":{{"firecracker":{{"kernel":"{}","memory_mib":64}}}}}}"#,
+            elf.display()
+        )
+    };
+    std::fs::write(
+        t.config(),
+        format!(
+            r#"{{"version":1,"name":"fc-sigterm-up","script":"test.rhai","nodes":{{{},{}}}}}"#,
+            node("a"),
+            node("b")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        t.path("test.rhai"),
+        // A machine wait, which the driver cancels on SIGTERM. (The global
+        // `sleep()` is not cancelled by the driver at present.)
+        "start_all();\nlog(\"all up\");\na.wait_for_console_text(\"never printed\", #{ timeout: 60 });\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let child = harness::spawn(&["run", t.config().to_str().unwrap()]);
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vmms_of(pid).len() < 2 {
+        assert!(Instant::now() < deadline, "the VMs never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = harness::finish(child, started, Duration::from_secs(60));
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("all up"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a # vsock-guest: ctrl-alt-del")
+            && r.stderr.contains("b # vsock-guest: ctrl-alt-del"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
+    assert_no_vmm_left(pid);
+    harness::assert_nothing_left(&r, "fc-sigterm-up");
+}
