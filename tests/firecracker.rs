@@ -1000,3 +1000,61 @@ fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
     assert_no_vmm_left(pid);
     harness::assert_nothing_left(&r, "fc-sigterm-up");
 }
+
+/// The configuration firecracker really runs (`GET /vm/config`): machine
+/// size, kernel and command line, the private disk copy with the `Async`
+/// engine, the read-only store drive, the NIC on its TAP with the planned
+/// MAC, and the vsock socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_firecracker_runs_the_configuration_attest_sent() {
+    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let disk = lib.t.path("disk.img");
+    let store = lib.t.path("store.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&store, vec![0u8; 1 << 20]).unwrap();
+    let config = std::fs::read_to_string(lib.t.config()).unwrap();
+    std::fs::write(
+        lib.t.config(),
+        config.replace(
+            r#""memory_mib":64"#,
+            &format!(
+                r#""memory_mib":64,"cpus":2,"disk":"{}","cmdline":"console=ttyS0 attest.test=1","options":{{"io_engine":"Async","store_image":"{}","huge_pages":"None","snapshots":true,"enable_pci":false}}"#,
+                disk.display(),
+                store.display()
+            ),
+        ),
+    )
+    .unwrap();
+    lib.network = Some(Arc::new(Network::new([1])));
+    let vm = lib.start().await.expect("start");
+    let c: serde_json::Value =
+        serde_json::from_str(&vm.api_get("/vm/config").await.unwrap()).unwrap();
+    assert_eq!(c["machine-config"]["vcpu_count"], 2, "{c:#}");
+    assert_eq!(c["machine-config"]["mem_size_mib"], 64, "{c:#}");
+    assert_eq!(
+        c["boot-source"]["boot_args"], "console=ttyS0 attest.test=1",
+        "{c:#}"
+    );
+    let drives = c["drives"].as_array().unwrap();
+    assert_eq!(drives.len(), 2, "{c:#}");
+    let root = &drives[0];
+    assert_eq!(root["drive_id"], "rootfs");
+    assert_eq!(root["is_root_device"], true);
+    assert_eq!(root["io_engine"], "Async", "{c:#}");
+    let root_path = root["path_on_host"].as_str().unwrap();
+    assert_ne!(root_path, disk.to_str().unwrap(), "the VM must boot a copy");
+    assert!(root_path.starts_with(lib.state.path().to_str().unwrap()));
+    assert_eq!(drives[1]["drive_id"], "store");
+    assert_eq!(drives[1]["is_read_only"], true);
+    assert_eq!(drives[1]["path_on_host"], store.to_str().unwrap());
+    let nic = &c["network-interfaces"][0];
+    assert_eq!(nic["iface_id"], "eth0");
+    assert_eq!(nic["host_dev_name"], "tap1v1");
+    assert_eq!(nic["guest_mac"], "52:54:00:12:01:01");
+    assert_eq!(c["vsock"]["guest_cid"], 3);
+    assert!(c["vsock"]["uds_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("vm/vsock.sock"));
+    vm.terminate(Duration::from_secs(1)).await;
+}

@@ -548,6 +548,15 @@ impl MicroVmInstance {
             .map_err(|e| BackendError::Failed(e.to_string()))
     }
 
+    /// `GET path` on the VMM's API, for diagnostics and tests (firecracker's
+    /// `/vm/config` shows the whole configuration it runs).
+    pub async fn api_get(&self, path: &str) -> Result<String, BackendError> {
+        self.api
+            .get(path)
+            .await
+            .map_err(|e| BackendError::Failed(e.to_string()))
+    }
+
     /// The current VMM process id (changes on snapshot restore).
     pub fn vmm_pid(&self) -> Option<u32> {
         self.vmm.current().map(|w| w.pid)
