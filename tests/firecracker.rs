@@ -813,9 +813,10 @@ async fn vm_firecracker_hybrid_vsock_reaches_a_guest_listener() {
 /// The whole driver on the real firecracker, through the binary: the
 /// vsock-guest answers every framed command with status 0 (it runs no shell),
 /// so start, commands, block/unblock, snapshot create/restore with the
-/// driver's reconnect, crash, shutdown (`systemctl poweroff` → the guest
-/// resets) and teardown's power button (Ctrl-Alt-Del → the guest resets)
-/// all run for real, on three nodes on a vlan.
+/// driver's reconnect, reboot (power button, fresh VMM, reconnect), crash,
+/// shutdown (`systemctl poweroff` → the guest resets) and teardown's power
+/// button (Ctrl-Alt-Del → the guest resets) all run for real, on three nodes
+/// on a vlan.
 #[test]
 fn vm_firecracker_the_driver_runs_a_test_on_vsock_guests() {
     firecracker();
@@ -853,6 +854,8 @@ a.succeed("true");
 a.snapshot_restore("{snap}");
 a.succeed("true");
 c.crash();
+b.reboot();
+b.succeed("true");
 a.shutdown();
 "#,
             snap = snap.display()
@@ -874,9 +877,17 @@ a.shutdown();
         "{}",
         r.stderr
     );
-    // b was still up at the end: teardown pressed its power button.
-    assert!(
-        r.stderr.contains("b # vsock-guest: ctrl-alt-del"),
+    // b rebooted (power button, fresh VMM, boot, reconnect) and was still
+    // up at the end: teardown pressed its power button again.
+    assert_eq!(
+        r.stderr.matches("b # vsock-guest: hello").count(),
+        2,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("b # vsock-guest: ctrl-alt-del").count(),
+        2,
         "{}",
         r.stderr
     );

@@ -100,6 +100,8 @@ pub struct MicroVmInstance {
 const API_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a fresh VMM may take to open its API socket.
 const API_UP_LIMIT: Duration = Duration::from_secs(10);
+/// How long `reboot` waits for the guest to react to the power button.
+const REBOOT_GRACE: Duration = Duration::from_secs(30);
 
 fn spawn_vmm(
     binary: &Path,
@@ -391,6 +393,65 @@ impl MicroVmInstance {
         Ok(())
     }
 
+    /// Reboots the machine. Neither VMM restarts a guest in place (a guest
+    /// reboot ends firecracker), so: power button (when the guest ever
+    /// answered) and wait for the VMM to end, else kill it; then a fresh VMM
+    /// boots the same configuration on the same disk copy, whose contents
+    /// survive as on a real reboot. The driver reconnects afterwards.
+    async fn reboot(&self) -> Result<String, BackendError> {
+        let vmm = self.flavor.name();
+        let started = Instant::now();
+        if let Some(old) = self.vmm.current() {
+            if !old.has_exited()
+                && self.backdoor_seen.load(Ordering::Relaxed)
+                && self.flavor.power_button(&self.api).await.is_ok()
+            {
+                let _ = tokio::time::timeout(REBOOT_GRACE, old.wait()).await;
+            }
+        }
+        if let Some(old) = self.vmm.retire() {
+            old.signal_group(nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(10), old.wait()).await;
+        }
+        let booted = async {
+            remove_socket(&self.paths.api_socket);
+            remove_socket(&self.paths.vsock);
+            let process = spawn_vmm(
+                &self.binary,
+                self.netns.as_deref(),
+                &self.flavor.args(&self.paths, true),
+                &self.console,
+            )
+            .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
+            self.vmm.adopt(process.clone());
+            wait_for_api(
+                &self.api,
+                self.flavor.api_probe(),
+                &process,
+                API_UP_LIMIT,
+                vmm,
+            )
+            .await?;
+            self.flavor
+                .configure_and_boot(&self.api, &self.paths)
+                .await
+                .map_err(|e| self.api_failure("rejected the VM configuration", e, &process))
+        }
+        .await;
+        if let Err(e) = booted {
+            self.vmm.kill().await;
+            self.vmm
+                .mark_exited(format!("was lost in a failed reboot: {e}"));
+            return Err(e);
+        }
+        *self.started.lock().expect("start lock") = Instant::now();
+        Ok(format!(
+            "{} rebooted in a fresh {vmm} process ({:.0} ms)",
+            self.machine,
+            started.elapsed().as_secs_f64() * 1000.0
+        ))
+    }
+
     /// Replaces the VMM by a fresh one that loads the snapshot in `dir`.
     async fn snapshot_restore(&self, dir: &Path) -> Result<String, BackendError> {
         let vmm = self.flavor.name();
@@ -518,6 +579,7 @@ impl Instance for MicroVmInstance {
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
             BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,
+            BackendOp::Reboot => self.reboot().await,
             other => Err(BackendError::Unsupported {
                 op: other.name().to_owned(),
                 backend: self.flavor.name(),
