@@ -401,15 +401,14 @@ impl MicroVmInstance {
     async fn reboot(&self) -> Result<String, BackendError> {
         let vmm = self.flavor.name();
         let started = Instant::now();
-        if let Some(old) = self.vmm.current() {
+        // Detach the old process from the exit watch first: its end is planned.
+        if let Some(old) = self.vmm.retire() {
             if !old.has_exited()
                 && self.backdoor_seen.load(Ordering::Relaxed)
                 && self.flavor.power_button(&self.api).await.is_ok()
             {
                 let _ = tokio::time::timeout(REBOOT_GRACE, old.wait()).await;
             }
-        }
-        if let Some(old) = self.vmm.retire() {
             old.signal_group(nix::sys::signal::Signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(10), old.wait()).await;
         }
