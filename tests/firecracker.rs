@@ -960,7 +960,7 @@ a.wait_for_console_text("frame from node 2", #{ timeout: 10 });
 #[test]
 fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
     firecracker();
-    let t = TestDir::new("fc-sigterm-up", "{}", "", "");
+    let t = TestDir::new("fc-graceful-term", "{}", "", "");
     let elf = vsock_guest(t.dir.path());
     let node = |n: &str| {
         format!(
@@ -971,7 +971,7 @@ fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
     std::fs::write(
         t.config(),
         format!(
-            r#"{{"version":1,"name":"fc-sigterm-up","script":"test.rhai","nodes":{{{},{}}}}}"#,
+            r#"{{"version":1,"name":"fc-graceful-term","script":"test.rhai","nodes":{{{},{}}}}}"#,
             node("a"),
             node("b")
         ),
@@ -1009,7 +1009,7 @@ fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
     );
     assert!(r.elapsed < Duration::from_secs(20), "took {:?}", r.elapsed);
     assert_no_vmm_left(pid);
-    harness::assert_nothing_left(&r, "fc-sigterm-up");
+    harness::assert_nothing_left(&r, "fc-graceful-term");
 }
 
 /// The configuration firecracker really runs (`GET /vm/config`): machine
