@@ -96,7 +96,12 @@ impl Watched {
         if let Ok(info) = tokio::time::timeout(grace, self.wait()).await {
             return info;
         }
-        self.signal_group(Signal::SIGKILL);
+        self.kill().await
+    }
+
+    /// SIGKILL to the child's group, then waits for the reap.
+    pub async fn kill(&self) -> ExitInfo {
+        self.signal_group(nix::sys::signal::Signal::SIGKILL);
         // SIGKILL cannot be ignored; the bound only guards against a watcher bug.
         tokio::time::timeout(Duration::from_secs(10), self.wait())
             .await

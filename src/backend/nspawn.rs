@@ -125,22 +125,36 @@ impl Backend for NspawnBackend {
         let machine_name = format!("attest-{}-{}", std::process::id(), number);
         let vlans = ctx.config.node_vlans(&ctx.machine);
 
-        let mut cmd;
-        let mut host_links = Vec::new();
-        match (&ctx.network, vlans.is_empty()) {
+        // nspawn runs as PID 1 of a PID namespace of its own (`unshare
+        // --pid --fork --kill-child`): when nspawn dies for any reason —
+        // even attest being SIGKILLed, through the parent-death signals —
+        // the kernel kills everything in that namespace, the container
+        // included. nspawn alone does not take its container down with it.
+        let mut cmd = match (&ctx.network, vlans.is_empty()) {
             (Some(net), false) => {
                 let ns = net.netns_path().map_err(BackendError::Start)?;
-                cmd = Command::new("nsenter");
-                cmd.arg(format!("--net={}", ns.display()))
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
                     .arg("--")
-                    .arg(&nspawn);
-                for (i, vlan) in vlans.iter().enumerate() {
-                    let link = host_link(number, *vlan);
-                    cmd.arg(format!("--network-veth-extra={link}:eth{i}"));
-                    host_links.push(link);
-                }
+                    .arg("unshare");
+                c
             }
-            _ => cmd = Command::new(&nspawn),
+            _ => Command::new("unshare"),
+        };
+        cmd.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
+            .arg(&nspawn);
+        let mut host_links = Vec::new();
+        if let Some(net) = &ctx.network {
+            for (i, vlan) in vlans.iter().enumerate() {
+                let link = host_link(number, *vlan);
+                // A container killed a moment ago may still own this name:
+                // the kernel destroys its network namespace asynchronously.
+                if let Ok(switch) = net.switch() {
+                    let _ = switch.ip(&["link", "del", &link]);
+                }
+                cmd.arg(format!("--network-veth-extra={link}:eth{i}"));
+                host_links.push(link);
+            }
         }
         cmd.args([
             "-q",
@@ -193,8 +207,8 @@ impl Backend for NspawnBackend {
 }
 
 impl NspawnInstance {
-    /// The container's PID 1 (nspawn's child), as seen from the host.
-    fn leader_pid(&self) -> Option<i32> {
+    /// systemd-nspawn's pid (the child of the `unshare` attest started).
+    fn nspawn_pid(&self) -> Option<i32> {
         let children =
             std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.process.pid))
                 .ok()?;
@@ -227,40 +241,30 @@ impl Instance for NspawnInstance {
     }
 
     async fn crash(&self) -> Result<(), BackendError> {
-        // Killing PID 1 of the container's PID namespace kills every process
-        // in it at once; nspawn then exits.
-        if let Some(leader) = self.leader_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(leader),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        match tokio::time::timeout(Duration::from_secs(10), self.process.wait()).await {
-            Ok(_) => Ok(()),
-            Err(_) => {
-                self.process.terminate(Duration::from_secs(1)).await;
-                Ok(())
-            }
-        }
+        // SIGKILL to the group kills unshare and nspawn; nspawn is PID 1 of
+        // its PID namespace, so the kernel kills the container with it.
+        self.process.kill().await;
+        Ok(())
     }
 
     async fn terminate(&self, grace: Duration) {
-        // SIGTERM to nspawn asks the container's systemd to power off.
         if self.process.has_exited() {
             return;
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.process.pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        // SIGTERM to nspawn asks the container's systemd to power off
+        // (`unshare` itself does not forward signals).
+        if let Some(pid) = self.nspawn_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         if tokio::time::timeout(grace, self.process.wait())
             .await
-            .is_ok()
+            .is_err()
         {
-            return;
+            self.process.kill().await;
         }
-        let _ = self.crash().await;
-        self.process.terminate(Duration::from_secs(2)).await;
     }
 
     async fn op(&self, op: BackendOp) -> Result<String, BackendError> {

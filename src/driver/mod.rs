@@ -2,6 +2,7 @@
 //! state directory, the cancellation token (signals, global timeout) and the
 //! ordered teardown. See `driver/README.md` for the lifecycle.
 
+mod janitor;
 mod run;
 
 use std::collections::BTreeMap;
@@ -71,7 +72,13 @@ impl Driver {
             .prefix(&format!("attest-{}-", sanitize(&config.name)))
             .tempdir()
             .map_err(|e| anyhow::anyhow!("cannot create the state directory: {e}"))?;
+        janitor::sweep(&std::env::temp_dir());
         let state_path = dir.path().to_owned();
+        std::fs::write(
+            state_path.join(janitor::OWNER_FILE),
+            std::process::id().to_string(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot write to the state directory: {e}"))?;
         let state_dir = if opts.keep_state {
             reporter.log(None, format!("keeping state in {}", state_path.display()));
             let _ = dir.keep();
