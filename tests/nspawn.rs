@@ -251,14 +251,10 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
     assert_nothing_left(&r, "killed");
 }
 
-#[test]
-fn sigterm_tears_everything_down() {
-    let dir = TestDir::nspawn(
-        "sigterm",
-        &["a", "b"],
-        "",
-        "start_all();\na.succeed(\"sleep 120\");\n",
-    );
+/// Starts a two-node test, waits until both containers run, sends SIGTERM
+/// and checks the teardown.
+fn sigterm_during(name: &str, script: &str) {
+    let dir = TestDir::nspawn(name, &["a", "b"], "", script);
     let started = Instant::now();
     let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
     let pid = child.id();
@@ -282,7 +278,20 @@ fn sigterm_tears_everything_down() {
         "teardown took {:?}",
         signalled.elapsed()
     );
-    assert_nothing_left(&r, "sigterm");
+    assert_nothing_left(&r, name);
+}
+
+#[test]
+fn sigterm_tears_everything_down() {
+    sigterm_during("sigterm", "start_all();\na.succeed(\"sleep 120\");\n");
+}
+
+#[test]
+fn sigterm_interrupts_a_script_sleep() {
+    sigterm_during(
+        "sigterm-sleep",
+        "start_all();\nsleep(120);\nlog(\"not reached\");\n",
+    );
 }
 
 #[test]

@@ -115,8 +115,9 @@ pub fn run_test(
             .unwrap_or_default();
         Outcome::Error(format!("attest panicked (a bug; please report it): {what}"))
     });
+    // A cancelled run did not pass, even if its last step happened to return.
     let outcome = match (outcome, driver.cancel_reason()) {
-        (Outcome::Passed, _) => Outcome::Passed,
+        (Outcome::Passed, Some(reason)) => Outcome::Failed(reason.to_string()),
         (Outcome::Failed(e), Some(reason)) => Outcome::Failed(format!("{reason}\n{e}")),
         (o, _) => o,
     };

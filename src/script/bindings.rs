@@ -236,6 +236,22 @@ fn register_commands(engine: &mut Engine) {
     });
 }
 
+/// Sleeps on the calling (script) thread, waking early with an error when
+/// the run is cancelled; needs no machine or runtime.
+fn sleep_until_cancelled(cancel: &tokio_util::sync::CancellationToken, seconds: f64) -> R<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
+    loop {
+        if cancel.is_cancelled() {
+            return Err(err("cancelled: the test is being torn down"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
 fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
     let cancel = m.cancel_token().clone();
     let name = m.name().to_owned();
@@ -667,15 +683,17 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     let c = ctx.clone();
     engine.register_fn("log", move |msg: &str| c.reporter.log(None, msg));
     let c = ctx.clone();
-    engine.register_fn("sleep", move |s: Dynamic| -> R<()> {
-        let d = secs(&s, "sleep")?;
-        match c.machines.first() {
-            Some(m) => sleep_cancellable(m, d),
-            None => {
-                std::thread::sleep(Duration::from_secs_f64(d.max(0.0)));
-                Ok(())
-            }
-        }
+    // Rhai's core package has a blocking `sleep(INT)`/`sleep(FLOAT)`; these
+    // exact-type registrations replace it with one that logs and wakes up
+    // when the run is cancelled.
+    let c2 = ctx.clone();
+    engine.register_fn("sleep", move |s: i64| -> R<()> {
+        c2.reporter.log(None, format!("sleeping {s} seconds"));
+        sleep_until_cancelled(&c2.cancel, s as f64)
+    });
+    engine.register_fn("sleep", move |s: f64| -> R<()> {
+        c.reporter.log(None, format!("sleeping {s} seconds"));
+        sleep_until_cancelled(&c.cancel, s)
     });
 
     let c = ctx.clone();
@@ -720,10 +738,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                         );
                         last = Some(e);
                         if attempt < attempts {
-                            match c.machines.first() {
-                                Some(m) => sleep_cancellable(m, delay)?,
-                                None => std::thread::sleep(Duration::from_secs_f64(delay)),
-                            }
+                            sleep_until_cancelled(&c.cancel, delay)?;
                         }
                     }
                 }

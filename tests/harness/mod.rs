@@ -172,7 +172,14 @@ pub fn assert_nothing_left(run: &Run, test_name: &str) {
     let dirs: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter(|e| {
+            // attest-<name>-<6 random characters>, nothing longer: another
+            // test's name may start with this one's.
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix(&prefix).is_some_and(|rest| {
+                rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        })
         .filter(|e| {
             e.metadata()
                 .and_then(|m| m.modified())
