@@ -565,10 +565,11 @@ fn vm_firecracker_debian_guest() {
         return;
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");
-    if !manifest.is_file() {
-        eprintln!("SKIPPED vm_firecracker_debian_guest: build the image with images/debian/build");
-        return;
-    }
+    assert!(
+        manifest.is_file(),
+        "{} is missing: build the image with images/debian/build",
+        manifest.display()
+    );
     firecracker();
     let node = |name: &str| {
         format!(
