@@ -105,6 +105,8 @@ subtest("network and helpers", || {
 subtest("backend-specific calls say they are unsupported", || {
     try { server.screenshot("x.png"); throw "no error"; }
     catch (e) { assert_contains(`${e}`, "screenshot is not supported by the nspawn backend"); }
+    try { server.guest_screenshot("shot.png"); throw "no error"; }
+    catch (e) { assert_contains(`${e}`, "the guest has no way to capture its screen"); }
     try { server.snapshot_create("snap"); throw "no error"; }
     catch (e) { assert_contains(`${e}`, "snapshot_create is not supported by the nspawn backend"); }
 });

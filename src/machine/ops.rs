@@ -527,6 +527,29 @@ impl Machine {
         Ok(())
     }
 
+    /// A screenshot taken inside the guest (grim on Wayland, ImageMagick's
+    /// `import` on X11, fbgrab on a framebuffer), copied to `target`. For
+    /// backends whose VMM cannot capture the screen (firecracker,
+    /// cloud-hypervisor).
+    pub async fn guest_screenshot(&self, target: &Path) -> Result<(), MachineError> {
+        let shot = "/tmp/.attest-guest-screenshot.png";
+        let capture = format!(
+            "rm -f {shot}; \
+             if command -v grim >/dev/null && [ -n \"$WAYLAND_DISPLAY\" ]; then grim {shot}; \
+             elif command -v import >/dev/null && [ -e /tmp/.X11-unix/X0 ]; then DISPLAY=:0 import -window root {shot}; \
+             elif command -v fbgrab >/dev/null && [ -e /dev/fb0 ]; then fbgrab {shot} >/dev/null; \
+             else echo 'guest_screenshot: the guest has no way to capture its screen: it needs grim (Wayland), ImageMagick import (X11) or fbgrab with /dev/fb0' >&2; exit 3; fi"
+        );
+        let out = self.execute(&capture, Duration::from_secs(60)).await?;
+        if out.status != 0 {
+            return Err(MachineError::Internal {
+                machine: self.name().to_owned(),
+                message: out.stderr_text().trim().to_owned(),
+            });
+        }
+        self.copy_from_machine(shot, target).await
+    }
+
     /// Copies a guest file or directory to `target` on the host.
     pub async fn copy_from_machine(&self, source: &str, target: &Path) -> Result<(), MachineError> {
         let internal = |message: String| MachineError::Internal {

@@ -491,6 +491,16 @@ fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     let out_dir = std::env::var_os("out")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| ctx.base_dir.clone());
+    let shots_dir = out_dir.clone();
+    engine.register_fn("guest_screenshot", move |m: &mut Machine, dst: &str| {
+        let mm = m.clone();
+        let dst = shots_dir.join(dst);
+        op(
+            m,
+            format!("taking a screenshot inside the guest to {}", dst.display()),
+            async move { mm.guest_screenshot(&dst).await },
+        )
+    });
     for name in ["copy_from_machine", "copy_from_vm"] {
         let out_dir = out_dir.clone();
         engine.register_fn(name, move |m: &mut Machine, src: &str, dst: &str| {
