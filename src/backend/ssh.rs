@@ -591,6 +591,10 @@ impl SshInstance {
         {
             self.master.terminate(Duration::from_secs(1)).await;
         }
+        // The machine's exit watch is fed by a task that rewords the
+        // master's exit; let it publish before reporting the host closed.
+        let mut exit = self.exit.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(|e| e.is_some())).await;
     }
 }
 
