@@ -393,6 +393,32 @@ impl MicroVmInstance {
         Ok(())
     }
 
+    /// Starts a fresh VMM process for this machine (`boot`: configured to
+    /// boot; otherwise bare, to load a snapshot), makes it the machine's
+    /// process and waits for its API.
+    async fn fresh_vmm(&self, boot: bool) -> Result<Watched, BackendError> {
+        let vmm = self.flavor.name();
+        remove_socket(&self.paths.api_socket);
+        remove_socket(&self.paths.vsock);
+        let process = spawn_vmm(
+            &self.binary,
+            self.netns.as_deref(),
+            &self.flavor.args(&self.paths, boot),
+            &self.console,
+        )
+        .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
+        self.vmm.adopt(process.clone());
+        wait_for_api(
+            &self.api,
+            self.flavor.api_probe(),
+            &process,
+            API_UP_LIMIT,
+            vmm,
+        )
+        .await?;
+        Ok(process)
+    }
+
     /// Reboots the machine. Neither VMM restarts a guest in place (a guest
     /// reboot ends firecracker), so: power button (when the guest ever
     /// answered) and wait for the VMM to end, else kill it; then a fresh VMM
@@ -413,24 +439,7 @@ impl MicroVmInstance {
             let _ = tokio::time::timeout(Duration::from_secs(10), old.wait()).await;
         }
         let booted = async {
-            remove_socket(&self.paths.api_socket);
-            remove_socket(&self.paths.vsock);
-            let process = spawn_vmm(
-                &self.binary,
-                self.netns.as_deref(),
-                &self.flavor.args(&self.paths, true),
-                &self.console,
-            )
-            .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
-            self.vmm.adopt(process.clone());
-            wait_for_api(
-                &self.api,
-                self.flavor.api_probe(),
-                &process,
-                API_UP_LIMIT,
-                vmm,
-            )
-            .await?;
+            let process = self.fresh_vmm(true).await?;
             self.flavor
                 .configure_and_boot(&self.api, &self.paths)
                 .await
@@ -472,24 +481,7 @@ impl MicroVmInstance {
                 let _ = std::fs::remove_file(disk);
                 copy_disk(&dir.join(snapshot_files::DISK), disk).await?;
             }
-            remove_socket(&self.paths.api_socket);
-            remove_socket(&self.paths.vsock);
-            let process = spawn_vmm(
-                &self.binary,
-                self.netns.as_deref(),
-                &self.flavor.args(&self.paths, false),
-                &self.console,
-            )
-            .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
-            self.vmm.adopt(process.clone());
-            wait_for_api(
-                &self.api,
-                self.flavor.api_probe(),
-                &process,
-                API_UP_LIMIT,
-                vmm,
-            )
-            .await?;
+            let process = self.fresh_vmm(false).await?;
             self.flavor
                 .restore(&self.api, dir)
                 .await
