@@ -20,11 +20,9 @@ use attest::backend::microvm::tiny_guest::{
     tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK,
 };
 use attest::backend::microvm::{KvmFacts, CACHE_BIN_DIR};
-use attest::backend::{BackendOp, Instance, StartContext};
-use attest::config::TestConfig;
-use attest::console::ConsoleLog;
+use attest::backend::{BackendOp, Instance};
 use attest::net::Network;
-use attest::report::{ReportOptions, Reporter};
+use harness::lib_machine::LibMachine;
 use harness::{attest, processes_matching, TestDir};
 
 /// The real firecracker; fails the test with the fix when it is missing.
@@ -94,61 +92,28 @@ fn assert_no_vmm_left(attest_pid: u32) {
 
 /// A machine started through the library, for what the script cannot reach
 /// (a guest without a backdoor never finishes `start()` in a script).
-struct Lib {
-    t: TestDir,
-    state: tempfile::TempDir,
-    console: ConsoleLog,
-    network: Option<Arc<Network>>,
-}
+struct Lib(LibMachine);
 
 impl Lib {
     fn new(behavior: TinyGuestBehavior, node: &str) -> Lib {
-        let t = tiny_test("lib", behavior, node, "", "");
-        Lib {
-            t,
-            state: tempfile::tempdir().unwrap(),
-            console: ConsoleLog::new(Arc::new(|_| {})),
-            network: None,
-        }
+        Lib(LibMachine::new(tiny_test("lib", behavior, node, "", "")))
     }
 
     async fn start(&self) -> Result<MicroVmInstance, attest::backend::BackendError> {
-        let config = Arc::new(TestConfig::load(&self.t.config()).unwrap());
-        let ctx = StartContext {
-            machine: "m".into(),
-            config,
-            state_dir: self.state.path().join("m"),
-            console: self.console.clone(),
-            network: self.network.clone(),
-            reporter: Reporter::new(
-                "lib",
-                &ReportOptions {
-                    show_console: false,
-                    colour: false,
-                    log_json: None,
-                    junit: None,
-                },
-            )
-            .unwrap(),
-        };
-        std::fs::create_dir_all(&ctx.state_dir).unwrap();
-        FirecrackerBackend::start_instance(&ctx).await
+        FirecrackerBackend::start_instance(&self.context()).await
     }
+}
 
-    /// Waits until the console holds `text` `count` times.
-    async fn wait_console(&self, text: &str, count: usize, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let log = self.console.text();
-            if log.matches(text).count() >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} did not appear {count} times on the console within {limit:?}:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+impl std::ops::Deref for Lib {
+    type Target = LibMachine;
+    fn deref(&self) -> &LibMachine {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lib {
+    fn deref_mut(&mut self) -> &mut LibMachine {
+        &mut self.0
     }
 }
 

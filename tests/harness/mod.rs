@@ -3,6 +3,8 @@
 //! nothing it started is left behind.
 #![allow(dead_code)]
 
+pub mod lib_machine;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
