@@ -11,11 +11,21 @@ use std::ffi::CString;
 use std::path::{Path, PathBuf};
 
 /// The hierarchies nspawn places processes in (v1 named `systemd`, v2).
-const HIERARCHIES: &[&str] = &[
+pub const HIERARCHIES: &[&str] = &[
     "/sys/fs/cgroup",
     "/sys/fs/cgroup/unified",
     "/sys/fs/cgroup/systemd",
 ];
+
+/// The paths of a cgroup named `name` in every hierarchy present here.
+pub fn dirs(name: &str) -> Vec<PathBuf> {
+    HIERARCHIES
+        .iter()
+        .map(Path::new)
+        .filter(|h| h.join("cgroup.procs").exists())
+        .map(|h| h.join(name))
+        .collect()
+}
 
 /// A cgroup named `name` in every hierarchy present; removed on drop.
 pub struct PrivateCgroup {
@@ -25,11 +35,8 @@ pub struct PrivateCgroup {
 impl PrivateCgroup {
     /// Creates the cgroups (best effort: a hierarchy that refuses is skipped).
     pub fn create(name: &str) -> PrivateCgroup {
-        let dirs = HIERARCHIES
-            .iter()
-            .map(Path::new)
-            .filter(|h| h.join("cgroup.procs").exists())
-            .map(|h| h.join(name))
+        let dirs = dirs(name)
+            .into_iter()
             .filter(|d| std::fs::create_dir_all(d).is_ok())
             .collect();
         PrivateCgroup { dirs }
@@ -70,7 +77,7 @@ impl Drop for PrivateCgroup {
 }
 
 /// Removes a cgroup and its (empty) children, deepest first.
-fn remove_tree(dir: &Path) {
+pub fn remove_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

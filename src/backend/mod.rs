@@ -3,7 +3,7 @@
 //! may not support goes through [`Instance::op`] and fails with
 //! [`BackendError::Unsupported`] by default.
 
-mod cgroup;
+pub mod cgroup;
 pub mod microvm;
 pub mod nspawn;
 pub mod qemu;

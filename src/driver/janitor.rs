@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use crate::backend::cgroup::{remove_tree, HIERARCHIES};
+
 /// The file in a state dir naming the attest process that owns it.
 pub const OWNER_FILE: &str = "attest.pid";
 
@@ -31,11 +33,7 @@ pub fn sweep(tmp: &Path) {
             }
         }
     }
-    for hierarchy in [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/systemd",
-    ] {
+    for hierarchy in HIERARCHIES {
         let Ok(entries) = std::fs::read_dir(hierarchy) else {
             continue;
         };
@@ -50,21 +48,10 @@ pub fn sweep(tmp: &Path) {
                 continue;
             };
             if !running(pid) {
-                remove_empty_tree(&e.path());
+                remove_tree(&e.path());
             }
         }
     }
-}
-
-fn remove_empty_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_empty_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use attest::backend::cgroup;
+
 const NS_PREFIX: &str = "attest-sshtest-";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -86,8 +88,8 @@ fn remove_stale() {
         let pid = rest.split('-').next().unwrap_or("");
         if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
             remove_netns(&name);
-            for dir in cgroup_dirs(&name) {
-                remove_cgroup_tree(&dir);
+            for dir in cgroup::dirs(&name) {
+                cgroup::remove_tree(&dir);
             }
         }
     }
@@ -169,7 +171,7 @@ impl SshdHost {
         // `supervisor` and `payload`; started from the root cgroup, every
         // container on the machine would share one `/payload` (and its
         // systemd's unit cgroups). A private parent per fixture avoids that.
-        let procs: Vec<std::ffi::CString> = cgroup_dirs(&netns)
+        let procs: Vec<std::ffi::CString> = cgroup::dirs(&netns)
             .into_iter()
             .filter(|d| std::fs::create_dir_all(d).is_ok())
             .filter_map(|d| {
@@ -341,9 +343,9 @@ impl Drop for SshdHost {
         }
         remove_netns(&self.netns);
         // The container's processes may take a moment to leave them.
-        for dir in cgroup_dirs(&self.netns) {
+        for dir in cgroup::dirs(&self.netns) {
             for _ in 0..50 {
-                remove_cgroup_tree(&dir);
+                cgroup::remove_tree(&dir);
                 if !dir.exists() {
                     break;
                 }
@@ -355,33 +357,6 @@ impl Drop for SshdHost {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-/// The fixture's private cgroups (named like its namespace), in the
-/// hierarchies nspawn uses, where they exist.
-fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
-    [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/unified",
-        "/sys/fs/cgroup/systemd",
-    ]
-    .iter()
-    .map(Path::new)
-    .filter(|h| h.join("cgroup.procs").exists())
-    .map(|h| h.join(name))
-    .collect()
-}
-
-/// Removes a cgroup and its children, deepest first (empty ones only).
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 fn remove_netns_processes(ns: &str) {
