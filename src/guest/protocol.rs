@@ -72,6 +72,8 @@ impl Framer {
     }
 
     /// Encodes one command; returns the line to send and its sequence number.
+    /// The command runs as the NixOS driver runs it: `bash -c 'set -euo
+    /// pipefail; <command>'`, so `false; true` fails here as it does there.
     pub fn encode(&mut self, command: &str, timeout_secs: u64) -> (String, u64) {
         self.seq += 1;
         let seq = self.seq;
@@ -86,7 +88,7 @@ impl Framer {
              timeout -k {KILL_AFTER} {timeout_secs} bash -c \"$__ac\" </dev/null >\"$__ao\" 2>\"$__ae\"; __as=$?; \
              __o=; __e=; [ -s \"$__ao\" ] && __o=$(base64 -w0 <\"$__ao\"); [ -s \"$__ae\" ] && __e=$(base64 -w0 <\"$__ae\"); \
              printf '\\n%s %s %s %s %s\\n' {marker} {seq} \"$__as\" \"$__o\" \"$__e\"\n",
-            b64 = B64.encode(command.as_bytes()),
+            b64 = B64.encode(format!("set -euo pipefail; {command}").as_bytes()),
             marker = self.marker,
         );
         (line, seq)
@@ -169,7 +171,7 @@ mod tests {
     fn the_command_travels_as_base64_and_stdin_is_null() {
         let mut f = Framer::new(1);
         let (line, _) = f.encode("echo 'quoted' \"$HOME\" `x`", 5);
-        assert!(line.contains(&B64.encode("echo 'quoted' \"$HOME\" `x`")));
+        assert!(line.contains(&B64.encode("set -euo pipefail; echo 'quoted' \"$HOME\" `x`")));
         assert!(line.contains("</dev/null"));
         assert!(line.contains("timeout -k 5 5 bash -c"));
         assert_eq!(line.matches('\n').count(), 1, "exactly one line: {line}");

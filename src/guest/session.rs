@@ -250,6 +250,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commands_run_with_the_nixos_shell_options() {
+        let (mut s, _c) = local_session().await;
+        for (cmd, why) in [
+            ("false; true", "errexit"),
+            ("false | true", "pipefail"),
+            ("echo $attest_unset_variable", "nounset"),
+        ] {
+            let out = s.execute(cmd, Duration::from_secs(5)).await.unwrap();
+            assert_ne!(out.status, 0, "{cmd:?} must fail ({why})");
+        }
+    }
+
+    #[tokio::test]
     async fn guest_timeout_gives_status_124() {
         let (mut s, _c) = local_session().await;
         let out = s.execute("sleep 5", Duration::from_secs(1)).await.unwrap();
