@@ -5,16 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{attest, TestDir};
-
-const NODES: &str = r#"{"server":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}},"client-1":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}}}"#;
-
-fn check(dir: &TestDir) -> harness::Run {
-    attest(
-        &["check", dir.config().to_str().unwrap()],
-        Duration::from_secs(30),
-    )
-}
+use harness::{attest, check, TestDir, UNBOOTABLE_NODES as NODES};
 
 #[test]
 fn a_valid_test_checks_without_booting() {
@@ -41,7 +32,7 @@ fn script_errors_exit_2_with_file_line_col_and_underline() {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     let shown = r.stderr.replace(dir.dir.path().to_str().unwrap(), "<dir>");
     insta::assert_snapshot!(shown, @r#"
-    <dir>/test.rhai:3:1: error: Undefined variable: clinet
+    <dir>/test.rhai:3:1: error: undefined variable `clinet`; did you mean `client_1`? (the nodes are `client_1`, `server`)
       |
     3 | clinet.succeed("curl server");
       | ^^^^^^

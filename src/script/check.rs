@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use rhai::{ASTNode, Engine, Expr, Position, Scope, Stmt, AST};
+use rhai::{ASTNode, Engine, Expr, ParseErrorType, Position, Scope, Stmt, AST};
 
 /// One problem in a script, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,31 +48,66 @@ const KEYWORD_FNS: &[&str] = &[
     "exit",
 ];
 
-/// Checks `source`; `scope` holds the node constants. Returns the AST.
+/// Checks `source`; `scope` holds the node constants. Returns the AST, or
+/// every problem found (not only the first).
 pub fn check(
     engine: &Engine,
     scope: &Scope,
     path: &Path,
     source: &str,
 ) -> Result<AST, ScriptCheckError> {
-    let ast = match engine.compile_with_scope(scope, source) {
-        Ok(ast) => ast,
-        Err(e) => {
-            let pos = e.position();
-            let d = Diagnostic {
-                line: pos.line().unwrap_or(0),
-                column: pos.position().unwrap_or(0),
-                message: e.err_type().to_string(),
-            };
-            return Err(render(path, source, vec![d]));
-        }
-    };
-    let diagnostics = check_calls(engine, &ast, scope);
-    if diagnostics.is_empty() {
-        Ok(ast)
-    } else {
-        Err(render(path, source, diagnostics))
+    let (ast, mut diagnostics) = compile(engine, scope, source);
+    if let Some(ast) = &ast {
+        diagnostics.extend(check_calls(engine, ast, scope));
     }
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+    diagnostics.dedup();
+    match ast {
+        Some(ast) if diagnostics.is_empty() => Ok(ast),
+        _ => Err(render(path, source, diagnostics)),
+    }
+}
+
+/// Stand-ins bound per compile at most: one per distinct undefined variable.
+const MAX_UNDEFINED: usize = 100;
+
+/// Compiles with strict variables. Rhai stops at the first error; an
+/// undefined variable is bound as a stand-in constant and the script compiled
+/// again, so every undefined variable is found. A syntax error ends the search
+/// (what follows it cannot be parsed reliably).
+fn compile(engine: &Engine, scope: &Scope, source: &str) -> (Option<AST>, Vec<Diagnostic>) {
+    let mut nodes: Vec<String> = scope.iter().map(|(n, ..)| n.to_owned()).collect();
+    nodes.sort();
+    let mut scope = scope.clone();
+    let mut out = Vec::new();
+    for _ in 0..=MAX_UNDEFINED {
+        let e = match engine.compile_with_scope(&scope, source) {
+            Ok(ast) => return (Some(ast), out),
+            Err(e) => e,
+        };
+        let pos = e.position();
+        if let ParseErrorType::VariableUndefined(name) = e.err_type() {
+            out.push(diag(pos, undefined_variable(name, &nodes)));
+            scope.push_constant(name.as_str(), ());
+        } else {
+            out.push(diag(pos, e.err_type().to_string()));
+            return (None, out);
+        }
+    }
+    (None, out)
+}
+
+fn undefined_variable(name: &str, nodes: &[String]) -> String {
+    let hint = suggest(name, nodes.iter().map(String::as_str))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    let defined = if nodes.is_empty() {
+        "the test has no nodes".to_owned()
+    } else {
+        let names: Vec<String> = nodes.iter().map(|n| format!("`{n}`")).collect();
+        format!("the nodes are {}", names.join(", "))
+    };
+    format!("undefined variable `{name}`{hint} ({defined})")
 }
 
 /// name → the arities it is callable with (method arities count the object).
@@ -155,7 +190,7 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
             }
             None => {
                 let kind = if is_method { "method" } else { "function" };
-                let hint = closest(name, known.keys())
+                let hint = suggest(name, known.keys().map(String::as_str))
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
                 out.push(diag(pos, format!("unknown {kind} `{name}`{hint}")));
@@ -163,8 +198,6 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
         }
         true
     });
-    out.sort_by_key(|d| (d.line, d.column));
-    out.dedup();
     out
 }
 
@@ -176,29 +209,26 @@ fn diag(pos: Position, message: String) -> Diagnostic {
     }
 }
 
-/// The known name closest to `name`, if it is close enough to be a typo.
-fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
-    known
-        .filter(|k| !k.contains('$'))
-        .map(|k| (edit_distance(name, k), k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
+/// Similarity (0..1) from which a known name counts as related to a typo.
+const RELATED: f64 = 0.8;
 
-/// Levenshtein distance; a dozen lines are not worth a dependency.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+/// The known name most like `name`, if any is related enough to be what was
+/// meant. Jaro-Winkler favours a shared prefix (`copy` → `copy_from_host`,
+/// `wait_for_port` → `wait_for_open_port`) and Damerau-Levenshtein catches
+/// swapped letters (`strat_all`); short unrelated names (`cp` → `cos`) score low
+/// on both.
+pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .filter(|k| k.starts_with(|c: char| c.is_alphabetic() || c == '_') && !k.contains('$'))
+        .map(|k| {
+            let score =
+                strsim::jaro_winkler(name, k).max(strsim::normalized_damerau_levenshtein(name, k));
+            (score, k)
+        })
+        .filter(|(score, _)| *score >= RELATED)
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)))
+        .map(|(_, k)| k)
 }
 
 /// Renders diagnostics as `file:line:col: error: msg`, the source line and a
@@ -207,6 +237,9 @@ pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Script
     let lines: Vec<&str> = source.lines().collect();
     let mut out = String::new();
     for d in &diagnostics {
+        if !out.is_empty() {
+            out.push('\n');
+        }
         out.push_str(&format!(
             "{}:{}:{}: error: {}\n",
             path.display(),
@@ -232,6 +265,13 @@ pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Script
                 "^".repeat(token_len)
             ));
         }
+    }
+    if diagnostics.len() > 1 {
+        out.push_str(&format!(
+            "\n{}: {} errors\n",
+            path.display(),
+            diagnostics.len()
+        ));
     }
     ScriptCheckError {
         diagnostics,
@@ -284,6 +324,69 @@ mod tests {
             "#,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn every_error_is_reported_not_only_the_first() {
+        let e = check_src(
+            "start_all();\nserver.succeed(\"true\");\nlet x = 1;\nserver.wait_for_unitt(\"a\");\nclinet.succeed(\"b\");\nfoo.bar();\nclinet.succeed(\"c\");\n",
+        )
+        .unwrap_err();
+        insta::assert_snapshot!(e, @r#"
+        test.rhai:4:8: error: unknown method `wait_for_unitt`; did you mean `wait_for_unit`?
+          |
+        4 | server.wait_for_unitt("a");
+          |        ^^^^^^^^^^^^^^
+
+        test.rhai:5:1: error: undefined variable `clinet`; did you mean `client_1`? (the nodes are `client_1`, `server`)
+          |
+        5 | clinet.succeed("b");
+          | ^^^^^^
+
+        test.rhai:6:1: error: undefined variable `foo` (the nodes are `client_1`, `server`)
+          |
+        6 | foo.bar();
+          | ^^^
+
+        test.rhai:6:5: error: unknown method `bar`
+          |
+        6 | foo.bar();
+          |     ^^^
+
+        test.rhai: 4 errors
+        "#);
+    }
+
+    #[test]
+    fn undefined_variables_before_a_syntax_error_are_reported_with_it() {
+        let e = check_src("sever.start();\nserver.succeed(\"true\"\n").unwrap_err();
+        assert!(
+            e.contains("test.rhai:1:1: error: undefined variable `sever`; did you mean `server`?"),
+            "{e}"
+        );
+        assert!(e.contains("test.rhai:3:1: error: Expecting ')'"), "{e}");
+    }
+
+    #[test]
+    fn suggestions_are_related_names_not_any_short_one() {
+        let known = [
+            "cos",
+            "copy_from_host",
+            "start_all",
+            "wait_for_open_port",
+            "wait_for_unit",
+            "succeed",
+            "sin",
+            "log",
+        ];
+        let s = |n: &str| suggest(n, known.iter().copied());
+        assert_eq!(s("cp"), None);
+        assert_eq!(s("foo"), None);
+        assert_eq!(s("os"), None);
+        assert_eq!(s("strat_all"), Some("start_all"));
+        assert_eq!(s("succed"), Some("succeed"));
+        assert_eq!(s("wait_for_port"), Some("wait_for_open_port"));
+        assert_eq!(s("copy"), Some("copy_from_host"));
     }
 
     #[test]

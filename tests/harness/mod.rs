@@ -20,6 +20,18 @@ pub fn image_manifest() -> PathBuf {
     p
 }
 
+/// Two nodes whose rootfs does not exist: enough for `attest check`, which
+/// boots nothing.
+pub const UNBOOTABLE_NODES: &str = r#"{"server":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}},"client-1":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}}}"#;
+
+/// Runs `attest check` on a test.
+pub fn check(dir: &TestDir) -> Run {
+    attest(
+        &["check", dir.config().to_str().unwrap()],
+        Duration::from_secs(30),
+    )
+}
+
 /// A test written to a temp dir.
 pub struct TestDir {
     pub dir: tempfile::TempDir,
