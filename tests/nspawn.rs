@@ -315,10 +315,15 @@ fn the_global_timeout_ends_the_test() {
     assert_nothing_left(&r, "globaltimeout");
 }
 
+/// A script that boots nothing: the run only prepares (and sweeps).
+const NO_BOOT: &str = "log(\"nothing to boot\");\n";
+
 #[test]
-fn keep_state_keeps_the_state_dir() {
+fn kept_state_survives_the_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
     let dir = TestDir::nspawn("keepstate", &["machine"], "", "machine.start();\n");
-    let r = attest(
+    let r = harness::attest_in(
+        tmp.path(),
         &[
             "run",
             "--quiet-console",
@@ -335,5 +340,134 @@ fn keep_state_keeps_the_state_dir() {
         .expect("state dir logged")
         .to_owned();
     assert!(std::path::Path::new(&kept).join("machine").is_dir());
-    std::fs::remove_dir_all(&kept).unwrap();
+    // The next run's janitor must leave it alone.
+    let next = TestDir::nspawn("afterkeep", &["machine"], "", NO_BOOT);
+    let r = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        std::path::Path::new(&kept).join("machine").is_dir(),
+        "the kept state dir {kept} was removed by the next run"
+    );
+}
+
+/// The first run's state dir under `tmp`, once it exists.
+fn wait_for_state_dir(tmp: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(d) = harness::state_dirs(tmp).into_iter().find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("attest-{name}-"))
+        }) {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "no state dir for {name}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until attest `pid` has `n` containers running.
+fn wait_for_containers(pid: u32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness::processes_matching(&format!("--machine=attest-{pid}-"))
+        .iter()
+        .filter(|l| l.contains("systemd-nspawn"))
+        .count()
+        < n
+    {
+        assert!(Instant::now() < deadline, "containers never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Ownership is a lock, not a process name: a run of a renamed binary is
+/// alive for the janitor of a second run sharing its TMPDIR.
+#[test]
+fn a_live_run_of_a_renamed_binary_keeps_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("tdrv");
+    std::fs::copy(env!("CARGO_BIN_EXE_attest"), &bin).unwrap();
+    let first = TestDir::nspawn(
+        "renamed",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.wait_for_file(\"/run/backdoor/go\", #{ timeout: 60 });\nmachine.succeed(\"true\");\n",
+    );
+    let started = Instant::now();
+    let a = harness::spawn_binary(
+        &bin,
+        tmp.path(),
+        &["run", "--quiet-console", first.config().to_str().unwrap()],
+        false,
+    );
+    wait_for_containers(a.id(), 1);
+    let state = wait_for_state_dir(tmp.path(), "renamed");
+    let second = TestDir::nspawn("second", &["machine"], "", NO_BOOT);
+    let b = harness::spawn_binary(
+        &bin,
+        tmp.path(),
+        &["run", second.config().to_str().unwrap()],
+        false,
+    );
+    let rb = harness::finish(b, Instant::now(), LIMIT);
+    assert_eq!(rb.code, Some(0), "{}", rb.stderr);
+    assert!(
+        state.join("machine").is_dir(),
+        "the second run removed the live first run's state dir {}",
+        state.display()
+    );
+    // Let the first run go on: a new backdoor connection needs the socket.
+    std::fs::write(state.join("machine/backdoor/go"), "").unwrap();
+    let ra = harness::finish(a, started, LIMIT);
+    assert_eq!(ra.code, Some(0), "{}", ra.stderr);
+    assert_nothing_left(&ra, "renamed");
+}
+
+#[test]
+fn a_crashed_machine_leaves_nothing_behind() {
+    let dir = TestDir::nspawn(
+        "crashclean",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.crash();\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_nothing_left(&r, "crashclean");
+}
+
+/// SIGKILL to attest: its processes die with it, and the next run sweeps
+/// its state dir and cgroups; nspawn's runtime dirs never reach the host.
+#[test]
+fn after_sigkill_the_next_run_sweeps_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TestDir::nspawn("sigkill", &["a", "b"], "", "start_all();\nsleep(120);\n");
+    let started = Instant::now();
+    let child = harness::spawn_in(
+        tmp.path(),
+        &["run", "--quiet-console", dir.config().to_str().unwrap()],
+    );
+    let pid = child.id();
+    wait_for_containers(pid, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, None, "killed by a signal");
+    let next = TestDir::nspawn("sweeper", &["machine"], "", NO_BOOT);
+    // The kernel takes the containers down asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
+        assert_eq!(n.code, Some(0), "{}", n.stderr);
+        if harness::host_leftovers(pid).is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_nothing_left(&r, "sigkill");
 }

@@ -64,6 +64,19 @@ pub struct StartContext {
     pub reporter: Reporter,
 }
 
+impl StartContext {
+    /// The run's id (the random suffix of the run's state dir, the parent of
+    /// `state_dir`). Host-wide objects a machine creates (cgroups) carry it in
+    /// their names, so a later run's janitor ties them to this run's lock.
+    pub fn run_id(&self) -> String {
+        let run_dir = self.state_dir.parent().unwrap_or(&self.state_dir);
+        crate::driver::janitor::run_id(run_dir)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect()
+    }
+}
+
 /// Operations only some backends have.
 #[derive(Debug, Clone)]
 pub enum BackendOp {

@@ -21,6 +21,13 @@ use crate::guest::GuestStream;
 use crate::net::Network;
 use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
 
+/// Where systemd-nspawn keeps per-container runtime dirs.
+const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
+
+/// How long a dead container's cgroup may stay busy before it is left to
+/// the next run's janitor.
+const CGROUP_DRAIN: Duration = Duration::from_secs(5);
+
 /// Starts systemd-nspawn containers.
 pub struct NspawnBackend;
 
@@ -31,7 +38,7 @@ pub struct NspawnInstance {
     network: Option<Arc<Network>>,
     host_links: Vec<String>,
     /// Declared last: removed after the process fields are dropped.
-    _cgroup: PrivateCgroup,
+    cgroup: PrivateCgroup,
 }
 
 /// Host-side name of a node's veth on a vlan (at most 15 bytes).
@@ -120,9 +127,10 @@ impl Backend for NspawnBackend {
         std::fs::write(&hosts, hosts_file(ctx)).map_err(io)?;
 
         let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
-        // Unique per attest process, so parallel test runs do not collide in
-        // /run/systemd/nspawn.
-        let machine_name = format!("attest-{}-{}", std::process::id(), number);
+        // Unique per run (pid and the run's id), so parallel runs do not
+        // collide; the run id ties the container's cgroup to the run's lock
+        // for the janitor of a later run.
+        let machine_name = format!("attest-{}-{}-{}", std::process::id(), number, ctx.run_id());
         let vlans = ctx.config.node_vlans(&ctx.machine);
 
         // nspawn runs as PID 1 of a PID namespace of its own (`unshare
@@ -130,6 +138,12 @@ impl Backend for NspawnBackend {
         // even attest being SIGKILLed, through the parent-death signals —
         // the kernel kills everything in that namespace, the container
         // included. nspawn alone does not take its container down with it.
+        // It also gets a mount namespace of its own, with a /proc that
+        // matches its PID namespace (nspawn reads its parent's network
+        // namespace from /proc at exit) and a private tmpfs on
+        // /run/systemd/nspawn: nspawn keeps a per-container `propagate/`
+        // dir there that it removes only from a tmpfs, never when killed —
+        // the private tmpfs vanishes with the namespace, however nspawn ends.
         let mut cmd = match (&ctx.network, vlans.is_empty()) {
             (Some(net), false) => {
                 let ns = net.netns_path().map_err(BackendError::Start)?;
@@ -141,8 +155,21 @@ impl Backend for NspawnBackend {
             }
             _ => Command::new("unshare"),
         };
-        cmd.args(["--pid", "--fork", "--kill-child=SIGKILL", "--"])
-            .arg(&nspawn);
+        std::fs::create_dir_all(NSPAWN_RUN_DIR)
+            .map_err(|e| BackendError::Start(format!("cannot create {NSPAWN_RUN_DIR}: {e}")))?;
+        cmd.args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+            "--",
+            "sh",
+            "-c",
+            &format!("mount -t tmpfs -o mode=0755,size=4m attest {NSPAWN_RUN_DIR} && exec \"$@\""),
+            "sh",
+        ])
+        .arg(&nspawn);
         let mut host_links = Vec::new();
         if let Some(net) = &ctx.network {
             for (i, vlan) in vlans.iter().enumerate() {
@@ -176,6 +203,7 @@ impl Backend for NspawnBackend {
         ))
         .arg(format!("--bind-ro={}:/etc/hosts", hosts.display()))
         .args(&settings.extra_args)
+        .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
 
@@ -201,12 +229,33 @@ impl Backend for NspawnBackend {
             socket: backdoor_dir.join("shell.sock"),
             network: ctx.network.clone(),
             host_links,
-            _cgroup: cgroup,
+            cgroup,
         }))
     }
 }
 
 impl NspawnInstance {
+    /// Powers the container off (SIGTERM to nspawn), then kills it.
+    async fn stop(&self, grace: Duration) {
+        if self.process.has_exited() {
+            return;
+        }
+        // SIGTERM to nspawn asks the container's systemd to power off
+        // (`unshare` itself does not forward signals).
+        if let Some(pid) = self.nspawn_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(grace, self.process.wait())
+            .await
+            .is_err()
+        {
+            self.process.kill().await;
+        }
+    }
+
     /// systemd-nspawn's pid (the child of the `unshare` attest started).
     fn nspawn_pid(&self) -> Option<i32> {
         let children =
@@ -244,27 +293,13 @@ impl Instance for NspawnInstance {
         // SIGKILL to the group kills unshare and nspawn; nspawn is PID 1 of
         // its PID namespace, so the kernel kills the container with it.
         self.process.kill().await;
+        self.cgroup.remove_when_empty(CGROUP_DRAIN).await;
         Ok(())
     }
 
     async fn terminate(&self, grace: Duration) {
-        if self.process.has_exited() {
-            return;
-        }
-        // SIGTERM to nspawn asks the container's systemd to power off
-        // (`unshare` itself does not forward signals).
-        if let Some(pid) = self.nspawn_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        if tokio::time::timeout(grace, self.process.wait())
-            .await
-            .is_err()
-        {
-            self.process.kill().await;
-        }
+        self.stop(grace).await;
+        self.cgroup.remove_when_empty(CGROUP_DRAIN).await;
     }
 
     async fn op(&self, op: BackendOp) -> Result<String, BackendError> {

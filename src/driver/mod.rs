@@ -2,7 +2,7 @@
 //! state directory, the cancellation token (signals, global timeout) and the
 //! ordered teardown. See `driver/README.md` for the lifecycle.
 
-mod janitor;
+pub(crate) mod janitor;
 mod run;
 
 use std::collections::BTreeMap;
@@ -56,6 +56,9 @@ pub struct Driver {
     reason: Arc<Mutex<Option<CancelReason>>>,
     state_dir: Option<tempfile::TempDir>,
     state_path: PathBuf,
+    /// Held for the run's lifetime: the janitor of another run sweeps only
+    /// state it can lock.
+    _lock: janitor::RunLock,
     runtime: tokio::runtime::Handle,
     _network: Option<Arc<Network>>,
 }
@@ -72,14 +75,17 @@ impl Driver {
             .prefix(&format!("attest-{}-", sanitize(&config.name)))
             .tempdir()
             .map_err(|e| anyhow::anyhow!("cannot create the state directory: {e}"))?;
-        janitor::sweep(&std::env::temp_dir());
         let state_path = dir.path().to_owned();
-        std::fs::write(
-            state_path.join(janitor::OWNER_FILE),
-            std::process::id().to_string(),
-        )
-        .map_err(|e| anyhow::anyhow!("cannot write to the state directory: {e}"))?;
+        let lock = janitor::claim(&state_path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot lock the state directory {}: {e}",
+                state_path.display()
+            )
+        })?;
+        janitor::sweep(&std::env::temp_dir());
         let state_dir = if opts.keep_state {
+            std::fs::write(state_path.join(janitor::KEPT_FILE), "")
+                .map_err(|e| anyhow::anyhow!("cannot write to the state directory: {e}"))?;
             reporter.log(None, format!("keeping state in {}", state_path.display()));
             let _ = dir.keep();
             None
@@ -120,6 +126,7 @@ impl Driver {
             reason: Arc::new(Mutex::new(None)),
             state_dir,
             state_path,
+            _lock: lock,
             runtime,
             _network: network,
         })

@@ -89,17 +89,66 @@ pub struct Run {
     pub stdout: String,
     pub pid: u32,
     pub elapsed: Duration,
+    /// The run's TMPDIR (its state dirs live there).
+    pub tmpdir: PathBuf,
 }
 
-/// Starts `attest ARGS` with piped output.
+/// The TMPDIR each spawned attest got, by pid: every run gets one of its
+/// own, so the checks of what it left behind count only what it created
+/// (another attest on the host — a user's, another test's — must not fail them).
+/// The flag says whether the harness made the dir (and removes it).
+static TMPDIRS: std::sync::Mutex<Vec<(u32, PathBuf, bool)>> = std::sync::Mutex::new(Vec::new());
+
+/// Starts `attest ARGS` with piped output and a TMPDIR of its own (removed
+/// when the run leaves it empty, else by [`assert_nothing_left`]).
 pub fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_attest"))
+    let tmp = tempfile::Builder::new()
+        .prefix("harness-tmp-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    spawn_with(&tmp, args, true)
+}
+
+/// Starts `attest ARGS` with piped output and TMPDIR `tmp`.
+pub fn spawn_in(tmp: &Path, args: &[&str]) -> Child {
+    spawn_with(tmp, args, false)
+}
+
+fn spawn_with(tmp: &Path, args: &[&str], owned: bool) -> Child {
+    spawn_binary(Path::new(env!("CARGO_BIN_EXE_attest")), tmp, args, owned)
+}
+
+/// Starts `BINARY ARGS` (attest, possibly renamed) with TMPDIR `tmp`.
+pub fn spawn_binary(binary: &Path, tmp: &Path, args: &[&str], owned: bool) -> Child {
+    let child = Command::new(binary)
         .args(args)
+        .env("TMPDIR", tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("cannot run attest")
+        .expect("cannot run attest");
+    TMPDIRS
+        .lock()
+        .unwrap()
+        .push((child.id(), tmp.to_owned(), owned));
+    child
+}
+
+/// The TMPDIR of run `pid`; a harness-made one is removed here if empty.
+fn tmpdir_of(pid: u32) -> PathBuf {
+    let (dir, owned) = TMPDIRS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _, _)| *p == pid)
+        .map(|(_, d, o)| (d.clone(), *o))
+        .unwrap_or_else(|| (std::env::temp_dir(), false));
+    if owned {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    dir
 }
 
 /// Waits for a child with a deadline (kills it and fails the test on expiry).
@@ -126,6 +175,7 @@ pub fn finish(mut child: Child, started: Instant, limit: Duration) -> Run {
                 stderr: t_err.join().unwrap(),
                 pid,
                 elapsed: started.elapsed(),
+                tmpdir: tmpdir_of(pid),
             };
         }
         if started.elapsed() > limit {
@@ -144,6 +194,12 @@ pub fn finish(mut child: Child, started: Instant, limit: Duration) -> Run {
 pub fn attest(args: &[&str], limit: Duration) -> Run {
     let started = Instant::now();
     finish(spawn(args), started, limit)
+}
+
+/// Runs `attest ARGS` to completion with TMPDIR `tmp`.
+pub fn attest_in(tmp: &Path, args: &[&str], limit: Duration) -> Run {
+    let started = Instant::now();
+    finish(spawn_in(tmp, args), started, limit)
 }
 
 /// Processes whose command line mentions `needle` (other than this test).
@@ -166,9 +222,41 @@ pub fn processes_matching(needle: &str) -> Vec<String> {
     found
 }
 
-/// Fails if a run of attest (by pid) left a container or a state dir.
+/// Host-wide things named after attest process `pid` that exist now:
+/// container cgroups and nspawn runtime dirs.
+pub fn host_leftovers(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("attest-{pid}-");
+    [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+        "/run/systemd/nspawn/propagate",
+    ]
+    .iter()
+    .filter_map(|d| std::fs::read_dir(d).ok())
+    .flat_map(|entries| entries.flatten())
+    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    .map(|e| e.path())
+    .collect()
+}
+
+/// State dirs in a run's TMPDIR.
+pub fn state_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("attest-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails if a run of attest (by pid) left a process, a container cgroup, an
+/// nspawn runtime dir or a state dir — counting only what that run created.
 pub fn assert_nothing_left(run: &Run, test_name: &str) {
-    // Containers are named attest-<attest pid>-<n>; give the kernel a moment to reap.
+    // Containers are named attest-<attest pid>-<n>-<run id>; give the kernel
+    // a moment to reap.
     let needle = format!("--machine=attest-{}-", run.pid);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -179,27 +267,11 @@ pub fn assert_nothing_left(run: &Run, test_name: &str) {
         assert!(Instant::now() < deadline, "processes left behind: {left:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let tmp = std::env::temp_dir();
-    let prefix = format!("attest-{test_name}-");
-    // Only dirs made during this run: a killed earlier run may have left some.
-    let run_start = std::time::SystemTime::now() - run.elapsed - Duration::from_secs(1);
-    let dirs: Vec<_> = std::fs::read_dir(&tmp)
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            // attest-<name>-<6 random characters>, nothing longer: another
-            // test's name may start with this one's.
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_prefix(&prefix).is_some_and(|rest| {
-                rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric())
-            })
-        })
-        .filter(|e| {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t >= run_start)
-        })
-        .map(|e| e.path())
-        .collect();
-    assert!(dirs.is_empty(), "state dirs left behind: {dirs:?}");
+    let left = host_leftovers(run.pid);
+    assert!(left.is_empty(), "{test_name}: left behind: {left:?}");
+    let dirs = state_dirs(&run.tmpdir);
+    assert!(
+        dirs.is_empty(),
+        "{test_name}: state dirs left behind: {dirs:?}"
+    );
 }
