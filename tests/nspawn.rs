@@ -471,3 +471,30 @@ fn after_sigkill_the_next_run_sweeps_everything() {
     }
     assert_nothing_left(&r, "sigkill");
 }
+
+/// A pass prints nothing that reads as an error, console lines included.
+#[test]
+fn a_passing_run_prints_nothing_that_looks_like_an_error() {
+    harness::image_manifest();
+    let config = format!("{}/examples/nginx/test.json", env!("CARGO_MANIFEST_DIR"));
+    let r = attest(&["run", &config], LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let alarming: Vec<&str> = r
+        .stderr
+        .lines()
+        // The script's own call, `client.fail(…)`, is logged as "must fail".
+        .filter(|l| !l.contains("must fail"))
+        .filter(|l| {
+            let l = l.to_lowercase();
+            ["fail", "error", "attempted", "cannot", "unable", "warn"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect();
+    assert!(
+        alarming.is_empty(),
+        "a pass printed:\n{}",
+        alarming.join("\n")
+    );
+    assert_nothing_left(&r, "nginx");
+}
