@@ -28,14 +28,14 @@ pub const CONFIG_VERSION: u32 = 1;
 /// Why a test config or an image manifest could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read file")]
+    /// The file could not be read. The OS reason is part of the message:
+    /// callers pass this error on as text.
+    #[error("{path}: cannot read file: {}", crate::report::os_reason(reason))]
     Read {
         /// The file.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The JSON is malformed or does not match the schema.
     #[error("{path}:{line}:{column}: {message}")]
@@ -302,9 +302,9 @@ pub struct ImageManifest {
 impl ImageManifest {
     /// Reads a manifest and makes its paths absolute.
     pub fn load(path: &Path) -> Result<ImageManifest, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         let mut m: ImageManifest = parse_json(path, &text)?;
         let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
@@ -359,9 +359,9 @@ pub fn script_name(node: &str) -> String {
 impl TestConfig {
     /// Reads, parses and validates a test config.
     pub fn load(path: &Path) -> Result<TestConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         Self::parse(path, &text)
     }

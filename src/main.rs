@@ -93,7 +93,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Check { config } => match driver::check_test(&config) {
             Ok((c, _)) => {
-                eprintln!("{}: ok ({} nodes)", config.display(), c.nodes.len());
+                let n = c.nodes.len();
+                let nodes = if n == 1 { "node" } else { "nodes" };
+                eprintln!("{}: ok ({n} {nodes})", config.display());
                 Outcome::Passed
             }
             Err(e) => {

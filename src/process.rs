@@ -109,6 +109,9 @@ impl Watched {
     }
 }
 
+/// How long an exit report waits for the child's output to be read.
+const PUMP_DRAIN: Duration = Duration::from_secs(1);
+
 /// Spawns the supervised child and a task that reaps it and publishes the
 /// exit. Piped stdout and stderr are pumped line by line into `output`.
 pub fn spawn_watched(
@@ -116,13 +119,14 @@ pub fn spawn_watched(
     output: Option<crate::console::ConsoleLog>,
 ) -> std::io::Result<Watched> {
     let mut child: Child = supervise(cmd).spawn()?;
+    let mut pumps = Vec::new();
     if let Some(log) = output {
         if let Some(out) = child.stdout.take() {
             let log = log.clone();
-            pump_lines(out, move |l| log.push_line(&l));
+            pumps.push(pump_lines(out, move |l| log.push_line(&l)));
         }
         if let Some(err) = child.stderr.take() {
-            pump_lines(err, move |l| log.push_line(&l));
+            pumps.push(pump_lines(err, move |l| log.push_line(&l)));
         }
     }
     let pid = child.id().unwrap_or(0);
@@ -132,6 +136,15 @@ pub fn spawn_watched(
             Ok(status) => describe_exit(status),
             Err(e) => format!("wait failed: {e}"),
         };
+        // The child's last words (nspawn's reason for failing) must be in
+        // the log before anyone reports the exit; a grandchild still
+        // holding the pipe must not delay the report for long.
+        let _ = tokio::time::timeout(PUMP_DRAIN, async {
+            for p in pumps {
+                let _ = p.await;
+            }
+        })
+        .await;
         let _ = tx.send(Some(info));
     });
     Ok(Watched { pid, exit: rx })

@@ -110,7 +110,7 @@ fn missing_files_are_named() {
     assert_eq!(r.code, Some(2));
     assert!(
         r.stderr
-            .contains("/nonexistent/test.json: cannot read file"),
+            .contains("/nonexistent/test.json: cannot read file: No such file or directory"),
         "{}",
         r.stderr
     );
@@ -130,8 +130,9 @@ fn a_missing_image_is_a_clear_error_at_run_time() {
     );
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("machine m: start: /nonexistent/manifest.json: cannot read file"),
+        r.stderr.contains(
+            "m: start: /nonexistent/manifest.json: cannot read file: No such file or directory"
+        ),
         "{}",
         r.stderr
     );

@@ -166,12 +166,16 @@ fn a_failing_command_fails_the_test_with_context() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     for needle in [
         "test.rhai:2:",
-        "machine machine: succeed `echo some-output; echo some-error >&2; exit 3` failed (exit status 3)",
+        "machine: succeed `echo some-output; echo some-error >&2; exit 3` failed (exit status 3)",
         "some-output",
         "some-error",
         "test failed",
     ] {
-        assert!(r.stderr.contains(needle), "missing {needle:?} in:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle:?} in:\n{}",
+            r.stderr
+        );
     }
     assert_nothing_left(&r, "failing");
 }
@@ -244,7 +248,7 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
         "took {:?}",
         killed_at.elapsed()
     );
-    assert!(r.stderr.contains("machine victim:"), "{}", r.stderr);
+    assert!(r.stderr.contains("victim: "), "{}", r.stderr);
     assert!(
         r.stderr.contains("while running `sleep 120`"),
         "{}",
@@ -307,7 +311,7 @@ fn the_global_timeout_ends_the_test() {
     let r = run(&dir);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
-        r.stderr.contains("global timeout of 8 seconds reached"),
+        r.stderr.contains("`global_timeout` of 8 seconds"),
         "{}",
         r.stderr
     );

@@ -32,7 +32,10 @@ pub enum CancelReason {
 impl std::fmt::Display for CancelReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CancelReason::GlobalTimeout(s) => write!(f, "global timeout of {s} seconds reached"),
+            CancelReason::GlobalTimeout(s) => write!(
+                f,
+                "the test ran longer than its `global_timeout` of {s} seconds (raise `global_timeout` in the test config if it needs longer)"
+            ),
             CancelReason::Signal(s) => write!(f, "interrupted by {s}"),
         }
     }

@@ -7,7 +7,7 @@ use rhai::Dynamic;
 
 use super::{Driver, DriverOptions};
 use crate::config::TestConfig;
-use crate::report::{EventKind, ReportOptions, Reporter};
+use crate::report::{failure, EventKind, ReportOptions, Reporter};
 use crate::script::{self, Script, ScriptContext};
 
 /// How a run ended; maps to the exit status.
@@ -48,8 +48,10 @@ pub struct RunOptions {
 pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
     let config = TestConfig::load(config_path).map_err(|e| e.to_string())?;
     let script_path = config.script_path();
-    let script = Script::load(&script_path)
-        .map_err(|e| format!("{}: cannot read script: {e}", script_path.display()))?;
+    let script = Script::load(&script_path).map_err(|e| {
+        let reason = crate::report::os_reason(&e);
+        format!("{}: cannot read script: {reason}", script_path.display())
+    })?;
     let reporter =
         Reporter::new(&config.name, &ReportOptions::default()).map_err(|e| e.to_string())?;
     let ctx = Arc::new(ScriptContext {
@@ -82,7 +84,7 @@ pub fn run_test(
     };
     let reporter = match Reporter::new(&config.name, &opts.report) {
         Ok(r) => r,
-        Err(e) => return Outcome::Error(format!("cannot open the report files: {e}")),
+        Err(e) => return Outcome::Error(e.to_string()),
     };
     reporter.emit(EventKind::TestStarted {
         name: config.name.clone(),
@@ -121,9 +123,12 @@ pub fn run_test(
         (Outcome::Failed(e), Some(reason)) => Outcome::Failed(format!("{reason}\n{e}")),
         (o, _) => o,
     };
-    if let Outcome::Failed(_) = &outcome {
-        print_console_tails(&driver);
-    }
+    let outcome = match outcome {
+        Outcome::Failed(e) => {
+            Outcome::Failed(failure::with_console_tails(&e, &console_tails(&driver)))
+        }
+        o => o,
+    };
     driver.teardown();
     finish(&reporter, outcome)
 }
@@ -154,54 +159,30 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
     let _ = ctx.ast.set(ast.clone());
     match engine.run_ast_with_scope(&mut scope, &ast) {
         Ok(()) => Outcome::Passed,
-        Err(e) => Outcome::Failed(describe_script_error(&script.path, &script.source, &e)),
+        Err(e) => Outcome::Failed(failure::script_error(&script.path, &script.source, &e)),
     }
 }
 
-/// `file:line:col: message` plus the source line, for a runtime error.
-fn describe_script_error(path: &Path, source: &str, e: &rhai::EvalAltResult) -> String {
-    let mut pos = e.position();
-    let mut inner = e;
-    // Unwrap "in call to function/closure" layers down to the real message
-    // and the innermost script position (the failing line, not the
-    // `subtest(` that called it).
-    while let rhai::EvalAltResult::ErrorInFunctionCall(_, _, cause, _) = inner {
-        inner = cause;
-        if !inner.position().is_none() {
-            pos = inner.position();
-        }
-    }
-    let message = match inner {
-        rhai::EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
-        rhai::EvalAltResult::ErrorTerminated(..) => "the test is being torn down".to_owned(),
-        other => other.to_string(),
-    };
-    let (line, col) = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
-    let src_line = line
-        .checked_sub(1)
-        .and_then(|i| source.lines().nth(i))
-        .unwrap_or("")
-        .trim();
-    format!(
-        "{}:{line}:{col}: {message}\n    {line} | {src_line}",
-        path.display()
-    )
-}
-
-fn print_console_tails(driver: &Driver) {
-    for m in driver.machines().values() {
-        let tail = m.console().last_lines(15);
-        if !tail.is_empty() && m.state() != crate::machine::MachineState::Created {
-            driver.reporter().log(
-                None,
-                format!(
-                    "last console lines of {}:\n    {}",
-                    m.name(),
-                    tail.join("\n    ")
-                ),
-            );
-        }
-    }
+/// The last console lines of the machines that failed (of every started
+/// machine when none is known to have failed), taken before teardown adds
+/// shutdown messages.
+fn console_tails(driver: &Driver) -> Vec<(String, Vec<String>)> {
+    let failed = driver.reporter().failed_machines();
+    driver
+        .machines()
+        .values()
+        .filter(|m| {
+            if failed.is_empty() {
+                m.state() != crate::machine::MachineState::Created
+            } else {
+                failed.iter().any(|f| f == m.name())
+            }
+        })
+        .map(|m| {
+            let tail = m.console().last_lines(failure::CONSOLE_TAIL_LINES);
+            (m.name().to_owned(), tail)
+        })
+        .collect()
 }
 
 fn finish(reporter: &Reporter, outcome: Outcome) -> Outcome {
@@ -216,7 +197,7 @@ fn finish(reporter: &Reporter, outcome: Outcome) -> Outcome {
         duration: reporter.elapsed().as_secs_f64(),
     });
     if let Err(e) = reporter.finish() {
-        eprintln!("attest: cannot write the JUnit report: {e}");
+        eprintln!("attest: {e}");
     }
     outcome
 }

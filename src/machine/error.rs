@@ -6,7 +6,7 @@
 pub enum MachineError {
     /// A command's exit status was not what the call requires.
     #[error(
-        "machine {machine}: {call} `{command}` {expectation} (exit status {status}){}",
+        "{machine}: {call} `{command}` {expectation} (exit status {status}){}",
         output_block(stdout, stderr)
     )]
     CommandFailed {
@@ -27,7 +27,7 @@ pub enum MachineError {
     },
     /// A wait ran out of time.
     #[error(
-        "machine {machine}: {what}: timed out after {seconds} seconds{}",
+        "{machine}: {what}: timed out after {seconds} seconds{}",
         block("diagnostics", diagnostics)
     )]
     Timeout {
@@ -41,10 +41,7 @@ pub enum MachineError {
         diagnostics: String,
     },
     /// A wait ended in a state that can never succeed.
-    #[error(
-        "machine {machine}: {what}: {reason}{}",
-        block("diagnostics", diagnostics)
-    )]
+    #[error("{machine}: {what}: {reason}{}", block("diagnostics", diagnostics))]
     WaitFailed {
         /// The machine.
         machine: String,
@@ -57,7 +54,7 @@ pub enum MachineError {
     },
     /// The machine exited while something waited on it.
     #[error(
-        "machine {machine}: {exit} while {during}{}",
+        "{machine}: {exit} while {during}{}",
         block("last console lines", console_tail)
     )]
     Died {
@@ -71,7 +68,7 @@ pub enum MachineError {
         console_tail: String,
     },
     /// The guest channel failed.
-    #[error("machine {machine}: {command}: {message}")]
+    #[error("{machine}: {command}: {message}")]
     Guest {
         /// The machine.
         machine: String,
@@ -81,7 +78,7 @@ pub enum MachineError {
         message: String,
     },
     /// The backend failed or lacks the operation.
-    #[error("machine {machine}: {op}: {message}")]
+    #[error("{machine}: {op}: {message}")]
     Backend {
         /// The machine.
         machine: String,
@@ -93,7 +90,7 @@ pub enum MachineError {
         unsupported: bool,
     },
     /// The machine is not running and cannot be started implicitly.
-    #[error("machine {machine} is {state}: start it first")]
+    #[error("{machine} is {state}: start it first")]
     NotRunning {
         /// The machine.
         machine: String,
@@ -101,13 +98,13 @@ pub enum MachineError {
         state: &'static str,
     },
     /// The run is being torn down (signal, global timeout, failure elsewhere).
-    #[error("machine {machine}: cancelled: the test is being torn down")]
+    #[error("{machine}: cancelled: the test is being torn down")]
     Cancelled {
         /// The machine.
         machine: String,
     },
     /// A file transfer or similar host-side step failed.
-    #[error("machine {machine}: {message}")]
+    #[error("{machine}: {message}")]
     Internal {
         /// The machine.
         machine: String,

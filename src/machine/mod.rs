@@ -254,8 +254,10 @@ impl Machine {
                 })
         };
         tokio::select! {
-            r = attempt => r,
+            // An exit explains a failed connect better than the connect error.
+            biased;
             info = wait_exit(&mut exit) => Err(self.died(&info, "waiting for the backdoor shell")),
+            r = attempt => r,
         }
     }
 

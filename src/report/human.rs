@@ -98,7 +98,16 @@ impl HumanReporter {
                 state,
                 detail,
             } => match detail {
-                Some(d) => format!("{machine}: {state} ({d})"),
+                // A crash's detail is its whole error; the failure summary
+                // shows the rest (console lines) once.
+                Some(d) => {
+                    let first = d.lines().next().unwrap_or("");
+                    let first = first
+                        .strip_prefix(machine.as_str())
+                        .and_then(|r| r.strip_prefix(": "))
+                        .unwrap_or(first);
+                    format!("{machine}: {state} ({first})")
+                }
                 None => format!("{machine}: {state}"),
             },
             EventKind::TestFinished {

@@ -3,6 +3,7 @@
 //! JUnit aggregator ([`junit`]). Nothing else writes to the user.
 
 pub mod events;
+pub mod failure;
 pub mod human;
 pub mod junit;
 
@@ -27,6 +28,28 @@ pub struct ReportOptions {
     pub junit: Option<std::path::PathBuf>,
 }
 
+/// A report file that cannot be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the {what} file {}: {}", path.display(), os_reason(reason))]
+pub struct ReportError {
+    /// `JSON event log` or `JUnit report`.
+    pub what: &'static str,
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The cause.
+    pub reason: std::io::Error,
+}
+
+/// An I/O error's reason as a person reads it: `No such file or directory`,
+/// without the `(os error 2)` the standard library appends.
+pub fn os_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" (os error ") {
+        Some((reason, _)) => reason.to_owned(),
+        None => text,
+    }
+}
+
 /// The fan-out of events. Cheap to clone.
 #[derive(Clone)]
 pub struct Reporter {
@@ -40,6 +63,8 @@ struct State {
     json: Option<std::io::BufWriter<std::fs::File>>,
     junit: junit::JunitAggregator,
     junit_path: Option<std::path::PathBuf>,
+    /// Machines an operation failed on or that crashed, first first.
+    failed_machines: Vec<String>,
 }
 
 thread_local! {
@@ -48,18 +73,23 @@ thread_local! {
 }
 
 impl Reporter {
-    /// A reporter for the test `name`.
-    pub fn new(name: &str, opts: &ReportOptions) -> std::io::Result<Reporter> {
+    /// A reporter for the test `name`. Creates the report files at once, so
+    /// an unwritable one is an error before anything boots.
+    pub fn new(name: &str, opts: &ReportOptions) -> Result<Reporter, ReportError> {
         let json = match &opts.log_json {
-            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
+            Some(p) => Some(std::io::BufWriter::new(create(p, "JSON event log")?)),
             None => None,
         };
+        if let Some(p) = &opts.junit {
+            create(p, "JUnit report")?;
+        }
         Ok(Reporter {
             inner: Arc::new(Mutex::new(State {
                 human: human::HumanReporter::new(opts.colour, opts.show_console),
                 json,
                 junit: junit::JunitAggregator::new(name),
                 junit_path: opts.junit.clone(),
+                failed_machines: Vec::new(),
             })),
             start: Instant::now(),
             next_section: Arc::new(AtomicU64::new(1)),
@@ -85,6 +115,26 @@ impl Reporter {
             }
         }
         g.junit.handle(&event);
+        let failed = match &event.kind {
+            EventKind::SectionFinished {
+                machine: Some(m),
+                error: Some(_),
+                ..
+            } => Some(m),
+            EventKind::MachineState { machine, state, .. } if state == "crashed" => Some(machine),
+            _ => None,
+        };
+        if let Some(m) = failed {
+            if !g.failed_machines.contains(m) {
+                g.failed_machines.push(m.clone());
+            }
+        }
+    }
+
+    /// Machines an operation failed on or that crashed so far, in order.
+    pub fn failed_machines(&self) -> Vec<String> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.failed_machines.clone()
     }
 
     /// A log line, attributed to a machine or to the test.
@@ -140,13 +190,30 @@ impl Reporter {
     }
 
     /// Writes the JUnit file, if asked for.
-    pub fn finish(&self) -> std::io::Result<()> {
+    pub fn finish(&self) -> Result<(), ReportError> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(path) = &g.junit_path {
-            std::fs::write(path, g.junit.to_xml().map_err(std::io::Error::other)?)?;
+            let error = |reason| ReportError {
+                what: "JUnit report",
+                path: path.clone(),
+                reason,
+            };
+            let xml = g
+                .junit
+                .to_xml()
+                .map_err(|e| error(std::io::Error::other(e)))?;
+            std::fs::write(path, xml).map_err(error)?;
         }
         Ok(())
     }
+}
+
+fn create(path: &std::path::Path, what: &'static str) -> Result<std::fs::File, ReportError> {
+    std::fs::File::create(path).map_err(|reason| ReportError {
+        what,
+        path: path.to_owned(),
+        reason,
+    })
 }
 
 /// Nesting depth of the current thread's open sections.

@@ -569,7 +569,7 @@ fn register_backend_ops(engine: &mut Engine) {
             }
             if Instant::now() >= deadline {
                 return Err(err(format!(
-                    "machine {}: wait_for_text {:?}: timed out after {} seconds; last screen text:\n{text}",
+                    "{}: wait_for_text {:?}: timed out after {} seconds; last screen text:\n{text}",
                     m.name(),
                     re.as_str(),
                     t.as_secs_f64()
@@ -610,7 +610,7 @@ fn register_backend_ops(engine: &mut Engine) {
             }
             if Instant::now() >= deadline {
                 return Err(err(format!(
-                    "machine {}: wait_until_tty_matches tty{tty} {:?}: timed out; tty text:\n{text}",
+                    "{}: wait_until_tty_matches tty{tty} {:?}: timed out; tty text:\n{text}",
                     m.name(),
                     re.as_str()
                 )));

@@ -234,7 +234,6 @@ pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
 /// Renders diagnostics as `file:line:col: error: msg`, the source line and a
 /// caret under the offending token.
 pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> ScriptCheckError {
-    let lines: Vec<&str> = source.lines().collect();
     let mut out = String::new();
     for d in &diagnostics {
         if !out.is_empty() {
@@ -247,24 +246,7 @@ pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Script
             d.column,
             d.message
         ));
-        if let Some(text) = d.line.checked_sub(1).and_then(|i| lines.get(i)) {
-            let col = d.column.max(1);
-            let token_len = text
-                .chars()
-                .skip(col - 1)
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .count()
-                .max(1);
-            let gutter = d.line.to_string().len();
-            out.push_str(&format!("{:gutter$} |\n", ""));
-            out.push_str(&format!("{} | {text}\n", d.line));
-            out.push_str(&format!(
-                "{:gutter$} | {}{}\n",
-                "",
-                " ".repeat(col - 1),
-                "^".repeat(token_len)
-            ));
-        }
+        out.push_str(&underline(source, d.line, d.column));
     }
     if diagnostics.len() > 1 {
         out.push_str(&format!(
@@ -277,6 +259,29 @@ pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Script
         diagnostics,
         rendered: out.trim_end().to_owned(),
     }
+}
+
+/// Line `line` of `source` with a gutter and carets under the token at
+/// `column` (both 1-based); empty when the line does not exist.
+pub fn underline(source: &str, line: usize, column: usize) -> String {
+    let Some(text) = line.checked_sub(1).and_then(|i| source.lines().nth(i)) else {
+        return String::new();
+    };
+    let col = column.max(1);
+    let token_len = text
+        .chars()
+        .skip(col - 1)
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .count()
+        .max(1);
+    let gutter = line.to_string().len();
+    format!(
+        "{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}\n",
+        "",
+        "",
+        " ".repeat(col - 1),
+        "^".repeat(token_len)
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,103 @@
+//! The failure a person reads at the end of a failed run: where in the script
+//! it failed (file:line:col and the source line underlined), then what failed,
+//! then the failing machines' last console lines, each shown once.
+
+use std::path::Path;
+
+use rhai::EvalAltResult;
+
+use crate::script::check::underline;
+
+/// Console lines shown per failing machine.
+pub const CONSOLE_TAIL_LINES: usize = 15;
+
+/// `file:line:col: message`, the script line underlined, then the rest of the
+/// message (command output, diagnostics).
+pub fn script_error(path: &Path, source: &str, e: &EvalAltResult) -> String {
+    let mut pos = e.position();
+    let mut inner = e;
+    // Unwrap "in call to function/closure" layers down to the real message
+    // and the innermost script position (the failing line, not the
+    // `subtest(` that called it).
+    while let EvalAltResult::ErrorInFunctionCall(_, _, cause, _) = inner {
+        inner = cause;
+        if !inner.position().is_none() {
+            pos = inner.position();
+        }
+    }
+    let message = match inner {
+        EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
+        EvalAltResult::ErrorTerminated(..) => "the test is being torn down".to_owned(),
+        // The position is shown as file:line:col already.
+        other => {
+            let text = other.to_string();
+            let at = format!(" ({})", other.position());
+            text.strip_suffix(&at).unwrap_or(&text).to_owned()
+        }
+    };
+    let (line, col) = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+    let (first, rest) = message.split_once('\n').unwrap_or((&message, ""));
+    let mut out = format!("{}:{line}:{col}: {first}\n", path.display());
+    out.push_str(&underline(source, line, col));
+    if !rest.is_empty() {
+        out.push_str(rest);
+    }
+    out.trim_end().to_owned()
+}
+
+/// `error` followed by the last console lines of each machine in `tails`
+/// (name, lines), skipping machines whose lines the error already shows.
+pub fn with_console_tails(error: &str, tails: &[(String, Vec<String>)]) -> String {
+    let mut out = error.trim_end().to_owned();
+    for (machine, lines) in tails {
+        let Some(last) = lines.last() else { continue };
+        if error.lines().any(|l| l.trim() == last.trim()) {
+            continue;
+        }
+        out.push_str(&format!("\n  last console lines of {machine}:"));
+        for l in lines {
+            out.push_str(&format!("\n    {l}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_line_comes_before_the_details_and_console_lines_once() {
+        let source = "start_all();\nmachine.succeed(\"echo hi; false\");\n";
+        let e = EvalAltResult::ErrorRuntime(
+            "machine: succeed `echo hi; false` failed (exit status 1)\n  stdout:\n    hi".into(),
+            rhai::Position::new(2, 9),
+        );
+        let text = script_error(Path::new("t.rhai"), source, &e);
+        let tails = [
+            (
+                "machine".to_owned(),
+                vec!["booted".to_owned(), "ready".to_owned()],
+            ),
+            ("shown".to_owned(), vec!["already in the error".to_owned()]),
+            ("quiet".to_owned(), vec![]),
+        ];
+        let text = with_console_tails(
+            &format!("{text}\n  last console lines:\n    already in the error"),
+            &tails,
+        );
+        insta::assert_snapshot!(text, @r#"
+        t.rhai:2:9: machine: succeed `echo hi; false` failed (exit status 1)
+          |
+        2 | machine.succeed("echo hi; false");
+          |         ^^^^^^^
+          stdout:
+            hi
+          last console lines:
+            already in the error
+          last console lines of machine:
+            booted
+            ready
+        "#);
+    }
+}
