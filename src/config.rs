@@ -544,18 +544,24 @@ impl TestConfig {
     /// The node's address on a vlan: `192.168.<vlan>.<n>`.
     pub fn node_address(&self, node: &str, vlan: u8) -> Option<std::net::Ipv4Addr> {
         self.node_number(node)
-            .map(|n| std::net::Ipv4Addr::new(192, 168, vlan, n))
+            .map(|n| crate::net::plan::ipv4(vlan, n))
     }
 
-    /// `/etc/hosts` entries for every networked node: its first vlan's address
-    /// and its name.
-    pub fn hosts_entries(&self) -> Vec<(std::net::Ipv4Addr, String)> {
+    /// The node's vlan interfaces (names, QEMU netdev ids, MACs, addresses)
+    /// in vlan-list order; see [`crate::net::plan`].
+    pub fn node_interfaces(&self, node: &str) -> Vec<crate::net::plan::VlanInterface> {
+        match self.node_number(node) {
+            Some(n) => crate::net::plan::interfaces(n, &self.node_vlans(node)),
+            None => Vec::new(),
+        }
+    }
+
+    /// `/etc/hosts` entries for every networked node: the IPv4 and IPv6
+    /// addresses of its first vlan and its name.
+    pub fn hosts_entries(&self) -> Vec<(std::net::IpAddr, String)> {
         self.nodes
             .keys()
-            .filter_map(|n| {
-                let vlan = *self.node_vlans(n).first()?;
-                Some((self.node_address(n, vlan)?, n.clone()))
-            })
+            .flat_map(|n| crate::net::plan::host_entries(n, &self.node_interfaces(n)))
             .collect()
     }
 }
@@ -587,7 +593,21 @@ mod tests {
             c.node_address("server", 1),
             Some("192.168.1.2".parse().unwrap())
         );
-        assert_eq!(c.hosts_entries().len(), 2);
+        let hosts: Vec<String> = c
+            .hosts_entries()
+            .iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "192.168.1.1 client",
+                "2001:db8:1::1 client",
+                "192.168.1.2 server",
+                "2001:db8:1::2 server"
+            ]
+        );
+        assert_eq!(c.node_interfaces("server")[0].name, "eth1");
         assert_eq!(c.global_timeout, 3600.0);
     }
 

@@ -91,7 +91,7 @@ subtest("files", || {
 
 subtest("network and helpers", || {
     assert_contains(client.wait_until_succeeds("curl -sf http://server"), "nginx");
-    assert_matches(client.succeed("ip -4 addr show eth0"), "192\\.168\\.1\\.1/24");
+    assert_matches(client.succeed("ip -4 addr show eth1"), "192\\.168\\.1\\.1/24");
     let tries = 0;
     retry(#{ attempts: 5, delay: 0.1 }, || { tries += 1; if tries < 3 { throw "not yet"; } });
     assert_eq(tries, 3);

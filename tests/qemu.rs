@@ -132,8 +132,9 @@ fn image_settings() -> String {
 }
 
 /// A stand-in for NixOS' `run-<name>-vm` (qemu-vm.nix) booting the Debian
-/// image: its disk in `$TMPDIR`, vlan NICs from `QEMU_VDE_SOCKET_<n>` with
-/// NixOS' MACs, its own `accel=kvm:tcg`, then `$QEMU_OPTS` and `"$@"` last.
+/// image: its disk in `$TMPDIR`, the user-mode NIC `user.0` first (eth0),
+/// then vlan NICs `vlan<position>` from `QEMU_VDE_SOCKET_<n>` with NixOS'
+/// MACs (eth1, …), its own `accel=kvm:tcg`, then `$QEMU_OPTS` and `"$@"` last.
 fn fake_nixos_start_script(dir: &Path, name: &str, number: u8, hosts: &str) -> PathBuf {
     let m = manifest();
     let out = m.parent().unwrap();
@@ -148,9 +149,10 @@ NIX_DISK_IMAGE=${{NIX_DISK_IMAGE:-$TMPDIR/{name}.qcow2}}
 test -e "$NIX_DISK_IMAGE" || qemu-img create -q -f qcow2 -F raw -b {out}/rootfs.ext4 "$NIX_DISK_IMAGE"
 exec qemu-system-x86_64 -machine q35,accel=kvm:tcg -m 1024 -nodefaults -no-user-config -vga std \
   -drive file="$NIX_DISK_IMAGE",if=none,id=root,format=qcow2 -device virtio-blk-pci,drive=root \
+  -netdev user,id=user.0,restrict=on -device virtio-net-pci,netdev=user.0 \
   -netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1" -device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:0{number} \
   -kernel {out}/vmlinuz -initrd {out}/initrd.img \
-  -append "{cmdline} ip=192.168.1.{number}:::255.255.255.0::eth0:off systemd.hostname={name} attest.hosts={hosts} $QEMU_KERNEL_PARAMS" \
+  -append "{cmdline} ip=192.168.1.{number}:::255.255.255.0::eth1:off ip=[2001:db8:1::{number}]:::64::eth1:off systemd.hostname={name} attest.hosts={hosts} $QEMU_KERNEL_PARAMS" \
   $QEMU_OPTS "$@"
 "#,
         out = out.display()
@@ -203,7 +205,7 @@ fn vm_two_nodes_on_a_vde_vlan_reach_each_other_by_name() {
         scripts.path(),
         "client",
         1,
-        "192.168.1.1:client,192.168.1.2:server",
+        "192.168.1.1:client,2001:db8:1::1:client,192.168.1.2:server,2001:db8:1::2:server",
     );
     let case = Case::new(
         "qemu-two-nodes",
@@ -221,8 +223,13 @@ server.wait_for_unit("nginx.service");
 server.wait_for_open_port(80);
 let page = client.wait_until_succeeds("curl -sf http://server", #{ timeout: 120 });
 assert_contains(page, "Welcome to nginx");
-assert_matches(client.succeed("getent hosts server"), "^192\\.168\\.1\\.2\\s");
-assert_matches(client.succeed("cat /sys/class/net/eth0/address"), "^52:54:00:12:01:01");
+assert_matches(client.succeed("getent ahostsv4 server"), "^192\\.168\\.1\\.2\\s");
+assert_matches(client.succeed("getent ahostsv6 server"), "^2001:db8:1::2\\s");
+assert_matches(client.succeed("cat /sys/class/net/eth1/address"), "^52:54:00:12:01:01");
+assert_matches(server.succeed("cat /sys/class/net/eth1/address"), "^52:54:00:12:01:02");
+assert_matches(server.succeed("ip -6 -o addr show dev eth1 scope global"), "2001:db8:1::2/64");
+server.wait_until_succeeds("ip -6 -o addr show dev eth1 scope link | grep -q fe80::", #{ timeout: 60 });
+client.wait_until_succeeds("ping -6 -c1 -W2 2001:db8:1::2", #{ timeout: 60 });
 server.block();
 client.fail("curl -sf --max-time 3 http://server");
 server.unblock();
@@ -294,9 +301,9 @@ machine.wait_for_text("READS THIS", #{ timeout: 120 });
 
 // block/unblock take the vlan link down and up.
 machine.block();
-machine.wait_until_succeeds("grep -qx 0 /sys/class/net/eth0/carrier", #{ timeout: 30 });
+machine.wait_until_succeeds("grep -qx 0 /sys/class/net/eth1/carrier", #{ timeout: 30 });
 machine.unblock();
-machine.wait_until_succeeds("grep -qx 1 /sys/class/net/eth0/carrier", #{ timeout: 30 });
+machine.wait_until_succeeds("grep -qx 1 /sys/class/net/eth1/carrier", #{ timeout: 30 });
 
 // Snapshots: memory and disk; the VM keeps running after create.
 machine.succeed("echo before > /root/marker && sync && echo in-memory > /run/mem-marker");

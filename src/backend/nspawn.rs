@@ -18,7 +18,7 @@ use super::cgroup::PrivateCgroup;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendConfig, ImageManifest};
 use crate::guest::GuestStream;
-use crate::net::Network;
+use crate::net::{plan, Network};
 use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
 
 /// Where systemd-nspawn keeps per-container runtime dirs.
@@ -70,21 +70,15 @@ fn rootfs_of(ctx: &StartContext) -> Result<PathBuf, BackendError> {
     Ok(rootfs)
 }
 
-/// Writes the networkd files and hosts file the container gets.
+/// Writes the networkd files the container gets: one per vlan interface
+/// (eth1, eth2, … as in NixOS tests), both address families, link-local.
 fn write_network_files(ctx: &StartContext, dir: &Path) -> Result<(), BackendError> {
     let io = |e: std::io::Error| BackendError::Start(format!("cannot write network files: {e}"));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let vlans = ctx.config.node_vlans(&ctx.machine);
-    for (i, vlan) in vlans.iter().enumerate() {
-        let addr = ctx
-            .config
-            .node_address(&ctx.machine, *vlan)
-            .ok_or_else(|| BackendError::Start("node has no number".into()))?;
+    for i in ctx.config.node_interfaces(&ctx.machine) {
         std::fs::write(
-            dir.join(format!("10-attest-eth{i}.network")),
-            format!(
-                "[Match]\nName=eth{i}\n\n[Link]\nRequiredForOnline=no\n\n[Network]\nAddress={addr}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
-            ),
+            dir.join(format!("10-attest-{}.network", i.name)),
+            plan::networkd_file(&i),
         )
         .map_err(io)?;
     }
@@ -131,7 +125,7 @@ impl Backend for NspawnBackend {
         // collide; the run id ties the container's cgroup to the run's lock
         // for the janitor of a later run.
         let machine_name = format!("attest-{}-{}-{}", std::process::id(), number, ctx.run_id());
-        let vlans = ctx.config.node_vlans(&ctx.machine);
+        let interfaces = ctx.config.node_interfaces(&ctx.machine);
 
         // nspawn runs as PID 1 of a PID namespace of its own (`unshare
         // --pid --fork --kill-child`): when nspawn dies for any reason —
@@ -144,7 +138,7 @@ impl Backend for NspawnBackend {
         // /run/systemd/nspawn: nspawn keeps a per-container `propagate/`
         // dir there that it removes only from a tmpfs, never when killed —
         // the private tmpfs vanishes with the namespace, however nspawn ends.
-        let mut cmd = match (&ctx.network, vlans.is_empty()) {
+        let mut cmd = match (&ctx.network, interfaces.is_empty()) {
             (Some(net), false) => {
                 let ns = net.netns_path().map_err(BackendError::Start)?;
                 let mut c = Command::new("nsenter");
@@ -172,14 +166,14 @@ impl Backend for NspawnBackend {
         .arg(&nspawn);
         let mut host_links = Vec::new();
         if let Some(net) = &ctx.network {
-            for (i, vlan) in vlans.iter().enumerate() {
-                let link = host_link(number, *vlan);
+            for i in &interfaces {
+                let link = host_link(number, i.vlan);
                 // A container killed a moment ago may still own this name:
                 // the kernel destroys its network namespace asynchronously.
                 if let Ok(switch) = net.switch() {
                     let _ = switch.ip(&["link", "del", &link]);
                 }
-                cmd.arg(format!("--network-veth-extra={link}:eth{i}"));
+                cmd.arg(format!("--network-veth-extra={link}:{}", i.name));
                 host_links.push(link);
             }
         }
@@ -213,9 +207,9 @@ impl Backend for NspawnBackend {
             .map_err(|e| BackendError::Start(format!("cannot run systemd-nspawn: {e}")))?;
 
         if let Some(net) = &ctx.network {
-            for (link, vlan) in host_links.iter().zip(&vlans) {
+            for (link, i) in host_links.iter().zip(&interfaces) {
                 let attached = tokio::select! {
-                    r = net.attach(link, *vlan, Duration::from_secs(15)) => r,
+                    r = net.attach(link, i.vlan, Duration::from_secs(15)) => r,
                     info = process.wait() => Err(format!("systemd-nspawn {info}")),
                 };
                 if let Err(e) = attached {

@@ -1,8 +1,10 @@
-//! The test's network: the IP plan (`192.168.<vlan>.<n>`, from the config)
+//! The test's network: the IP plan ([`plan`]: `192.168.<vlan>.<n>`,
+//! `2001:db8:<vlan>::<n>`, eth1…)
 //! and the switch it runs on. For containers (and microVM TAPs) the switch is
 //! one Linux bridge per vlan inside a private network namespace
 //! ([`SwitchNamespace`]) that dies with attest, so no bridge or veth can leak.
 
+pub mod plan;
 mod switch_ns;
 mod vde;
 
@@ -44,7 +46,18 @@ impl Network {
         }
         let ns = std::sync::Arc::new(SwitchNamespace::create()?);
         for v in &self.vlans {
-            ns.ip(&["link", "add", &bridge_name(*v), "type", "bridge"])?;
+            // No multicast snooping: without an MLD querier a bridge can
+            // stop forwarding IPv6 neighbour discovery to a port it has not
+            // seen a report from (a container attached after it joined).
+            ns.ip(&[
+                "link",
+                "add",
+                &bridge_name(*v),
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ])?;
             ns.ip(&["link", "set", &bridge_name(*v), "up"])?;
         }
         *g = Some(ns.clone());

@@ -187,7 +187,7 @@ pub struct MicroVmSpec {
     pub memory_mib: u32,
     /// vCPUs.
     pub cpus: u32,
-    /// The vlans, in NIC order (`eth0`, `eth1`, …).
+    /// The vlans, in NIC order (`eth1`, `eth2`, … in the guest).
     pub vlans: Vec<u8>,
     /// The node's number (1-based).
     pub number: u8,
@@ -255,30 +255,24 @@ impl MicroVmSpec {
         }
         let vlans = ctx.config.node_vlans(&ctx.machine);
         let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
-        let mut cmdline = c
+        let base = c
             .cmdline
             .clone()
             .or_else(|| manifest.as_ref().map(|m| m.kernel_cmdline.clone()))
             .unwrap_or_else(|| "console=ttyS0 reboot=k panic=-1".to_owned());
-        if manifest.is_some() {
-            // The Debian image configures its NICs from `ip=` (see
-            // images/debian/README.md) and names itself from systemd.hostname.
-            for (i, vlan) in vlans.iter().enumerate() {
-                if let Some(addr) = ctx.config.node_address(&ctx.machine, *vlan) {
-                    cmdline.push_str(&format!(" ip={addr}:::255.255.255.0::eth{i}:off"));
-                }
-            }
-            cmdline.push_str(&format!(" systemd.hostname={}", ctx.machine));
-            let hosts: Vec<String> = ctx
-                .config
-                .hosts_entries()
-                .into_iter()
-                .map(|(addr, name)| format!("{addr}:{name}"))
-                .collect();
-            if !hosts.is_empty() {
-                cmdline.push_str(&format!(" attest.hosts={}", hosts.join(",")));
-            }
-        }
+        // The Debian image configures its NICs from `ip=`/`ifname=` (see
+        // images/debian/README.md) and names itself from systemd.hostname;
+        // a NixOS guest has all of that in its own configuration.
+        let cmdline = if manifest.is_some() {
+            crate::net::plan::kernel_cmdline(
+                &base,
+                &ctx.config.node_interfaces(&ctx.machine),
+                &ctx.machine,
+                &ctx.config.hosts_entries(),
+            )
+        } else {
+            base
+        };
         Ok(MicroVmSpec {
             memory_mib: c.memory_mib.unwrap_or(1024),
             cpus: c.cpus.unwrap_or(1),
@@ -337,11 +331,6 @@ impl MicroVmSpec {
 /// Where `.ci/fetch-firecracker` installs binaries.
 pub const CACHE_BIN_DIR: &str = "/var/cache/attest/bin";
 
-/// The MAC address of a node's NIC on a vlan: `52:54:00:12:<vlan>:<node>`.
-pub fn mac_address(vlan: u8, node: u8) -> String {
-    format!("52:54:00:12:{vlan:02x}:{node:02x}")
-}
-
 /// The TAP of a node on a vlan (inside the private switch namespace).
 pub fn tap_name(node: u8, vlan: u8) -> String {
     format!("tap{node}v{vlan}")
@@ -381,8 +370,11 @@ impl Taps {
                     "cannot create TAP {name}: {e}"
                 )));
             }
-            taps.links
-                .push((name.clone(), *vlan, mac_address(*vlan, spec.number)));
+            taps.links.push((
+                name.clone(),
+                *vlan,
+                crate::net::plan::mac(*vlan, spec.number),
+            ));
             if let Err(e) = network.attach(&name, *vlan, Duration::from_secs(5)).await {
                 taps.remove();
                 return Err(BackendError::Start(e));
@@ -747,8 +739,6 @@ mod tests {
 
     #[test]
     fn macs_and_taps_follow_the_plan() {
-        assert_eq!(mac_address(1, 2), "52:54:00:12:01:02");
-        assert_eq!(mac_address(255, 254), "52:54:00:12:ff:fe");
         assert!(tap_name(254, 255).len() <= 15);
     }
 

@@ -5,10 +5,10 @@
 //! it). [`start_script_env`] is the environment the NixOS driver gives such a
 //! script, plus `QEMU_VDE_SOCKET_<vlan>` for its vlan NICs.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use super::accel::Accel;
+use crate::net::plan::VlanInterface;
 
 /// The sockets attest opens for one VM (all in its state dir).
 #[derive(Debug, Clone)]
@@ -35,30 +35,17 @@ impl Sockets {
 /// One NIC on a vlan's VDE switch.
 #[derive(Debug, Clone)]
 pub struct Nic {
-    /// The vlan.
-    pub vlan: u8,
+    /// The interface in the network plan: vlan, guest name, netdev id, MAC.
+    pub iface: VlanInterface,
     /// The switch's socket directory.
     pub socket: PathBuf,
-    /// The MAC address ([`mac`]).
-    pub mac: String,
 }
 
-impl Nic {
-    /// The netdev id (`vlan<N>`, as NixOS names it); `set_link` takes it.
-    pub fn netdev_id(&self) -> String {
-        netdev_id(self.vlan)
-    }
-}
-
-/// The netdev id of a vlan (`vlan1`), as in NixOS' qemu-vm.nix.
-pub fn netdev_id(vlan: u8) -> String {
-    format!("vlan{vlan}")
-}
-
-/// The MAC NixOS gives node `node` on `vlan`: `52:54:00:12:<vlan>:<node>`.
-pub fn mac(vlan: u8, node: u8) -> String {
-    format!("52:54:00:12:{vlan:02x}:{node:02x}")
-}
+/// The netdev of the placeholder NIC a plain VM gets before its vlan NICs:
+/// it takes `eth0`, as the user-mode NIC does in NixOS test VMs, so the vlan
+/// NICs are `eth1`, `eth2`, … by kernel order with no renaming race.
+/// `restrict=on`: the guest cannot send anything through it.
+pub const PLACEHOLDER_NETDEV: &str = "attest-eth0";
 
 /// What a plain (non-NixOS) VM is made of.
 #[derive(Debug, Clone)]
@@ -93,18 +80,25 @@ pub fn accel_args(accel: Accel) -> Vec<String> {
 
 fn nic_args(nics: &[Nic]) -> Vec<String> {
     let mut a = Vec::new();
+    if !nics.is_empty() {
+        a.extend([
+            "-netdev".to_owned(),
+            format!("user,id={PLACEHOLDER_NETDEV},restrict=on"),
+            "-device".to_owned(),
+            format!("virtio-net-pci,netdev={PLACEHOLDER_NETDEV}"),
+        ]);
+    }
     for nic in nics {
         a.push("-netdev".into());
         a.push(format!(
             "vde,id={},sock={}",
-            nic.netdev_id(),
+            nic.iface.netdev_id,
             nic.socket.display()
         ));
         a.push("-device".into());
         a.push(format!(
             "virtio-net-pci,netdev={},mac={}",
-            nic.netdev_id(),
-            nic.mac
+            nic.iface.netdev_id, nic.iface.mac
         ));
     }
     a
@@ -168,27 +162,6 @@ pub fn attest_args(sockets: &Sockets) -> Vec<String> {
     ]
 }
 
-/// The kernel command line of a plain VM: the image's, then one `ip=` per
-/// vlan NIC (`eth0`, `eth1`, … in vlan order), the hostname, and the hosts
-/// entries the Debian image writes to `/etc/hosts`.
-pub fn kernel_cmdline(
-    base: &str,
-    addresses: &[Ipv4Addr],
-    hostname: &str,
-    hosts: &[(Ipv4Addr, String)],
-) -> String {
-    let mut s = base.trim().to_owned();
-    for (i, ip) in addresses.iter().enumerate() {
-        s.push_str(&format!(" ip={ip}:::255.255.255.0::eth{i}:off"));
-    }
-    s.push_str(&format!(" systemd.hostname={hostname}"));
-    if !hosts.is_empty() {
-        let list: Vec<String> = hosts.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
-        s.push_str(&format!(" attest.hosts={}", list.join(",")));
-    }
-    s
-}
-
 /// The environment for a NixOS start script, as the NixOS driver sets it
 /// (`TMPDIR`, `USE_TMPDIR=1`, `SHARED_DIR`), plus the vlan sockets
 /// (`QEMU_VDE_SOCKET_<vlan>`, read by qemu-vm.nix) and `QEMU_OPTS` carrying
@@ -209,7 +182,7 @@ pub fn start_script_env(
     ];
     for nic in nics {
         env.push((
-            format!("QEMU_VDE_SOCKET_{}", nic.vlan),
+            format!("QEMU_VDE_SOCKET_{}", nic.iface.vlan),
             nic.socket.display().to_string(),
         ));
     }
@@ -234,32 +207,14 @@ pub fn start_script_env(
 mod tests {
     use super::*;
 
-    #[test]
-    fn macs_follow_nixos() {
-        assert_eq!(mac(1, 2), "52:54:00:12:01:02");
-        assert_eq!(mac(10, 255), "52:54:00:12:0a:ff");
-    }
-
-    #[test]
-    fn cmdline_carries_addresses_hostname_and_hosts() {
-        let c = kernel_cmdline(
-            "root=/dev/vda rw ",
-            &[
-                "192.168.1.2".parse().unwrap(),
-                "192.168.2.2".parse().unwrap(),
-            ],
-            "server",
-            &[
-                ("192.168.1.1".parse().unwrap(), "client".into()),
-                ("192.168.1.2".parse().unwrap(), "server".into()),
-            ],
-        );
-        assert_eq!(
-            c,
-            "root=/dev/vda rw ip=192.168.1.2:::255.255.255.0::eth0:off \
-             ip=192.168.2.2:::255.255.255.0::eth1:off systemd.hostname=server \
-             attest.hosts=192.168.1.1:client,192.168.1.2:server"
-        );
+    fn nic(node: u8, vlans: &[u8], socket: &str) -> Vec<Nic> {
+        crate::net::plan::interfaces(node, vlans)
+            .into_iter()
+            .map(|iface| Nic {
+                iface,
+                socket: socket.into(),
+            })
+            .collect()
     }
 
     #[test]
@@ -273,11 +228,7 @@ mod tests {
             initrd: Some("/i".into()),
             disk: "/s/disk.qcow2".into(),
             cmdline: "root=/dev/vda".into(),
-            nics: vec![Nic {
-                vlan: 1,
-                socket: "/n/vde1".into(),
-                mac: mac(1, 2),
-            }],
+            nics: nic(2, &[3], "/n/vde3"),
             extra_args: vec!["-snapshot-extra".into()],
         };
         let a = plain_args(&spec, &s).join(" ");
@@ -287,8 +238,9 @@ mod tests {
             "-vga std",
             "-kernel /k -initrd /i -append root=/dev/vda",
             "file=/s/disk.qcow2,if=none,id=root,format=qcow2",
-            "-netdev vde,id=vlan1,sock=/n/vde1",
-            "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:02",
+            "-netdev user,id=attest-eth0,restrict=on -device virtio-net-pci,netdev=attest-eth0 \
+             -netdev vde,id=vlan1,sock=/n/vde3",
+            "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:03:02",
             "-qmp unix:/s/qmp.sock,server=on,wait=off",
             "socket,id=shell,path=/s/shell.sock",
             "virtconsole,chardev=shell",
@@ -301,11 +253,7 @@ mod tests {
 
     #[test]
     fn start_script_env_matches_the_nixos_driver() {
-        let nics = vec![Nic {
-            vlan: 2,
-            socket: "/n/vde2".into(),
-            mac: mac(2, 1),
-        }];
+        let nics = nic(1, &[2], "/n/vde2");
         let env = start_script_env(
             Path::new("/s/m"),
             Path::new("/s/shared-xchg"),

@@ -10,7 +10,9 @@
 //! - Disk: a qcow2 overlay per VM in its state dir over the shared image, so
 //!   snapshots can save and restore the disk with the memory.
 //! - Networking: one VDE switch per vlan ([`crate::net::VdeSwitches`]), NICs
-//!   `vlan<N>` with NixOS' MACs; `block`/`unblock` are QMP `set_link`.
+//!   with netdev ids `vlan<position>` and NixOS' MACs ([`crate::net::plan`],
+//!   as qemu-common.nix numbers them); `block`/`unblock` are QMP `set_link`
+//!   on those ids.
 //! - Snapshots: `stop`, `migrate` to `exec:cat > DIR/vm.state`, copy the
 //!   writable disks, `cont`. Restore kills the QEMU, starts the same command
 //!   line with `-incoming defer`, copies the disks back, `migrate-incoming`.
@@ -270,26 +272,22 @@ impl Backend for QemuBackend {
         );
 
         // Networking: the test's VDE switches, one NIC per vlan.
-        let vlans = ctx.config.node_vlans(name);
-        let number = ctx.config.node_number(name).unwrap_or(1);
+        let interfaces = ctx.config.node_interfaces(name);
         let mut nics = Vec::new();
         let mut vde = None;
-        if !vlans.is_empty() {
+        if !interfaces.is_empty() {
             let net = ctx
                 .network
                 .as_ref()
                 .ok_or_else(|| start_err("the node has vlans but the test has no network"))?;
             let dir = state_dir.parent().unwrap_or(&state_dir).join("vde");
             let switches = net.vde_switches(&dir).await.map_err(start_err)?;
-            for vlan in &vlans {
+            for iface in interfaces {
                 let socket = switches
-                    .socket(*vlan)
-                    .ok_or_else(|| start_err(format!("no switch for vlan {vlan}")))?;
-                nics.push(Nic {
-                    vlan: *vlan,
-                    socket: socket.to_owned(),
-                    mac: args::mac(*vlan, number),
-                });
+                    .socket(iface.vlan)
+                    .ok_or_else(|| start_err(format!("no switch for vlan {}", iface.vlan)))?
+                    .to_owned();
+                nics.push(Nic { iface, socket });
             }
             vde = Some(switches);
         }
@@ -349,7 +347,7 @@ impl Backend for QemuBackend {
             exit_rx,
             shell,
             serial,
-            netdevs: nics.iter().map(Nic::netdev_id).collect(),
+            netdevs: nics.iter().map(|n| n.iface.netdev_id.clone()).collect(),
             user_netdev,
             enable_ocr: c.enable_ocr,
             banner_on_connect: AtomicBool::new(false),
@@ -398,10 +396,7 @@ async fn plain_launch(
         .or_else(|| manifest.as_ref().map(|m| m.kernel_cmdline.clone()))
         .unwrap_or_else(|| "root=/dev/vda rw console=ttyS0".into());
     let name = ctx.machine.as_str();
-    let addresses: Vec<_> = nics
-        .iter()
-        .filter_map(|n| ctx.config.node_address(name, n.vlan))
-        .collect();
+    let interfaces: Vec<_> = nics.iter().map(|n| n.iface.clone()).collect();
     let hosts = if nics.is_empty() {
         Vec::new()
     } else {
@@ -425,7 +420,7 @@ async fn plain_launch(
         kernel,
         initrd,
         disk: overlay,
-        cmdline: args::kernel_cmdline(&base_cmdline, &addresses, name, &hosts),
+        cmdline: crate::net::plan::kernel_cmdline(&base_cmdline, &interfaces, name, &hosts),
         nics,
         extra_args: c.extra_args.clone(),
     };
