@@ -8,6 +8,7 @@
 // so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod agent;
 pub mod backend;
 pub mod bench;
 pub mod config;

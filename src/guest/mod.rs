@@ -2,6 +2,7 @@
 //! transports (virtconsole socket, unix socket, hybrid vsock, ssh session).
 //! A transport is any byte stream; [`Session`] is the protocol on one stream.
 
+pub mod agent;
 pub mod protocol;
 mod session;
 

@@ -1,0 +1,237 @@
+//! The agent's wire format, shared by the guest ([`super::serve`]) and the
+//! host client (`guest::agent`). Free of I/O and std-only: the agent is built
+//! without any crate.
+//!
+//! After `exec`, the agent prints one text line, [`HELLO`] followed by the
+//! protocol version, so a host can tell it from shell noise. Everything after
+//! that line is frames, in both directions:
+//!
+//! ```text
+//! u32 LE  length of what follows (kind + id + payload)
+//! u8      kind
+//! u32 LE  request id (chosen by the host; 0 is never used)
+//! …       payload
+//! ```
+//!
+//! Many requests are in flight at once; every frame names its request.
+
+/// The first bytes of the agent's greeting line.
+pub const HELLO: &str = "ATTEST-AGENT";
+
+/// The protocol version; host and agent must agree exactly.
+pub const VERSION: u32 = 1;
+
+/// Largest payload either side sends or accepts.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Bytes of kind + id.
+const HEAD: usize = 5;
+
+/// Host → agent: run a command. Payload: [`Exec`].
+pub const EXEC: u8 = 1;
+/// Host → agent: kill a command's process group (the host gave up on it).
+pub const KILL: u8 = 2;
+/// Agent → host: bytes the command wrote to stdout.
+pub const STDOUT: u8 = 16;
+/// Agent → host: bytes the command wrote to stderr.
+pub const STDERR: u8 = 17;
+/// Agent → host: the command ended. Payload: [`Exit`].
+pub const EXIT: u8 = 18;
+/// Agent → host: the request could not be served. Payload: UTF-8 text.
+pub const ERROR: u8 = 19;
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What it is.
+    pub kind: u8,
+    /// The request it belongs to.
+    pub id: u32,
+    /// Its content.
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The frame's bytes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(4 + HEAD + self.payload.len());
+        encode_head(&mut v, self.kind, self.id, self.payload.len());
+        v.extend_from_slice(&self.payload);
+        v
+    }
+}
+
+/// Appends a frame header for a payload of `len` bytes.
+pub fn encode_head(out: &mut Vec<u8>, kind: u8, id: u32, len: usize) {
+    out.extend_from_slice(&((HEAD + len) as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// Checks a frame's length field (the 4 bytes before the rest).
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, String> {
+    let n = u32::from_le_bytes(prefix) as usize;
+    if !(HEAD..=HEAD + MAX_PAYLOAD).contains(&n) {
+        return Err(format!("bad frame length {n}"));
+    }
+    Ok(n)
+}
+
+/// Decodes a frame's body (everything after the length field).
+pub fn decode_body(body: Vec<u8>) -> Result<Frame, String> {
+    if body.len() < HEAD {
+        return Err(format!("frame of {} bytes is too short", body.len()));
+    }
+    let kind = body[0];
+    let id = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+    let mut payload = body;
+    payload.drain(..HEAD);
+    Ok(Frame { kind, id, payload })
+}
+
+/// What to run. `words` non-empty: exec them directly (a plain word list);
+/// the agent falls back to `bash -c` with `script` when that exec fails, so
+/// errors read as bash's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exec {
+    /// Milliseconds before the process group is killed (0: never).
+    pub timeout_ms: u64,
+    /// The argv for a direct exec, or empty.
+    pub words: Vec<String>,
+    /// The bash script (`set -euo pipefail; <command>`).
+    pub script: String,
+}
+
+impl Exec {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&self.timeout_ms.to_le_bytes());
+        v.extend_from_slice(&(self.words.len() as u32).to_le_bytes());
+        for w in &self.words {
+            v.extend_from_slice(&(w.len() as u32).to_le_bytes());
+            v.extend_from_slice(w.as_bytes());
+        }
+        v.extend_from_slice(self.script.as_bytes());
+        v
+    }
+
+    /// Parses the payload.
+    pub fn decode(p: &[u8]) -> Result<Exec, String> {
+        let mut r = Reader(p);
+        let timeout_ms = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let n = r.u32()?;
+        let mut words = Vec::new();
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            words.push(r.text(len)?);
+        }
+        let script = r.text(r.0.len())?;
+        Ok(Exec {
+            timeout_ms,
+            words,
+            script,
+        })
+    }
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit status as a shell reports it (128 + signal when killed,
+    /// 124 when the timeout fired, as `timeout(1)` reports it).
+    pub status: i32,
+    /// The signal that killed it, or 0.
+    pub signal: i32,
+    /// Whether the timeout fired.
+    pub timed_out: bool,
+}
+
+impl Exit {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9);
+        v.extend_from_slice(&self.status.to_le_bytes());
+        v.extend_from_slice(&self.signal.to_le_bytes());
+        v.push(self.timed_out as u8);
+        v
+    }
+
+    /// Parses the payload.
+    pub fn decode(p: &[u8]) -> Result<Exit, String> {
+        let mut r = Reader(p);
+        let status = r.u32()? as i32;
+        let signal = r.u32()? as i32;
+        let timed_out = r.take(1)?[0] != 0;
+        Ok(Exit {
+            status,
+            signal,
+            timed_out,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!("payload ends early: need {n} more bytes"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn text(&mut self, n: usize) -> Result<String, String> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let f = Frame {
+            kind: STDOUT,
+            id: 7,
+            payload: b"\0\xffhello".to_vec(),
+        };
+        let bytes = f.encode();
+        let n = body_len(bytes[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, bytes.len() - 4);
+        assert_eq!(decode_body(bytes[4..].to_vec()).unwrap(), f);
+    }
+
+    #[test]
+    fn exec_and_exit_round_trip() {
+        let e = Exec {
+            timeout_ms: 1500,
+            words: vec!["systemctl".into(), "is-active".into(), "x y".into()],
+            script: "set -euo pipefail; systemctl is-active 'x y'".into(),
+        };
+        assert_eq!(Exec::decode(&e.encode()).unwrap(), e);
+        let x = Exit {
+            status: 137,
+            signal: 9,
+            timed_out: true,
+        };
+        assert_eq!(Exit::decode(&x.encode()).unwrap(), x);
+    }
+
+    #[test]
+    fn bad_lengths_and_short_payloads_are_errors() {
+        assert!(body_len(0u32.to_le_bytes()).is_err());
+        assert!(body_len(((HEAD + MAX_PAYLOAD + 1) as u32).to_le_bytes()).is_err());
+        assert!(Exec::decode(&[1, 2, 3]).is_err());
+        assert!(Exit::decode(&[0; 8]).is_err());
+    }
+}

@@ -1,0 +1,713 @@
+//! The host side of the guest agent (`crate::agent`): bootstrap through the
+//! bash backdoor, then many commands at once on one stream.
+//!
+//! Bootstrap, on a fresh backdoor connection: the shell checks whether
+//! `/run/attest/agent-<hash>` exists (once per boot it does not: `/run` is a
+//! tmpfs), receives the binary in one `head -c` (base64, so a tty line
+//! discipline cannot mangle it), checks its SHA-256, runs it once with
+//! `--version`, and only then `exec`s it in place of itself. Any step that
+//! fails leaves a working shell, so the caller can use the bash protocol on
+//! the same stream and log why ([`Fallback`]).
+//!
+//! The binary is the one `build.rs` embedded; `ATTEST_AGENT=<path>` replaces
+//! it (other architectures, tests of the fallback).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+use super::protocol::CommandOutput;
+use super::session::{GuestError, GuestStream};
+use super::BANNER;
+use crate::agent::wire::{self, Exec, Exit, Frame};
+
+/// The agent binary built for this attest (empty when the build failed).
+const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attest-agent"));
+/// Why the build failed, or empty.
+const BUILD_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/attest-agent.error"));
+
+/// Extra time the host waits beyond a command's timeout (enforced in the
+/// guest) before it declares the agent unresponsive.
+const REPLY_GRACE: Duration = Duration::from_secs(15);
+
+/// Which command protocol a machine speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// The bash backdoor only.
+    Bash,
+    /// The agent; fail when it cannot run.
+    Agent,
+    /// The agent where it runs, else bash (logged).
+    #[default]
+    Auto,
+}
+
+impl Protocol {
+    /// The option's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Bash => "bash",
+            Protocol::Agent => "agent",
+            Protocol::Auto => "auto",
+        }
+    }
+}
+
+/// The agent binary to upload: `ATTEST_AGENT` or the embedded one.
+pub fn agent_binary() -> Result<Vec<u8>, String> {
+    if let Some(path) = std::env::var_os("ATTEST_AGENT") {
+        return std::fs::read(&path)
+            .map_err(|e| format!("ATTEST_AGENT={}: {e}", path.to_string_lossy()));
+    }
+    if EMBEDDED.is_empty() {
+        return Err(format!(
+            "this attest was built without its agent: {}",
+            BUILD_ERROR.lines().next().unwrap_or("unknown build error")
+        ));
+    }
+    Ok(EMBEDDED.to_vec())
+}
+
+/// The words of a command that needs no shell: plain words of safe
+/// characters, not starting with a builtin, keyword or assignment. Anything
+/// else (quotes, variables, redirections, globs, `;`, …) goes to bash.
+/// `true`, `false` and `echo` are builtins whose programs behave the same
+/// (except `echo --help`), so they run directly.
+pub fn plain_words(command: &str) -> Option<Vec<String>> {
+    const BASH_WORDS: &[&str] = &[
+        "alias",
+        "bg",
+        "bind",
+        "break",
+        "builtin",
+        "caller",
+        "case",
+        "cd",
+        "command",
+        "compgen",
+        "complete",
+        "compopt",
+        "continue",
+        "coproc",
+        "declare",
+        "dirs",
+        "disown",
+        "do",
+        "done",
+        "elif",
+        "else",
+        "enable",
+        "esac",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "fc",
+        "fg",
+        "fi",
+        "for",
+        "function",
+        "getopts",
+        "hash",
+        "help",
+        "history",
+        "if",
+        "in",
+        "jobs",
+        "kill",
+        "let",
+        "local",
+        "logout",
+        "mapfile",
+        "popd",
+        "printf",
+        "pushd",
+        "pwd",
+        "read",
+        "readarray",
+        "readonly",
+        "return",
+        "select",
+        "set",
+        "shift",
+        "shopt",
+        "source",
+        "suspend",
+        "test",
+        "then",
+        "time",
+        "times",
+        "trap",
+        "type",
+        "typeset",
+        "ulimit",
+        "umask",
+        "unalias",
+        "unset",
+        "until",
+        "wait",
+        "while",
+    ];
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-./:,+@%=".contains(c);
+    let words: Vec<String> = command
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let first = words.first()?;
+    let ok = words.iter().all(|w| w.chars().all(safe))
+        && !BASH_WORDS.contains(&first.as_str())
+        && !first.contains('=')
+        && !(first == "echo" && words.iter().any(|w| w.starts_with("--")));
+    ok.then_some(words)
+}
+
+/// Why the agent is not used, and the stream back when its shell still works.
+pub struct Fallback {
+    /// What went wrong, for the log.
+    pub reason: String,
+    /// The backdoor stream, ready for `Session::establish` (a banner was
+    /// re-printed), or `None` when its state is unknown.
+    pub stream: Option<Box<dyn GuestStream>>,
+}
+
+type Reader = BufReader<ReadHalf<Box<dyn GuestStream>>>;
+type Writer = WriteHalf<Box<dyn GuestStream>>;
+
+/// Starts the agent on a fresh backdoor stream (see the module docs).
+pub async fn bootstrap(
+    stream: Box<dyn GuestStream>,
+    deadline: Instant,
+) -> Result<AgentClient, Fallback> {
+    let (r, w) = tokio::io::split(stream);
+    let mut boot = Boot {
+        reader: BufReader::new(r),
+        writer: w,
+    };
+    match tokio::time::timeout_at(deadline.into(), boot.run()).await {
+        Ok(Ok(())) => Ok(AgentClient::start(boot.reader, boot.writer)),
+        Ok(Err(BootError::ShellUsable(reason))) => {
+            let banner = format!("echo '{BANNER}'\n");
+            let sent = boot.writer.write_all(banner.as_bytes()).await;
+            Err(Fallback {
+                reason,
+                stream: sent
+                    .ok()
+                    .map(|()| boot.reader.into_inner().unsplit(boot.writer)),
+            })
+        }
+        Ok(Err(BootError::ShellLost(reason))) => Err(Fallback {
+            reason,
+            stream: None,
+        }),
+        Err(_) => Err(Fallback {
+            reason: "the agent's bootstrap did not finish in time".into(),
+            stream: None,
+        }),
+    }
+}
+
+enum BootError {
+    ShellUsable(String),
+    ShellLost(String),
+}
+
+struct Boot {
+    reader: Reader,
+    writer: Writer,
+}
+
+impl Boot {
+    async fn run(&mut self) -> Result<(), BootError> {
+        let lost = |e: std::io::Error| BootError::ShellLost(format!("backdoor stream: {e}"));
+        self.read_line_with(BANNER).await?;
+        let binary = agent_binary().map_err(BootError::ShellUsable)?;
+        let hash = hex(&Sha256::digest(&binary));
+        let path = format!("/run/attest/agent-{}", &hash[..16]);
+        self.send(&format!(
+            "__af={path}; [ -x \"$__af\" ] && echo ATTEST-BOOT-HAVE || echo ATTEST-BOOT-NEED\n"
+        ))
+        .await
+        .map_err(lost)?;
+        if self.read_line_with("ATTEST-BOOT-").await? == "ATTEST-BOOT-NEED" {
+            self.upload(&binary, &hash).await?;
+        }
+        self.send(
+            "__av=$(\"$__af\" --version 2>&1); echo \"ATTEST-BOOT-PROBE $? ${__av//[$'\\n\\r']/ }\"\n",
+        )
+        .await
+        .map_err(lost)?;
+        let probe = self.read_line_with("ATTEST-BOOT-PROBE ").await?;
+        let expected = format!("ATTEST-BOOT-PROBE 0 attest-agent {}", wire::VERSION);
+        if probe.trim_end() != expected {
+            let detail = probe.trim_start_matches("ATTEST-BOOT-PROBE ");
+            return Err(BootError::ShellUsable(format!(
+                "the agent cannot run in the guest (exit status and output of `{path} --version`: {detail})"
+            )));
+        }
+        self.send("exec \"$__af\"\n").await.map_err(lost)?;
+        self.read_greeting().await
+    }
+
+    async fn read_greeting(&mut self) -> Result<(), BootError> {
+        let hello = self.read_line_with(wire::HELLO).await?;
+        if hello != format!("{} {}", wire::HELLO, wire::VERSION) {
+            return Err(BootError::ShellLost(format!(
+                "the agent greets with {hello:?}, this attest speaks version {}",
+                wire::VERSION
+            )));
+        }
+        Ok(())
+    }
+
+    async fn upload(&mut self, binary: &[u8], hash: &str) -> Result<(), BootError> {
+        let lost = |e: std::io::Error| BootError::ShellLost(format!("uploading the agent: {e}"));
+        let mut data = String::with_capacity(binary.len() * 4 / 3 + binary.len() / 57 + 8);
+        for chunk in binary.chunks(57) {
+            data.push_str(&base64::engine::general_purpose::STANDARD.encode(chunk));
+            data.push('\n');
+        }
+        // `head` always consumes exactly the data, whatever fails on the
+        // right of the pipe, so the bytes never reach the shell as commands.
+        self.send(&format!(
+            "head -c {} | {{ mkdir -p /run/attest && base64 -d >\"$__af.$$\"; cat >/dev/null; }}; \
+             if [ \"$(sha256sum <\"$__af.$$\" 2>&1)\" = '{hash}  -' ] && chmod 700 \"$__af.$$\" && mv -f \"$__af.$$\" \"$__af\"; \
+             then echo ATTEST-BOOT-STORED; else rm -f \"$__af.$$\" 2>/dev/null; echo ATTEST-BOOT-FAILED; fi\n",
+            data.len()
+        ))
+        .await
+        .map_err(lost)?;
+        self.send(&data).await.map_err(lost)?;
+        match self.read_line_with("ATTEST-BOOT-").await?.as_str() {
+            "ATTEST-BOOT-STORED" => Ok(()),
+            _ => Err(BootError::ShellUsable(
+                "the agent could not be stored under /run/attest in the guest (no space, read-only, or corrupted on the way)".into(),
+            )),
+        }
+    }
+
+    async fn send(&mut self, text: &str) -> std::io::Result<()> {
+        self.writer.write_all(text.as_bytes()).await?;
+        self.writer.flush().await
+    }
+
+    /// The next line that starts with `prefix` (others are noise or echo).
+    async fn read_line_with(&mut self, prefix: &str) -> Result<String, BootError> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| BootError::ShellLost(format!("backdoor stream: {e}")))?;
+            if n == 0 {
+                return Err(BootError::ShellLost(
+                    "the backdoor shell closed the stream".into(),
+                ));
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            if prefix == BANNER && text.contains(BANNER) || text.starts_with(prefix) {
+                return Ok(text.to_owned());
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Events of one request, from the reader task.
+type Events = mpsc::UnboundedSender<Frame>;
+
+struct Shared {
+    pending: Mutex<HashMap<u32, Events>>,
+    /// Set when the stream ended; no request can be answered after it.
+    closed: AtomicBool,
+    writer: tokio::sync::Mutex<Writer>,
+}
+
+/// A running agent: many requests at once on one stream.
+pub struct AgentClient {
+    shared: Arc<Shared>,
+    next_id: AtomicU32,
+    reader_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader_task.abort();
+    }
+}
+
+impl AgentClient {
+    /// Talks to an agent that is already running on `stream` (shipped in
+    /// the image, or started by [`bootstrap`]): waits for its greeting.
+    pub async fn attach(
+        stream: Box<dyn GuestStream>,
+        deadline: Instant,
+    ) -> Result<AgentClient, GuestError> {
+        let (r, w) = tokio::io::split(stream);
+        let mut boot = Boot {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = tokio::time::timeout_at(deadline.into(), boot.read_greeting())
+            .await
+            .map_err(|_| {
+                GuestError::BannerTimeout(deadline.saturating_duration_since(Instant::now()))
+            })?;
+        greeting.map_err(|e| match e {
+            BootError::ShellUsable(m) | BootError::ShellLost(m) => GuestError::Protocol(m),
+        })?;
+        Ok(AgentClient::start(boot.reader, boot.writer))
+    }
+
+    fn start(reader: Reader, writer: Writer) -> AgentClient {
+        let shared = Arc::new(Shared {
+            pending: Mutex::default(),
+            closed: AtomicBool::new(false),
+            writer: tokio::sync::Mutex::new(writer),
+        });
+        let reader_task = tokio::spawn(read_frames(reader, shared.clone()));
+        AgentClient {
+            shared,
+            next_id: AtomicU32::new(1),
+            reader_task,
+        }
+    }
+
+    /// Whether the stream still works.
+    pub fn is_usable(&self) -> bool {
+        !self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    fn request(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), GuestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pending = self.shared.pending.lock().expect("pending lock");
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(GuestError::Closed);
+        }
+        pending.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), GuestError> {
+        let bytes = frame.encode();
+        let mut w = self.shared.writer.lock().await;
+        w.write_all(&bytes).await?;
+        w.flush().await?;
+        Ok(())
+    }
+
+    fn exec_frame(id: u32, command: &str, timeout: Duration) -> Frame {
+        let exec = Exec {
+            timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
+            words: plain_words(command).unwrap_or_default(),
+            script: format!("set -euo pipefail; {command}"),
+        };
+        Frame {
+            kind: wire::EXEC,
+            id,
+            payload: exec.encode(),
+        }
+    }
+
+    /// Runs one command with the NixOS driver's semantics; the guest kills
+    /// its process group at `timeout` (status 124).
+    pub async fn execute(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, GuestError> {
+        let (id, mut events) = self.request()?;
+        // Dropped before the reply (cancelled, host timeout): kill it.
+        let mut guard = KillOnDrop {
+            shared: self.shared.clone(),
+            id,
+            armed: true,
+        };
+        self.send(Self::exec_frame(id, command, timeout)).await?;
+        let mut out = CommandOutput {
+            status: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let limit = timeout + REPLY_GRACE;
+        let collect = async {
+            while let Some(f) = events.recv().await {
+                match f.kind {
+                    wire::STDOUT => out.stdout.extend_from_slice(&f.payload),
+                    wire::STDERR => out.stderr.extend_from_slice(&f.payload),
+                    wire::EXIT => {
+                        let exit = Exit::decode(&f.payload).map_err(GuestError::Protocol)?;
+                        return Ok(exit.status);
+                    }
+                    wire::ERROR => {
+                        return Err(GuestError::Protocol(format!(
+                            "the agent could not run the command: {}",
+                            String::from_utf8_lossy(&f.payload)
+                        )))
+                    }
+                    other => {
+                        return Err(GuestError::Protocol(format!(
+                            "unexpected frame kind {other}"
+                        )))
+                    }
+                }
+            }
+            Err(GuestError::Closed)
+        };
+        let status = tokio::time::timeout(limit, collect)
+            .await
+            .map_err(|_| GuestError::ReplyTimeout(limit))??;
+        guard.armed = false;
+        out.status = status;
+        Ok(out)
+    }
+
+    /// Starts a command and does not wait for it (`poweroff`, which takes
+    /// the agent down with the machine).
+    pub async fn send_fire_and_forget(&self, command: &str) -> Result<(), GuestError> {
+        let (id, _events) = self.request()?;
+        self.send(Self::exec_frame(id, command, Duration::from_secs(60)))
+            .await
+    }
+}
+
+struct KillOnDrop {
+    shared: Arc<Shared>,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.shared
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.id);
+        if !self.armed {
+            return;
+        }
+        let (shared, id) = (self.shared.clone(), self.id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let bytes = Frame {
+                    kind: wire::KILL,
+                    id,
+                    payload: Vec::new(),
+                }
+                .encode();
+                let mut w = shared.writer.lock().await;
+                let _ = w.write_all(&bytes).await;
+                let _ = w.flush().await;
+            });
+        }
+    }
+}
+
+/// Routes frames to their requests until the stream ends; then every
+/// pending request fails at once.
+async fn read_frames(mut reader: Reader, shared: Arc<Shared>) {
+    loop {
+        let mut len = [0u8; 4];
+        if reader.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let Ok(n) = wire::body_len(len) else { break };
+        let mut body = vec![0u8; n];
+        if reader.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        let Ok(frame) = wire::decode_body(body) else {
+            break;
+        };
+        let last = matches!(frame.kind, wire::EXIT | wire::ERROR);
+        let mut pending = shared.pending.lock().expect("pending lock");
+        let tx = if last {
+            pending.remove(&frame.id)
+        } else {
+            pending.get(&frame.id).cloned()
+        };
+        drop(pending);
+        if let Some(tx) = tx {
+            let _ = tx.send(frame);
+        }
+    }
+    shared.closed.store(true, Ordering::SeqCst);
+    shared.pending.lock().expect("pending lock").clear();
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the real agent code serving over a socketpair, with real
+    //! commands (bash, coreutils) on this host.
+    use super::*;
+
+    fn local_agent() -> AgentClient {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs2 = theirs.try_clone().unwrap();
+        std::thread::spawn(move || crate::agent::serve(theirs, theirs2));
+        ours.set_nonblocking(true).unwrap();
+        let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+        futures_block(AgentClient::attach(
+            Box::new(stream),
+            Instant::now() + Duration::from_secs(5),
+        ))
+        .unwrap()
+    }
+
+    fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outputs_status_and_shell_semantics_match_the_bash_protocol() {
+        let a = local_agent();
+        let out = a
+            .execute("echo out; echo err >&2; exit 3", T)
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.status, &out.stdout[..], &out.stderr[..]),
+            (3, &b"out\n"[..], &b"err\n"[..])
+        );
+        for cmd in ["false; true", "false | true", "echo $attest_unset_variable"] {
+            assert_ne!(a.execute(cmd, T).await.unwrap().status, 0, "{cmd}");
+        }
+        let out = a.execute("no-such-program-attest x", T).await.unwrap();
+        assert_eq!(out.status, 127);
+        assert!(
+            out.stderr_text().contains("command not found"),
+            "{}",
+            out.stderr_text()
+        );
+        let out = a.execute("cat", T).await.unwrap();
+        assert_eq!((out.status, out.stdout.len()), (0, 0), "stdin is /dev/null");
+        let out = a
+            .execute(r#"printf '\x00\xff'"'"'x"$y'; echo "a'b""#, T)
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"\x00\xff'x\"$ya'b\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_timeout_kills_the_whole_group_with_status_124() {
+        let a = local_agent();
+        let marker = format!("attest-agent-test-{}", std::process::id());
+        let t = Instant::now();
+        let out = a
+            .execute(
+                &format!("(exec -a {marker} sleep 60) & sleep 60"),
+                Duration::from_millis(500),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.status, 124);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let left = a
+            .execute(&format!("pgrep -f '[{}]{}' || true", &marker[..1], &marker[1..]), T)
+            .await
+            .unwrap();
+        assert_eq!(left.stdout_text(), "", "the group was killed");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_background_process_holding_stdout_does_not_hold_the_reply() {
+        let a = local_agent();
+        let t = Instant::now();
+        let out = a.execute("sleep 29 & echo started", T).await.unwrap();
+        assert_eq!(out.stdout, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        a.execute("pkill -f 'sleep 29' || true", T).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn many_commands_run_at_once_and_big_outputs_arrive_whole() {
+        let a = Arc::new(local_agent());
+        let t = Instant::now();
+        let runs: Vec<_> = (0..50)
+            .map(|i| {
+                let a = a.clone();
+                tokio::spawn(async move { a.execute(&format!("sleep 1; echo {i}"), T).await })
+            })
+            .collect();
+        for (i, r) in runs.into_iter().enumerate() {
+            assert_eq!(r.await.unwrap().unwrap().stdout_text(), format!("{i}\n"));
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let out = a.execute("head -c 50000000 /dev/zero", T).await.unwrap();
+        assert_eq!(out.stdout.len(), 50_000_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dead_agent_fails_pending_calls_at_once() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs2 = theirs.try_clone().unwrap();
+        let shutdown = theirs.try_clone().unwrap();
+        std::thread::spawn(move || crate::agent::serve(theirs, theirs2));
+        ours.set_nonblocking(true).unwrap();
+        let a = AgentClient::attach(
+            Box::new(tokio::net::UnixStream::from_std(ours).unwrap()),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let pending = tokio::spawn(async move { a.execute("sleep 31", T).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t = Instant::now();
+        shutdown.shutdown(std::net::Shutdown::Both).unwrap();
+        let err = pending.await.unwrap().unwrap_err();
+        assert!(matches!(err, GuestError::Closed), "{err:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn only_plain_word_lists_skip_the_shell() {
+        assert_eq!(
+            plain_words("systemctl is-active x.service"),
+            Some(vec![
+                "systemctl".into(),
+                "is-active".into(),
+                "x.service".into()
+            ])
+        );
+        assert_eq!(
+            plain_words("curl -sf http://server:80/a"),
+            Some(vec![
+                "curl".into(),
+                "-sf".into(),
+                "http://server:80/a".into()
+            ])
+        );
+        assert_eq!(plain_words("true"), Some(vec!["true".into()]));
+        for shell in [
+            "echo --help",
+            "exit 3",
+            "a=b c",
+            "ls *",
+            "x | y",
+            "x; y",
+            "echo $HOME",
+            "cat 'a b'",
+            "x > f",
+            "~/bin",
+            "",
+        ] {
+            assert_eq!(plain_words(shell), None, "{shell:?}");
+        }
+    }
+}
