@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use attest::driver::{self, DriverOptions, Outcome, RunOptions};
+use attest::guest::agent::Protocol;
 use attest::report::ReportOptions;
 use clap::{Parser, Subcommand};
 
@@ -45,6 +46,9 @@ enum Command {
         /// Open the REPL with the machines in scope instead of running the script.
         #[arg(long, short)]
         interactive: bool,
+        /// Guest command protocol: the static agent, the bash backdoor, or the agent where it runs (bash otherwise, logged).
+        #[arg(long, value_enum, env = "ATTEST_PROTOCOL", default_value = "auto")]
+        protocol: Protocol,
     },
     /// Open the REPL with the test's machines in scope.
     Repl {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             keep_state,
             quiet_console,
             interactive,
+            protocol,
         } => {
             let opts = RunOptions {
                 report: ReportOptions {
@@ -121,6 +126,7 @@ fn main() -> ExitCode {
                 driver: DriverOptions {
                     keep_state,
                     show_console: !quiet_console,
+                    protocol,
                 },
                 interactive,
             };

@@ -32,11 +32,23 @@ fn the_examples_pass() {
     }
 }
 
-/// Every script method and global at least once, on real containers.
+/// Every script method and global at least once, on real containers, with
+/// the guest agent.
 #[test]
 fn the_script_api_works_on_real_containers() {
+    script_api_tour("agent");
+}
+
+/// The same with the bash backdoor protocol.
+#[test]
+fn the_script_api_works_on_real_containers_with_the_bash_protocol() {
+    script_api_tour("bash");
+}
+
+fn script_api_tour(protocol: &str) {
+    let name = format!("api-{protocol}");
     let dir = TestDir::nspawn(
-        "api-tour",
+        &name,
         &["server", "client"],
         "",
         r#"
@@ -130,10 +142,17 @@ subtest("lifecycle", || {
             dir.path("junit.xml").to_str().unwrap(),
             "--log-json",
             dir.path("events.jsonl").to_str().unwrap(),
+            "--protocol",
+            protocol,
         ],
         LIMIT,
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("({protocol} protocol)")),
+        "{}",
+        r.stderr
+    );
     let junit = std::fs::read_to_string(dir.path("junit.xml")).unwrap();
     for case in [
         "commands",
@@ -151,7 +170,7 @@ subtest("lifecycle", || {
     assert!(
         events.contains(r#""event":"test_finished""#) && events.contains(r#""outcome":"passed""#)
     );
-    assert_nothing_left(&r, "api-tour");
+    assert_nothing_left(&r, &name);
 }
 
 #[test]

@@ -177,7 +177,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
         }
         let next = [term_at, kill_at].into_iter().flatten().min();
         let mut wait = next.map_or(-1, millis_until);
-        if pidfd.is_none() && (!pipes.open() || wait < 0 || wait > EXIT_TICK_MS) {
+        if pidfd.is_none() && (!pipes.open() || !(0..=EXIT_TICK_MS).contains(&wait)) {
             wait = EXIT_TICK_MS;
         }
         if sys::wait_ready(&mut fds, wait).is_err() {

@@ -48,6 +48,8 @@ pub struct DriverOptions {
     pub keep_state: bool,
     /// Print console lines live.
     pub show_console: bool,
+    /// The guest command protocol (agent, bash, or the agent where it runs).
+    pub protocol: crate::guest::agent::Protocol,
 }
 
 /// The supervisor of one test run.
@@ -118,6 +120,7 @@ impl Driver {
                     opts.show_console,
                     cancel.clone(),
                     runtime.clone(),
+                    opts.protocol,
                 ),
             );
         }

@@ -161,11 +161,11 @@ pub fn plain_words(command: &str) -> Option<Vec<String>> {
         .map(str::to_owned)
         .collect();
     let first = words.first()?;
-    let ok = words.iter().all(|w| w.chars().all(safe))
-        && !BASH_WORDS.contains(&first.as_str())
-        && !first.contains('=')
-        && !(first == "echo" && words.iter().any(|w| w.starts_with("--")));
-    ok.then_some(words)
+    let needs_shell = !words.iter().all(|w| w.chars().all(safe))
+        || BASH_WORDS.contains(&first.as_str())
+        || first.contains('=')
+        || (first == "echo" && words.iter().any(|w| w.starts_with("--")));
+    (!needs_shell).then_some(words)
 }
 
 /// Why the agent is not used, and the stream back when its shell still works.
@@ -619,7 +619,10 @@ mod tests {
         assert_eq!(out.status, 124);
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         let left = a
-            .execute(&format!("pgrep -f '[{}]{}' || true", &marker[..1], &marker[1..]), T)
+            .execute(
+                &format!("pgrep -f '[{}]{}' || true", &marker[..1], &marker[1..]),
+                T,
+            )
             .await
             .unwrap();
         assert_eq!(left.stdout_text(), "", "the group was killed");

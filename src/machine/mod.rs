@@ -5,13 +5,14 @@
 //! the machine's exit and the driver's cancellation, so nothing waits on a
 //! dead machine.
 
+mod channel;
 mod error;
 mod ops;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::MachineError;
@@ -20,9 +21,11 @@ pub use ops::shell_quote;
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
 use crate::config::TestConfig;
 use crate::console::ConsoleLog;
-use crate::guest::{CommandOutput, Session};
+use crate::guest::agent::Protocol;
+use crate::guest::CommandOutput;
 use crate::net::Network;
 use crate::report::{EventKind, Reporter};
+use channel::Channel;
 
 /// Default seconds for commands and waits, as in the NixOS driver.
 pub const DEFAULT_TIMEOUT: f64 = 900.0;
@@ -74,13 +77,13 @@ struct Inner {
     running: tokio::sync::Mutex<Option<Running>>,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
+    protocol: Protocol,
 }
 
 /// What exists while the machine runs.
 struct Running {
     instance: Arc<dyn Instance>,
-    sessions: Arc<Mutex<Vec<Session>>>,
-    slots: Arc<Semaphore>,
+    channel: Channel,
 }
 
 impl Machine {
@@ -96,6 +99,7 @@ impl Machine {
         console_to_log: bool,
         cancel: CancellationToken,
         runtime: tokio::runtime::Handle,
+        protocol: Protocol,
     ) -> Machine {
         let forward_reporter = reporter.clone();
         let forward_name = name.to_owned();
@@ -121,6 +125,7 @@ impl Machine {
                 running: tokio::sync::Mutex::new(None),
                 cancel,
                 runtime,
+                protocol,
             }),
         }
     }
@@ -205,11 +210,11 @@ impl Machine {
             () = self.inner.cancel.cancelled() => return Err(self.cancelled()),
         };
         let deadline = started + self.boot_timeout();
-        let session = tokio::select! {
-            r = self.open_session(&*instance, deadline) => r,
+        let channel = tokio::select! {
+            r = self.open_channel(&*instance, deadline) => r,
             () = self.inner.cancel.cancelled() => Err(self.cancelled()),
         };
-        let session = match session {
+        let channel = match channel {
             Ok(s) => s,
             Err(e) => {
                 instance.terminate(Duration::from_secs(3)).await;
@@ -217,48 +222,16 @@ impl Machine {
                 return Err(e);
             }
         };
-        let slots = Arc::new(Semaphore::new(instance.max_sessions().max(1)));
-        *running = Some(Running {
-            instance,
-            sessions: Arc::new(Mutex::new(vec![session])),
-            slots,
-        });
+        let protocol = channel.protocol();
+        *running = Some(Running { instance, channel });
         self.set_state(
             MachineState::Up,
             Some(format!(
-                "backdoor up after {:.2} s",
+                "backdoor up after {:.2} s ({protocol} protocol)",
                 started.elapsed().as_secs_f64()
             )),
         );
         Ok(())
-    }
-
-    async fn open_session(
-        &self,
-        instance: &dyn Instance,
-        deadline: Instant,
-    ) -> Result<Session, MachineError> {
-        let mut exit = instance.exit_watch();
-        let attempt = async {
-            let stream = instance
-                .connect(deadline)
-                .await
-                .map_err(|e| self.backend_error("connect to the backdoor", e))?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            Session::establish(stream, left.max(Duration::from_secs(1)))
-                .await
-                .map_err(|e| MachineError::Guest {
-                    machine: self.inner.name.clone(),
-                    command: "(waiting for the backdoor shell)".into(),
-                    message: e.to_string(),
-                })
-        };
-        tokio::select! {
-            // An exit explains a failed connect better than the connect error.
-            biased;
-            info = wait_exit(&mut exit) => Err(self.died(&info, "waiting for the backdoor shell")),
-            r = attempt => r,
-        }
     }
 
     fn backend_error(&self, op: &str, e: crate::backend::BackendError) -> MachineError {
@@ -307,38 +280,16 @@ impl Machine {
         timeout: Duration,
     ) -> Result<CommandOutput, MachineError> {
         self.ensure_started().await?;
-        let (instance, sessions, slots) = {
+        let (instance, channel) = {
             let g = self.inner.running.lock().await;
             let r = g.as_ref().ok_or_else(|| MachineError::NotRunning {
                 machine: self.inner.name.clone(),
                 state: self.state().name(),
             })?;
-            (r.instance.clone(), r.sessions.clone(), r.slots.clone())
+            (r.instance.clone(), r.channel.clone())
         };
         let mut exit = instance.exit_watch();
-        let work = async {
-            let _permit = slots.acquire_owned().await.map_err(|_| self.cancelled())?;
-            let pooled = sessions.lock().expect("session pool lock").pop();
-            let mut session = match pooled {
-                Some(s) => s,
-                None => {
-                    self.open_session(&*instance, Instant::now() + Duration::from_secs(30))
-                        .await?
-                }
-            };
-            let out = session
-                .execute(command, timeout)
-                .await
-                .map_err(|e| (e, command.to_owned()));
-            if session.is_usable() {
-                sessions.lock().expect("session pool lock").push(session);
-            }
-            out.map_err(|(e, command)| MachineError::Guest {
-                machine: self.inner.name.clone(),
-                command,
-                message: e.to_string(),
-            })
-        };
+        let work = self.run_on(&channel, &*instance, command, timeout);
         let result = tokio::select! {
             r = work => r,
             info = wait_exit(&mut exit) => Err(self.died(&info, &format!("running `{command}`"))),
@@ -380,24 +331,21 @@ impl Machine {
             .map_err(|e| self.backend_error("shutdown", e))?;
         let mut exit = instance.exit_watch();
         // `poweroff` kills the shell that would answer, so no reply is read.
-        let sent = {
+        let channel = {
             let g = self.inner.running.lock().await;
-            let pooled = g
-                .as_ref()
-                .and_then(|r| r.sessions.lock().expect("pool").pop());
-            pooled
+            g.as_ref().map(|r| r.channel.clone())
         };
-        match sent {
-            Some(mut s) => {
-                let _ = s
-                    .send_fire_and_forget("systemctl poweroff --no-block || poweroff")
-                    .await;
+        let sent = match channel {
+            Some(c) => {
+                self.fire_and_forget(&c, "systemctl poweroff --no-block || poweroff")
+                    .await
             }
-            None => {
-                let _ = self
-                    .execute("systemctl poweroff --no-block", Duration::from_secs(30))
-                    .await;
-            }
+            None => false,
+        };
+        if !sent {
+            let _ = self
+                .execute("systemctl poweroff --no-block", Duration::from_secs(30))
+                .await;
         }
         let r = tokio::time::timeout(timeout, wait_exit(&mut exit)).await;
         match r {
@@ -469,17 +417,12 @@ impl Machine {
             .await
             .map_err(|e| self.backend_error(name, e))?;
         if reconnect {
-            // The old sessions talk to a shell that no longer exists.
-            let g = self.inner.running.lock().await;
-            if let Some(r) = g.as_ref() {
-                r.sessions.lock().expect("pool").clear();
-            }
-            drop(g);
-            let session = self
-                .open_session(&*instance, Instant::now() + self.boot_timeout())
+            // The old channel talks to a guest that no longer exists.
+            let channel = self
+                .open_channel(&*instance, Instant::now() + self.boot_timeout())
                 .await?;
-            if let Some(r) = self.inner.running.lock().await.as_ref() {
-                r.sessions.lock().expect("pool").push(session);
+            if let Some(r) = self.inner.running.lock().await.as_mut() {
+                r.channel = channel;
             }
         }
         Ok(out)
@@ -498,7 +441,7 @@ impl Machine {
     pub async fn terminate(&self) {
         let taken = self.inner.running.lock().await.take();
         if let Some(r) = taken {
-            r.sessions.lock().expect("pool").clear();
+            drop(r.channel);
             r.instance.terminate(Duration::from_secs(10)).await;
             self.set_state(MachineState::Off, Some("torn down".into()));
         }

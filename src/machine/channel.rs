@@ -1,0 +1,200 @@
+//! [`Channel`]: how a running machine's commands reach its guest — a pool of
+//! bash backdoor sessions, or one agent connection carrying every command at
+//! once. [`Protocol`] chooses; `auto` uses the agent where it runs and falls
+//! back to bash with the reason in the log.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::{wait_exit, Machine, MachineError};
+use crate::backend::Instance;
+use crate::guest::agent::{self, AgentClient, Protocol};
+use crate::guest::{CommandOutput, GuestError, GuestStream, Session};
+
+/// The command channel of a running machine. Clones share it.
+#[derive(Clone)]
+pub(super) enum Channel {
+    /// Bash backdoor sessions, one command each at a time.
+    Bash {
+        sessions: Arc<Mutex<Vec<Session>>>,
+        slots: Arc<Semaphore>,
+    },
+    /// The agent, many commands at once.
+    Agent(Arc<AgentClient>),
+}
+
+/// Backends where `auto` tries the agent: those it is tested on. Elsewhere
+/// (`qemu`'s hvc0 tty, microVM vsock, ssh) it runs only with `--protocol agent`.
+const AGENT_BY_DEFAULT: &[&str] = &["nspawn"];
+
+impl Channel {
+    /// The protocol's name, for logs and the bench.
+    pub(super) fn protocol(&self) -> &'static str {
+        match self {
+            Channel::Bash { .. } => "bash",
+            Channel::Agent(_) => "agent",
+        }
+    }
+}
+
+impl Machine {
+    /// Connects the channel the protocol option asks for, racing the
+    /// machine's exit.
+    pub(super) async fn open_channel(
+        &self,
+        instance: &dyn Instance,
+        deadline: Instant,
+    ) -> Result<Channel, MachineError> {
+        let protocol = self.inner.protocol;
+        let use_agent = match protocol {
+            Protocol::Bash => false,
+            Protocol::Agent => true,
+            Protocol::Auto => AGENT_BY_DEFAULT.contains(&self.backend_kind()),
+        };
+        let bash = |session| Channel::Bash {
+            sessions: Arc::new(Mutex::new(vec![session])),
+            slots: Arc::new(Semaphore::new(instance.max_sessions().max(1))),
+        };
+        if !use_agent {
+            return Ok(bash(self.open_session(instance, deadline).await?));
+        }
+        let booted = self
+            .over_fresh_stream(
+                instance,
+                deadline,
+                "starting the guest agent",
+                |stream| async move { Ok(agent::bootstrap(stream, deadline).await) },
+            )
+            .await?;
+        let fallback = match booted {
+            Ok(client) => return Ok(Channel::Agent(Arc::new(client))),
+            Err(f) => f,
+        };
+        if protocol == Protocol::Agent {
+            return Err(self.guest_error("(starting the guest agent)", fallback.reason));
+        }
+        self.inner.reporter.log(
+            Some(&self.inner.name),
+            format!(
+                "using the bash protocol: {} (--protocol bash skips the agent)",
+                fallback.reason
+            ),
+        );
+        let session = match fallback.stream {
+            Some(stream) => self.establish_session(stream, deadline).await?,
+            None => self.open_session(instance, deadline).await?,
+        };
+        Ok(bash(session))
+    }
+
+    /// Connects a fresh backdoor stream and hands it to `then`; fails at
+    /// once, naming `during`, if the machine exits meanwhile.
+    async fn over_fresh_stream<T, F, Fut>(
+        &self,
+        instance: &dyn Instance,
+        deadline: Instant,
+        during: &str,
+        then: F,
+    ) -> Result<T, MachineError>
+    where
+        F: FnOnce(Box<dyn GuestStream>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, MachineError>>,
+    {
+        let mut exit = instance.exit_watch();
+        let attempt = async {
+            let stream = instance
+                .connect(deadline)
+                .await
+                .map_err(|e| self.backend_error("connect to the backdoor", e))?;
+            then(stream).await
+        };
+        tokio::select! {
+            // An exit explains a failed connect better than the connect error.
+            biased;
+            info = wait_exit(&mut exit) => Err(self.died(&info, during)),
+            r = attempt => r,
+        }
+    }
+
+    /// A bash session on a fresh backdoor stream.
+    pub(super) async fn open_session(
+        &self,
+        instance: &dyn Instance,
+        deadline: Instant,
+    ) -> Result<Session, MachineError> {
+        self.over_fresh_stream(instance, deadline, "waiting for the backdoor shell", |s| {
+            self.establish_session(s, deadline)
+        })
+        .await
+    }
+
+    async fn establish_session(
+        &self,
+        stream: Box<dyn GuestStream>,
+        deadline: Instant,
+    ) -> Result<Session, MachineError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        Session::establish(stream, left.max(Duration::from_secs(1)))
+            .await
+            .map_err(|e| self.guest_error("(waiting for the backdoor shell)", e.to_string()))
+    }
+
+    fn guest_error(&self, command: &str, message: String) -> MachineError {
+        MachineError::Guest {
+            machine: self.inner.name.clone(),
+            command: command.to_owned(),
+            message,
+        }
+    }
+
+    /// Runs one command on the channel (without the exit/cancel races,
+    /// which the caller adds).
+    pub(super) async fn run_on(
+        &self,
+        channel: &Channel,
+        instance: &dyn Instance,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<CommandOutput, MachineError> {
+        let guest_error = |e: GuestError| self.guest_error(command, e.to_string());
+        match channel {
+            Channel::Agent(client) => client.execute(command, timeout).await.map_err(guest_error),
+            Channel::Bash { sessions, slots } => {
+                let _permit = slots.acquire().await.map_err(|_| self.cancelled())?;
+                let pooled = sessions.lock().expect("session pool lock").pop();
+                let mut session = match pooled {
+                    Some(s) => s,
+                    None => {
+                        self.open_session(instance, Instant::now() + Duration::from_secs(30))
+                            .await?
+                    }
+                };
+                let out = session.execute(command, timeout).await;
+                if session.is_usable() {
+                    sessions.lock().expect("session pool lock").push(session);
+                }
+                out.map_err(guest_error)
+            }
+        }
+    }
+
+    /// Sends a command whose reply never comes (`poweroff`). `false` when
+    /// no idle channel could take it.
+    pub(super) async fn fire_and_forget(&self, channel: &Channel, command: &str) -> bool {
+        match channel {
+            Channel::Agent(client) => client.send_fire_and_forget(command).await.is_ok(),
+            Channel::Bash { sessions, .. } => {
+                let pooled = sessions.lock().expect("session pool lock").pop();
+                match pooled {
+                    Some(mut s) => {
+                        let _ = s.send_fire_and_forget(command).await;
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
+    }
+}

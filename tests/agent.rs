@@ -1,0 +1,153 @@
+//! The guest agent on real systemd-nspawn containers: faults, limits,
+//! concurrency and the fallback to the bash protocol. The whole script API
+//! runs with both protocols in `nspawn.rs`. Needs root and the Debian image.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{assert_nothing_left, attest, TestDir};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn run_with(dir: &TestDir, args: &[&str]) -> harness::Run {
+    let config = dir.config();
+    let mut all = vec!["run", "--quiet-console", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    attest(&all, LIMIT)
+}
+
+#[test]
+fn the_agent_killed_mid_command_fails_the_call_at_once() {
+    let dir = TestDir::nspawn(
+        "agentkill",
+        &["victim"],
+        "",
+        // The command's parent is the agent: one fork+exec per command.
+        "victim.start();\nvictim.succeed(\"kill -9 $PPID; sleep 120\");\n",
+    );
+    let r = run_with(&dir, &["--protocol", "agent"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
+    assert!(
+        r.stderr
+            .contains("machine victim: kill -9 $PPID; sleep 120: guest channel closed"),
+        "{}",
+        r.stderr
+    );
+    assert_nothing_left(&r, "agentkill");
+}
+
+#[test]
+fn timeouts_floods_and_concurrency() {
+    let dir = TestDir::nspawn(
+        "agentlimits",
+        &["machine"],
+        "",
+        r#"
+machine.start();
+// A command hanging past its timeout: its whole process group is killed.
+let t = timestamp();
+let r = machine.execute("(sleep 1000 &); sleep 1000", #{ timeout: 2 });
+assert_eq(r.status, 124);
+if t.elapsed > 10.0 { throw `the timeout took ${t.elapsed} s`; }
+machine.fail("pgrep -x sleep");
+
+// A flood arrives whole.
+let out = machine.succeed("head -c 200000000 /dev/zero | tr '\\0' x");
+assert_eq(out.len, 200000000);
+
+// 50 commands at once on one machine.
+let ms = [];
+for i in 0..50 { ms.push(machine); }
+let t = timestamp();
+let outs = wait_all(ms, |m| m.succeed("sleep 1; echo done"));
+assert_eq(outs.len, 50);
+if t.elapsed > 1.5 { throw `50 concurrent sleep 1 took ${t.elapsed} s`; }
+
+// Binary output, byte for byte; a background process holding stdout
+// does not hold the reply.
+machine.succeed("head -c 1000000 /dev/urandom > /root/blob");
+machine.copy_from_machine("/root/blob", "blob");
+machine.copy_from_host("blob", "/root/blob2");
+machine.succeed("cmp /root/blob /root/blob2");
+let t = timestamp();
+assert_eq(machine.succeed("sleep 60 & echo started"), "started\n");
+if t.elapsed > 5.0 { throw "a background process held the reply"; }
+"#,
+    );
+    let r = run_with(&dir, &["--protocol", "agent"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("(agent protocol)"), "{}", r.stderr);
+    assert_nothing_left(&r, "agentlimits");
+}
+
+#[test]
+fn a_guest_where_the_agent_cannot_run_falls_back_to_bash_with_the_reason() {
+    // /run/attest noexec: the upload works, running it does not.
+    let manifest = harness::image_manifest();
+    let nodes = format!(
+        r#"{{"machine":{{"backend":{{"nspawn":{{"image":"{}","extra_args":["--tmpfs=/run/attest:mode=0700,noexec"]}}}}}}}}"#,
+        manifest.display()
+    );
+    let dir = TestDir::new(
+        "agentnoexec",
+        &nodes,
+        "",
+        "machine.start();\nassert_eq(machine.succeed(\"echo via-bash\"), \"via-bash\\n\");\n",
+    );
+    let r = run_with(&dir, &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    for needle in [
+        "machine: using the bash protocol: the agent cannot run in the guest",
+        "Permission denied",
+        "(bash protocol)",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle:?}:\n{}",
+            r.stderr
+        );
+    }
+    // Forced, the same guest is an error that names the machine.
+    let r = run_with(&dir, &["--protocol", "agent"]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("machine machine: (starting the guest agent): the agent cannot run"),
+        "{}",
+        r.stderr
+    );
+    assert_nothing_left(&r, "agentnoexec");
+}
+
+#[test]
+fn a_broken_agent_binary_falls_back_to_bash() {
+    let dir = TestDir::nspawn(
+        "agentbad",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.succeed(\"true\");\n",
+    );
+    let bad = dir.path("not-an-agent");
+    std::fs::write(&bad, b"\x7fELF but not really").unwrap();
+    let started = Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
+        .args(["run", "--quiet-console", dir.config().to_str().unwrap()])
+        .env("ATTEST_AGENT", &bad)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("machine: using the bash protocol: the agent cannot run in the guest"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("(bash protocol)"), "{}", r.stderr);
+    assert_nothing_left(&r, "agentbad");
+}
