@@ -132,14 +132,24 @@ fn a_broken_agent_binary_falls_back_to_bash() {
     let bad = dir.path("not-an-agent");
     std::fs::write(&bad, b"\x7fELF but not really").unwrap();
     let started = Instant::now();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
-        .args(["run", "--quiet-console", dir.config().to_str().unwrap()])
-        .env("ATTEST_AGENT", &bad)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("harness-tmp-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    // `env` execs attest in place: the pid the harness records stays attest's.
+    let child = harness::spawn_binary(
+        std::path::Path::new("env"),
+        &tmp,
+        &[
+            &format!("ATTEST_AGENT={}", bad.display()),
+            env!("CARGO_BIN_EXE_attest"),
+            "run",
+            "--quiet-console",
+            dir.config().to_str().unwrap(),
+        ],
+        true,
+    );
     let r = harness::finish(child, started, LIMIT);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(
