@@ -31,7 +31,7 @@ fn the_agent_killed_mid_command_fails_the_call_at_once() {
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     assert!(
         r.stderr
-            .contains("machine victim: kill -9 $PPID; sleep 120: guest channel closed"),
+            .contains("victim: kill -9 $PPID; sleep 120: guest channel closed"),
         "{}",
         r.stderr
     );
@@ -114,7 +114,7 @@ fn a_guest_where_the_agent_cannot_run_falls_back_to_bash_with_the_reason() {
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
         r.stderr
-            .contains("machine machine: (starting the guest agent): the agent cannot run"),
+            .contains("machine: (starting the guest agent): the agent cannot run"),
         "{}",
         r.stderr
     );
