@@ -10,30 +10,15 @@
 # Every option is documented in docs/nix.md. The pure parts (numbering, IP
 # plan, hosts, JSON config, option checks) are in ./lib and are evaluated
 # without nixpkgs by nix/check; this file glues them to NixOS and nixpkgs.
-{
-  pkgs,
-  attest,
-  name,
-  nodes,
-  testScript,
-  backend ? "qemu",
-  defaults ? { },
-  vlans ? { },
-  enableNetwork ? false,
-  globalTimeout ? 3600,
-  bootTimeout ? null,
-  splitStore ? false,
-  debugBoot ? false,
-  enableOCR ? false,
-  interactive ? false,
-  snapshots ? false,
-  extraBackendSettings ? { },
-}@args:
+# The argument set is open on purpose: nix/lib/options.nix names an unknown
+# or missing option with the list of known ones, which a closed set (Nix's
+# own "called with unexpected argument") would pre-empt.
+args:
 let
   attestLib = import ./lib;
-  inherit (pkgs) lib;
-
   a = attestLib.normalizeArgs args;
+  inherit (a) pkgs attest;
+  inherit (pkgs) lib;
 
   backendImpl =
     {
@@ -56,30 +41,23 @@ let
   };
   hosts = attestLib.hostsFile plan;
 
-  # One NixOS system per node: the user's module, `defaults`, our node
-  # module (name, number, addresses, hosts) and the backend's module.
+  # One NixOS system per node: nixpkgs' modules, attest's node modules
+  # (nix/node-modules.nix: name, number, addresses, hosts, backend), then
+  # `defaults` and the user's node module.
   systems = lib.genAttrs a.nodeNames (
     nodeName:
     import (pkgs.path + "/nixos/lib/eval-config.nix") {
       system = null;
       modules = [
         { nixpkgs.pkgs = lib.mkDefault pkgs; }
-        ./modules/node.nix
-        backendImpl.module
-        {
-          attest = {
-            inherit nodeName;
-            inherit (a) backend debugBoot;
-            nodeNumber = plan.${nodeName}.number;
-            interfaces = plan.${nodeName}.interfaces;
-            inherit hosts;
-          };
-          # The other nodes' configurations, as NixOS tests provide them.
-          _module.args.nodes = lib.mapAttrs (_: s: s.config) systems;
-        }
-        (lib.optionalAttrs (lib.elem a.backend [ "firecracker" "cloud-hypervisor" ]) {
-          attest.microvm.splitStore = a.splitStore;
-        })
+        # The other nodes' configurations, as NixOS tests provide them.
+        { _module.args.nodes = lib.mapAttrs (_: s: s.config) systems; }
+      ]
+      ++ import ./node-modules.nix {
+        inherit (a) backend debugBoot splitStore;
+        inherit nodeName plan hosts;
+      }
+      ++ [
         a.defaults
         a.nodes.${nodeName}
       ];
@@ -122,11 +100,19 @@ let
     touch $out
   '';
 
+  # OCR only when a test enables it, with what nixpkgs' test-driver uses:
+  # imagemagick_light and tesseract with English only.
+  ocrTools = lib.optionals a.enableOCR [
+    pkgs.imagemagick_light
+    (pkgs.tesseract.override { enableLanguages = [ "eng" ]; })
+  ];
+  ocrPath = lib.optionalString a.enableOCR "export PATH=${lib.makeBinPath ocrTools}:$PATH\n";
+
   driver = pkgs.writeShellScriptBin "attest-driver-${a.name}" ''
-    exec ${attest}/bin/attest run ${configFile} "$@"
+    ${ocrPath}exec ${attest}/bin/attest run ${configFile} "$@"
   '';
   driverInteractive = pkgs.writeShellScriptBin "attest-driver-${a.name}-interactive" ''
-    exec ${attest}/bin/attest repl ${configFile} "$@"
+    ${ocrPath}exec ${attest}/bin/attest repl ${configFile} "$@"
   '';
 
   passthru = {
@@ -139,8 +125,8 @@ let
 
   test = pkgs.runCommand "attest-test-${a.name}"
     {
-      nativeBuildInputs = [ attest ];
-      inherit (backendImpl) requiredSystemFeatures;
+      nativeBuildInputs = [ attest ] ++ ocrTools;
+      requiredSystemFeatures = backendImpl.requiredSystemFeatures;
       inherit passthru;
       meta.timeout = a.globalTimeout + 300;
     }

@@ -18,9 +18,11 @@ let
       label,
       sizeMiB,
       storePaths,
+      registerPaths ? storePaths,
     }:
     let
       closure = pkgs.closureInfo { rootPaths = storePaths; };
+      registration = pkgs.closureInfo { rootPaths = registerPaths; };
     in
     pkgs.runCommand "attest-root-${label}.img"
       {
@@ -30,7 +32,11 @@ let
         mkdir -p root/nix/store root/nix/.rw-store/upper root/nix/.rw-store/work root/tmp root/etc
         ${lib.optionalString (storePaths != [ ]) ''
           xargs -a ${closure}/store-paths cp -a -t root/nix/store
-          cp ${closure}/registration root/nix-path-registration
+        ''}
+        # Loaded into the Nix database at first boot (modules/microvm.nix);
+        # with splitStore the paths are those of the store image.
+        ${lib.optionalString (registerPaths != [ ]) ''
+          cp ${registration}/registration root/nix-path-registration
         ''}
         chmod -R u+w root
         truncate -s ${toString sizeMiB}M $out
@@ -54,16 +60,35 @@ let
           | mkfs.erofs --quiet --force-uid=0 --force-gid=0 -T 0 \
               -zlz4hc,12 -L attest-store --tar=f $out
       '';
+  # The uncompressed kernel on its own: `${kernel.dev}/vmlinux` would put
+  # the whole dev output (headers, build tree, toolchain references) into
+  # every test's closure.
+  vmlinux =
+    kernel:
+    pkgs.runCommand "vmlinux-${kernel.version or "kernel"}" { } ''
+      cp ${kernel.dev}/vmlinux $out
+    '';
+
+  toplevels = systems: lib.mapAttrsToList (_: s: s.config.system.build.toplevel) systems;
+
+  networked = (import ../lib).networked { inherit (a) nodeNames enableNetwork; };
 in
 {
   module = ../modules/microvm.nix;
-  requiredSystemFeatures = [ "kvm" "nixos-test" ];
+  # A networked test needs /dev/net/tun in the build sandbox for its TAPs;
+  # the host says it offers it with this feature (docs/nix.md).
+  requiredSystemFeatures = [
+    "kvm"
+    "nixos-test"
+  ]
+  ++ lib.optional networked "attest-dev-net-tun";
 
   # Computed once per test from all nodes' systems.
   shared =
     systems:
     lib.optionalAttrs a.splitStore {
-      storeImage = storeImage (lib.mapAttrsToList (_: s: s.config.system.build.toplevel) systems);
+      storeImage = storeImage (toplevels systems);
+      registerPaths = toplevels systems;
     };
 
   settings =
@@ -74,12 +99,13 @@ in
       toplevel = c.system.build.toplevel;
     in
     {
-      kernel = "${c.boot.kernelPackages.kernel.dev}/vmlinux";
+      kernel = "${vmlinux c.boot.kernelPackages.kernel}";
       initrd = "${c.system.build.initialRamdisk}/${c.system.boot.loader.initrdFile}";
       disk = "${rootImage {
         label = m.rootLabel;
         sizeMiB = m.diskSize;
         storePaths = lib.optional (!a.splitStore) toplevel;
+        registerPaths = if a.splitStore then shared.registerPaths else [ toplevel ];
       }}";
       cmdline = lib.concatStringsSep " " ([ "init=${toplevel}/init" ] ++ c.boot.kernelParams);
       memory_mib = m.memorySize;

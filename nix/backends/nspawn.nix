@@ -22,15 +22,26 @@ in
 {
   module = ../modules/nspawn.nix;
   # systemd-nspawn in the build sandbox needs a uid range and cgroups
-  # (Nix: auto-allocate-uids + cgroups, system feature uid-range), like
-  # nixpkgs' own nspawn-flavoured NixOS tests.
-  requiredSystemFeatures = [ "nixos-test" "uid-range" ];
+  # (nix.conf: auto-allocate-uids, use-cgroups, experimental features
+  # auto-allocate-uids and cgroups, which give the system feature
+  # uid-range), like nixpkgs' own nspawn-flavoured NixOS tests.
+  requiredSystemFeatures = [
+    "nixos-test"
+    "uid-range"
+  ];
   shared = _systems: { };
   settings = nodeName: system: _shared: {
     rootfs = "${containerRoot nodeName system}";
     extra_args = [
       "--bind-ro=/nix/store"
       "--volatile=overlay"
+      # As nixpkgs' nspawn-container runner (nixos/modules/virtualisation/
+      # nspawn-container): in the Nix build sandbox nspawn may not mount
+      # procfs/sysfs for a user-namespaced container, so no user namespace
+      # and the sandbox's own /proc and /sys are handed on.
+      "--private-users=no"
+      "--bind=/proc:/run/host/proc"
+      "--bind=/sys:/run/host/sys"
     ]
     ++ lib.optional a.debugBoot "--setenv=SYSTEMD_LOG_LEVEL=debug"
     ++ lib.optional a.debugBoot "--setenv=SYSTEMD_SHOW_STATUS=1";

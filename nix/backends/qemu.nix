@@ -13,8 +13,9 @@
       start_script = "${c.system.build.vm}/bin/run-${c.system.name}-vm";
       accel = "auto";
       enable_ocr = a.enableOCR;
-      memory_mib = c.virtualisation.memorySize;
-      cpus = c.virtualisation.cores;
+      # No memory_mib/cpus: the start script passes qemu-vm.nix's
+      # virtualisation.memorySize/cores itself, and the driver ignores them
+      # for start-script nodes.
       extra_args = [ ];
     };
 }

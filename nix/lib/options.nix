@@ -93,6 +93,16 @@ let
           msg = "`vlans` names nodes that do not exist: ${concatStringsSep ", " (filter (n: !(a.nodes ? ${n})) (attrNames a.vlans))}";
         }
         {
+          ok =
+            isAttrs a.vlans
+            && builtins.all (
+              n:
+              a.vlans.${n} == null
+              || (builtins.isList a.vlans.${n} && builtins.all (v: isInt v && v >= 1 && v <= 255) a.vlans.${n})
+            ) (attrNames a.vlans);
+          msg = "`vlans`: vlans must be numbers 1..255, got ${toJSON a.vlans}";
+        }
+        {
           ok = isBool a.enableNetwork;
           msg = "`enableNetwork` must be true or false";
         }

@@ -3,12 +3,20 @@
 # virtio-pci (cloud-hypervisor) disks, a root ext4 disk, and optionally the
 # Nix store as a shared read-only erofs image on a second disk with a
 # writable overlay (splitStore). The backdoor is on vsock (backdoor-vsock.nix).
-{ config, lib, ... }:
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 let
   cfg = config.attest.microvm;
 in
 {
-  imports = [ ./backdoor-vsock.nix ];
+  imports = [
+    ./backdoor-vsock.nix
+    ./instrumentation.nix
+  ];
 
   options.attest.microvm = {
     memorySize = lib.mkOption {
@@ -81,10 +89,15 @@ in
       "boot.panic_on_fail"
     ];
     boot.consoleLogLevel = lib.mkDefault 7;
-    services.journald.extraConfig = ''
-      ForwardToConsole=yes
-      TTYPath=/dev/${cfg.serialConsole}
-      MaxLevelConsole=debug
+    attest.instrumentation.console = "/dev/${cfg.serialConsole}";
+
+    # The root image carries the registration of the store paths it holds
+    # (or, with splitStore, of the store image's): load it into the Nix
+    # database on first boot, as qemu-vm.nix does through its regInfo.
+    boot.postBootCommands = ''
+      if [ -f /nix-path-registration ]; then
+        ${config.nix.package.out}/bin/nix-store --load-db < /nix-path-registration && rm /nix-path-registration
+      fi
     '';
     systemd.services."serial-getty@${cfg.serialConsole}".enable = false;
 
