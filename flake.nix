@@ -6,11 +6,31 @@
   outputs =
     { self, nixpkgs }:
     let
-      systems = [ "x86_64-linux" "aarch64-linux" ];
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
 
       # The attest package: built from Cargo.lock, with the programs the
-      # backends start put on its PATH.
+      # backends start put on its PATH. OCR (tesseract, imagemagick) is not
+      # among them: make-test.nix adds it to a test that sets enableOCR, as
+      # nixpkgs' test-driver does.
+      src =
+        pkgs:
+        pkgs.lib.fileset.toSource {
+          root = ./.;
+          fileset = pkgs.lib.fileset.unions [
+            ./Cargo.toml
+            ./Cargo.lock
+            ./src
+            ./nix
+            (pkgs.lib.fileset.maybeMissing ./tests)
+            (pkgs.lib.fileset.maybeMissing ./examples)
+            (pkgs.lib.fileset.maybeMissing ./benches)
+          ];
+        };
+
       mkAttest =
         pkgs:
         let
@@ -20,8 +40,6 @@
             pkgs.vde2 # vde_switch for QEMU vlans
             pkgs.socat
             pkgs.openssh # ssh backend
-            pkgs.tesseract # OCR
-            pkgs.imagemagick # screenshot conversion for OCR
             pkgs.util-linux # nsenter, unshare
             pkgs.iproute2 # bridges, TAPs, veths
             pkgs.coreutils
@@ -34,22 +52,15 @@
         pkgs.rustPlatform.buildRustPackage {
           pname = "attest";
           version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package.version;
-          src = pkgs.lib.fileset.toSource {
-            root = ./.;
-            fileset = pkgs.lib.fileset.unions [
-              ./Cargo.toml
-              ./Cargo.lock
-              ./src
-              (pkgs.lib.fileset.maybeMissing ./tests)
-              (pkgs.lib.fileset.maybeMissing ./examples)
-              (pkgs.lib.fileset.maybeMissing ./benches)
-            ];
-          };
+          src = src pkgs;
           cargoLock.lockFile = ./Cargo.lock;
           nativeBuildInputs = [ pkgs.makeWrapper ];
           # The integration tests boot guests; the sandbox of a package build
           # has no /dev/kvm and no Debian image. Unit tests still run.
-          cargoTestFlags = [ "--lib" "--bins" ];
+          cargoTestFlags = [
+            "--lib"
+            "--bins"
+          ];
           postInstall = ''
             wrapProgram $out/bin/attest --prefix PATH : ${pkgs.lib.makeBinPath runtimeDeps}
             mkdir -p $out/share/attest
@@ -73,7 +84,12 @@
           // args
         );
 
-      backends = [ "qemu" "firecracker" "cloud-hypervisor" "nspawn" ];
+      backends = [
+        "qemu"
+        "firecracker"
+        "cloud-hypervisor"
+        "nspawn"
+      ];
 
       # The examples every backend runs.
       examples = {
@@ -161,7 +177,9 @@
             pkgs.rustfmt
             pkgs.rust-analyzer
             pkgs.cargo-nextest
-            pkgs.nixfmt-rfc-style
+            pkgs.nixfmt
+            pkgs.tesseract
+            pkgs.imagemagick_light
             pkgs.qemu_test
             pkgs.vde2
             pkgs.socat
@@ -179,9 +197,13 @@
         );
       lib.attest = import ./nix/lib;
 
-      # <example>-<backend> for each example and backend, e.g.
-      # nix build .#checks.x86_64-linux.network-nspawn -L
-      checks.x86_64-linux =
+      formatter = forAllSystems (pkgs: pkgs.nixfmt);
+
+      # Every example on every backend, e.g.
+      # nix build .#legacyPackages.x86_64-linux.attestTests.network-nspawn -L
+      # Not all of them are `checks`: a stock host cannot run every backend
+      # (docs/nix.md, "Host settings").
+      legacyPackages.x86_64-linux.attestTests =
         let
           pkgs = nixpkgs.legacyPackages.x86_64-linux;
         in
@@ -195,10 +217,67 @@
           ) backends
         )
         // {
-          nginx = self.checks.x86_64-linux.nginx-qemu;
           network-firecracker-split-store = makeTestFor pkgs "firecracker" (
-            examples.network // { name = "network-firecracker-split-store"; splitStore = true; }
+            examples.network
+            // {
+              name = "network-firecracker-split-store";
+              splitStore = true;
+            }
           );
+        };
+
+      # What `nix flake check` runs on a stock NixOS host (kvm and nixos-test
+      # are default system features where /dev/kvm exists): the cheap checks
+      # and the QEMU tests. nspawn needs uid-range, the microVMs
+      # attest-dev-net-tun: build those from attestTests on a host set up
+      # for them.
+      checks.x86_64-linux =
+        let
+          pkgs = nixpkgs.legacyPackages.x86_64-linux;
+          tests = self.legacyPackages.x86_64-linux.attestTests;
+        in
+        {
+          nginx-qemu = tests.nginx-qemu;
+          network-qemu = tests.network-qemu;
+
+          # nixfmt and rustfmt agree with the tree.
+          fmt = pkgs.runCommand "attest-fmt" {
+            nativeBuildInputs = [
+              pkgs.nixfmt
+              pkgs.rustfmt
+              pkgs.cargo
+            ];
+          } ''
+            cp -r ${src pkgs} src && chmod -R u+w src && cd src
+            nixfmt --check $(find . -name '*.nix')
+            cargo fmt --check
+            touch $out
+          '';
+
+          # cargo clippy with the package's vendored dependencies.
+          clippy = (mkAttest pkgs).overrideAttrs (old: {
+            pname = "attest-clippy";
+            nativeBuildInputs = old.nativeBuildInputs ++ [ pkgs.clippy ];
+            buildPhase = "cargo clippy --offline --all-targets -- -D warnings";
+            doCheck = false;
+            installPhase = "touch $out";
+            postInstall = "";
+          });
+
+          # nix/check: every .nix file parses, the pure fixtures, and the
+          # guest modules evaluated with this nixpkgs' lib.
+          nix-check = pkgs.runCommand "attest-nix-check" {
+            nativeBuildInputs = [
+              pkgs.nix
+              pkgs.bash
+              pkgs.findutils
+            ];
+            NIXPKGS_LIB = "${nixpkgs}/lib";
+          } ''
+            cp -r ${src pkgs} src && chmod -R u+w src && cd src
+            bash nix/check
+            touch $out
+          '';
         };
 
       # nix run .#bench: the network example on every backend, one after
