@@ -35,10 +35,7 @@ let
     }
     .${a.backend};
 
-  plan = attestLib.ipPlan {
-    inherit (a) nodeNames enableNetwork vlans;
-    firstInterface = 1;
-  };
+  plan = attestLib.ipPlan { inherit (a) nodeNames enableNetwork vlans; };
   hosts = attestLib.hostsFile plan;
 
   # One NixOS system per node: nixpkgs' modules, attest's node modules

@@ -106,7 +106,7 @@ let
   # The interface plan of every node:
   #   { name = { number; vlans; interfaces = [ { name; vlan; address;
   #     prefixLength; address6; mac; } ]; primaryAddress; }; }
-  # Interfaces are eth<firstInterface + i> in vlan-list order. NixOS tests
+  # Interfaces are eth1, eth2, … in vlan-list order. NixOS tests
   # use eth1.. (eth0 is QEMU's user-mode NIC); attest keeps that numbering on
   # every backend, so node modules written for NixOS tests work unchanged.
   ipPlan =
@@ -114,7 +114,6 @@ let
       nodeNames,
       enableNetwork ? false,
       vlans ? { },
-      firstInterface ? 1,
     }:
     let
       numbers = nodeNumbers nodeNames;
@@ -132,7 +131,7 @@ let
               vlan = elemAt vs i;
             in
             {
-              name = "eth${toString (firstInterface + i)}";
+              name = "eth${toString (i + 1)}";
               inherit vlan;
               address = address vlan number;
               prefixLength = 24;
@@ -154,7 +153,9 @@ let
       ) (builtins.sort builtins.lessThan nodeNames)
     );
 
-  # [ { address; name; } ] for every node with a network, in node order.
+  # [ { address; name; } ] for every node with a network, in node order:
+  # the IPv4 and the IPv6 address of its first vlan (the driver's
+  # TestConfig::hosts_entries).
   hostsEntries =
     plan:
     builtins.concatMap (
@@ -170,27 +171,16 @@ let
             address = p.primaryAddress;
             inherit name;
           }
+          {
+            address = p.primaryAddress6;
+            inherit name;
+          }
         ]
     ) (attrNames plan);
 
   # The /etc/hosts lines NixOS tests add (IPv4 and IPv6 per node).
   hostsFile =
-    plan:
-    concatStringsSep "" (
-      builtins.concatMap (
-        name:
-        let
-          p = plan.${name};
-        in
-        if p.primaryAddress == null then
-          [ ]
-        else
-          [
-            "${p.primaryAddress} ${name}\n"
-            "${p.primaryAddress6} ${name}\n"
-          ]
-      ) (attrNames plan)
-    );
+    plan: concatStringsSep "" (map (e: "${e.address} ${e.name}\n") (hostsEntries plan));
 in
 {
   inherit

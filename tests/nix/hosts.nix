@@ -17,7 +17,10 @@ assert file == ''
 '';
 assert l.hostsEntries plan == [
   { address = "192.168.1.1"; name = "client"; }
+  { address = "2001:db8:1::1"; name = "client"; }
   { address = "192.168.2.2"; name = "router"; }
+  { address = "2001:db8:2::2"; name = "router"; }
   { address = "192.168.1.3"; name = "server"; }
+  { address = "2001:db8:1::3"; name = "server"; }
 ];
 { inherit file; entries = l.hostsEntries plan; }
