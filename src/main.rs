@@ -67,6 +67,9 @@ enum Command {
             default_value = "nspawn,qemu,firecracker,cloud-hypervisor"
         )]
         backends: Vec<String>,
+        /// Guest protocols to measure side by side on each backend (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bash,agent")]
+        protocols: Vec<Protocol>,
         /// Runs per figure on nspawn.
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
         Command::Bench {
             config,
             backends,
+            protocols,
             runs,
             vm_runs,
             commands,
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
                 test_config: config,
                 image,
                 backends,
+                protocols,
                 runs: runs.max(1),
                 vm_runs: vm_runs.max(1),
                 commands: commands.max(1),

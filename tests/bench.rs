@@ -121,9 +121,31 @@ fn nspawn_figures_are_all_there_and_unavailable_backends_say_why() {
         ],
         &json,
     );
-    let (code, stdout, stderr) = run(cmd, Duration::from_secs(200));
+    let (code, stdout, stderr) = run(cmd, Duration::from_secs(400));
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let report = read_json(&json);
+    // One report per protocol, side by side; the agent's own figures.
+    let protocols: Vec<&str> = report["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["name"] == "nspawn")
+        .map(|b| b["protocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols, ["bash", "agent"], "{report:#}");
+    let agent = &report["backends"].as_array().unwrap()[1];
+    assert_eq!(agent["errors"].as_array().unwrap().len(), 0, "{agent:#}");
+    for key in [
+        "true_round_trip_ms",
+        "pipeline_round_trip_ms",
+        "output_64mib_ms",
+        "concurrent_50_sleep_1_ms",
+        "guest_bash_c_pipeline_ms",
+    ] {
+        assert_summary(&agent["figures"][key], key);
+    }
+    assert!(stdout.contains("| nspawn bash (runs: 2)"), "{stdout}");
+    assert!(stdout.contains("| nspawn agent (runs: 2)"), "{stdout}");
 
     let nspawn = backend(&report, "nspawn");
     assert_eq!(nspawn["available"], true, "{nspawn:#}");

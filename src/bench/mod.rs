@@ -23,6 +23,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::ImageManifest;
+use crate::guest::agent::Protocol;
 pub use stats::Summary;
 pub use usage::Usage;
 
@@ -38,6 +39,8 @@ pub struct BenchOptions {
     pub image: PathBuf,
     /// Backends to measure, in order.
     pub backends: Vec<String>,
+    /// Guest protocols to measure on each backend, side by side.
+    pub protocols: Vec<Protocol>,
     /// Runs per figure on fast backends (nspawn).
     pub runs: usize,
     /// Runs per figure on VM backends (slow under TCG).
@@ -114,6 +117,8 @@ pub struct ReportedOptions {
 pub struct BackendReport {
     /// The backend.
     pub name: String,
+    /// The guest protocol the figures were taken with (`bash`, `agent`).
+    pub protocol: String,
     /// Whether it could run here.
     pub available: bool,
     /// Why not, when it could not.
@@ -443,40 +448,48 @@ pub fn run(
         },
         interrupted: None,
     };
-    let ctx = scenario::BenchContext {
+    let ctx_for = |protocol| scenario::BenchContext {
         runtime,
         dir: dir.path(),
         image: &image_path,
         opts,
         interrupt: &interrupt,
+        protocol,
     };
     let result = (|| -> Result<(), BenchError> {
         for backend in &opts.backends {
-            let mut b = BackendReport {
-                name: backend.clone(),
-                version: backend_version(backend),
-                ..Default::default()
-            };
-            if let Err(reason) = availability(backend, &image) {
-                b.reason = Some(reason);
-                report.backends.push(b);
-                continue;
-            }
-            b.available = true;
-            b.runs = if is_vm(backend) {
-                opts.vm_runs
-            } else {
-                opts.runs
-            };
-            let r = scenario::measure_backend(&ctx, &mut b);
-            let r = r.and_then(|()| {
-                if backend == "nspawn" && !opts.scaling.is_empty() {
-                    report.scaling = scenario::measure_scaling(&ctx, backend, &mut b.errors)?;
+            for (i, protocol) in opts.protocols.iter().enumerate() {
+                let ctx = ctx_for(*protocol);
+                let mut b = BackendReport {
+                    name: backend.clone(),
+                    protocol: protocol.name().to_owned(),
+                    version: backend_version(backend),
+                    ..Default::default()
+                };
+                if let Err(reason) = availability(backend, &image) {
+                    b.reason = Some(reason);
+                    report.backends.push(b);
+                    break;
                 }
-                Ok(())
-            });
-            report.backends.push(b);
-            r?;
+                b.available = true;
+                b.runs = if is_vm(backend) {
+                    opts.vm_runs
+                } else {
+                    opts.runs
+                };
+                let r = scenario::measure_backend(&ctx, &mut b);
+                let last = i + 1 == opts.protocols.len();
+                let r = r.and_then(|()| {
+                    // Once, with what a test run gets by default.
+                    if last && backend == "nspawn" && !opts.scaling.is_empty() {
+                        let ctx = ctx_for(Protocol::default());
+                        report.scaling = scenario::measure_scaling(&ctx, backend, &mut b.errors)?;
+                    }
+                    Ok(())
+                });
+                report.backends.push(b);
+                r?;
+            }
         }
         Ok(())
     })();

@@ -17,7 +17,16 @@ pub const FIGURES: &[(&str, &str)] = &[
         "boot: start → multi-user.target (systemd's timestamp)",
     ),
     ("true_round_trip_ms", "command: `true` round trip"),
+    (
+        "pipeline_round_trip_ms",
+        "command: shell pipeline (`echo` into `tr`) round trip",
+    ),
     ("output_1mib_ms", "command: 1 MiB output"),
+    ("output_64mib_ms", "command: 64 MiB output"),
+    (
+        "concurrent_50_sleep_1_ms",
+        "50 × `sleep 1` at once on one machine",
+    ),
     ("shutdown_ms", "shutdown: request → process gone"),
     (
         "snapshot_restore_first_command_ms",
@@ -26,6 +35,10 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("whole_test_ms", "whole test (nginx example), wall"),
     ("guest_exec_true_ms", "guest: fork+exec /bin/true"),
     ("guest_bash_c_true_ms", "guest: bash -c true"),
+    (
+        "guest_bash_c_pipeline_ms",
+        "guest: bash -c of that pipeline",
+    ),
     (
         "attest_cpu_per_command_ms",
         "attest CPU per `true` round trip",
@@ -81,9 +94,11 @@ pub fn table(r: &BenchReport) -> String {
         m.load_average[0],
         m.load_average[1]
     );
+    let mut named = Vec::new();
     for b in &r.backends {
-        if let Some(v) = &b.version {
+        if let Some(v) = b.version.as_ref().filter(|_| !named.contains(&&b.name)) {
             let _ = writeln!(out, "  {}: {v}", b.name);
+            named.push(&b.name);
         }
     }
     let _ = writeln!(out);
@@ -93,7 +108,7 @@ pub fn table(r: &BenchReport) -> String {
     header.extend(
         avail
             .iter()
-            .map(|b| format!("{} (runs: {})", b.name, b.runs)),
+            .map(|b| format!("{} {} (runs: {})", b.name, b.protocol, b.runs)),
     );
     rows.push(header);
     for (key, label) in FIGURES {
@@ -134,6 +149,12 @@ pub fn table(r: &BenchReport) -> String {
         "`true` round trip / guest fork+exec",
         "true_round_trip_ms",
         "guest_exec_true_ms",
+        false,
+    ));
+    rows.push(ratio(
+        "pipeline round trip / guest bash -c of it",
+        "pipeline_round_trip_ms",
+        "guest_bash_c_pipeline_ms",
         false,
     ));
     if avail.is_empty() {
@@ -177,7 +198,7 @@ pub fn table(r: &BenchReport) -> String {
         }
         for e in &b.errors {
             let first = e.lines().next().unwrap_or("");
-            let _ = writeln!(out, "{}: error: {first}", b.name);
+            let _ = writeln!(out, "{} {}: error: {first}", b.name, b.protocol);
         }
     }
     if let Some(why) = &r.interrupted {

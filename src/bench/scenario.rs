@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::backend::BackendOp;
 use crate::config::TestConfig;
 use crate::driver::{self, Driver, DriverOptions, Outcome, RunOptions};
+use crate::guest::agent::Protocol;
 use crate::machine::{Machine, MachineError};
 use crate::report::{ReportOptions, Reporter};
 
@@ -23,6 +24,28 @@ pub const MIB: usize = 1 << 20;
 const MIB_REPEATS: usize = 5;
 /// Guest-side loop length for the fork/exec figures.
 const GUEST_LOOP: u32 = 100;
+/// The shell-pipeline figure's command (needs bash with either protocol).
+const PIPELINE: &str = "echo attest | tr a-z A-Z";
+/// Pipeline round trips per run.
+const PIPELINES: usize = 50;
+/// Commands at once for the concurrency figure.
+const CONCURRENT: usize = 50;
+
+/// Awaits spawned measurement tasks in order.
+async fn futures_join<T>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T, MachineError>>>,
+) -> Vec<Result<T, MachineError>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.unwrap_or_else(|e| {
+            Err(MachineError::Internal {
+                machine: String::new(),
+                message: format!("a measurement task failed: {e}"),
+            })
+        }));
+    }
+    out
+}
 
 /// What every scenario needs.
 pub struct BenchContext<'a> {
@@ -36,6 +59,8 @@ pub struct BenchContext<'a> {
     pub opts: &'a BenchOptions,
     /// Set on SIGINT/SIGTERM.
     pub interrupt: &'a Interrupt,
+    /// The guest protocol measured.
+    pub protocol: Protocol,
 }
 
 impl BenchContext<'_> {
@@ -44,6 +69,13 @@ impl BenchContext<'_> {
             return Err(BenchError::Interrupted(format!("interrupted by {signal}")));
         }
         Ok(())
+    }
+
+    fn driver_options(&self) -> DriverOptions {
+        DriverOptions {
+            protocol: self.protocol,
+            ..Default::default()
+        }
     }
 
     fn report_options(&self) -> ReportOptions {
@@ -122,7 +154,7 @@ fn with_driver<T>(
         Driver::new(
             config,
             reporter,
-            &DriverOptions::default(),
+            &ctx.driver_options(),
             ctx.runtime.handle().clone(),
         )
         .map_err(|e| e.to_string())
@@ -166,6 +198,10 @@ struct SingleRun {
     attest_cpu_per_mib: f64,
     guest_exec_true: f64,
     guest_bash_c_true: f64,
+    pipelines: Vec<f64>,
+    guest_bash_c_pipeline: f64,
+    output_64mib: f64,
+    concurrent: f64,
     snapshot: Option<Result<f64, String>>,
     shutdown: f64,
 }
@@ -297,14 +333,56 @@ fn single_run(
 
     run.attest_cpu_per_mib = Usage::now().since(&u0).self_cpu_s() * 1000.0 / MIB_REPEATS as f64;
 
+    for _ in 0..PIPELINES {
+        let t = Instant::now();
+        let out = m
+            .block_on({
+                let m = m.clone();
+                async move { m.execute(PIPELINE, timeout).await }
+            })
+            .map_err(|e| e.to_string())?;
+        run.pipelines.push(ms(t.elapsed()));
+        expect_ok(&m, &out, PIPELINE).map_err(|e| e.to_string())?;
+    }
+
     let mm = m.clone();
-    let (exec_true, bash_c) = block(rt, async move {
+    let (exec_true, bash_c, bash_c_pipeline) = block(rt, async move {
         let a = guest_loop_ms(&mm, "/bin/true").await?;
         let b = guest_loop_ms(&mm, "bash -c true").await?;
-        Ok((a, b))
+        let c = guest_loop_ms(&mm, &format!("bash -c '{PIPELINE}' >/dev/null")).await?;
+        Ok((a, b, c))
     })?;
     run.guest_exec_true = exec_true;
     run.guest_bash_c_true = bash_c;
+    run.guest_bash_c_pipeline = bash_c_pipeline;
+
+    let mm = m.clone();
+    run.output_64mib = block(rt, async move {
+        let t = Instant::now();
+        let out = mm
+            .execute(
+                &format!("head -c {} /dev/zero", 64 * MIB),
+                Duration::from_secs(300),
+            )
+            .await?;
+        let took = ms(t.elapsed());
+        expect_ok(&mm, &out, "64 MiB output")?;
+        Ok(took)
+    })?;
+
+    let mm = m.clone();
+    run.concurrent = block(rt, async move {
+        let t = Instant::now();
+        let all = (0..CONCURRENT).map(|_| {
+            let mm = mm.clone();
+            tokio::spawn(async move { mm.execute("sleep 1", Duration::from_secs(120)).await })
+        });
+        for r in futures_join(all.collect()).await {
+            let out = r?;
+            expect_ok(&mm, &out, "sleep 1")?;
+        }
+        Ok(ms(t.elapsed()))
+    })?;
 
     let mm = m.clone();
     run.snapshot = Some(block(rt, async move {
@@ -429,6 +507,16 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
     put(b, "true_round_trip_ms", &rtt, true);
     let mib: Vec<f64> = runs.iter().flat_map(|r| r.mib.clone()).collect();
     put(b, "output_1mib_ms", &mib, false);
+    put(b, "output_64mib_ms", &col(|r| r.output_64mib), false);
+    let pipes: Vec<f64> = runs.iter().flat_map(|r| r.pipelines.clone()).collect();
+    put(b, "pipeline_round_trip_ms", &pipes, true);
+    put(
+        b,
+        "guest_bash_c_pipeline_ms",
+        &col(|r| r.guest_bash_c_pipeline),
+        false,
+    );
+    put(b, "concurrent_50_sleep_1_ms", &col(|r| r.concurrent), false);
     put(b, "shutdown_ms", &col(|r| r.shutdown), false);
     put(b, "guest_exec_true_ms", &col(|r| r.guest_exec_true), false);
     put(
@@ -477,7 +565,7 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
         eprintln!("bench: {backend}: whole test run {}/{}", i + 1, b.runs);
         let opts = RunOptions {
             report: ctx.report_options(),
-            driver: DriverOptions::default(),
+            driver: ctx.driver_options(),
             interactive: false,
         };
         let t = Instant::now();
