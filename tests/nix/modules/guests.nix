@@ -11,57 +11,12 @@
 # tests/nix_contract.rs compares with what the Rust backends create.
 { nixpkgsLib }:
 let
-  lib = import (/. + nixpkgsLib);
-  attest = import ../../../nix/lib;
-  nodeNames = [
-    "a"
-    "b"
-    "c"
-  ];
-  vlans = {
-    a = [ 1 ];
-    b = [
-      1
-      2
-    ];
-    c = [ 2 ];
-  };
-  plan = attest.ipPlan { inherit nodeNames vlans; };
-  hosts = attest.hostsFile plan;
-
-  # What a node module from a NixOS test reads.
-  nixosTestModule =
-    { config, ... }:
-    {
-      environment.etc."attest-check".text =
-        "${config.networking.primaryIPAddress} ${config.networking.primaryIPv6Address} "
-        + "${config.virtualisation.test.nodeName} ${toString config.virtualisation.test.nodeNumber}";
-    };
-
-  evalNode =
-    {
-      backend,
-      nodeName,
-      splitStore ? false,
-      debugBoot ? false,
-      extra ? [ ],
-    }:
-    import ../nixos/eval.nix {
-      inherit lib;
-      modules =
-        import ../../../nix/node-modules.nix {
-          inherit
-            backend
-            nodeName
-            plan
-            hosts
-            splitStore
-            debugBoot
-            ;
-        }
-        ++ [ nixosTestModule ]
-        ++ extra;
-    };
+  inherit (import ../nixos/node.nix { inherit nixpkgsLib; })
+    lib
+    nodeNames
+    plan
+    evalNode
+    ;
 
   backends = [
     "qemu"
