@@ -13,6 +13,7 @@ pub mod backend;
 pub mod bench;
 pub mod config;
 pub mod console;
+pub mod convert;
 pub mod driver;
 pub mod guest;
 pub mod machine;

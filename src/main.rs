@@ -55,6 +55,24 @@ enum Command {
         /// The test config (JSON).
         config: PathBuf,
     },
+    /// Convert a NixOS test (.nix, or a bare Python testScript) into test.rhai + test.json
+    /// (exit 0 complete, 1 some statements need a hand, 2 error).
+    Convert {
+        /// The nixpkgs test file (.nix) or a Python testScript (.py).
+        input: PathBuf,
+        /// Output directory (one subdirectory per test when the file has several).
+        #[arg(long, short, default_value = "converted")]
+        out: PathBuf,
+        /// Node names of a bare Python testScript (comma-separated; guessed when absent).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Backend of the generated config: nspawn or qemu.
+        #[arg(long, default_value = "nspawn")]
+        backend: attest::convert::Backend,
+        /// The Debian test image manifest the config points at.
+        #[arg(long, default_value = "images/debian/out/manifest.json")]
+        image: PathBuf,
+    },
     /// Measure boot, command round trips, shutdown, a whole test and scaling on each backend.
     Bench {
         /// The test whose wall time is measured, rewritten to each backend.
@@ -147,6 +165,20 @@ fn main() -> ExitCode {
             };
             run(&config, &opts)
         }
+        Command::Convert {
+            input,
+            out,
+            nodes,
+            backend,
+            image,
+        } => {
+            let opts = attest::convert::ConvertOptions {
+                nodes,
+                backend,
+                image,
+            };
+            return convert(&input, &out, &opts);
+        }
         Command::Bench {
             config,
             backends,
@@ -179,6 +211,34 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(outcome.exit_code() as u8)
+}
+
+/// `attest convert`: 0 when every test converted completely, 1 when some
+/// statement needs a hand, 2 when nothing could be written.
+fn convert(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    opts: &attest::convert::ConvertOptions,
+) -> ExitCode {
+    let written = attest::convert::convert_file(input, opts)
+        .and_then(|c| attest::convert::write(&c, out, opts));
+    match written {
+        Ok(summaries) => {
+            let source = input.display().to_string();
+            for s in &summaries {
+                print!("{}", s.render(&source));
+            }
+            ExitCode::from(if summaries.iter().all(|s| s.complete()) {
+                0
+            } else {
+                1
+            })
+        }
+        Err(e) => {
+            eprintln!("attest convert: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `attest bench`: 0 when every figure was taken, 1 when some failed or the

@@ -1,0 +1,296 @@
+//! Finding the tests in a nixpkgs test file, read as syntax with `rnix`
+//! (never evaluated: the files import helpers from all over nixpkgs).
+//!
+//! Every attribute set with a `testScript` attribute is one test, whatever
+//! wraps it: `import ./make-test-python.nix ({ pkgs, ... }: { … })`, the bare
+//! attrsets of `runTest`, `makeTest { … }` inside `mapAttrs` or `let`.
+
+use rnix::ast::{self, HasEntry, InterpolPart};
+use rowan::ast::AstNode;
+
+/// One test found in a `.nix` file.
+#[derive(Debug, Clone)]
+pub struct NixTest {
+    /// `name = "…"`, else the attribute the test is bound to, else the file stem.
+    pub name: String,
+    /// Node names from `nodes.X`, `nodes = { X = …; }` or `machine = …`;
+    /// `None` when `nodes` is not a literal attrset (then they are guessed
+    /// from the script).
+    pub nodes: Option<Vec<String>>,
+    /// The testScript, or why it could not be read as one string.
+    pub script: Result<PythonSource, String>,
+    /// Line of the `testScript` attribute in the file (1-based).
+    pub line: usize,
+}
+
+/// A Python testScript with every Nix `${…}` replaced by a placeholder
+/// (see [`placeholder`]) so that a Python parser can read it.
+#[derive(Debug, Clone, Default)]
+pub struct PythonSource {
+    /// The Python text.
+    pub text: String,
+    /// The interpolations' Nix source, `${…}` included, by placeholder index.
+    pub interpolations: Vec<String>,
+    /// File line of the Python text's first line, minus one.
+    pub line_offset: usize,
+}
+
+/// The stand-in for Nix interpolation `i` in the Python text: an identifier
+/// that also survives inside string literals and f-strings unchanged.
+pub fn placeholder(i: usize) -> String {
+    format!("__nix_interp_{i}__")
+}
+
+/// Reads every test in a Nix file. `stem` names a test that has no name.
+pub fn extract(source: &str, stem: &str) -> Result<Vec<NixTest>, String> {
+    let parse = rnix::Root::parse(source);
+    if let Some(e) = parse.errors().first() {
+        return Err(format!("not valid Nix: {e}"));
+    }
+    let root = parse.tree();
+    let mut tests = Vec::new();
+    for node in root.syntax().descendants() {
+        let Some(set) = ast::AttrSet::cast(node) else {
+            continue;
+        };
+        let Some(script) = attr(&set, &["testScript"]) else {
+            continue;
+        };
+        let line = line_of(source, script.syntax().text_range().start().into());
+        tests.push(NixTest {
+            name: test_name(&set).unwrap_or_else(|| stem.to_owned()),
+            nodes: node_names(&set),
+            script: script_source(source, script),
+            line,
+        });
+    }
+    // Two tests of one file must not share an output directory.
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for t in &mut tests {
+        let n = seen.entry(t.name.clone()).or_default();
+        *n += 1;
+        if *n > 1 {
+            t.name = format!("{}-{}", t.name, n);
+        }
+    }
+    Ok(tests)
+}
+
+fn line_of(source: &str, offset: usize) -> usize {
+    source[..offset.min(source.len())].matches('\n').count() + 1
+}
+
+/// The attribute names of an attrpath, when every part is static.
+fn path_names(path: &ast::Attrpath) -> Option<Vec<String>> {
+    path.attrs().map(|a| static_attr(&a)).collect()
+}
+
+fn static_attr(a: &ast::Attr) -> Option<String> {
+    match a {
+        ast::Attr::Ident(i) => Some(i.ident_token()?.text().to_owned()),
+        ast::Attr::Str(s) => static_string(s),
+        ast::Attr::Dynamic(_) => None,
+    }
+}
+
+fn static_string(s: &ast::Str) -> Option<String> {
+    let mut out = String::new();
+    for part in s.normalized_parts() {
+        match part {
+            InterpolPart::Literal(l) => out.push_str(&l),
+            InterpolPart::Interpolation(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The value of `path` in `set` (`a.b = v;` or `a = { b = v; };`).
+fn attr(set: &impl HasEntry, path: &[&str]) -> Option<ast::Expr> {
+    for entry in set.attrpath_values() {
+        let Some(names) = entry.attrpath().as_ref().and_then(path_names) else {
+            continue;
+        };
+        if names.len() <= path.len() && names.iter().zip(path).all(|(a, b)| a == b) {
+            let value = entry.value()?;
+            if names.len() == path.len() {
+                return Some(value);
+            }
+            if let ast::Expr::AttrSet(inner) = unwrap(value) {
+                if let Some(v) = attr(&inner, &path[names.len()..]) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Looks through parentheses.
+fn unwrap(mut e: ast::Expr) -> ast::Expr {
+    while let ast::Expr::Paren(p) = &e {
+        match p.expr() {
+            Some(inner) => e = inner,
+            None => break,
+        }
+    }
+    e
+}
+
+fn test_name(set: &ast::AttrSet) -> Option<String> {
+    if let Some(ast::Expr::Str(s)) = attr(set, &["name"]).map(unwrap) {
+        let parts = s.normalized_parts();
+        let name: String = parts
+            .iter()
+            .map(|p| match p {
+                InterpolPart::Literal(l) => l.clone(),
+                InterpolPart::Interpolation(i) => i.syntax().text().to_string(),
+            })
+            .collect();
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let clean = clean.trim_matches('-').to_owned();
+        if !clean.is_empty() {
+            return Some(clean);
+        }
+    }
+    // `foo = makeTest { … };`: the attribute the test is bound to.
+    set.syntax()
+        .ancestors()
+        .filter_map(ast::AttrpathValue::cast)
+        .find_map(|av| path_names(&av.attrpath()?)?.last().cloned())
+}
+
+fn node_names(set: &ast::AttrSet) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in set.attrpath_values() {
+        let Some(path) = entry.attrpath().as_ref().and_then(path_names) else {
+            continue;
+        };
+        match path.as_slice() {
+            [n, name, ..] if n == "nodes" => names.push(name.clone()),
+            [n] if n == "nodes" => match entry.value().map(unwrap) {
+                Some(ast::Expr::AttrSet(nodes)) => {
+                    for e in nodes.attrpath_values() {
+                        let first = e
+                            .attrpath()
+                            .and_then(|p| p.attrs().next())
+                            .and_then(|a| static_attr(&a));
+                        names.push(first?);
+                    }
+                }
+                _ => return None,
+            },
+            [n] if n == "machine" => names.push("machine".into()),
+            _ => {}
+        }
+    }
+    names.sort();
+    names.dedup();
+    (!names.is_empty()).then_some(names)
+}
+
+/// The testScript as Python text: a string, or a function of `{ nodes, ... }`
+/// or a `let … in` whose body is one.
+fn script_source(source: &str, value: ast::Expr) -> Result<PythonSource, String> {
+    let mut e = unwrap(value);
+    loop {
+        e = match e {
+            ast::Expr::Lambda(l) => l.body().ok_or("testScript: a function without a body")?,
+            ast::Expr::LetIn(l) => l.body().ok_or("testScript: `let … in` without a body")?,
+            ast::Expr::Paren(_) => unwrap(e),
+            ast::Expr::Str(s) => return Ok(string_source(source, &s)),
+            other => {
+                let text = other.syntax().text().to_string();
+                let first = text.lines().next().unwrap_or("").trim();
+                return Err(format!(
+                    "the testScript is computed by Nix (`{first}`), not a string: convert it by hand"
+                ));
+            }
+        }
+    }
+}
+
+fn string_source(source: &str, s: &ast::Str) -> PythonSource {
+    let mut out = PythonSource::default();
+    let start: usize = s.syntax().text_range().start().into();
+    let mut first_line = line_of(source, start);
+    let parts = s.normalized_parts();
+    // `normalized_parts` drops the line break right after an opening `''`.
+    if let Some(InterpolPart::Literal(_)) = parts.first() {
+        let raw: String = s.syntax().text().to_string();
+        if let Some(rest) = raw.strip_prefix("''") {
+            if rest.split('\n').next().is_some_and(|l| l.trim().is_empty()) && rest.contains('\n') {
+                first_line += 1;
+            }
+        }
+    }
+    out.line_offset = first_line - 1;
+    for part in parts {
+        match part {
+            InterpolPart::Literal(l) => out.text.push_str(&l),
+            InterpolPart::Interpolation(i) => {
+                out.text.push_str(&placeholder(out.interpolations.len()));
+                out.interpolations.push(i.syntax().text().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_every_era() {
+        let wrapped = r#"import ./make-test-python.nix ({ pkgs, ... }: {
+  name = "nginx";
+  nodes.server = { ... }: { };
+  nodes.client = { ... }: { };
+  testScript = ''
+    start_all()
+    server.succeed("${pkgs.curl}/bin/curl -s localhost")
+  '';
+})"#;
+        let t = &extract(wrapped, "f").unwrap()[0];
+        assert_eq!(t.name, "nginx");
+        assert_eq!(t.nodes.as_deref().unwrap(), ["client", "server"]);
+        let s = t.script.as_ref().unwrap();
+        assert_eq!(
+            s.text,
+            "start_all()\nserver.succeed(\"__nix_interp_0__/bin/curl -s localhost\")\n"
+        );
+        assert_eq!(s.interpolations, ["${pkgs.curl}"]);
+        assert_eq!(s.line_offset, 5);
+
+        let single = "{ machine = { }; testScript = { nodes, ... }: let x = 1; in \"machine.succeed('true')\"; }";
+        let t = &extract(single, "stem").unwrap()[0];
+        assert_eq!(t.name, "stem");
+        assert_eq!(t.nodes.as_deref().unwrap(), ["machine"]);
+        assert_eq!(t.script.as_ref().unwrap().text, "machine.succeed('true')");
+
+        let multi = r#"{ lib, ... }: lib.mapAttrs (n: v: v) {
+  first = makeTest { nodes = { a = { }; "b" = { }; }; testScript = "a.succeed('x')"; };
+  second = makeTest { nodes = lib.genAttrs [ "a" ] (_: { }); testScript = lib.concatStrings [ ]; };
+}"#;
+        let ts = extract(multi, "f").unwrap();
+        assert_eq!(ts.len(), 2);
+        assert_eq!(ts[0].name, "first");
+        assert_eq!(ts[0].nodes.as_deref().unwrap(), ["a", "b"]);
+        assert_eq!(ts[1].name, "second");
+        assert!(ts[1].nodes.is_none());
+        assert!(ts[1]
+            .script
+            .as_ref()
+            .unwrap_err()
+            .contains("computed by Nix"));
+    }
+}

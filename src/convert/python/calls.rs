@@ -1,0 +1,630 @@
+//! Calls: driver methods (keyword arguments → a trailing options map),
+//! Python builtins, `json`/`re`/`shlex`/`time`, string and list methods,
+//! and the script's own functions (keyword and default arguments resolved
+//! at the call site).
+
+use rustpython_parser::ast;
+
+use super::expr::{const_int, const_str};
+use super::rhai::{self, Kind, RExpr};
+use super::{unsupported, Res, Translator};
+
+/// A NixOS driver `Machine` method attest has under the same name: its
+/// positional parameters, the keyword arguments that become options, and
+/// what it returns.
+struct Method {
+    name: &'static str,
+    params: &'static [&'static str],
+    options: &'static [&'static str],
+    returns: Kind,
+    /// Takes any number of commands (`succeed`, `fail`).
+    variadic: bool,
+}
+
+const fn m(
+    name: &'static str,
+    params: &'static [&'static str],
+    options: &'static [&'static str],
+    returns: Kind,
+) -> Method {
+    Method {
+        name,
+        params,
+        options,
+        returns,
+        variadic: false,
+    }
+}
+
+const METHODS: &[Method] = &[
+    m("start", &[], &[], Kind::Unit),
+    m("shutdown", &[], &[], Kind::Unit),
+    m("crash", &[], &[], Kind::Unit),
+    m("reboot", &[], &[], Kind::Unit),
+    m("wait_for_shutdown", &[], &[], Kind::Unit),
+    m("is_up", &[], &[], Kind::Bool),
+    m("execute", &["command"], &["timeout"], Kind::Exec),
+    Method {
+        name: "succeed",
+        params: &[],
+        options: &["timeout"],
+        returns: Kind::Str,
+        variadic: true,
+    },
+    Method {
+        name: "fail",
+        params: &[],
+        options: &["timeout"],
+        returns: Kind::Str,
+        variadic: true,
+    },
+    m("wait_until_succeeds", &["command"], &["timeout"], Kind::Str),
+    m("wait_until_fails", &["command"], &["timeout"], Kind::Str),
+    m("wait_for_unit", &["unit"], &["user", "timeout"], Kind::Unit),
+    m(
+        "wait_for_open_port",
+        &["port", "addr"],
+        &["timeout"],
+        Kind::Unit,
+    ),
+    m(
+        "wait_for_closed_port",
+        &["port", "addr"],
+        &["timeout"],
+        Kind::Unit,
+    ),
+    m(
+        "wait_for_open_unix_socket",
+        &["addr"],
+        &["is_datagram", "timeout"],
+        Kind::Unit,
+    ),
+    m("wait_for_file", &["filename"], &["timeout"], Kind::Unit),
+    m(
+        "wait_for_console_text",
+        &["regex"],
+        &["timeout"],
+        Kind::Unit,
+    ),
+    m("systemctl", &["q", "user"], &[], Kind::Exec),
+    m("start_job", &["jobname", "user"], &[], Kind::Exec),
+    m("stop_job", &["jobname", "user"], &[], Kind::Exec),
+    m("get_unit_info", &["unit", "user"], &[], Kind::Map),
+    m(
+        "get_unit_property",
+        &["unit", "property", "user"],
+        &[],
+        Kind::Str,
+    ),
+    m(
+        "require_unit_state",
+        &["unit", "require_state"],
+        &[],
+        Kind::Unit,
+    ),
+    m("copy_from_host", &["source", "target"], &[], Kind::Unit),
+    m("copy_from_vm", &["source", "target_dir"], &[], Kind::Unit),
+    m("screenshot", &["filename"], &[], Kind::Unit),
+    m("send_key", &["key"], &[], Kind::Unit),
+    m("send_chars", &["chars"], &[], Kind::Unit),
+    m("send_console", &["chars"], &[], Kind::Unit),
+    m("get_screen_text", &[], &[], Kind::Str),
+    m("wait_for_text", &["regex"], &["timeout"], Kind::Unit),
+    m("block", &[], &[], Kind::Unit),
+    m("unblock", &[], &[], Kind::Unit),
+    m(
+        "forward_port",
+        &["host_port", "guest_port"],
+        &[],
+        Kind::Unit,
+    ),
+    m("get_tty_text", &["tty"], &[], Kind::Str),
+    m(
+        "wait_until_tty_matches",
+        &["tty", "regexp"],
+        &["timeout"],
+        Kind::Unit,
+    ),
+    m("wait_for_x", &[], &[], Kind::Unit),
+    m("wait_for_window", &["regexp"], &[], Kind::Unit),
+    m("sleep", &["secs"], &[], Kind::Unit),
+    m("log", &["msg"], &[], Kind::Unit),
+];
+
+/// Driver methods that exist only for QEMU internals or interactive use.
+const UNSUPPORTED_METHODS: &[&str] = &[
+    "shell_interact",
+    "console_interact",
+    "dump_tty_contents",
+    "get_screen_text_variants",
+    "switch_root",
+    "wait_for_qmp_event",
+    "send_monitor_command",
+    "wait_for_console_text_or_timeout",
+];
+
+/// Python functions that become attest globals with the same arguments.
+const SAME_GLOBALS: &[(&str, &str, Kind)] = &[
+    ("start_all", "start_all", Kind::Unit),
+    ("join_all", "join_all", Kind::Unit),
+];
+
+impl Translator<'_> {
+    pub(super) fn call(&mut self, c: &ast::ExprCall) -> Res<RExpr> {
+        match &*c.func {
+            ast::Expr::Attribute(a) => self.method_call(c, &a.value, a.attr.as_str()),
+            ast::Expr::Name(n) => self.function_call(c, n.id.as_str()),
+            _ => unsupported("a call of a computed function"),
+        }
+    }
+
+    fn args(&mut self, args: &[ast::Expr]) -> Res<Vec<RExpr>> {
+        args.iter().map(|a| self.expr(a)).collect()
+    }
+
+    fn no_keywords(c: &ast::ExprCall, what: &str) -> Res<()> {
+        if c.keywords.is_empty() {
+            Ok(())
+        } else {
+            unsupported(format!("keyword arguments to {what}"))
+        }
+    }
+
+    fn method_call(&mut self, c: &ast::ExprCall, recv: &ast::Expr, attr: &str) -> Res<RExpr> {
+        if let ast::Expr::Name(n) = recv {
+            let module = self.modules.get(n.id.as_str()).cloned().or_else(|| {
+                (self.declared(n.id.as_str()).is_none()
+                    && super::KNOWN_MODULES.contains(&n.id.as_str()))
+                .then(|| n.id.to_string())
+            });
+            if let Some(module) = module {
+                return self.module_call(c, &module, attr);
+            }
+            if super::HOST_MODULES.contains(&n.id.as_str())
+                && self.declared(n.id.as_str()).is_none()
+            {
+                self.host_modules.insert(n.id.to_string());
+                return unsupported(format!("host-side Python (`{}.{attr}`)", n.id));
+            }
+            if METHODS.iter().any(|m| m.name == attr) && !self.is_node(n.id.as_str()) {
+                self.maybe_guess_node(n.id.as_str());
+            }
+        }
+        if UNSUPPORTED_METHODS.contains(&attr) {
+            return unsupported(format!(
+                "`{attr}` (interactive or QEMU-internal; no attest equivalent)"
+            ));
+        }
+        // `"…".format(…)` on a literal.
+        if attr == "format" {
+            if let Some(fmt) = const_str(recv) {
+                return self.format_call(fmt, &c.args, &c.keywords);
+            }
+        }
+        if attr == "join" {
+            if let Some(sep) = const_str(recv) {
+                Self::no_keywords(c, "join")?;
+                let [arr] = &c.args[..] else {
+                    return unsupported("`join` with other than one argument");
+                };
+                let arr = self.expr(arr)?;
+                if !matches!(arr.kind, Kind::List | Kind::Any) {
+                    return unsupported("`join` over something other than a list");
+                }
+                return Ok(RExpr::atom(
+                    format!("join({}, {})", arr.code, rhai::string(sep)),
+                    Kind::Str,
+                ));
+            }
+        }
+        let r = self.expr(recv)?;
+        if let Some(method) = METHODS.iter().find(|m| m.name == attr) {
+            if matches!(r.kind, Kind::Machine | Kind::Any) {
+                return self.machine_call(c, &r, method);
+            }
+        }
+        self.value_method(c, r, attr)
+    }
+
+    fn machine_call(&mut self, c: &ast::ExprCall, recv: &RExpr, m: &Method) -> Res<RExpr> {
+        let mut args = self.args(&c.args)?;
+        let mut options = Vec::new();
+        for k in &c.keywords {
+            let Some(name) = &k.arg else {
+                return unsupported("`**` arguments");
+            };
+            let name = name.as_str();
+            let v = self.expr(&k.value)?;
+            if let Some(i) = m.params.iter().position(|p| *p == name) {
+                if i != args.len() {
+                    return unsupported(format!(
+                        "keyword argument `{name}` to `{}` out of order",
+                        m.name
+                    ));
+                }
+                args.push(v);
+            } else if m.options.contains(&name) {
+                options.push(format!("{name}: {}", v.code));
+            } else if (m.name == "send_chars" || m.name == "send_key") && name == "delay" {
+                return unsupported(format!("`{}(…, delay=…)`", m.name));
+            } else {
+                return unsupported(format!(
+                    "keyword argument `{name}` to `{}` (attest has no such option)",
+                    m.name
+                ));
+            }
+        }
+        if !m.variadic && args.len() > m.params.len() {
+            return unsupported(format!("too many arguments to `{}`", m.name));
+        }
+        // Ports written as strings (`wait_for_open_port("80")`) are ints in attest.
+        if m.name.ends_with("_port") {
+            if let Some(first) = args.first_mut() {
+                if first.kind == Kind::Str {
+                    if let Some(n) = c
+                        .args
+                        .first()
+                        .and_then(const_str)
+                        .and_then(|s| s.parse::<i64>().ok())
+                    {
+                        *first = RExpr::atom(n.to_string(), Kind::Int);
+                    } else {
+                        *first = RExpr::atom(format!("parse_int({})", first.code), Kind::Int);
+                    }
+                }
+            }
+        }
+        let mut parts: Vec<String> =
+            if m.variadic && (args.len() > 3 || (args.len() > 1 && !options.is_empty())) {
+                vec![format!(
+                    "[{}]",
+                    args.iter()
+                        .map(|a| a.code.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )]
+            } else {
+                args.iter().map(|a| a.code.clone()).collect()
+            };
+        if m.variadic && args.is_empty() {
+            return unsupported(format!("`{}` without a command", m.name));
+        }
+        if !options.is_empty() {
+            parts.push(format!("#{{ {} }}", options.join(", ")));
+        }
+        Ok(RExpr::atom(
+            format!("{}.{}({})", recv.operand(), m.name, parts.join(", ")),
+            m.returns,
+        ))
+    }
+
+    fn module_call(&mut self, c: &ast::ExprCall, module: &str, f: &str) -> Res<RExpr> {
+        Self::no_keywords(c, &format!("`{module}.{f}`"))?;
+        let args = self.args(&c.args)?;
+        let one = |what: &str| -> Res<&RExpr> {
+            match &args[..] {
+                [a] => Ok(a),
+                _ => unsupported(format!("`{what}` with other than one argument")),
+            }
+        };
+        Ok(match (module, f) {
+            ("time", "sleep") => {
+                RExpr::atom(format!("sleep({})", one("time.sleep")?.code), Kind::Unit)
+            }
+            ("json", "loads") => RExpr::atom(
+                format!("json_parse({})", one("json.loads")?.code),
+                Kind::Any,
+            ),
+            ("json", "dumps") => RExpr::atom(
+                format!("json_string({})", one("json.dumps")?.code),
+                Kind::Str,
+            ),
+            ("shlex", "quote") => RExpr::atom(
+                format!("shell_quote({})", one("shlex.quote")?.code),
+                Kind::Str,
+            ),
+            ("re", "search" | "match" | "fullmatch") => {
+                let [pattern, text] = &args[..] else {
+                    return unsupported(format!("`re.{f}` with flags"));
+                };
+                let pattern = match f {
+                    "search" => pattern.code.clone(),
+                    _ => {
+                        let Some(p) = c.args.first().and_then(const_str) else {
+                            return unsupported(format!("`re.{f}` with a computed pattern"));
+                        };
+                        let anchored = if f == "match" {
+                            format!("^(?:{p})")
+                        } else {
+                            format!("^(?:{p})$")
+                        };
+                        rhai::string(&anchored)
+                    }
+                };
+                RExpr::atom(
+                    format!("regex_search({pattern}, {})", text.code),
+                    Kind::Match,
+                )
+            }
+            _ => return unsupported(format!("`{module}.{f}`")),
+        })
+    }
+
+    /// Methods of strings, lists, maps and regex matches.
+    fn value_method(&mut self, c: &ast::ExprCall, r: RExpr, attr: &str) -> Res<RExpr> {
+        Self::no_keywords(c, &format!("`.{attr}()`"))?;
+        let args = self.args(&c.args)?;
+        let recv = r.operand();
+        let code = |s: String, k: Kind| Ok(RExpr::atom(s, k));
+        match (attr, &args[..]) {
+            ("strip" | "lstrip" | "rstrip", []) => code(format!("{attr}({})", r.code), Kind::Str),
+            ("splitlines", []) => code(format!("splitlines({})", r.code), Kind::List),
+            ("split", []) => code(format!("{recv}.split()"), Kind::List),
+            ("split", [sep]) => code(format!("{recv}.split({})", sep.code), Kind::List),
+            ("split", [sep, n]) => match c.args.get(1).and_then(const_int) {
+                Some(n) if n >= 0 => {
+                    code(format!("{recv}.split({}, {})", sep.code, n + 1), Kind::List)
+                }
+                _ => {
+                    let _ = n;
+                    unsupported("`split` with a computed maxsplit")
+                }
+            },
+            ("startswith", [p]) => code(format!("{recv}.starts_with({})", p.code), Kind::Bool),
+            ("endswith", [p]) => code(format!("{recv}.ends_with({})", p.code), Kind::Bool),
+            ("lower", []) => code(format!("{recv}.to_lower()"), Kind::Str),
+            ("upper", []) => code(format!("{recv}.to_upper()"), Kind::Str),
+            ("append", [x]) if matches!(r.kind, Kind::List | Kind::Any) => {
+                code(format!("{recv}.push({})", x.code), Kind::Unit)
+            }
+            ("extend", [x]) if matches!(r.kind, Kind::List | Kind::Any) => {
+                code(format!("{recv}.append({})", x.code), Kind::Unit)
+            }
+            ("keys", []) if matches!(r.kind, Kind::Map | Kind::Any) => {
+                code(format!("{recv}.keys()"), Kind::List)
+            }
+            ("values", []) if matches!(r.kind, Kind::Map | Kind::Any) => {
+                code(format!("{recv}.values()"), Kind::List)
+            }
+            ("get", [k]) if matches!(r.kind, Kind::Map | Kind::Any) => {
+                code(format!("{recv}[{}]", k.code), Kind::Any)
+            }
+            ("get", [k, d]) if matches!(r.kind, Kind::Map | Kind::Any) => Ok(RExpr::op(
+                format!("{recv}[{}] ?? {}", k.code, d.operand()),
+                Kind::Any,
+            )),
+            ("group", []) if matches!(r.kind, Kind::Match | Kind::Any) => {
+                code(format!("{recv}[0]"), Kind::Str)
+            }
+            ("group", [n]) if matches!(r.kind, Kind::Match | Kind::Any) => {
+                code(format!("{recv}[{}]", n.code), Kind::Str)
+            }
+            _ => unsupported(format!(
+                "the method `.{attr}()` with {} argument(s)",
+                args.len()
+            )),
+        }
+    }
+
+    fn function_call(&mut self, c: &ast::ExprCall, name: &str) -> Res<RExpr> {
+        if self.functions.contains_key(name) && self.declared(name) != Some(Kind::Todo) {
+            return self.user_call(c, name);
+        }
+        if let Some(k) = self.declared(name) {
+            if k == Kind::Todo {
+                return unsupported(format!(
+                    "calls `{name}`, which a statement left as TODO binds"
+                ));
+            }
+            // A variable holding a lambda.
+            Self::no_keywords(c, &format!("`{name}`"))?;
+            let args = self.args(&c.args)?;
+            let _ = k;
+            let codes: Vec<String> = args.into_iter().map(|a| a.code).collect();
+            return Ok(RExpr::atom(
+                format!("{}.call({})", rhai::ident(name), codes.join(", ")),
+                Kind::Any,
+            ));
+        }
+        if let Some((module, f)) = self.imported_fns.get(name).cloned() {
+            return self.module_call(c, &module, &f);
+        }
+        if let Some((_, g, k)) = SAME_GLOBALS.iter().find(|(p, ..)| *p == name) {
+            Self::no_keywords(c, name)?;
+            if !c.args.is_empty() {
+                return unsupported(format!("arguments to `{name}`"));
+            }
+            return Ok(RExpr::atom(format!("{g}()"), *k));
+        }
+        match name {
+            "print" => {
+                Self::no_keywords(c, "print")?;
+                let args = self.args(&c.args)?;
+                let msg = match &args[..] {
+                    [a] if a.kind == Kind::Str => a.code.clone(),
+                    _ => {
+                        let mut pieces = Vec::new();
+                        for (i, (a, src)) in args.into_iter().zip(&c.args).enumerate() {
+                            if i > 0 {
+                                pieces.push(super::expr::Piece::Lit(" ".into()));
+                            }
+                            pieces.push(match const_str(src) {
+                                Some(s) => super::expr::Piece::Lit(s.to_owned()),
+                                None => super::expr::Piece::Val(a),
+                            });
+                        }
+                        super::expr::build_string(pieces).code
+                    }
+                };
+                Ok(RExpr::atom(format!("log({msg})"), Kind::Unit))
+            }
+            "len" => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported("`len` with other than one argument");
+                };
+                Ok(RExpr::atom(format!("{}.len()", a.operand()), Kind::Int))
+            }
+            "int" | "float" => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported(format!("`{name}` with a base"));
+                };
+                let parse = if name == "int" {
+                    "parse_int"
+                } else {
+                    "parse_float"
+                };
+                let k = if name == "int" {
+                    Kind::Int
+                } else {
+                    Kind::Float
+                };
+                match a.kind {
+                    Kind::Int | Kind::Float if name == "int" => {
+                        Ok(RExpr::atom(format!("{}.to_int()", a.operand()), k))
+                    }
+                    Kind::Int | Kind::Float => Ok(RExpr::atom(format!("to_float({})", a.code), k)),
+                    // Python's int()/float() ignore surrounding whitespace.
+                    _ => Ok(RExpr::atom(format!("{parse}(strip({}))", a.code), k)),
+                }
+            }
+            "str" => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported("`str` with other than one argument");
+                };
+                if a.kind == Kind::Bool {
+                    return unsupported("`str` of a boolean (Python writes True, Rhai true)");
+                }
+                Ok(RExpr::atom(
+                    format!("{}.to_string()", a.operand()),
+                    Kind::Str,
+                ))
+            }
+            "any" | "all" => {
+                let [arg] = &c.args[..] else {
+                    return unsupported(format!("`{name}` with other than one argument"));
+                };
+                self.any_all(name == "all", arg)
+            }
+            "list" | "tuple" => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported(format!("`{name}` with other than one argument"));
+                };
+                if a.kind != Kind::List {
+                    return unsupported(format!("`{name}` of something other than a list"));
+                }
+                Ok(a.clone())
+            }
+            "abs" | "max" | "min" => {
+                let args = self.args(&c.args)?;
+                if args.is_empty() || args.len() > 2 || (args.len() == 1 && name != "abs") {
+                    return unsupported(format!("`{name}` over a collection"));
+                }
+                let kind = args[0].kind;
+                let codes: Vec<String> = args.into_iter().map(|a| a.code).collect();
+                Ok(RExpr::atom(format!("{name}({})", codes.join(", ")), kind))
+            }
+            "retry" => self.retry_call(c),
+            "subtest" => unsupported("`subtest` outside `with`"),
+            "open" | "exec" | "eval" | "__import__" | "input" => {
+                self.host_modules.insert(format!("{name}()"));
+                unsupported(format!("host-side Python (`{name}`)"))
+            }
+            _ => {
+                if name.starts_with("__nix_interp_") {
+                    return unsupported("a call of a Nix interpolation");
+                }
+                unsupported(format!("the function `{name}`"))
+            }
+        }
+    }
+
+    /// A call of the script's own function: keyword and default arguments
+    /// become positional, `*args` an array.
+    fn user_call(&mut self, c: &ast::ExprCall, name: &str) -> Res<RExpr> {
+        let sig = self.functions[name].clone();
+        let mut slots: Vec<Option<RExpr>> = vec![None; sig.params.len()];
+        let mut rest = Vec::new();
+        for (i, a) in c.args.iter().enumerate() {
+            if matches!(a, ast::Expr::Starred(_)) {
+                return unsupported("`*` arguments");
+            }
+            let v = self.expr(a)?;
+            if i < slots.len() {
+                slots[i] = Some(v);
+            } else if sig.vararg {
+                rest.push(v.code);
+            } else {
+                return unsupported(format!("too many arguments to `{name}`"));
+            }
+        }
+        for k in &c.keywords {
+            let Some(arg) = &k.arg else {
+                return unsupported("`**` arguments");
+            };
+            let Some(i) = sig.params.iter().position(|p| p == arg.as_str()) else {
+                return unsupported(format!("unknown keyword argument `{arg}` to `{name}`"));
+            };
+            slots[i] = Some(self.expr(&k.value)?);
+        }
+        let mut codes = Vec::new();
+        for (i, s) in slots.into_iter().enumerate() {
+            match s {
+                Some(v) => codes.push(v.code),
+                None => match &sig.defaults[i] {
+                    Some(d) => codes.push(self.expr(d)?.code),
+                    None => return unsupported(format!("a missing argument to `{name}`")),
+                },
+            }
+        }
+        if sig.vararg {
+            codes.push(format!("[{}]", rest.join(", ")));
+        }
+        Ok(RExpr::atom(
+            self.call_code(name, &codes.join(", ")),
+            Kind::Any,
+        ))
+    }
+
+    /// NixOS `retry(fn, timeout=900)`: calls `fn(False)` once a second until
+    /// it returns True, then `fn(True)` a last time.
+    fn retry_call(&mut self, c: &ast::ExprCall) -> Res<RExpr> {
+        let [f] = &c.args[..] else {
+            return unsupported("`retry` with other than one function");
+        };
+        let mut timeout = "900".to_owned();
+        for k in &c.keywords {
+            match k.arg.as_ref().map(|a| a.as_str()) {
+                Some("timeout") => timeout = self.expr(&k.value)?.code,
+                _ => return unsupported("a keyword argument to `retry` other than timeout"),
+            }
+        }
+        let (first, last) = match f {
+            ast::Expr::Name(n) if self.functions.contains_key(n.id.as_str()) => (
+                self.call_code(n.id.as_str(), "false"),
+                self.call_code(n.id.as_str(), "true"),
+            ),
+            _ => {
+                let f = self.expr(f)?.operand();
+                (format!("{f}.call(false)"), format!("{f}.call(true)"))
+            }
+        };
+        Ok(RExpr::op(
+            format!(
+                "{{\n    let done = false;\n    for attempt in 0..{timeout} {{\n        if {first} {{ done = true; break; }}\n        sleep(1);\n    }}\n    if !done && !{last} {{ throw \"action timed out\"; }}\n}}"
+            ),
+            Kind::Unit,
+        ))
+    }
+
+    /// A call of the script's function `name`: `f(…)` for a `fn`,
+    /// `f.call(…)` for a closure.
+    fn call_code(&self, name: &str, args: &str) -> String {
+        let closure =
+            self.functions.get(name).is_some_and(|f| f.closure) || self.declared(name).is_some();
+        if closure {
+            format!("{}.call({args})", rhai::ident(name))
+        } else {
+            format!("{}({args})", rhai::ident(name))
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! Expressions: literals, f-strings and `str.format`, operators,
+//! comparisons, subscripts, comprehensions, lambdas.
+
+use rustpython_parser::ast::{self, CmpOp, Constant, Operator, UnaryOp};
+
+use super::rhai::{self, Kind, RExpr};
+use super::{unsupported, Res, Translator};
+
+/// A piece of a string being built from literal text and values.
+pub(super) enum Piece {
+    Lit(String),
+    Val(RExpr),
+}
+
+impl Translator<'_> {
+    pub(super) fn expr(&mut self, e: &ast::Expr) -> Res<RExpr> {
+        match e {
+            ast::Expr::Constant(c) => constant(&c.value),
+            ast::Expr::Name(n) => self.name(n.id.as_str()),
+            ast::Expr::JoinedStr(j) => {
+                let pieces = self.fstring_pieces(j)?;
+                Ok(build_string(pieces))
+            }
+            ast::Expr::BinOp(b) => self.binop(b),
+            ast::Expr::UnaryOp(u) => {
+                let v = self.expr(&u.operand)?;
+                match u.op {
+                    UnaryOp::Not => {
+                        let c = self.truthy(v);
+                        Ok(RExpr::op(format!("!{}", c.operand()), Kind::Bool))
+                    }
+                    UnaryOp::USub => Ok(RExpr::op(format!("-{}", v.operand()), v.kind)),
+                    UnaryOp::UAdd => Ok(v),
+                    UnaryOp::Invert => unsupported("`~` (bitwise not)"),
+                }
+            }
+            ast::Expr::BoolOp(b) => {
+                let op = match b.op {
+                    ast::BoolOp::And => " && ",
+                    ast::BoolOp::Or => " || ",
+                };
+                let mut parts = Vec::new();
+                for v in &b.values {
+                    let v = self.expr(v)?;
+                    if !matches!(v.kind, Kind::Bool | Kind::Any) {
+                        return unsupported(
+                            "`and`/`or` on non-boolean values (Python returns an operand, Rhai needs booleans)",
+                        );
+                    }
+                    parts.push(v.operand());
+                }
+                Ok(RExpr::op(parts.join(op), Kind::Bool))
+            }
+            ast::Expr::Compare(c) => self.compare(c),
+            ast::Expr::Call(c) => self.call(c),
+            ast::Expr::Attribute(a) => {
+                if a.attr.as_str() == "name" {
+                    let v = self.expr(&a.value)?;
+                    if matches!(v.kind, Kind::Machine | Kind::Any) {
+                        return Ok(RExpr::atom(format!("{}.name", v.operand()), Kind::Str));
+                    }
+                }
+                unsupported(format!("attribute `.{}`", a.attr))
+            }
+            ast::Expr::Subscript(s) => self.subscript(s),
+            ast::Expr::List(l) => self.array(&l.elts),
+            ast::Expr::Tuple(t) => self.array(&t.elts),
+            ast::Expr::Dict(d) => {
+                let mut entries = Vec::new();
+                for (k, v) in d.keys.iter().zip(&d.values) {
+                    let Some(ast::Expr::Constant(ast::ExprConstant {
+                        value: Constant::Str(k),
+                        ..
+                    })) = k
+                    else {
+                        return unsupported("a dict with non-string keys");
+                    };
+                    let v = self.expr(v)?;
+                    entries.push(format!("{}: {}", map_key(k), v.code));
+                }
+                Ok(RExpr::atom(
+                    format!("#{{ {} }}", entries.join(", ")),
+                    Kind::Map,
+                ))
+            }
+            ast::Expr::IfExp(i) => {
+                let test = self.expr(&i.test)?;
+                let test = self.truthy(test);
+                let a = self.expr(&i.body)?;
+                let b = self.expr(&i.orelse)?;
+                let kind = if a.kind == b.kind { a.kind } else { Kind::Any };
+                Ok(RExpr::op(
+                    format!("if {} {{ {} }} else {{ {} }}", test.code, a.code, b.code),
+                    kind,
+                ))
+            }
+            ast::Expr::Lambda(l) => {
+                let a = &l.args;
+                if a.vararg.is_some()
+                    || a.kwarg.is_some()
+                    || !a.kwonlyargs.is_empty()
+                    || a.args.iter().any(|p| p.default.is_some())
+                {
+                    return unsupported("a lambda with default, keyword or * arguments");
+                }
+                let params: Vec<String> = a.args.iter().map(|p| rhai::ident(&p.def.arg)).collect();
+                self.blocks.push(Default::default());
+                for p in &a.args {
+                    self.declare(p.def.arg.as_str(), Kind::Any);
+                }
+                let body = self.expr(&l.body);
+                self.blocks.pop();
+                Ok(RExpr::op(
+                    format!("|{}| {}", params.join(", "), body?.code),
+                    Kind::Any,
+                ))
+            }
+            ast::Expr::ListComp(c) => self.comprehension(&c.elt, &c.generators),
+            ast::Expr::GeneratorExp(c) => self.comprehension(&c.elt, &c.generators),
+            ast::Expr::Slice(_) => unsupported("slices"),
+            ast::Expr::Set(_) | ast::Expr::SetComp(_) => unsupported("sets"),
+            ast::Expr::DictComp(_) => unsupported("dict comprehensions"),
+            ast::Expr::Starred(_) => unsupported("`*` unpacking"),
+            ast::Expr::NamedExpr(_) => unsupported("`:=`"),
+            ast::Expr::Await(_) | ast::Expr::Yield(_) | ast::Expr::YieldFrom(_) => {
+                unsupported("generators and async code")
+            }
+            ast::Expr::FormattedValue(_) => unsupported("a bare formatted value"),
+        }
+    }
+
+    fn name(&mut self, id: &str) -> Res<RExpr> {
+        if let Some(i) = id
+            .strip_prefix("__nix_interp_")
+            .and_then(|r| r.strip_suffix("__"))
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            // `${toString port}` in code is a number once Nix renders it.
+            if self
+                .interpolations
+                .get(i)
+                .is_some_and(|t| t.starts_with("${toString "))
+            {
+                return Ok(RExpr::atom(
+                    format!("parse_int(\"{}\")", super::super::nix::placeholder(i)),
+                    Kind::Int,
+                ));
+            }
+            return unsupported(
+                "a Nix interpolation in code position (its value is known only to Nix; write it as a literal)",
+            );
+        }
+        if let Some(kind) = self.declared(id) {
+            if kind == Kind::Todo {
+                return unsupported(format!("uses `{id}`, which a statement left as TODO binds"));
+            }
+            return Ok(RExpr::atom(rhai::ident(id), kind));
+        }
+        if self.is_node(id) {
+            if rhai::ident(id) != id {
+                return unsupported(format!("the node name `{id}` is a Rhai keyword"));
+            }
+            return Ok(RExpr::atom(crate::config::script_name(id), Kind::Machine));
+        }
+        if self.functions.contains_key(id) {
+            return Ok(RExpr::atom(
+                format!("Fn(\"{}\")", rhai::ident(id)),
+                Kind::Any,
+            ));
+        }
+        if self.modules.contains_key(id) || super::KNOWN_MODULES.contains(&id) {
+            return unsupported(format!("the module `{id}` as a value"));
+        }
+        if self.guess_nodes && !self.used_as_variable(id) {
+            self.guessed.insert(id.to_owned());
+            self.nodes.insert(id.to_owned());
+            return Ok(RExpr::atom(crate::config::script_name(id), Kind::Machine));
+        }
+        unsupported(format!(
+            "`{id}` is not defined in the script (a Python builtin or a name from elsewhere)"
+        ))
+    }
+
+    /// Whether the script ever assigns `id` (then it is no node).
+    fn used_as_variable(&self, id: &str) -> bool {
+        self.all_assigned.contains(id)
+    }
+
+    fn array(&mut self, elts: &[ast::Expr]) -> Res<RExpr> {
+        let mut items = Vec::new();
+        let mut kinds = Vec::new();
+        for e in elts {
+            let v = self.expr(e)?;
+            kinds.push(v.kind);
+            items.push(v.code);
+        }
+        Ok(RExpr::atom(format!("[{}]", items.join(", ")), Kind::List))
+    }
+
+    /// A condition: Python truthiness made explicit where the type is known.
+    pub(super) fn truthy(&self, v: RExpr) -> RExpr {
+        match v.kind {
+            Kind::Str => RExpr::op(format!("{} != \"\"", v.operand()), Kind::Bool),
+            Kind::List => RExpr::op(format!("{}.len() > 0", v.operand()), Kind::Bool),
+            Kind::Map => RExpr::op(format!("{}.len() > 0", v.operand()), Kind::Bool),
+            Kind::Int => RExpr::op(format!("{} != 0", v.operand()), Kind::Bool),
+            Kind::Float => RExpr::op(format!("{} != 0.0", v.operand()), Kind::Bool),
+            Kind::Unit => RExpr::atom("false", Kind::Bool),
+            Kind::Match => RExpr::op(format!("{} != ()", v.operand()), Kind::Bool),
+            Kind::Bool | Kind::Machine | Kind::Exec | Kind::Any | Kind::Todo => v,
+        }
+    }
+
+    pub(super) fn fstring_pieces(&mut self, j: &ast::ExprJoinedStr) -> Res<Vec<Piece>> {
+        let mut pieces = Vec::new();
+        for v in &j.values {
+            match v {
+                ast::Expr::Constant(ast::ExprConstant {
+                    value: Constant::Str(s),
+                    ..
+                }) => pieces.push(Piece::Lit(s.clone())),
+                ast::Expr::FormattedValue(f) => {
+                    if f.format_spec.is_some() {
+                        return unsupported("an f-string format spec (`{x:…}`)");
+                    }
+                    if !matches!(
+                        f.conversion,
+                        ast::ConversionFlag::None | ast::ConversionFlag::Str
+                    ) {
+                        return unsupported("an f-string conversion (`!r`, `!a`)");
+                    }
+                    pieces.push(Piece::Val(self.expr(&f.value)?));
+                }
+                _ => return unsupported("an unusual f-string part"),
+            }
+        }
+        Ok(pieces)
+    }
+
+    /// `"…{}…".format(…)`.
+    pub(super) fn format_call(
+        &mut self,
+        fmt: &str,
+        args: &[ast::Expr],
+        keywords: &[ast::Keyword],
+    ) -> Res<RExpr> {
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut auto = 0;
+        let mut chars = fmt.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let mut field = String::new();
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            break;
+                        }
+                        field.push(c);
+                    }
+                    if field.contains([':', '!', '.', '[']) {
+                        return unsupported(
+                            "a `str.format` field with a spec, conversion or access",
+                        );
+                    }
+                    let value = if field.is_empty() {
+                        auto += 1;
+                        args.get(auto - 1)
+                    } else if let Ok(i) = field.parse::<usize>() {
+                        args.get(i)
+                    } else {
+                        keywords
+                            .iter()
+                            .find(|k| k.arg.as_ref().is_some_and(|a| a.as_str() == field))
+                            .map(|k| &k.value)
+                    };
+                    let Some(value) = value else {
+                        return unsupported("a `str.format` field without an argument");
+                    };
+                    if !lit.is_empty() {
+                        pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                    }
+                    pieces.push(Piece::Val(self.expr(value)?));
+                }
+                '}' => return unsupported("a single `}` in a format string"),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            pieces.push(Piece::Lit(lit));
+        }
+        Ok(build_string(pieces))
+    }
+
+    /// `"…%s…" % x`.
+    fn percent_format(&mut self, fmt: &str, rhs: &ast::Expr) -> Res<RExpr> {
+        let values: Vec<&ast::Expr> = match rhs {
+            ast::Expr::Tuple(t) => t.elts.iter().collect(),
+            other => vec![other],
+        };
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut next = values.into_iter();
+        let mut chars = fmt.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                lit.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('%') => lit.push('%'),
+                Some('s' | 'd' | 'i') => {
+                    let Some(v) = next.next() else {
+                        return unsupported("`%` formatting with too few values");
+                    };
+                    if !lit.is_empty() {
+                        pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                    }
+                    pieces.push(Piece::Val(self.expr(v)?));
+                }
+                _ => return unsupported("a `%` format other than %s, %d, %i"),
+            }
+        }
+        if next.next().is_some() {
+            return unsupported("`%` formatting with too many values");
+        }
+        if !lit.is_empty() {
+            pieces.push(Piece::Lit(lit));
+        }
+        Ok(build_string(pieces))
+    }
+
+    fn binop(&mut self, b: &ast::ExprBinOp) -> Res<RExpr> {
+        if b.op == Operator::Mod {
+            if let ast::Expr::Constant(ast::ExprConstant {
+                value: Constant::Str(fmt),
+                ..
+            }) = &*b.left
+            {
+                return self.percent_format(fmt, &b.right);
+            }
+        }
+        let l = self.expr(&b.left)?;
+        let r = self.expr(&b.right)?;
+        let numeric = |k: Kind| matches!(k, Kind::Int | Kind::Float | Kind::Any);
+        let (op, kind) = match b.op {
+            Operator::Add => {
+                let kind = match (l.kind, r.kind) {
+                    (Kind::Str, _) | (_, Kind::Str) => Kind::Str,
+                    (Kind::List, _) => Kind::List,
+                    (Kind::Int, Kind::Int) => Kind::Int,
+                    (Kind::Float, _) | (_, Kind::Float) => Kind::Float,
+                    _ => Kind::Any,
+                };
+                ("+", kind)
+            }
+            Operator::Sub => ("-", num_kind(l.kind, r.kind)),
+            Operator::Mult => {
+                if !numeric(l.kind) || !numeric(r.kind) {
+                    return unsupported("`*` on strings or lists (repetition)");
+                }
+                ("*", num_kind(l.kind, r.kind))
+            }
+            Operator::Div => {
+                // Python's `/` is always float division; Rhai's divides ints.
+                if l.kind == Kind::Float || r.kind == Kind::Float {
+                    ("/", Kind::Float)
+                } else {
+                    return Ok(RExpr::op(
+                        format!("to_float({}) / {}", l.code, r.operand()),
+                        Kind::Float,
+                    ));
+                }
+            }
+            Operator::Mod if numeric(l.kind) => ("%", num_kind(l.kind, r.kind)),
+            Operator::Pow => ("**", num_kind(l.kind, r.kind)),
+            Operator::BitAnd => ("&", Kind::Int),
+            Operator::BitOr => ("|", Kind::Int),
+            Operator::BitXor => ("^", Kind::Int),
+            Operator::LShift => ("<<", Kind::Int),
+            Operator::RShift => (">>", Kind::Int),
+            Operator::FloorDiv => {
+                return unsupported("`//` (Python floors, Rhai truncates)");
+            }
+            _ => return unsupported(format!("the operator {:?}", b.op)),
+        };
+        Ok(RExpr::op(
+            format!("{} {op} {}", l.operand(), r.operand()),
+            kind,
+        ))
+    }
+
+    fn compare(&mut self, c: &ast::ExprCompare) -> Res<RExpr> {
+        let mut left_src = &*c.left;
+        let mut parts = Vec::new();
+        for (i, (op, right)) in c.ops.iter().zip(&c.comparators).enumerate() {
+            if i > 0 && !matches!(left_src, ast::Expr::Name(_) | ast::Expr::Constant(_)) {
+                return unsupported("a chained comparison over a computed value");
+            }
+            let l = self.expr(left_src)?;
+            let r = self.expr(right)?;
+            parts.push(self.compare_one(op, l, r, right)?);
+            left_src = right;
+        }
+        if parts.len() == 1 {
+            return Ok(parts
+                .pop()
+                .unwrap_or_else(|| RExpr::atom("true", Kind::Bool)));
+        }
+        let joined: Vec<String> = parts.iter().map(|p| p.operand()).collect();
+        Ok(RExpr::op(joined.join(" && "), Kind::Bool))
+    }
+
+    fn compare_one(&mut self, op: &CmpOp, l: RExpr, r: RExpr, right: &ast::Expr) -> Res<RExpr> {
+        let s = match op {
+            CmpOp::Eq => format!("{} == {}", l.operand(), r.operand()),
+            CmpOp::NotEq => format!("{} != {}", l.operand(), r.operand()),
+            CmpOp::Lt => format!("{} < {}", l.operand(), r.operand()),
+            CmpOp::LtE => format!("{} <= {}", l.operand(), r.operand()),
+            CmpOp::Gt => format!("{} > {}", l.operand(), r.operand()),
+            CmpOp::GtE => format!("{} >= {}", l.operand(), r.operand()),
+            CmpOp::Is | CmpOp::IsNot => {
+                let singleton = matches!(
+                    right,
+                    ast::Expr::Constant(ast::ExprConstant {
+                        value: Constant::None | Constant::Bool(_),
+                        ..
+                    })
+                );
+                if !singleton {
+                    return unsupported("`is` with something other than None, True or False");
+                }
+                let eq = if *op == CmpOp::Is { "==" } else { "!=" };
+                format!("{} {eq} {}", l.operand(), r.operand())
+            }
+            CmpOp::In => format!("{} in {}", l.operand(), r.operand()),
+            CmpOp::NotIn => format!("!({} in {})", l.operand(), r.operand()),
+        };
+        Ok(RExpr::op(s, Kind::Bool))
+    }
+
+    fn subscript(&mut self, s: &ast::ExprSubscript) -> Res<RExpr> {
+        let v = self.expr(&s.value)?;
+        if matches!(&*s.slice, ast::Expr::Slice(_)) {
+            return unsupported("slices");
+        }
+        let index = const_int(&s.slice);
+        match v.kind {
+            Kind::Exec => match index {
+                Some(0) => Ok(RExpr::atom(format!("{}.status", v.operand()), Kind::Int)),
+                Some(1) => Ok(RExpr::atom(format!("{}.stdout", v.operand()), Kind::Str)),
+                _ => unsupported("an index into execute()'s result other than [0] or [1]"),
+            },
+            Kind::Str => unsupported("indexing a string (Rhai gives a character)"),
+            _ => {
+                let i = self.expr(&s.slice)?;
+                let kind = if v.kind == Kind::Match {
+                    Kind::Str
+                } else {
+                    Kind::Any
+                };
+                Ok(RExpr::atom(format!("{}[{}]", v.operand(), i.code), kind))
+            }
+        }
+    }
+
+    /// `[elt for x in xs if c]` → `xs.filter(|x| c)` + what `end` makes of
+    /// the element (`.map(…)`, `.some(…)`, `.all(…)`).
+    fn generator(
+        &mut self,
+        elt: &ast::Expr,
+        gens: &[ast::Comprehension],
+        end: impl FnOnce(&mut Self, String, &str, RExpr) -> RExpr,
+    ) -> Res<RExpr> {
+        let [g] = gens else {
+            return unsupported("a comprehension with several `for`s");
+        };
+        let ast::Expr::Name(target) = &g.target else {
+            return unsupported("a comprehension over tuples");
+        };
+        let iter = self.expr(&g.iter)?;
+        if !matches!(iter.kind, Kind::List | Kind::Any) {
+            return unsupported("a comprehension over something other than a list");
+        }
+        let var = rhai::ident(&target.id);
+        self.blocks.push(Default::default());
+        self.declare(target.id.as_str(), Kind::Any);
+        let result = (|| {
+            let mut code = iter.operand();
+            for cond in &g.ifs {
+                let c = self.expr(cond)?;
+                let c = self.truthy(c);
+                code = format!("{code}.filter(|{var}| {})", c.code);
+            }
+            let e = self.expr(elt)?;
+            Ok(end(self, code, &var, e))
+        })();
+        self.blocks.pop();
+        result
+    }
+
+    fn comprehension(&mut self, elt: &ast::Expr, gens: &[ast::Comprehension]) -> Res<RExpr> {
+        let identity = matches!(
+            (elt, gens.first().map(|g| &g.target)),
+            (ast::Expr::Name(a), Some(ast::Expr::Name(b))) if a.id == b.id
+        );
+        self.generator(elt, gens, |_, code, var, e| {
+            if identity {
+                RExpr::atom(code, Kind::List)
+            } else {
+                RExpr::atom(format!("{code}.map(|{var}| {})", e.code), Kind::List)
+            }
+        })
+    }
+
+    /// `any(…)` / `all(…)` over a generator.
+    pub(super) fn any_all(&mut self, all: bool, arg: &ast::Expr) -> Res<RExpr> {
+        let (elt, gens) = match arg {
+            ast::Expr::GeneratorExp(g) => (&*g.elt, &g.generators),
+            ast::Expr::ListComp(g) => (&*g.elt, &g.generators),
+            _ => return unsupported("`any`/`all` over something other than a generator"),
+        };
+        let m = if all { "all" } else { "some" };
+        self.generator(elt, gens, |this, code, var, e| {
+            let e = this.truthy(e);
+            RExpr::atom(format!("{code}.{m}(|{var}| {})", e.code), Kind::Bool)
+        })
+    }
+}
+
+fn num_kind(a: Kind, b: Kind) -> Kind {
+    match (a, b) {
+        (Kind::Int, Kind::Int) => Kind::Int,
+        (Kind::Float, _) | (_, Kind::Float) => Kind::Float,
+        _ => Kind::Any,
+    }
+}
+
+pub(super) fn const_int(e: &ast::Expr) -> Option<i64> {
+    match e {
+        ast::Expr::Constant(ast::ExprConstant {
+            value: Constant::Int(i),
+            ..
+        }) => i.to_string().parse().ok(),
+        ast::Expr::UnaryOp(u) if u.op == UnaryOp::USub => const_int(&u.operand).map(|i| -i),
+        _ => None,
+    }
+}
+
+pub(super) fn const_str(e: &ast::Expr) -> Option<&str> {
+    match e {
+        ast::Expr::Constant(ast::ExprConstant {
+            value: Constant::Str(s),
+            ..
+        }) => Some(s),
+        _ => None,
+    }
+}
+
+fn constant(c: &Constant) -> Res<RExpr> {
+    Ok(match c {
+        Constant::None => RExpr::atom("()", Kind::Unit),
+        Constant::Bool(b) => RExpr::atom(b.to_string(), Kind::Bool),
+        Constant::Str(s) => RExpr::atom(string_literal(s), Kind::Str),
+        Constant::Int(i) => {
+            let s = i.to_string();
+            if s.parse::<i64>().is_err() {
+                return unsupported("an integer beyond 64 bits");
+            }
+            if s.starts_with('-') {
+                RExpr::op(s, Kind::Int)
+            } else {
+                RExpr::atom(s, Kind::Int)
+            }
+        }
+        Constant::Float(f) => RExpr::atom(rhai::float(*f), Kind::Float),
+        Constant::Tuple(_) => return unsupported("a constant tuple"),
+        Constant::Bytes(_) => return unsupported("bytes literals"),
+        Constant::Complex { .. } => return unsupported("complex numbers"),
+        Constant::Ellipsis => return unsupported("`...`"),
+    })
+}
+
+/// A string literal; multi-line text without backticks reads best as a
+/// backtick string, kept verbatim.
+pub(super) fn string_literal(s: &str) -> String {
+    if s.contains('\n') && s.trim_end().contains('\n') {
+        if let Some(text) = rhai::backtick_piece(s) {
+            if !text.contains('`') && !s.contains('\\') {
+                return format!("`{text}`");
+            }
+        }
+    }
+    rhai::string(s)
+}
+
+fn map_key(k: &str) -> String {
+    let is_ident = k
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && rhai::ident(k) == k;
+    if is_ident {
+        k.to_owned()
+    } else {
+        rhai::string(k)
+    }
+}
+
+/// A string from literal pieces and values: a backtick string with `${…}`,
+/// or a concatenation where the text cannot be written in one.
+pub(super) fn build_string(pieces: Vec<Piece>) -> RExpr {
+    let values = pieces.iter().filter(|p| matches!(p, Piece::Val(_))).count();
+    if values == 0 {
+        let text: String = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Lit(s) => s.as_str(),
+                Piece::Val(_) => "",
+            })
+            .collect();
+        return RExpr::atom(string_literal(&text), Kind::Str);
+    }
+    if values == 1 && pieces.len() == 1 {
+        if let Some(Piece::Val(v)) = pieces.first() {
+            if v.kind == Kind::Str {
+                return v.clone();
+            }
+        }
+    }
+    let all_fit = pieces.iter().all(|p| match p {
+        Piece::Lit(s) => rhai::backtick_piece(s).is_some() && !s.contains('\n'),
+        Piece::Val(_) => true,
+    });
+    if all_fit {
+        let mut out = String::from("`");
+        for p in &pieces {
+            match p {
+                Piece::Lit(s) => out.push_str(&rhai::backtick_piece(s).unwrap_or_default()),
+                Piece::Val(v) => out.push_str(&format!("${{{}}}", v.code)),
+            }
+        }
+        out.push('`');
+        return RExpr::atom(out, Kind::Str);
+    }
+    // `"" + x` makes Rhai build a string from any value.
+    let mut parts = Vec::new();
+    if !matches!(pieces.first(), Some(Piece::Lit(_))) {
+        parts.push("\"\"".to_owned());
+    }
+    for p in pieces {
+        match p {
+            Piece::Lit(s) => parts.push(rhai::string(&s)),
+            Piece::Val(v) => parts.push(v.operand()),
+        }
+    }
+    RExpr::op(parts.join(" + "), Kind::Str)
+}

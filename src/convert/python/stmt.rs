@@ -1,0 +1,730 @@
+//! Statements: assignments (with `let` where Python first binds a name),
+//! `if`/`for`/`while`, `with subtest`, `def`, `try`, `raise`, `assert`,
+//! imports.
+
+use std::collections::BTreeSet;
+
+use rustpython_parser::ast::{self, Ranged};
+
+use super::expr::{const_str, string_literal};
+use super::functions::{assigned_names, sub_blocks};
+use super::rhai::{self, Kind, RExpr};
+use super::{unsupported, Block, Res, Translator};
+
+impl Translator<'_> {
+    /// Translates a block; every statement either translates or becomes a
+    /// TODO in place.
+    pub(super) fn block(&mut self, body: &[ast::Stmt]) {
+        for s in body {
+            let (first, _) = self.source_lines(s);
+            self.flush_comments(first);
+            self.blank_before(first);
+            self.cur_line = first;
+            let saved = (
+                self.out.len(),
+                self.todos.len(),
+                self.next_comment,
+                self.blocks
+                    .iter()
+                    .map(|b| (b.vars.clone(), b.barrier))
+                    .collect::<Vec<_>>(),
+                self.tmp,
+            );
+            if let Err(e) = self.stmt(s) {
+                self.out.truncate(saved.0);
+                self.todos.truncate(saved.1);
+                self.next_comment = saved.2;
+                self.blocks = saved
+                    .3
+                    .into_iter()
+                    .map(|(vars, barrier)| Block { vars, barrier })
+                    .collect();
+                self.tmp = saved.4;
+                self.todo(s, &e.0);
+                // Later uses of what it binds are not TODOs of their own.
+                let mut bound = BTreeSet::new();
+                assigned_names(std::slice::from_ref(s), &mut bound);
+                for n in bound {
+                    if self.declared(&n).is_none() {
+                        self.declare(&n, Kind::Todo);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A nested block in its own scope, one level deeper.
+    fn nested(&mut self, body: &[ast::Stmt], barrier: bool, params: &[(String, Kind)]) {
+        self.blocks.push(Block {
+            barrier,
+            ..Default::default()
+        });
+        for (p, k) in params {
+            self.declare(p, *k);
+        }
+        self.indent += 1;
+        self.block(body);
+        if let Some(last) = body.last() {
+            let (_, end) = self.source_lines(last);
+            self.flush_comments(end + 1);
+        }
+        self.indent -= 1;
+        self.blocks.pop();
+    }
+
+    /// Declares, before a compound statement, the names its blocks bind and
+    /// later code reads (Rhai's `let` is block-scoped, Python's is not).
+    fn hoist(&mut self, s: &ast::Stmt) {
+        let mut names = BTreeSet::new();
+        for b in sub_blocks(s) {
+            assigned_names(b, &mut names);
+        }
+        let end = s.range().end().to_usize();
+        for n in names {
+            if self.declared(&n).is_none()
+                && !self.functions.contains_key(&n)
+                && !self.nodes.contains(&n)
+                && self.used_after(&n, end)
+            {
+                self.emit(format!("let {};", rhai::ident(&n)));
+                self.declare(&n, Kind::Any);
+            }
+        }
+    }
+
+    fn stmt(&mut self, s: &ast::Stmt) -> Res<()> {
+        match s {
+            ast::Stmt::Expr(e) => self.expr_stmt(&e.value),
+            ast::Stmt::Assign(a) => {
+                let [target] = &a.targets[..] else {
+                    return unsupported("chained assignment `a = b = …`");
+                };
+                self.assign(target, &a.value)
+            }
+            ast::Stmt::AnnAssign(a) => match &a.value {
+                Some(v) => self.assign(&a.target, v),
+                None => Ok(()),
+            },
+            ast::Stmt::AugAssign(a) => self.aug_assign(a),
+            ast::Stmt::If(i) => {
+                self.hoist(s);
+                self.if_chain(i, false)
+            }
+            ast::Stmt::While(w) => {
+                if !w.orelse.is_empty() {
+                    return unsupported("`while … else`");
+                }
+                self.hoist(s);
+                let c = self.expr(&w.test)?;
+                let c = self.truthy(c);
+                self.emit(format!("while {} {{", c.code));
+                self.loop_body(&w.body, &[]);
+                self.emit("}");
+                Ok(())
+            }
+            ast::Stmt::For(f) => {
+                if !f.orelse.is_empty() {
+                    return unsupported("`for … else`");
+                }
+                self.hoist(s);
+                self.for_loop(f)
+            }
+            ast::Stmt::With(w) => {
+                self.hoist(s);
+                self.with(w)
+            }
+            ast::Stmt::FunctionDef(d) => self.def(d),
+            ast::Stmt::Return(r) => {
+                if self.in_subtest > 0 {
+                    return unsupported(
+                        "`return` inside `with subtest` (it would leave only the subtest)",
+                    );
+                }
+                match &r.value {
+                    Some(v) => {
+                        let v = self.expr(v)?;
+                        self.emit(format!("return {};", v.code));
+                    }
+                    None => self.emit("return;"),
+                }
+                Ok(())
+            }
+            ast::Stmt::Break(_) | ast::Stmt::Continue(_) => {
+                if self.in_subtest > 0 && self.loops_in_subtest == 0 {
+                    return unsupported(
+                        "`break`/`continue` inside `with subtest` across the subtest",
+                    );
+                }
+                self.emit(if matches!(s, ast::Stmt::Break(_)) {
+                    "break;"
+                } else {
+                    "continue;"
+                });
+                Ok(())
+            }
+            ast::Stmt::Pass(_) | ast::Stmt::Global(_) | ast::Stmt::Nonlocal(_) => Ok(()),
+            ast::Stmt::Raise(r) => self.raise(r),
+            ast::Stmt::Try(t) => {
+                self.hoist(s);
+                self.try_stmt(t)
+            }
+            ast::Stmt::Assert(a) => self.assert(a),
+            ast::Stmt::Import(i) => {
+                for a in &i.names {
+                    let module = a.name.as_str();
+                    let root = module.split('.').next().unwrap_or(module);
+                    let bound = a
+                        .asname
+                        .as_ref()
+                        .map(|n| n.to_string())
+                        .unwrap_or(root.to_owned());
+                    if super::KNOWN_MODULES.contains(&module) {
+                        self.modules.insert(bound, module.to_owned());
+                    } else {
+                        return self.foreign_import(root);
+                    }
+                }
+                Ok(())
+            }
+            ast::Stmt::ImportFrom(i) => {
+                let module = i.module.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                if !super::KNOWN_MODULES.contains(&module.as_str()) {
+                    let root = module.split('.').next().unwrap_or("").to_owned();
+                    return self.foreign_import(&root);
+                }
+                for a in &i.names {
+                    let bound = a.asname.as_ref().unwrap_or(&a.name).to_string();
+                    self.imported_fns
+                        .insert(bound, (module.clone(), a.name.to_string()));
+                }
+                Ok(())
+            }
+            ast::Stmt::ClassDef(_) => unsupported("classes"),
+            ast::Stmt::Delete(_) => unsupported("`del`"),
+            ast::Stmt::Match(_) => unsupported("`match`"),
+            _ => unsupported("async code and other rare statements"),
+        }
+    }
+
+    fn foreign_import(&mut self, root: &str) -> Res<()> {
+        if super::HOST_MODULES.contains(&root) {
+            self.host_modules.insert(root.to_owned());
+            unsupported(format!("host-side Python (module `{root}`)"))
+        } else {
+            unsupported(format!("the Python module `{root}`"))
+        }
+    }
+
+    fn expr_stmt(&mut self, e: &ast::Expr) -> Res<()> {
+        if let Some(doc) = const_str(e) {
+            for l in doc.trim().lines() {
+                let l = l.trim();
+                self.emit(if l.is_empty() {
+                    "//".to_owned()
+                } else {
+                    format!("// {l}")
+                });
+            }
+            return Ok(());
+        }
+        if let ast::Expr::Attribute(a) = e {
+            // `machine.start` without `()` reads an attribute and does nothing.
+            if matches!(&*a.value, ast::Expr::Name(_)) {
+                let r = e.range();
+                let text = &self.src[r.start().to_usize()..r.end().to_usize()];
+                self.emit(format!("// (did nothing in Python, not called) {text}"));
+                return Ok(());
+            }
+        }
+        if !matches!(e, ast::Expr::Call(_)) {
+            return unsupported("an expression statement without a call");
+        }
+        let v = self.expr(e)?;
+        if v.code.starts_with('{') {
+            self.emit(v.code);
+        } else {
+            self.emit(format!("{};", v.code));
+        }
+        Ok(())
+    }
+
+    /// `let x = v;` the first time a scope binds `x`, `x = v;` afterwards.
+    fn bind(&mut self, name: &str, value: RExpr) -> Res<()> {
+        if self.nodes.contains(name) && self.declared(name).is_none() {
+            return unsupported(format!("assigning to the node name `{name}`"));
+        }
+        if self.functions.get(name).is_some_and(|f| !f.closure) {
+            return unsupported(format!("assigning to the function name `{name}`"));
+        }
+        if self.declared(name).is_some() {
+            self.set_kind(name, value.kind);
+            self.emit(format!("{} = {};", rhai::ident(name), value.code));
+        } else {
+            self.emit(format!("let {} = {};", rhai::ident(name), value.code));
+            self.declare(name, value.kind);
+        }
+        Ok(())
+    }
+
+    fn assign(&mut self, target: &ast::Expr, value: &ast::Expr) -> Res<()> {
+        match target {
+            ast::Expr::Name(n) => {
+                let v = self.expr(value)?;
+                self.bind(n.id.as_str(), v)
+            }
+            ast::Expr::Subscript(s) => {
+                if matches!(&*s.slice, ast::Expr::Slice(_)) {
+                    return unsupported("assigning to a slice");
+                }
+                let c = self.expr(&s.value)?;
+                let i = self.expr(&s.slice)?;
+                let v = self.expr(value)?;
+                self.emit(format!("{}[{}] = {};", c.operand(), i.code, v.code));
+                Ok(())
+            }
+            ast::Expr::Tuple(ast::ExprTuple { elts, .. })
+            | ast::Expr::List(ast::ExprList { elts, .. }) => self.unpack(elts, value),
+            _ => unsupported("assigning to an attribute"),
+        }
+    }
+
+    /// `a, b = …`.
+    fn unpack(&mut self, targets: &[ast::Expr], value: &ast::Expr) -> Res<()> {
+        let mut names = Vec::new();
+        for t in targets {
+            let ast::Expr::Name(n) = t else {
+                return unsupported("nested or starred unpacking");
+            };
+            names.push(n.id.to_string());
+        }
+        // `a, b = x, y` with no target read on the right: one by one.
+        if let ast::Expr::Tuple(ast::ExprTuple { elts, .. }) = value {
+            if elts.len() != names.len() {
+                return unsupported("unpacking of a different length");
+            }
+            let mut read = BTreeSet::new();
+            for e in elts {
+                let r = e.range();
+                let text = &self.src[r.start().to_usize()..r.end().to_usize()];
+                for (tok, _) in
+                    rustpython_parser::lexer::lex(text, rustpython_parser::Mode::Module).flatten()
+                {
+                    if let rustpython_parser::Tok::Name { name } = tok {
+                        read.insert(name);
+                    }
+                }
+            }
+            if names.iter().any(|n| read.contains(n)) {
+                return unsupported("a swap-like unpacking");
+            }
+            for (n, e) in names.iter().zip(elts) {
+                let v = self.expr(e)?;
+                if n != "_" {
+                    self.bind(n, v)?;
+                }
+            }
+            return Ok(());
+        }
+        let v = self.expr(value)?;
+        let base = if v.kind == Kind::Exec {
+            "result"
+        } else {
+            "parts"
+        };
+        let tmp = self.fresh(base);
+        self.emit(format!("let {tmp} = {};", v.code));
+        self.declare(&tmp, v.kind);
+        for (i, n) in names.iter().enumerate() {
+            if n == "_" {
+                continue;
+            }
+            let item = if v.kind == Kind::Exec {
+                match i {
+                    0 => RExpr::atom(format!("{tmp}.status"), Kind::Int),
+                    1 => RExpr::atom(format!("{tmp}.stdout"), Kind::Str),
+                    _ => return unsupported("unpacking execute() into more than two names"),
+                }
+            } else {
+                RExpr::atom(format!("{tmp}[{i}]"), Kind::Any)
+            };
+            self.bind(n, item)?;
+        }
+        Ok(())
+    }
+
+    fn aug_assign(&mut self, a: &ast::StmtAugAssign) -> Res<()> {
+        let op = match a.op {
+            ast::Operator::Add => "+=",
+            ast::Operator::Sub => "-=",
+            ast::Operator::Mult => "*=",
+            _ => return unsupported("an augmented assignment other than +=, -=, *="),
+        };
+        let t = self.expr(&a.target)?;
+        let v = self.expr(&a.value)?;
+        if op == "*=" && !matches!(t.kind, Kind::Int | Kind::Float) {
+            return unsupported("`*=` on a value that may be a string or list");
+        }
+        self.emit(format!("{} {op} {};", t.code, v.code));
+        Ok(())
+    }
+
+    fn if_chain(&mut self, i: &ast::StmtIf, is_elif: bool) -> Res<()> {
+        let c = self.expr(&i.test)?;
+        let c = self.truthy(c);
+        if is_elif {
+            let last = self.out.pop().unwrap_or_default();
+            self.out.push(format!("{last} else if {} {{", c.code));
+        } else {
+            self.emit(format!("if {} {{", c.code));
+        }
+        self.nested(&i.body, false, &[]);
+        self.emit("}");
+        match &i.orelse[..] {
+            [] => {}
+            [ast::Stmt::If(elif)] if self.is_elif(elif) => self.if_chain(elif, true)?,
+            other => {
+                let last = self.out.pop().unwrap_or_default();
+                self.out.push(format!("{last} else {{"));
+                self.nested(other, false, &[]);
+                self.emit("}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `elif` (rather than `else:` + a nested `if`): the `if` is not on a
+    /// line of its own after `else:`.
+    fn is_elif(&self, i: &ast::StmtIf) -> bool {
+        let (line, _) = self.source_lines(i);
+        self.line_text(line).trim_start().starts_with("elif")
+    }
+
+    fn loop_body(&mut self, body: &[ast::Stmt], params: &[(String, Kind)]) {
+        self.loops_in_subtest += 1;
+        self.nested(body, false, params);
+        self.loops_in_subtest -= 1;
+    }
+
+    fn for_loop(&mut self, f: &ast::StmtFor) -> Res<()> {
+        let targets: Vec<String> = match &*f.target {
+            ast::Expr::Name(n) => vec![n.id.to_string()],
+            ast::Expr::Tuple(t) => {
+                let mut v = Vec::new();
+                for e in &t.elts {
+                    let ast::Expr::Name(n) = e else {
+                        return unsupported("a nested loop target");
+                    };
+                    v.push(n.id.to_string());
+                }
+                v
+            }
+            _ => return unsupported("a loop target that is not a name"),
+        };
+        if let ast::Expr::Call(c) = &*f.iter {
+            if let ast::Expr::Name(func) = &*c.func {
+                if func.id.as_str() == "range" && c.keywords.is_empty() && targets.len() == 1 {
+                    let a: Vec<RExpr> = c.args.iter().map(|a| self.expr(a)).collect::<Res<_>>()?;
+                    let range = match &a[..] {
+                        [n] => format!("0..{}", n.operand()),
+                        [x, y] => format!("{}..{}", x.operand(), y.operand()),
+                        [x, y, s] => format!("range({}, {}, {})", x.code, y.code, s.code),
+                        _ => return unsupported("`range` with no arguments"),
+                    };
+                    let v = rhai::ident(&targets[0]);
+                    self.emit(format!("for {v} in {range} {{"));
+                    self.loop_body(&f.body, &[(targets[0].clone(), Kind::Int)]);
+                    self.emit("}");
+                    return Ok(());
+                }
+                if func.id.as_str() == "enumerate" && targets.len() == 2 {
+                    let [xs] = &c.args[..] else {
+                        return unsupported("`enumerate` with a start");
+                    };
+                    let xs = self.expr(xs)?;
+                    if !matches!(xs.kind, Kind::List | Kind::Any) {
+                        return unsupported("`enumerate` over something other than a list");
+                    }
+                    let (i, x) = (rhai::ident(&targets[0]), rhai::ident(&targets[1]));
+                    self.emit(format!("for ({x}, {i}) in {} {{", xs.operand()));
+                    self.loop_body(
+                        &f.body,
+                        &[
+                            (targets[0].clone(), Kind::Int),
+                            (targets[1].clone(), Kind::Any),
+                        ],
+                    );
+                    self.emit("}");
+                    return Ok(());
+                }
+            }
+            if let ast::Expr::Attribute(a) = &*c.func {
+                if a.attr.as_str() == "items" && c.args.is_empty() && targets.len() == 2 {
+                    let d = self.expr(&a.value)?;
+                    let (k, v) = (rhai::ident(&targets[0]), rhai::ident(&targets[1]));
+                    // Evaluated once, as Python does.
+                    let d_code = if matches!(&*a.value, ast::Expr::Name(_)) {
+                        d.operand()
+                    } else {
+                        let tmp = self.fresh("map");
+                        self.emit(format!("let {tmp} = {};", d.code));
+                        self.declare(&tmp, Kind::Map);
+                        tmp
+                    };
+                    self.emit(format!("for {k} in {d_code}.keys() {{"));
+                    self.indent += 1;
+                    self.emit(format!("let {v} = {d_code}[{k}];"));
+                    self.indent -= 1;
+                    self.loop_body(
+                        &f.body,
+                        &[
+                            (targets[0].clone(), Kind::Str),
+                            (targets[1].clone(), Kind::Any),
+                        ],
+                    );
+                    self.emit("}");
+                    return Ok(());
+                }
+            }
+        }
+        let xs = self.expr(&f.iter)?;
+        let xs_code = match xs.kind {
+            Kind::Str => return unsupported("a loop over a string (Rhai yields characters)"),
+            Kind::Map => format!("{}.keys()", xs.operand()),
+            Kind::List | Kind::Any => xs.operand(),
+            _ => return unsupported("a loop over something other than a list"),
+        };
+        if targets.len() == 1 {
+            let v = rhai::ident(&targets[0]);
+            self.emit(format!("for {v} in {xs_code} {{"));
+            self.loop_body(&f.body, &[(targets[0].clone(), Kind::Any)]);
+        } else {
+            let tmp = self.fresh("item");
+            self.emit(format!("for {tmp} in {xs_code} {{"));
+            self.indent += 1;
+            for (i, t) in targets.iter().enumerate() {
+                self.emit(format!("let {} = {tmp}[{i}];", rhai::ident(t)));
+            }
+            self.indent -= 1;
+            let params: Vec<(String, Kind)> = targets
+                .iter()
+                .map(|t| (t.clone(), Kind::Any))
+                .chain([(tmp.clone(), Kind::List)])
+                .collect();
+            self.loop_body(&f.body, &params);
+        }
+        self.emit("}");
+        Ok(())
+    }
+
+    fn with(&mut self, w: &ast::StmtWith) -> Res<()> {
+        let [item] = &w.items[..] else {
+            return unsupported("`with` over several context managers");
+        };
+        if item.optional_vars.is_some() {
+            return unsupported("`with … as`");
+        }
+        let ast::Expr::Call(c) = &item.context_expr else {
+            return unsupported("a `with` other than `with subtest(…)`");
+        };
+        let is_subtest = matches!(&*c.func, ast::Expr::Name(n) if n.id.as_str() == "subtest");
+        let is_nested = matches!(&*c.func, ast::Expr::Attribute(a) if a.attr.as_str() == "nested");
+        if !is_subtest && !is_nested {
+            return unsupported(
+                "a `with` other than `with subtest(…)` or `with machine.nested(…)`",
+            );
+        }
+        let [name] = &c.args[..] else {
+            return unsupported("`subtest` with other than one argument");
+        };
+        let name = self.expr(name)?;
+        if is_nested {
+            self.emit("// was `with machine.nested(…)`: a log section; here a subtest");
+        }
+        self.emit(format!("subtest({}, || {{", name.code));
+        self.in_subtest += 1;
+        let saved_loops = std::mem::replace(&mut self.loops_in_subtest, 0);
+        self.nested(&w.body, false, &[]);
+        self.loops_in_subtest = saved_loops;
+        self.in_subtest -= 1;
+        self.emit("});");
+        Ok(())
+    }
+
+    fn def(&mut self, d: &ast::StmtFunctionDef) -> Res<()> {
+        if !d.decorator_list.is_empty() {
+            return unsupported("decorators");
+        }
+        if d.args.kwarg.is_some() {
+            return unsupported("`**kwargs`");
+        }
+        let name = d.name.to_string();
+        let sig = self.functions[&name].clone();
+        let mut params: Vec<(String, Kind)> =
+            sig.params.iter().map(|p| (p.clone(), Kind::Any)).collect();
+        if let Some(v) = &d.args.vararg {
+            params.push((v.arg.to_string(), Kind::List));
+        }
+        let list: Vec<String> = params.iter().map(|(p, _)| rhai::ident(p)).collect();
+        let saved = (
+            std::mem::replace(&mut self.in_subtest, 0),
+            std::mem::replace(&mut self.loops_in_subtest, 0),
+        );
+        self.in_function += 1;
+        if sig.closure {
+            // Closures it calls that are defined later: declared now, so the
+            // capture sees them once assigned.
+            let later: Vec<String> = self
+                .functions
+                .iter()
+                .filter(|(n, f)| f.closure && **n != name && self.declared(n).is_none())
+                .map(|(n, _)| n.clone())
+                .filter(|n| {
+                    let r = d.range();
+                    let body = &self.src[r.start().to_usize()..r.end().to_usize()];
+                    body.contains(n.as_str())
+                })
+                .collect();
+            for n in later {
+                self.emit(format!("let {};", rhai::ident(&n)));
+                self.declare(&n, Kind::Any);
+            }
+            let head = if self.declared(&name).is_some() {
+                format!("{} = |{}| {{", rhai::ident(&name), list.join(", "))
+            } else {
+                self.declare(&name, Kind::Any);
+                format!("let {} = |{}| {{", rhai::ident(&name), list.join(", "))
+            };
+            self.emit(head);
+            self.nested(&d.body, false, &params);
+            self.emit("};");
+        } else {
+            self.emit(format!("fn {}({}) {{", rhai::ident(&name), list.join(", ")));
+            self.nested(&d.body, true, &params);
+            self.emit("}");
+        }
+        self.in_function -= 1;
+        (self.in_subtest, self.loops_in_subtest) = saved;
+        Ok(())
+    }
+
+    fn raise(&mut self, r: &ast::StmtRaise) -> Res<()> {
+        if r.cause.is_some() {
+            return unsupported("`raise … from …`");
+        }
+        let Some(exc) = &r.exc else {
+            return unsupported("a bare `raise`");
+        };
+        let msg = match &**exc {
+            ast::Expr::Call(c) => {
+                let ast::Expr::Name(n) = &*c.func else {
+                    return unsupported("raising a computed exception");
+                };
+                match &c.args[..] {
+                    [] => RExpr::atom(rhai::string(n.id.as_str()), Kind::Str),
+                    [m] => self.expr(m)?,
+                    _ => return unsupported("an exception with several arguments"),
+                }
+            }
+            ast::Expr::Name(n) if self.declared(n.id.as_str()).is_some() => self.expr(exc)?,
+            _ => return unsupported("raising something other than `SomeError(message)`"),
+        };
+        self.emit(format!("throw {};", msg.code));
+        Ok(())
+    }
+
+    fn try_stmt(&mut self, t: &ast::StmtTry) -> Res<()> {
+        if !t.orelse.is_empty() || !t.finalbody.is_empty() {
+            return unsupported("`try` with `else` or `finally`");
+        }
+        let [ast::ExceptHandler::ExceptHandler(h)] = &t.handlers[..] else {
+            return unsupported("`try` with several `except` clauses");
+        };
+        let catch_all = match h.type_.as_deref() {
+            None => true,
+            Some(ast::Expr::Name(n)) => matches!(n.id.as_str(), "Exception" | "BaseException"),
+            _ => false,
+        };
+        if !catch_all {
+            return unsupported(
+                "`except` of a specific exception type (attest errors have no types)",
+            );
+        }
+        self.emit("try {");
+        self.nested(&t.body, false, &[]);
+        match &h.name {
+            Some(n) => {
+                self.emit(format!("}} catch ({}) {{", rhai::ident(n.as_str())));
+                self.nested(&h.body, false, &[(n.to_string(), Kind::Any)]);
+            }
+            None => {
+                self.emit("} catch {");
+                self.nested(&h.body, false, &[]);
+            }
+        }
+        self.emit("}");
+        Ok(())
+    }
+
+    fn assert(&mut self, a: &ast::StmtAssert) -> Res<()> {
+        let msg = match &a.msg {
+            Some(m) => Some(self.expr(m)?),
+            None => None,
+        };
+        // The dedicated asserts say more on failure; with a message of its
+        // own, Python's message wins.
+        if msg.is_none() {
+            if let ast::Expr::Compare(c) = &*a.test {
+                if let ([op], [right]) = (&c.ops[..], &c.comparators[..]) {
+                    let l = self.expr(&c.left)?;
+                    let r = self.expr(right)?;
+                    let string_ops = l.kind == Kind::Str && matches!(r.kind, Kind::Str | Kind::Any);
+                    match op {
+                        ast::CmpOp::In if string_ops => {
+                            self.emit(format!("assert_contains({}, {});", r.code, l.code));
+                            return Ok(());
+                        }
+                        ast::CmpOp::NotIn if string_ops => {
+                            self.emit(format!("assert_not_contains({}, {});", r.code, l.code));
+                            return Ok(());
+                        }
+                        ast::CmpOp::Eq => {
+                            self.emit(format!("assert_eq({}, {});", l.code, r.code));
+                            return Ok(());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if let ast::Expr::Call(c) = &*a.test {
+                if let ast::Expr::Attribute(at) = &*c.func {
+                    let is_re = matches!(&*at.value, ast::Expr::Name(n) if n.id.as_str() == "re" && self.declared("re").is_none());
+                    if is_re && at.attr.as_str() == "search" && c.keywords.is_empty() {
+                        if let [p, t] = &c.args[..] {
+                            let p = self.expr(p)?;
+                            let t = self.expr(t)?;
+                            self.emit(format!("assert_matches({}, {});", t.code, p.code));
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        let test = self.expr(&a.test)?;
+        let test = self.truthy(test);
+        let msg = match msg {
+            Some(m) => m.code,
+            None => {
+                let r = a.test.range();
+                let text = &self.src[r.start().to_usize()..r.end().to_usize()];
+                let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                string_literal(&format!("assertion failed: {one_line}"))
+            }
+        };
+        self.emit(format!("if !{} {{", test.operand()));
+        self.indent += 1;
+        self.emit(format!("throw {msg};"));
+        self.indent -= 1;
+        self.emit("}");
+        Ok(())
+    }
+}

@@ -1,0 +1,336 @@
+//! `attest convert`: one snapshot per translation rule, the Nix file eras,
+//! and the whole nixpkgs corpus (tests/fixtures/nixpkgs-tests, a copy of
+//! ../shared/nixpkgs-tests) converted and
+//! checked (`attest check`'s library function) with the share that passes.
+
+use std::path::{Path, PathBuf};
+
+use attest::convert::{self, nix::PythonSource, ConvertOptions};
+
+fn py(src: &str, nodes: &[&str]) -> String {
+    let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+    let py = PythonSource {
+        text: src.to_owned(),
+        ..Default::default()
+    };
+    let c = convert::convert_python("t", &py, Some(&nodes));
+    let mut out = c.rhai;
+    for t in &c.summary.todos {
+        out.push_str(&format!("// summary: line {}: {}\n", t.line, t.reason));
+    }
+    out
+}
+
+macro_rules! rule {
+    ($name:ident, $src:expr) => {
+        rule!($name, $src, &["machine", "server", "client"]);
+    };
+    ($name:ident, $src:expr, $nodes:expr) => {
+        #[test]
+        fn $name() {
+            insta::assert_snapshot!(py($src, $nodes));
+        }
+    };
+}
+
+rule!(
+    driver_calls_and_options,
+    r#"start_all()
+machine.wait_for_unit("nginx.service")
+machine.wait_for_open_port("80")
+server.wait_for_open_port(8080, "localhost", timeout=30)
+machine.wait_for_unit("foo", user="alice")
+out = machine.succeed("echo a", "echo b", timeout=10)
+machine.succeed("a", "b")
+machine.wait_until_succeeds("curl -sf localhost", timeout=60)
+"#
+);
+
+rule!(
+    subtest_hoists_names_used_after,
+    r#"with subtest("first"):
+    token = server.succeed("cat /token").strip()
+    unused = 1
+    server.succeed(f"use {token}")
+client.succeed(f"echo {token}")
+with machine.nested("waiting"):
+    machine.wait_for_unit("x")
+"#
+);
+
+rule!(
+    def_fn_closure_defaults_keywords,
+    r#"def check(m, port=80, *, proto="http"):
+    m.succeed(f"curl {proto}://localhost:{port}")
+
+url = "http://server"
+
+def fetch(path):
+    return client.succeed(url + path)
+
+check(server)
+check(server, proto="https", port=443)
+fetch("/index.html")
+
+def varargs(*args):
+    return " ".join(args)
+
+varargs("a", "b")
+"#
+);
+
+rule!(
+    loops,
+    r#"for m in [server, client]:
+    m.wait_for_unit("multi-user.target")
+for node in server, client:
+    node.succeed("true")
+for i in range(3):
+    machine.succeed(f"echo {i}")
+for i, name in enumerate(["a", "b"]):
+    machine.succeed(f"echo {i} {name}")
+for k, v in {"a": "1"}.items():
+    machine.succeed(f"echo {k}={v}")
+for a, b in [("x", "y")]:
+    machine.succeed(a + b)
+"#
+);
+
+rule!(
+    comprehensions_and_any_all,
+    r#"lines = machine.succeed("ls").splitlines()
+big = [l.upper() for l in lines if l.startswith("a")]
+assert any(l.endswith(".conf") for l in lines)
+assert all(len(l) > 0 for l in lines)
+"#
+);
+
+rule!(
+    execute_tuples,
+    r#"status, out = machine.execute("true")
+_, out = machine.execute("cat /etc/hostname")
+code = machine.execute("false")[0]
+rc, _ = machine.systemctl("is-active foo")
+"#
+);
+
+rule!(
+    strings_fstrings_format,
+    r#"name = "world"
+a = f"hello {name}!"
+b = "hello {}, {x}".format(name, x=2)
+c = "%s and %d" % (name, 3)
+d = f"literal ${{HOME}} and `tick` {name}"
+e = f"value: {name!r}"
+f = '''multi
+line'''
+g = "tab\there"
+"#
+);
+
+rule!(
+    asserts,
+    r#"out = machine.succeed("cat /etc/os-release")
+assert "Debian" in out
+assert "Windows" not in out
+assert out.strip() == "x"
+assert len(out) > 3, "too short"
+import re
+assert re.search(r"ID=\w+", out)
+assert out, f"empty: {out}"
+"#
+);
+
+rule!(
+    strip_split_json_re_shlex_time,
+    r#"import json, re, shlex, time
+raw = machine.succeed("cat data.json")
+data = json.loads(raw)
+text = json.dumps({"a": 1})
+n = int(machine.succeed("wc -l < /etc/passwd"))
+parts = raw.split(":", 1)
+words = raw.split()
+m = re.search(r"version (\d+)", raw)
+major = m.group(1)
+if re.match(r"\d+", raw):
+    machine.succeed(f"echo {shlex.quote(raw)}")
+time.sleep(2)
+x = raw.lstrip().rstrip()
+"#
+);
+
+rule!(
+    try_raise_print_if,
+    r#"try:
+    machine.succeed("false")
+except Exception as e:
+    print("failed:", e)
+    raise Exception(f"bad: {e}")
+if machine.succeed("cat x").strip() == "1":
+    print("one")
+elif False:
+    pass
+else:
+    raise AssertionError("other")
+try:
+    machine.succeed("x")
+except subprocess.CalledProcessError:
+    pass
+"#
+);
+
+rule!(
+    refused_and_host_side,
+    r#"import subprocess
+subprocess.run(["ls"])
+with open("/tmp/x") as f:
+    data = f.read()
+print(data)
+machine.shell_interact()
+x = y // 2
+class Foo:
+    pass
+"#
+);
+
+rule!(
+    comments_and_blank_lines,
+    r#"# start everything
+start_all()
+
+# then wait
+machine.wait_for_unit("x")  # trailing
+"#
+);
+
+rule!(
+    retry_and_closures,
+    r#"def ready(last):
+    return "ok" in machine.succeed("cat /status")
+retry(ready)
+f = lambda x: x + 1
+f(1)
+"#
+);
+
+#[test]
+fn nix_file_eras_and_multi_test_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("multi.nix");
+    std::fs::write(
+        &file,
+        r#"{ pkgs, lib, ... }:
+let
+  mk = name: import ./make-test-python.nix {
+    inherit name;
+    machine = { ... }: { };
+    testScript = { nodes, ... }: ''
+      machine.succeed("${pkgs.hello}/bin/hello")
+    '';
+  };
+in {
+  a = mk "a";
+  b = import ./make-test-python.nix ({ pkgs, ... }: {
+    name = "b";
+    nodes.server = { };
+    nodes.client = { };
+    testScript = ''
+      start_all()
+      client.succeed("curl http://server")
+    '';
+  });
+}
+"#,
+    )
+    .unwrap();
+    let opts = ConvertOptions::default();
+    let convs = convert::convert_file(&file, &opts).unwrap();
+    let out = dir.path().join("out");
+    let summaries = convert::write(&convs, &out, &opts).unwrap();
+    assert_eq!(summaries.len(), 2);
+    // `inherit name` is no literal and Nix is not evaluated: the test is
+    // named by the binding of its attrset, `mk`.
+    assert!(out.join("mk/test.rhai").exists(), "{summaries:?}");
+    assert!(out.join("b/test.json").exists());
+    let a = std::fs::read_to_string(out.join("mk/test.rhai")).unwrap();
+    assert!(
+        a.contains(r#"machine.succeed("${pkgs.hello}/bin/hello");"#),
+        "{a}"
+    );
+    let nix = std::fs::read_to_string(out.join("mk/test-script.nix")).unwrap();
+    assert!(
+        nix.contains(r#"machine.succeed("${pkgs.hello}/bin/hello");"#),
+        "{nix}"
+    );
+    let json = std::fs::read_to_string(out.join("b/test.json")).unwrap();
+    assert!(
+        json.contains("\"client\"") && json.contains("\"server\""),
+        "{json}"
+    );
+    for s in &summaries {
+        assert!(s.complete(), "{}", s.render("multi.nix"));
+        attest::driver::check_test(&Path::new(&s.out_dir).join("test.json"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nixpkgs-tests")
+}
+
+/// Converts all of tests/fixtures/nixpkgs-tests, checks each result, prints the
+/// table and asserts the share the README states.
+#[test]
+fn corpus_converts_and_passes_check() {
+    let corpus = corpus_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&corpus)
+        .unwrap_or_else(|e| panic!("{}: {e}", corpus.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "nix"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 45, "the corpus has 45 test files");
+    let out = tempfile::tempdir().unwrap();
+    let opts = ConvertOptions {
+        image: Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json"),
+        ..Default::default()
+    };
+    let (mut good, mut host_side, mut total) = (0, 0, 0);
+    let mut report = String::new();
+    for f in &files {
+        let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
+        let convs = convert::convert_file(f, &opts).unwrap_or_else(|e| panic!("{e}"));
+        let summaries = convert::write(&convs, &out.path().join(&stem), &opts).unwrap();
+        for s in summaries {
+            total += 1;
+            let check = attest::driver::check_test(&Path::new(&s.out_dir).join("test.json"));
+            let verdict = if !s.host_side.is_empty() {
+                host_side += 1;
+                "host-side Python (flagged)".to_owned()
+            } else if !s.complete() {
+                format!(
+                    "incomplete: {} TODO(s)",
+                    s.todos.len() + usize::from(s.fatal.is_some())
+                )
+            } else if let Err(e) = &check {
+                format!("check failed: {}", e.lines().next().unwrap_or(""))
+            } else {
+                good += 1;
+                "ok".to_owned()
+            };
+            report.push_str(&format!("{stem:32} {verdict}\n"));
+        }
+    }
+    let eligible = total - host_side;
+    let share = good as f64 * 100.0 / eligible as f64;
+    println!("{report}");
+    println!(
+        "corpus: {good} of {eligible} tests without host-side Python convert completely and pass check ({share:.0} %); {host_side} use host-side Python"
+    );
+    // 80 % until the NixOS-parity helpers (strip, splitlines, json_parse…)
+    // are in the script API; the goal is 85 %.
+    assert!(
+        share >= 80.0,
+        "only {share:.0} % convert completely and pass check:\n{report}"
+    );
+}
