@@ -9,9 +9,43 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// How a child ended, as text for error messages (`exited with status 1`,
-/// `killed by signal 9`).
-pub type ExitInfo = String;
+/// How a machine's process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// Reaping it failed (the reason).
+    WaitFailed(String),
+    /// The machine ended in a way its backend describes (a VMM event, an ssh
+    /// master that lost its host, …).
+    Other(String),
+}
+
+impl Exit {
+    /// Whether it ended on its own with status 0.
+    pub fn is_clean(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+                Ok(sig) => write!(f, "killed by signal {s} ({})", sig.as_str()),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            Exit::WaitFailed(e) => write!(f, "wait failed: {e}"),
+            Exit::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// How a child ended.
+pub type ExitInfo = Exit;
 
 /// Prepares `cmd` so the child is supervised: own process group (signals to
 /// the group reach its helpers), SIGKILL when attest dies, killed on drop.
@@ -39,13 +73,13 @@ pub fn supervise(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
-/// Text for an exit status.
+/// The [`Exit`] of an exit status.
 pub fn describe_exit(status: std::process::ExitStatus) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exited with status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => "exited".to_owned(),
+        (Some(c), _) => Exit::Code(c),
+        (None, Some(s)) => Exit::Signal(s),
+        _ => Exit::Other("exited".to_owned()),
     }
 }
 
@@ -72,7 +106,7 @@ impl Watched {
                 return info;
             }
             if rx.changed().await.is_err() {
-                return "exit watcher stopped".to_owned();
+                return Exit::WaitFailed("exit watcher stopped".to_owned());
             }
         }
     }
@@ -105,7 +139,7 @@ impl Watched {
         // SIGKILL cannot be ignored; the bound only guards against a watcher bug.
         tokio::time::timeout(Duration::from_secs(10), self.wait())
             .await
-            .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned())
+            .unwrap_or_else(|_| Exit::WaitFailed("did not exit after SIGKILL".to_owned()))
     }
 }
 
@@ -134,7 +168,7 @@ pub fn spawn_watched(
     tokio::spawn(async move {
         let info = match child.wait().await {
             Ok(status) => describe_exit(status),
-            Err(e) => format!("wait failed: {e}"),
+            Err(e) => Exit::WaitFailed(e.to_string()),
         };
         // The child's last words (nspawn's reason for failing) must be in
         // the log before anyone reports the exit; a grandchild still
@@ -196,14 +230,16 @@ mod tests {
         .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let info = w.terminate(Duration::from_millis(300)).await;
-        assert_eq!(info, "killed by signal 9");
+        assert_eq!(info, Exit::Signal(9));
+        assert_eq!(info.to_string(), "killed by signal 9 (SIGKILL)");
         assert!(w.has_exited());
     }
 
     #[tokio::test]
     async fn exit_is_published() {
         let w = spawn_watched(Command::new("bash").args(["-c", "exit 7"]), None).unwrap();
-        assert_eq!(w.wait().await, "exited with status 7");
+        assert_eq!(w.wait().await, Exit::Code(7));
+        assert_eq!(Exit::Code(7).to_string(), "exited with status 7");
     }
 
     #[test]

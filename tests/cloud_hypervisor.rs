@@ -141,8 +141,8 @@ async fn vm_cloud_hypervisor_crash_and_terminate_leave_nothing() {
         .await;
     vm.crash().await.unwrap();
     assert_eq!(
-        vm.exit_watch().borrow().as_deref(),
-        Some("killed by signal 9")
+        *vm.exit_watch().borrow(),
+        Some(attest::process::Exit::Signal(9))
     );
     assert!(!alive(pid));
 
@@ -493,6 +493,6 @@ async fn vm_cloud_hypervisor_call_sequence_against_a_stand_in_vmm() {
         .expect("the VMM exits after the power button")
         .unwrap()
         .clone();
-    assert_eq!(info.as_deref(), Some("exited with status 0"));
+    assert_eq!(info, Some(attest::process::Exit::Code(0)));
     vm.terminate(Duration::from_secs(1)).await;
 }

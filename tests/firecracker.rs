@@ -147,7 +147,7 @@ async fn vm_firecracker_tiny_guest_prints_and_powers_off() {
             .expect("firecracker exits after the guest powers off")
             .unwrap()
             .clone();
-        assert_eq!(info.as_deref(), Some("exited with status 0"));
+        assert_eq!(info, Some(attest::process::Exit::Code(0)));
         eprintln!(
             "tiny guest (pvh: {pvh}): start → power-off in {:?}",
             started.elapsed()
@@ -172,8 +172,8 @@ async fn vm_firecracker_crash_kills_and_reaps() {
         .await;
     vm.crash().await.unwrap();
     assert_eq!(
-        vm.exit_watch().borrow().as_deref(),
-        Some("killed by signal 9")
+        *vm.exit_watch().borrow(),
+        Some(attest::process::Exit::Signal(9))
     );
     assert!(!alive(pid), "firecracker {pid} still there after crash");
     vm.terminate(Duration::from_secs(1)).await;

@@ -235,28 +235,11 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
     );
     let started = Instant::now();
     let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
-    let pid = child.id();
     // Wait for the container, then kill its PID 1 from outside.
-    let needle = format!("--machine=attest-{pid}-1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let nspawn_pid = loop {
-        let found = harness::processes_matching(&needle);
-        if let Some(line) = found.iter().find(|l| l.contains("systemd-nspawn")) {
-            break line.split(':').next().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "container never started");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_secs(3));
-    let children =
-        std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children")).unwrap();
-    let leader = children
-        .split_whitespace()
-        .next()
-        .expect("container leader");
+    let leader = container_leader(child.id(), 1);
     let killed_at = Instant::now();
     assert!(std::process::Command::new("kill")
-        .args(["-9", leader])
+        .args(["-9", &leader])
         .status()
         .unwrap()
         .success());
@@ -273,6 +256,13 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
         "{}",
         r.stderr
     );
+    // The container's fate, not nspawn's status.
+    assert!(
+        r.stderr.contains("killed by signal 9 (SIGKILL)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("exited with status 1"), "{}", r.stderr);
     assert_nothing_left(&r, "killed");
 }
 
@@ -520,4 +510,123 @@ fn a_passing_run_prints_nothing_that_looks_like_an_error() {
         alarming.join("\n")
     );
     assert_nothing_left(&r, "nginx");
+}
+
+/// The leader (the container's init) of attest `pid`'s container `n`, a few
+/// seconds into its boot.
+fn container_leader(pid: u32, n: u32) -> String {
+    let needle = format!("--machine=attest-{pid}-{n}-");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let nspawn_pid = loop {
+        // nspawn itself, not the unshare or sh that carry its command line.
+        let found = harness::processes_matching(&needle);
+        if let Some(line) = found.iter().find(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|argv0| argv0.ends_with("systemd-nspawn"))
+        }) {
+            break line.split(':').next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "container never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // nspawn's first children are transient: let the container boot.
+    std::thread::sleep(Duration::from_secs(3));
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{nspawn_pid}/task/{nspawn_pid}/children"))
+                .unwrap_or_default();
+        if let Some(leader) = children.split_whitespace().next() {
+            return leader.to_owned();
+        }
+        assert!(Instant::now() < deadline, "container has no leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A machine killed between commands is reported when it dies; the next
+/// call fails at once naming the cause; states tell what happened.
+#[test]
+fn an_idle_machine_that_dies_is_reported_at_once() {
+    let dir = TestDir::nspawn(
+        "idledeath",
+        &["victim"],
+        "",
+        "victim.start();\nvictim.succeed(\"touch /run/backdoor/up\");\nsleep(10);\nlog(\"after the sleep\");\nvictim.succeed(\"true\");\n",
+    );
+    let started = Instant::now();
+    let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    let leader = container_leader(child.id(), 1);
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &leader])
+        .status()
+        .unwrap()
+        .success());
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let died = r
+        .stderr
+        .find("victim: died (killed by signal 9 (SIGKILL))")
+        .unwrap_or_else(|| panic!("death not reported:\n{}", r.stderr));
+    let after = r
+        .stderr
+        .find("after the sleep")
+        .expect("the script went on");
+    assert!(died < after, "reported only later:\n{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "victim is not running (died: killed by signal 9 (SIGKILL)): start it again with start()"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("torn down"), "{}", r.stderr);
+    assert!(r.elapsed < Duration::from_secs(40), "{:?}", r.elapsed);
+    assert_nothing_left(&r, "idledeath");
+}
+
+/// A clean shutdown is "off"; a boot cut short by SIGTERM is "interrupted".
+#[test]
+fn states_say_what_happened() {
+    let dir = TestDir::nspawn(
+        "offstate",
+        &["machine"],
+        "",
+        "machine.start();\nmachine.shutdown();\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.lines().any(|l| l == "machine: off"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("off (exited"), "{}", r.stderr);
+    assert_nothing_left(&r, "offstate");
+
+    // No backdoor: the boot waits until SIGTERM cuts it short.
+    let manifest = harness::image_manifest();
+    let dir = TestDir::new(
+        "bootterm",
+        &format!(
+            r#"{{"machine":{{"backend":{{"nspawn":{{"image":"{}","extra_args":["--bind-ro=/dev/null:/etc/systemd/system/attest-backdoor-unix.service"]}}}}}}}}"#,
+            manifest.display()
+        ),
+        "",
+        "machine.start();\n",
+    );
+    let started = Instant::now();
+    let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    let pid = child.id();
+    container_leader(pid, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = harness::finish(child, started, LIMIT);
+    assert!(r.stderr.contains("machine: interrupted"), "{}", r.stderr);
+    assert!(!r.stderr.contains("crashed"), "{}", r.stderr);
+    assert_nothing_left(&r, "bootterm");
 }

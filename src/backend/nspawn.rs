@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::cgroup::PrivateCgroup;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendConfig, ImageManifest};
+use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::{plan, Network};
-use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
+use crate::process::{require_binary, spawn_watched, Exit, ExitInfo, Watched};
 
 /// Where systemd-nspawn keeps per-container runtime dirs.
 const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
@@ -34,6 +35,8 @@ pub struct NspawnBackend;
 /// A running container.
 pub struct NspawnInstance {
     process: Watched,
+    /// How the container ended, as nspawn tells it (see [`container_exit`]).
+    exit: watch::Receiver<Option<ExitInfo>>,
     socket: PathBuf,
     network: Option<Arc<Network>>,
     host_links: Vec<String>,
@@ -218,14 +221,58 @@ impl Backend for NspawnBackend {
                 }
             }
         }
+        let (exit_tx, exit) = watch::channel(None);
+        {
+            let (process, console) = (process.clone(), ctx.console.clone());
+            tokio::spawn(async move {
+                let raw = process.wait().await;
+                let _ = exit_tx.send(Some(container_exit(raw, &console, &machine_name).await));
+            });
+        }
         Ok(Box::new(NspawnInstance {
             process,
+            exit,
             socket: backdoor_dir.join("shell.sock"),
             network: ctx.network.clone(),
             host_links,
             cgroup,
         }))
     }
+}
+
+/// How the container ended. nspawn exits with status 1 when its container
+/// was killed by a signal, and says which on stderr (even with `-q`):
+/// `Container NAME terminated by signal KILL.` That line is the truth; the
+/// status is only nspawn's. The line may trail the exit by a moment; the
+/// wait for it is bounded (1 s), then nspawn's status stands.
+async fn container_exit(raw: Exit, console: &ConsoleLog, machine_name: &str) -> Exit {
+    if raw != Exit::Code(1) {
+        return raw;
+    }
+    let prefix = format!("Container {machine_name} terminated by signal ");
+    // Under load the stderr pump can lag the reap by hundreds of ms.
+    for _ in 0..100 {
+        let found = console.last_lines(10).iter().find_map(|l| {
+            let name = l.strip_prefix(&prefix)?.trim_end_matches('.');
+            name.parse::<nix::sys::signal::Signal>()
+                .or_else(|_| format!("SIG{name}").parse())
+                .ok()
+        });
+        if let Some(sig) = found {
+            return Exit::Signal(sig as i32);
+        }
+        // nspawn itself was SIGKILLed (its container died with it): `unshare`
+        // cannot re-raise SIGKILL on itself and exits 1 saying so.
+        if console
+            .last_lines(10)
+            .iter()
+            .any(|l| l.starts_with("unshare: sigprocmask unblock failed"))
+        {
+            return Exit::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    raw
 }
 
 impl NspawnInstance {
@@ -280,7 +327,7 @@ impl Instance for NspawnInstance {
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
-        self.process.exit.clone()
+        self.exit.clone()
     }
 
     async fn crash(&self) -> Result<(), BackendError> {

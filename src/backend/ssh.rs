@@ -43,7 +43,9 @@ use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::{BackendConfig, KnownHostsPolicy, SshConfig};
 use crate::console::ConsoleLog;
 use crate::guest::{GuestStream, BANNER};
-use crate::process::{pump_lines, require_binary, spawn_watched, supervise, ExitInfo, Watched};
+use crate::process::{
+    pump_lines, require_binary, spawn_watched, supervise, Exit, ExitInfo, Watched,
+};
 
 /// Connects to existing hosts over ssh.
 pub struct SshBackend;
@@ -408,9 +410,9 @@ impl Backend for SshBackend {
             let display = display.clone();
             tokio::spawn(async move {
                 let info = master.wait().await;
-                let _ = exit_tx.send(Some(format!(
+                let _ = exit_tx.send(Some(Exit::Other(format!(
                     "lost the ssh connection to {display} (ssh {info})"
-                )));
+                ))));
             });
         }
         let instance = SshInstance {

@@ -90,12 +90,17 @@ pub enum MachineError {
         unsupported: bool,
     },
     /// The machine is not running and cannot be started implicitly.
-    #[error("{machine} is {state}: start it first")]
+    #[error(
+        "{machine} is not running ({state}{}): start it again with start()",
+        cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+    )]
     NotRunning {
         /// The machine.
         machine: String,
         /// Its state.
         state: &'static str,
+        /// How it ended, when it ended on its own.
+        cause: Option<String>,
     },
     /// The run is being torn down (signal, global timeout, failure elsewhere).
     #[error("{machine}: cancelled: the test is being torn down")]

@@ -24,6 +24,7 @@ use crate::console::ConsoleLog;
 use crate::guest::agent::Protocol;
 use crate::guest::CommandOutput;
 use crate::net::Network;
+use crate::process::Exit;
 use crate::report::{EventKind, Reporter};
 use channel::Channel;
 
@@ -39,10 +40,15 @@ pub enum MachineState {
     Booting,
     /// Backdoor connected.
     Up,
-    /// Shut down cleanly.
+    /// Shut down cleanly (or powered off from inside).
     Off,
-    /// Exited on its own or was crashed.
+    /// Killed on purpose by `crash()`, or failed to boot.
     Crashed,
+    /// Ended without being asked to (killed from outside, a fault): the next
+    /// call fails at once and names the cause.
+    Died,
+    /// Its boot was cut short by the run's cancellation (signal, timeout).
+    Interrupted,
 }
 
 impl MachineState {
@@ -53,6 +59,8 @@ impl MachineState {
             MachineState::Up => "up",
             MachineState::Off => "off",
             MachineState::Crashed => "crashed",
+            MachineState::Died => "died",
+            MachineState::Interrupted => "interrupted",
         }
     }
 }
@@ -74,6 +82,8 @@ struct Inner {
     /// Where `wait_for_console_text` continues matching.
     console_cursor: Mutex<usize>,
     state: watch::Sender<MachineState>,
+    /// How the machine last ended on its own, for the error of the next call.
+    last_exit: Mutex<Option<String>>,
     running: tokio::sync::Mutex<Option<Running>>,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
@@ -84,6 +94,9 @@ struct Inner {
 struct Running {
     instance: Arc<dyn Instance>,
     channel: Channel,
+    /// Set before attest itself stops the machine, so its exit is not
+    /// reported as a death.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Machine {
@@ -122,6 +135,7 @@ impl Machine {
                 console,
                 console_cursor: Mutex::new(0),
                 state: watch::channel(MachineState::Created).0,
+                last_exit: Mutex::new(None),
                 running: tokio::sync::Mutex::new(None),
                 cancel,
                 runtime,
@@ -207,7 +221,10 @@ impl Machine {
         let _ = std::fs::create_dir_all(&self.inner.state_dir);
         let instance: Arc<dyn Instance> = tokio::select! {
             r = self.inner.backend.start(&ctx) => Arc::from(r.map_err(|e| self.backend_error("start", e))?),
-            () = self.inner.cancel.cancelled() => return Err(self.cancelled()),
+            () = self.inner.cancel.cancelled() => {
+                self.set_state(MachineState::Interrupted, None);
+                return Err(self.cancelled());
+            }
         };
         let deadline = started + self.boot_timeout();
         let channel = tokio::select! {
@@ -218,12 +235,24 @@ impl Machine {
             Ok(s) => s,
             Err(e) => {
                 instance.terminate(Duration::from_secs(3)).await;
-                self.set_state(MachineState::Crashed, Some(e.to_string()));
+                match &e {
+                    MachineError::Cancelled { .. } => {
+                        self.set_state(MachineState::Interrupted, None)
+                    }
+                    _ => self.set_state(MachineState::Crashed, Some(e.to_string())),
+                }
                 return Err(e);
             }
         };
         let protocol = channel.protocol();
-        *running = Some(Running { instance, channel });
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.watch_for_death(instance.clone(), stopping.clone());
+        *self.inner.last_exit.lock().expect("last exit") = None;
+        *running = Some(Running {
+            instance,
+            channel,
+            stopping,
+        });
         self.set_state(
             MachineState::Up,
             Some(format!(
@@ -232,6 +261,47 @@ impl Machine {
             )),
         );
         Ok(())
+    }
+
+    /// Reports the machine's end when it happens, if attest did not ask for
+    /// it: a machine that dies between commands is logged at once, and the
+    /// next call fails naming the cause. A clean exit is the guest powering
+    /// itself off.
+    fn watch_for_death(
+        &self,
+        instance: Arc<dyn Instance>,
+        stopping: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let me = self.clone();
+        self.inner.runtime.spawn(async move {
+            let mut rx = instance.exit_watch();
+            let exit = wait_exit(&mut rx).await;
+            if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let taken = {
+                let mut g = me.inner.running.lock().await;
+                match g.as_ref() {
+                    Some(r)
+                        if Arc::ptr_eq(&r.instance, &instance)
+                            && !r.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
+                    {
+                        g.take()
+                    }
+                    _ => None,
+                }
+            };
+            let Some(r) = taken else { return };
+            drop(r.channel);
+            // Reaps what is left (the backend's helpers, its cgroup).
+            r.instance.terminate(Duration::from_secs(3)).await;
+            if exit.is_clean() {
+                me.set_state(MachineState::Off, Some("powered off from inside".into()));
+            } else {
+                *me.inner.last_exit.lock().expect("last exit") = Some(exit.to_string());
+                me.set_state(MachineState::Died, Some(exit.to_string()));
+            }
+        });
     }
 
     fn backend_error(&self, op: &str, e: crate::backend::BackendError) -> MachineError {
@@ -249,12 +319,20 @@ impl Machine {
         }
     }
 
-    fn died(&self, exit: &str, during: &str) -> MachineError {
+    fn died(&self, exit: &Exit, during: &str) -> MachineError {
         MachineError::Died {
             machine: self.inner.name.clone(),
-            exit: exit.to_owned(),
+            exit: exit.to_string(),
             during: during.to_owned(),
             console_tail: self.inner.console.last_lines(20).join("\n"),
+        }
+    }
+
+    fn not_running(&self) -> MachineError {
+        MachineError::NotRunning {
+            machine: self.inner.name.clone(),
+            state: self.state().name(),
+            cause: self.inner.last_exit.lock().expect("last exit").clone(),
         }
     }
 
@@ -262,12 +340,7 @@ impl Machine {
         if self.inner.running.lock().await.is_none() {
             match self.state() {
                 MachineState::Created | MachineState::Off => self.start().await?,
-                _ => {
-                    return Err(MachineError::NotRunning {
-                        machine: self.inner.name.clone(),
-                        state: self.state().name(),
-                    })
-                }
+                _ => return Err(self.not_running()),
             }
         }
         Ok(())
@@ -282,10 +355,7 @@ impl Machine {
         self.ensure_started().await?;
         let (instance, channel) = {
             let g = self.inner.running.lock().await;
-            let r = g.as_ref().ok_or_else(|| MachineError::NotRunning {
-                machine: self.inner.name.clone(),
-                state: self.state().name(),
-            })?;
+            let r = g.as_ref().ok_or_else(|| self.not_running())?;
             (r.instance.clone(), r.channel.clone())
         };
         let mut exit = instance.exit_watch();
@@ -302,12 +372,12 @@ impl Machine {
             if let Ok(info) =
                 tokio::time::timeout(Duration::from_secs(3), wait_exit(&mut exit)).await
             {
-                self.forget_instance(MachineState::Crashed).await;
+                self.forget_instance(MachineState::Died).await;
                 return Err(self.died(&info, &format!("running `{command}`")));
             }
         }
         if let Err(MachineError::Died { .. }) = &result {
-            self.forget_instance(MachineState::Crashed).await;
+            self.forget_instance(MachineState::Died).await;
         }
         result
     }
@@ -315,9 +385,23 @@ impl Machine {
     async fn forget_instance(&self, state: MachineState) {
         let taken = self.inner.running.lock().await.take();
         if let Some(r) = taken {
-            let detail = r.instance.exit_watch().borrow().clone();
+            r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
             r.instance.terminate(Duration::from_secs(3)).await;
-            self.set_state(state, detail);
+            let exit = r.instance.exit_watch().borrow().clone();
+            if state == MachineState::Died {
+                *self.inner.last_exit.lock().expect("last exit") =
+                    exit.as_ref().map(|e| e.to_string());
+            }
+            // A clean exit needs no detail: "off", not "off (exited with status 0)".
+            let detail = exit.filter(|e| !(state == MachineState::Off && e.is_clean()));
+            self.set_state(state, detail.map(|e| e.to_string()));
+        }
+    }
+
+    /// Marks the current instance as being stopped by attest.
+    async fn expect_exit(&self) {
+        if let Some(r) = self.inner.running.lock().await.as_ref() {
+            r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -329,6 +413,7 @@ impl Machine {
         instance
             .may_power_off()
             .map_err(|e| self.backend_error("shutdown", e))?;
+        self.expect_exit().await;
         let mut exit = instance.exit_watch();
         // `poweroff` kills the shell that would answer, so no reply is read.
         let channel = {
@@ -392,6 +477,7 @@ impl Machine {
         instance
             .may_power_off()
             .map_err(|e| self.backend_error("crash", e))?;
+        self.expect_exit().await;
         instance
             .crash()
             .await
@@ -408,10 +494,7 @@ impl Machine {
         let instance = self
             .current_instance()
             .await
-            .ok_or_else(|| MachineError::NotRunning {
-                machine: self.inner.name.clone(),
-                state: self.state().name(),
-            })?;
+            .ok_or_else(|| self.not_running())?;
         let out = instance
             .op(op)
             .await
@@ -441,6 +524,7 @@ impl Machine {
     pub async fn terminate(&self) {
         let taken = self.inner.running.lock().await.take();
         if let Some(r) = taken {
+            r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
             drop(r.channel);
             r.instance.terminate(Duration::from_secs(10)).await;
             self.set_state(MachineState::Off, Some("torn down".into()));
@@ -458,7 +542,7 @@ impl Machine {
     }
 }
 
-async fn wait_exit(rx: &mut watch::Receiver<Option<String>>) -> String {
+async fn wait_exit(rx: &mut watch::Receiver<Option<Exit>>) -> Exit {
     loop {
         if let Some(info) = rx.borrow_and_update().clone() {
             return info;

@@ -73,7 +73,7 @@ impl VdeSwitches {
     pub fn dead(&self) -> Option<(u8, String)> {
         self.switches
             .iter()
-            .find_map(|(v, (_, w))| w.exit.borrow().clone().map(|i| (*v, i)))
+            .find_map(|(v, (_, w))| w.exit.borrow().clone().map(|i| (*v, i.to_string())))
     }
 }
 
@@ -126,7 +126,10 @@ mod tests {
             .unwrap();
         // Reaped by Drop or by the watcher, whichever came first: gone either way.
         assert!(
-            info == "killed by signal 9" || info.starts_with("wait failed"),
+            matches!(
+                info,
+                crate::process::Exit::Signal(9) | crate::process::Exit::WaitFailed(_)
+            ),
             "{info}"
         );
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), None);

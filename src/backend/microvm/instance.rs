@@ -19,7 +19,7 @@ use super::{
 use crate::backend::{BackendError, BackendOp, Instance, StartContext};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
-use crate::process::{spawn_watched, ExitInfo, Watched};
+use crate::process::{spawn_watched, Exit, ExitInfo, Watched};
 use crate::report::Reporter;
 
 /// Files of one VM in its state directory.
@@ -449,7 +449,7 @@ impl MicroVmInstance {
         if let Err(e) = booted {
             self.vmm.kill().await;
             self.vmm
-                .mark_exited(format!("was lost in a failed reboot: {e}"));
+                .mark_exited(Exit::Other(format!("was lost in a failed reboot: {e}")));
             return Err(e);
         }
         *self.started.lock().expect("start lock") = Instant::now();
@@ -490,8 +490,9 @@ impl MicroVmInstance {
         .await;
         if let Err(e) = restored {
             self.vmm.kill().await;
-            self.vmm
-                .mark_exited(format!("was lost in a failed snapshot restore: {e}"));
+            self.vmm.mark_exited(Exit::Other(format!(
+                "was lost in a failed snapshot restore: {e}"
+            )));
             return Err(e);
         }
         *self.started.lock().expect("start lock") = Instant::now();

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use super::{BackendError, StartContext};
 use crate::config::{BackendConfig, ImageManifest, MicroVmConfig};
 use crate::net::Network;
-use crate::process::{ExitInfo, Watched};
+use crate::process::{Exit, ExitInfo, Watched};
 
 /// The vsock port the guest's backdoor listens on.
 pub const BACKDOOR_VSOCK_PORT: u32 = 1234;
@@ -516,11 +516,11 @@ impl VmmProcess {
                 w.signal_group(nix::sys::signal::Signal::SIGKILL);
                 let info = tokio::time::timeout(Duration::from_secs(10), w.wait())
                     .await
-                    .unwrap_or_else(|_| "did not exit after SIGKILL".to_owned());
+                    .unwrap_or_else(|_| Exit::WaitFailed("did not exit after SIGKILL".to_owned()));
                 self.publish(&w, &info);
                 info
             }
-            None => "not running".to_owned(),
+            None => Exit::Other("not running".to_owned()),
         }
     }
 
@@ -532,7 +532,7 @@ impl VmmProcess {
                 self.publish(&w, &info);
                 info
             }
-            None => "not running".to_owned(),
+            None => Exit::Other("not running".to_owned()),
         }
     }
 
