@@ -125,6 +125,7 @@ e = f"value: {name!r}"
 f = '''multi
 line'''
 g = "tab\there"
+h = "a" + name + "b" + (name + "c")
 "#
 );
 

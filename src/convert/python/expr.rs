@@ -157,10 +157,7 @@ impl Translator<'_> {
             return Ok(RExpr::atom(rhai::ident(id), kind));
         }
         if self.is_node(id) {
-            if rhai::ident(id) != id {
-                return unsupported(format!("the node name `{id}` is a Rhai keyword"));
-            }
-            return Ok(RExpr::atom(crate::config::script_name(id), Kind::Machine));
+            return node_expr(id);
         }
         if self.functions.contains_key(id) {
             return Ok(RExpr::atom(
@@ -174,7 +171,7 @@ impl Translator<'_> {
         if self.guess_nodes && !self.used_as_variable(id) {
             self.guessed.insert(id.to_owned());
             self.nodes.insert(id.to_owned());
-            return Ok(RExpr::atom(crate::config::script_name(id), Kind::Machine));
+            return node_expr(id);
         }
         unsupported(format!(
             "`{id}` is not defined in the script (a Python builtin or a name from elsewhere)"
@@ -392,10 +389,12 @@ impl Translator<'_> {
             }
             _ => return unsupported(format!("the operator {:?}", b.op)),
         };
-        Ok(RExpr::op(
-            format!("{} {op} {}", l.operand(), r.operand()),
-            kind,
-        ))
+        // Rhai's `+`, `-` and `*` are left-associative like Python's: a
+        // chain `a + b + c` needs no parentheses on its left.
+        let same_op_on_left = matches!(&*b.left, ast::Expr::BinOp(inner) if inner.op == b.op)
+            && matches!(b.op, Operator::Add | Operator::Sub | Operator::Mult);
+        let left = if same_op_on_left { l.code } else { l.operand() };
+        Ok(RExpr::op(format!("{left} {op} {}", r.operand()), kind))
     }
 
     fn compare(&mut self, c: &ast::ExprCompare) -> Res<RExpr> {
@@ -534,6 +533,17 @@ impl Translator<'_> {
             RExpr::atom(format!("{code}.{m}(|{var}| {})", e.code), Kind::Bool)
         })
     }
+}
+
+/// A node as the script names it. attest names a node whose name is a Rhai
+/// keyword `name_`, as `rhai::ident` does; where it does not, such a node
+/// cannot be reached from a script.
+fn node_expr(id: &str) -> Res<RExpr> {
+    let name = crate::config::script_name(id);
+    if rhai::ident(&name) != name {
+        return unsupported(format!("the node name `{id}` is a Rhai keyword"));
+    }
+    Ok(RExpr::atom(name, Kind::Machine))
 }
 
 fn num_kind(a: Kind, b: Kind) -> Kind {

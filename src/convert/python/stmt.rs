@@ -81,7 +81,8 @@ impl Translator<'_> {
         }
         let end = s.range().end().to_usize();
         for n in names {
-            if self.declared(&n).is_none()
+            if n != "_"
+                && self.declared(&n).is_none()
                 && !self.functions.contains_key(&n)
                 && !self.nodes.contains(&n)
                 && self.used_after(&n, end)
