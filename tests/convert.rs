@@ -335,3 +335,60 @@ fn corpus_converts_and_passes_check() {
         "only {share:.0} % convert completely and pass check:\n{report}"
     );
 }
+
+/// The command line: a bare Python testScript with `--nodes`, the exit
+/// status for a complete (0) and an incomplete (1) conversion, and 2 when
+/// nothing can be written.
+#[test]
+fn cli_converts_a_bare_python_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
+            .arg("convert")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(
+        dir.path().join("ok.py"),
+        "start_all()\nweb_1.wait_for_unit(\"nginx.service\")\nclient.succeed(\"curl -sf http://web-1\")\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run(&["ok.py", "--nodes", "web-1,client", "-o", "ok"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("converted completely"), "{stdout}");
+    let json = std::fs::read_to_string(dir.path().join("ok/test.json")).unwrap();
+    assert!(json.contains("\"web-1\""), "{json}");
+    let rhai = std::fs::read_to_string(dir.path().join("ok/test.rhai")).unwrap();
+    assert!(
+        rhai.contains("web_1.wait_for_unit(\"nginx.service\");"),
+        "{rhai}"
+    );
+
+    std::fs::write(
+        dir.path().join("todo.py"),
+        "import subprocess\nsubprocess.run(['ls'])\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = run(&["todo.py", "-o", "todo"]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("todo.py:1: host-side Python (module `subprocess`)"),
+        "{stdout}"
+    );
+    let rhai = std::fs::read_to_string(dir.path().join("todo/test.rhai")).unwrap();
+    assert!(
+        rhai.contains("// TODO(convert): import subprocess"),
+        "{rhai}"
+    );
+
+    let (code, _, stderr) = run(&["missing.nix", "-o", "x"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("missing.nix: cannot read"), "{stderr}");
+}
