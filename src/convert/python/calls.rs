@@ -257,6 +257,17 @@ impl Translator<'_> {
         if !m.variadic && args.len() > m.params.len() {
             return unsupported(format!("too many arguments to `{}`", m.name));
         }
+        // With an options map, attest takes `addr` and `user` there too.
+        if !options.is_empty() && !m.variadic {
+            while args.len() > 1 {
+                let p = m.params[args.len() - 1];
+                if !matches!(p, "addr" | "user") {
+                    break;
+                }
+                let v = args.pop().map(|a| a.code).unwrap_or_default();
+                options.insert(0, format!("{p}: {v}"));
+            }
+        }
         // Ports written as strings (`wait_for_open_port("80")`) are ints in attest.
         if m.name.ends_with("_port") {
             if let Some(first) = args.first_mut() {
