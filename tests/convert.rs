@@ -195,6 +195,17 @@ class Foo:
 );
 
 rule!(
+    logger_and_serial_output,
+    r#"log.info("starting")
+serial_stdout_off()
+machine.succeed("true")
+serial_stdout_on()
+with log.nested("section"):
+    log.warning(machine.succeed("hostname"))
+"#
+);
+
+rule!(
     comments_and_blank_lines,
     r#"# start everything
 start_all()

@@ -180,6 +180,23 @@ impl Translator<'_> {
             if let Some(module) = module {
                 return self.module_call(c, &module, attr);
             }
+            // The NixOS driver's logger, `log.info(…)`.
+            if n.id.as_str() == "log"
+                && self.declared("log").is_none()
+                && matches!(attr, "info" | "warning" | "error" | "debug")
+            {
+                Self::no_keywords(c, "`log`")?;
+                let [msg] = &c.args[..] else {
+                    return unsupported(format!("`log.{attr}` with other than one argument"));
+                };
+                let msg = self.expr(msg)?;
+                let msg = if msg.kind == Kind::Str {
+                    msg.code
+                } else {
+                    format!("`${{{}}}`", msg.code)
+                };
+                return Ok(RExpr::atom(format!("log({msg})"), Kind::Unit));
+            }
             if super::HOST_MODULES.contains(&n.id.as_str())
                 && self.declared(n.id.as_str()).is_none()
             {
@@ -535,6 +552,13 @@ impl Translator<'_> {
                 Ok(RExpr::atom(format!("{name}({})", codes.join(", ")), kind))
             }
             "retry" => self.retry_call(c),
+            "serial_stdout_on" | "serial_stdout_off" if c.args.is_empty() => {
+                // Only what the log shows; attest's is `run --quiet-console`.
+                Ok(RExpr::atom(
+                    format!("// {name}(): console output is `attest run --quiet-console`"),
+                    Kind::Unit,
+                ))
+            }
             "subtest" => unsupported("`subtest` outside `with`"),
             "open" | "exec" | "eval" | "__import__" | "input" => {
                 self.host_modules.insert(format!("{name}()"));

@@ -241,7 +241,7 @@ impl Translator<'_> {
             return unsupported("an expression statement without a call");
         }
         let v = self.expr(e)?;
-        if v.code.starts_with('{') {
+        if v.code.starts_with('{') || v.code.starts_with("//") {
             self.emit(v.code);
         } else {
             self.emit(format!("{};", v.code));
@@ -539,7 +539,7 @@ impl Translator<'_> {
         };
         let name = self.expr(name)?;
         if is_nested {
-            self.emit("// was `with machine.nested(…)`: a log section; here a subtest");
+            self.emit("// a `nested(…)` log section in Python; here a subtest");
         }
         self.emit(format!("subtest({}, || {{", name.code));
         self.in_subtest += 1;
