@@ -43,6 +43,7 @@ machine.wait_for_unit("foo", user="alice")
 out = machine.succeed("echo a", "echo b", timeout=10)
 machine.succeed("a", "b")
 machine.wait_until_succeeds("curl -sf localhost", timeout=60)
+machine.wait_until_tty_matches("1", "login: ")
 "#
 );
 

@@ -285,8 +285,9 @@ impl Translator<'_> {
                 options.insert(0, format!("{p}: {v}"));
             }
         }
-        // Ports written as strings (`wait_for_open_port("80")`) are ints in attest.
-        if m.name.ends_with("_port") {
+        // Ports and ttys written as strings (`wait_for_open_port("80")`) are
+        // ints in attest.
+        if matches!(m.params.first(), Some(&"port" | &"tty")) {
             if let Some(first) = args.first_mut() {
                 if first.kind == Kind::Str {
                     if let Some(n) = c
