@@ -400,6 +400,30 @@ fn cli_converts_a_bare_python_script() {
         "{rhai}"
     );
 
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");
+    let (code, stdout, stderr) = run(&[
+        "ok.py",
+        "--nodes",
+        "web-1,client",
+        "-o",
+        "qemu",
+        "--backend",
+        "qemu",
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let json = std::fs::read_to_string(dir.path().join("qemu/test.json")).unwrap();
+    assert!(json.contains("\"qemu\""), "{json}");
+    attest::driver::check_test(&dir.path().join("qemu/test.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, stderr) = run(&["ok.py", "-o", "ssh", "--backend", "ssh"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("write other backends' settings by hand"),
+        "{stderr}"
+    );
+
     let (code, _, stderr) = run(&["missing.nix", "-o", "x"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("missing.nix: cannot read"), "{stderr}");
