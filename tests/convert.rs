@@ -158,6 +158,7 @@ if re.match(r"\d+", raw):
     machine.succeed(f"echo {shlex.quote(raw)}")
 time.sleep(2)
 x = raw.lstrip().rstrip()
+y = raw.replace("a", "b").upper()
 "#
 );
 

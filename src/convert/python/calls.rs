@@ -401,6 +401,18 @@ impl Translator<'_> {
             },
             ("startswith", [p]) => code(format!("{recv}.starts_with({})", p.code), Kind::Bool),
             ("endswith", [p]) => code(format!("{recv}.ends_with({})", p.code), Kind::Bool),
+            // Rhai's `replace` changes the string in place (all occurrences,
+            // as Python's); a block gives the new value.
+            ("replace", [a, b]) if matches!(r.kind, Kind::Str | Kind::Any) => {
+                let tmp = self.fresh("replaced");
+                code(
+                    format!(
+                        "{{ let {tmp} = {}; {tmp}.replace({}, {}); {tmp} }}",
+                        r.code, a.code, b.code
+                    ),
+                    Kind::Str,
+                )
+            }
             ("lower", []) => code(format!("{recv}.to_lower()"), Kind::Str),
             ("upper", []) => code(format!("{recv}.to_upper()"), Kind::Str),
             ("append", [x]) if matches!(r.kind, Kind::List | Kind::Any) => {
