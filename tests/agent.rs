@@ -24,7 +24,13 @@ fn the_agent_killed_mid_command_fails_the_call_at_once() {
         &["victim"],
         "",
         // The command's parent is the agent: one fork+exec per command.
-        "victim.start();\nvictim.succeed(\"kill -9 $PPID; sleep 120\");\n",
+        // The next call gets a fresh agent, as it would a fresh bash session.
+        r#"
+victim.start();
+try { victim.succeed("kill -9 $PPID; sleep 120"); } catch (e) { log(`first: ${e}`); }
+victim.succeed("echo the agent is back");
+victim.succeed("kill -9 $PPID; sleep 120");
+"#,
     );
     let r = run_with(&dir, &["--protocol", "agent"]);
     assert_eq!(r.code, Some(1), "{}", r.stderr);

@@ -21,8 +21,9 @@ pub(super) enum Channel {
         sessions: Arc<Mutex<Vec<Session>>>,
         slots: Arc<Semaphore>,
     },
-    /// The agent, many commands at once.
-    Agent(Arc<AgentClient>),
+    /// The agent, many commands at once; replaced by a fresh one (on a new
+    /// connection, without a new upload) when it died.
+    Agent(Arc<tokio::sync::Mutex<Arc<AgentClient>>>),
 }
 
 /// Backends where `auto` tries the agent: those it is tested on. Elsewhere
@@ -69,7 +70,11 @@ impl Machine {
             )
             .await?;
         let fallback = match booted {
-            Ok(client) => return Ok(Channel::Agent(Arc::new(client))),
+            Ok(client) => {
+                return Ok(Channel::Agent(Arc::new(tokio::sync::Mutex::new(Arc::new(
+                    client,
+                )))))
+            }
             Err(f) => f,
         };
         if protocol == Protocol::Agent {
@@ -160,7 +165,10 @@ impl Machine {
     ) -> Result<CommandOutput, MachineError> {
         let guest_error = |e: GuestError| self.guest_error(command, e.to_string());
         match channel {
-            Channel::Agent(client) => client.execute(command, timeout).await.map_err(guest_error),
+            Channel::Agent(slot) => {
+                let client = self.live_agent(slot, instance).await?;
+                client.execute(command, timeout).await.map_err(guest_error)
+            }
             Channel::Bash { sessions, slots } => {
                 let _permit = slots.acquire().await.map_err(|_| self.cancelled())?;
                 let pooled = sessions.lock().expect("session pool lock").pop();
@@ -180,11 +188,39 @@ impl Machine {
         }
     }
 
+    /// The agent of the slot, restarted first if its connection broke (the
+    /// call that saw it break has failed already, as a bash session's would).
+    async fn live_agent(
+        &self,
+        slot: &tokio::sync::Mutex<Arc<AgentClient>>,
+        instance: &dyn Instance,
+    ) -> Result<Arc<AgentClient>, MachineError> {
+        let mut current = slot.lock().await;
+        if current.is_usable() {
+            return Ok(current.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = self
+            .over_fresh_stream(
+                instance,
+                deadline,
+                "restarting the guest agent",
+                |s| async move { Ok(agent::bootstrap(s, deadline).await) },
+            )
+            .await?
+            .map_err(|f| self.guest_error("(restarting the guest agent)", f.reason))?;
+        *current = Arc::new(client);
+        Ok(current.clone())
+    }
+
     /// Sends a command whose reply never comes (`poweroff`). `false` when
     /// no idle channel could take it.
     pub(super) async fn fire_and_forget(&self, channel: &Channel, command: &str) -> bool {
         match channel {
-            Channel::Agent(client) => client.send_fire_and_forget(command).await.is_ok(),
+            Channel::Agent(slot) => {
+                let client = slot.lock().await.clone();
+                client.send_fire_and_forget(command).await.is_ok()
+            }
             Channel::Bash { sessions, .. } => {
                 let pooled = sessions.lock().expect("session pool lock").pop();
                 match pooled {

@@ -143,14 +143,19 @@ impl Machine {
         let deadline = Instant::now() + timeout;
         let mut pause = POLL_FIRST;
         loop {
+            let checked = Instant::now();
             if let Some(v) = check().await? {
                 return Ok(v);
             }
+            // Never poll faster than a check costs: under TCG a check is
+            // guest forks competing with the boot it waits for.
+            let pause_now = pause.max(checked.elapsed());
             if Instant::now() >= deadline {
                 let diag = self.diagnostics().await;
                 return Err(self.timeout_error(what, timeout.as_secs_f64(), diag));
             }
-            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(pause_now.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
             pause = (pause * 2).min(POLL_LONGEST);
         }
     }
