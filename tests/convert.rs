@@ -429,3 +429,24 @@ fn cli_converts_a_bare_python_script() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("missing.nix: cannot read"), "{stderr}");
 }
+
+/// Nix interpolations: kept verbatim in strings, `${toString …}` in code as
+/// a number, anything else in code a TODO; `test-script.nix` has them live.
+#[test]
+fn nix_interpolations() {
+    let py = PythonSource {
+        text: "machine.wait_for_open_port(__nix_interp_0__)\nmachine.succeed(\"__nix_interp_1__/bin/hello\")\nmachine.succeed(f\"echo {__nix_interp_2__}\")\n".to_owned(),
+        interpolations: vec![
+            "${toString port}".to_owned(),
+            r#"${pkgs.writeText "a" "b"}"#.to_owned(),
+            "${builtins.toJSON x}".to_owned(),
+        ],
+        line_offset: 10,
+    };
+    let c = convert::convert_python("t", &py, Some(&["machine".to_owned()]));
+    let nix = c.nix_script.clone().unwrap();
+    insta::assert_snapshot!(format!(
+        "{}\n// summary: {:?}\n---- test-script.nix\n{nix}",
+        c.rhai, c.summary.todos
+    ));
+}

@@ -42,9 +42,18 @@ pub fn rhai_script(rhai: &str, interpolations: &[String]) -> String {
 
 /// The script as a Nix indented string, interpolations live.
 pub fn nix_script(rhai: &str, interpolations: &[String]) -> String {
-    let mut escaped = rhai.replace("''", "'''").replace("${", "''${");
-    for (i, text) in interpolations.iter().enumerate().rev() {
-        escaped = escaped.replace(&placeholder(i), text);
+    let escape = |s: &str| s.replace("''", "'''").replace("${", "''${");
+    let mut escaped = String::new();
+    for line in rhai.split_inclusive('\n') {
+        let mut l = escape(line);
+        // In comments (TODO lines) an interpolation stays text: a rendered
+        // value with a line break would turn the rest of the line into code.
+        let comment = line.trim_start().starts_with("//");
+        for (i, text) in interpolations.iter().enumerate().rev() {
+            let shown = if comment { escape(text) } else { text.clone() };
+            l = l.replace(&placeholder(i), &shown);
+        }
+        escaped.push_str(&l);
     }
     let body: String = escaped
         .lines()
