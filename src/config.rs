@@ -505,6 +505,53 @@ impl TestConfig {
         Ok(())
     }
 
+    /// Every file the nodes' settings name that does not exist, as
+    /// `node `m` (nspawn): `image` /path: No such file or directory`. Binaries
+    /// are looked up on PATH at start and are not listed; known_hosts files
+    /// may be created by the run.
+    pub fn missing_files(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (name, node) in &self.nodes {
+            let b = &node.backend;
+            let fields: Vec<(&str, &Option<PathBuf>)> = match b {
+                BackendConfig::Nspawn(c) => vec![("image", &c.image), ("rootfs", &c.rootfs)],
+                BackendConfig::Qemu(c) => vec![
+                    ("start_script", &c.start_script),
+                    ("image", &c.image),
+                    ("kernel", &c.kernel),
+                    ("initrd", &c.initrd),
+                    ("disk", &c.disk),
+                ],
+                BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => vec![
+                    ("image", &c.image),
+                    ("kernel", &c.kernel),
+                    ("initrd", &c.initrd),
+                    ("disk", &c.disk),
+                ],
+                BackendConfig::Ssh(c) => vec![("identity_file", &c.identity_file)],
+            };
+            for (field, value) in fields {
+                let Some(p) = value else { continue };
+                let resolved = self.resolve(p);
+                if let Err(e) = std::fs::metadata(&resolved) {
+                    let hint = if field == "image" {
+                        " (the Debian test image: build it with images/debian/build)"
+                    } else {
+                        ""
+                    };
+                    missing.push(format!(
+                        "{}: node `{name}` ({}): `{field}` {}: {}{hint}",
+                        self.path.display(),
+                        b.kind(),
+                        resolved.display(),
+                        crate::report::os_reason(&e)
+                    ));
+                }
+            }
+        }
+        missing
+    }
+
     /// The script file, resolved.
     pub fn script_path(&self) -> PathBuf {
         self.resolve(&self.script)

@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod convert;
 pub mod driver;
+pub mod exit_code;
 pub mod guest;
 pub mod machine;
 pub mod net;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use attest::driver::{self, DriverOptions, Outcome, RunOptions};
+use attest::exit_code;
 use attest::guest::agent::Protocol;
 use attest::report::ReportOptions;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,10 @@ enum Command {
     Check {
         /// The test config (JSON).
         config: PathBuf,
+        /// Do not check that the files the config names exist (for a check
+        /// before the nodes are built, as Nix's script check does).
+        #[arg(long)]
+        no_files: bool,
     },
     /// Boot the nodes, run the script, tear down (exit 0 pass, 1 fail, 2 error).
     Run {
@@ -116,18 +121,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Check { config } => match driver::check_test(&config) {
-            Ok((c, _)) => {
-                let n = c.nodes.len();
-                let nodes = if n == 1 { "node" } else { "nodes" };
-                eprintln!("{}: ok ({n} {nodes})", config.display());
-                Outcome::Passed
+        Command::Check { config, no_files } => {
+            match driver::check_test(&config).and_then(|(c, s)| {
+                if !no_files {
+                    driver::check_files(&c)?;
+                }
+                Ok((c, s))
+            }) {
+                Ok((c, _)) => {
+                    let n = c.nodes.len();
+                    let nodes = if n == 1 { "node" } else { "nodes" };
+                    eprintln!("{}: ok ({n} {nodes})", config.display());
+                    Outcome::Passed
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(exit_code::INVALID);
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
-        },
+        }
         Command::Run {
             config,
             junit,
@@ -210,7 +222,7 @@ fn main() -> ExitCode {
             return bench(&opts, json.as_deref());
         }
     };
-    ExitCode::from(outcome.exit_code() as u8)
+    ExitCode::from(outcome.exit_code())
 }
 
 /// `attest convert`: 0 when every test converted completely, 1 when some

@@ -116,25 +116,36 @@ fn missing_files_are_named() {
     );
 }
 
+/// Every file the config names and that is missing is a config error
+/// (exit 2, naming node and field), from `check` and from `run` before
+/// anything boots.
 #[test]
-fn a_missing_image_is_a_clear_error_at_run_time() {
+fn missing_files_named_by_the_config_are_config_errors() {
     let dir = TestDir::new(
-        "noimg",
-        r#"{"m":{"backend":{"nspawn":{"image":"/nonexistent/manifest.json"}}}}"#,
+        "nofiles",
+        r#"{"m":{"backend":{"nspawn":{"image":"/nonexistent/manifest.json"}}},
+            "q":{"backend":{"qemu":{"kernel":"/nonexistent/vmlinuz","disk":"/dev/null"}}},
+            "s":{"backend":{"ssh":{"host":"127.0.0.1","identity_file":"/nonexistent/id_ed25519"}}}}"#,
         "",
         "m.start();",
     );
-    let r = attest(
-        &["run", dir.config().to_str().unwrap()],
-        Duration::from_secs(30),
-    );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
-    assert!(
-        r.stderr.contains(
-            "m: start: /nonexistent/manifest.json: cannot read file: No such file or directory"
-        ),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("images/debian/build"), "{}", r.stderr);
+    let config = dir.config();
+    let config = config.to_str().unwrap();
+    for r in [
+        check(&dir),
+        attest(&["run", config], Duration::from_secs(30)),
+    ] {
+        assert_eq!(r.code, Some(2), "{}", r.stderr);
+        for needle in [
+            "node `m` (nspawn): `image` /nonexistent/manifest.json: No such file or directory (the Debian test image: build it with images/debian/build)",
+            "node `q` (qemu): `kernel` /nonexistent/vmlinuz: No such file or directory",
+            "node `s` (ssh): `identity_file` /nonexistent/id_ed25519: No such file or directory",
+        ] {
+            assert!(r.stderr.contains(&format!("{config}: {needle}")), "missing {needle:?} in:\n{}", r.stderr);
+        }
+        assert!(!r.stderr.contains("booting"), "{}", r.stderr);
+    }
+    // A check before the nodes are built (Nix's script check) skips them.
+    let r = attest(&["check", "--no-files", config], Duration::from_secs(30));
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
 }

@@ -85,7 +85,8 @@ fn write_test(dir: &Path, config: &serde_json::Value, script: &str) -> PathBuf {
 
 fn attest_check(config: &Path) -> (i32, String) {
     let out = Command::new(ATTEST)
-        .arg("check")
+        // The evaluated store paths are not built here.
+        .args(["check", "--no-files"])
         .arg(config)
         .output()
         .expect("run attest check");

@@ -286,7 +286,7 @@ fn sigterm_during(name: &str, script: &str) {
     )
     .unwrap();
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(143), "128 + SIGTERM: {}", r.stderr);
     assert!(r.stderr.contains("interrupted by SIGTERM"), "{}", r.stderr);
     assert!(
         signalled.elapsed() < Duration::from_secs(30),
@@ -629,4 +629,41 @@ fn states_say_what_happened() {
     assert!(r.stderr.contains("machine: interrupted"), "{}", r.stderr);
     assert!(!r.stderr.contains("crashed"), "{}", r.stderr);
     assert_nothing_left(&r, "bootterm");
+}
+
+/// A second signal exits at once, also with 128 + signal; the kernel takes
+/// the containers down and the next run sweeps what is left.
+#[test]
+fn a_double_signal_exits_128_plus_signal_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TestDir::nspawn("double", &["a", "b"], "", "start_all();\nsleep(120);\n");
+    let started = Instant::now();
+    let child = harness::spawn_in(
+        tmp.path(),
+        &["run", "--quiet-console", dir.config().to_str().unwrap()],
+    );
+    let pid = child.id();
+    wait_for_containers(pid, 2);
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..2 {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(r.code, Some(130), "128 + SIGINT: {}", r.stderr);
+    let next = TestDir::nspawn("sweeper", &["machine"], "", NO_BOOT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
+        assert_eq!(n.code, Some(0), "{}", n.stderr);
+        if harness::host_leftovers(pid).is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_nothing_left(&r, "double");
 }

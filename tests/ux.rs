@@ -34,7 +34,7 @@ fn check_reports_every_error_in_a_script() {
 fn check_counts_one_node_in_the_singular() {
     let dir = TestDir::new(
         "one",
-        r#"{"server":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}}}"#,
+        r#"{"server":{"backend":{"nspawn":{"rootfs":"/dev/null"}}}}"#,
         "",
         "start_all();\n",
     );

@@ -574,7 +574,7 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
         ctx.check_interrupt()?;
         match outcome {
             Outcome::Passed => walls.push(wall),
-            Outcome::Failed(e) | Outcome::Error(e) => {
+            Outcome::Failed(e) | Outcome::Error(e) | Outcome::Interrupted(_, e) => {
                 b.errors.push(format!("whole test run {}: {e}", i + 1))
             }
         }

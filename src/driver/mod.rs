@@ -18,15 +18,15 @@ use crate::machine::Machine;
 use crate::net::Network;
 use crate::report::Reporter;
 
-pub use run::{check_test, run_test, Outcome, RunOptions};
+pub use run::{check_files, check_test, run_test, Outcome, RunOptions};
 
 /// Why a run was cancelled; the highest reason wins.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CancelReason {
     /// The global timeout passed.
     GlobalTimeout(u64),
-    /// A signal arrived.
-    Signal(&'static str),
+    /// A signal arrived (its name and number).
+    Signal(&'static str, i32),
 }
 
 impl std::fmt::Display for CancelReason {
@@ -36,7 +36,7 @@ impl std::fmt::Display for CancelReason {
                 f,
                 "the test ran longer than its `global_timeout` of {s} seconds (raise `global_timeout` in the test config if it needs longer)"
             ),
-            CancelReason::Signal(s) => write!(f, "interrupted by {s}"),
+            CancelReason::Signal(s, _) => write!(f, "interrupted by {s}"),
         }
     }
 }
@@ -196,10 +196,10 @@ impl Driver {
             };
             let mut count = 0;
             loop {
-                let name = tokio::select! {
-                    _ = int.recv() => "SIGINT",
-                    _ = term.recv() => "SIGTERM",
-                    _ = hup.recv() => "SIGHUP",
+                let (name, number) = tokio::select! {
+                    _ = int.recv() => ("SIGINT", libc::SIGINT),
+                    _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+                    _ = hup.recv() => ("SIGHUP", libc::SIGHUP),
                 };
                 count += 1;
                 if count == 1 {
@@ -207,7 +207,7 @@ impl Driver {
                         None,
                         format!("{name} received: tearing down (send it again to kill at once)"),
                     );
-                    cancel_with(&reason, &cancel, CancelReason::Signal(name));
+                    cancel_with(&reason, &cancel, CancelReason::Signal(name, number));
                 } else {
                     reporter.log(
                         None,
@@ -215,7 +215,7 @@ impl Driver {
                     );
                     // Exiting is the fastest sure kill: every child has
                     // PDEATHSIG=SIGKILL, and the vlan namespace dies with us.
-                    std::process::exit(130);
+                    std::process::exit(crate::exit_code::interrupted(number).into());
                 }
             }
         });

@@ -5,30 +5,35 @@ use std::sync::{Arc, OnceLock};
 
 use rhai::Dynamic;
 
-use super::{Driver, DriverOptions};
+use super::{CancelReason, Driver, DriverOptions};
 use crate::config::TestConfig;
 use crate::report::{failure, EventKind, ReportOptions, Reporter};
 use crate::script::{self, Script, ScriptContext};
 
-/// How a run ended; maps to the exit status.
+/// How a run ended; maps to the exit status (see [`crate::exit_code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Every step passed (exit 0).
+    /// Every step passed.
     Passed,
     /// The script failed at run time, a machine died, or the global timeout
-    /// passed (exit 1).
+    /// passed.
     Failed(String),
-    /// The config or the script is invalid, or a prerequisite is missing (exit 2).
+    /// The config or the script is invalid, a file it names is missing, or a
+    /// prerequisite is missing.
     Error(String),
+    /// A signal cancelled the run (its number, and what was going on).
+    Interrupted(i32, String),
 }
 
 impl Outcome {
-    /// The process exit status (0 pass, 1 test failed, 2 usage/config/script).
-    pub fn exit_code(&self) -> i32 {
+    /// The process exit status.
+    pub fn exit_code(&self) -> u8 {
+        use crate::exit_code::{interrupted, FAILED, INVALID, PASSED};
         match self {
-            Outcome::Passed => 0,
-            Outcome::Failed(_) => 1,
-            Outcome::Error(_) => 2,
+            Outcome::Passed => PASSED,
+            Outcome::Failed(_) => FAILED,
+            Outcome::Error(_) => INVALID,
+            Outcome::Interrupted(signal, _) => interrupted(*signal),
         }
     }
 }
@@ -72,13 +77,28 @@ pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
     Ok((config, script))
 }
 
+/// Checks that every file the config names exists (images, kernels, root
+/// trees, start scripts, keys): a missing one is a config error, reported
+/// before anything boots.
+pub fn check_files(config: &TestConfig) -> Result<(), String> {
+    let missing = config.missing_files();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("\n"))
+    }
+}
+
 /// Runs a test end to end. Never leaves a machine or state dir behind.
 pub fn run_test(
     config_path: &Path,
     opts: &RunOptions,
     runtime: &tokio::runtime::Runtime,
 ) -> Outcome {
-    let (config, script) = match check_test(config_path) {
+    let (config, script) = match check_test(config_path).and_then(|(c, s)| {
+        check_files(&c)?;
+        Ok((c, s))
+    }) {
         Ok(v) => v,
         Err(e) => return Outcome::Error(e),
     };
@@ -128,6 +148,11 @@ pub fn run_test(
             Outcome::Failed(failure::with_console_tails(&e, &console_tails(&driver)))
         }
         o => o,
+    };
+    // A signal outranks the failure it caused: CI tells "cancelled" apart.
+    let outcome = match (outcome, driver.cancel_reason()) {
+        (Outcome::Failed(e), Some(CancelReason::Signal(_, n))) => Outcome::Interrupted(n, e),
+        (o, _) => o,
     };
     driver.teardown();
     finish(&reporter, outcome)
@@ -190,6 +215,7 @@ fn finish(reporter: &Reporter, outcome: Outcome) -> Outcome {
         Outcome::Passed => ("passed", None),
         Outcome::Failed(e) => ("failed", Some(e.clone())),
         Outcome::Error(e) => ("error", Some(e.clone())),
+        Outcome::Interrupted(_, e) => ("interrupted", Some(e.clone())),
     };
     reporter.emit(EventKind::TestFinished {
         outcome: name.to_owned(),

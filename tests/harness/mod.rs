@@ -20,9 +20,9 @@ pub fn image_manifest() -> PathBuf {
     p
 }
 
-/// Two nodes whose rootfs does not exist: enough for `attest check`, which
-/// boots nothing.
-pub const UNBOOTABLE_NODES: &str = r#"{"server":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}},"client-1":{"backend":{"nspawn":{"rootfs":"/nonexistent"}}}}"#;
+/// Two nodes whose rootfs exists but is no root tree (`/dev/null`): enough
+/// for `attest check`, which boots nothing; a boot would fail.
+pub const UNBOOTABLE_NODES: &str = r#"{"server":{"backend":{"nspawn":{"rootfs":"/dev/null"}}},"client-1":{"backend":{"nspawn":{"rootfs":"/dev/null"}}}}"#;
 
 /// Runs `attest check` on a test.
 pub fn check(dir: &TestDir) -> Run {
