@@ -153,12 +153,12 @@ fn main() -> ExitCode {
                 report: ReportOptions {
                     show_console: !quiet_console,
                     colour: std::io::stderr().is_terminal(),
+                    progress: std::io::stderr().is_terminal(),
                     log_json,
                     junit,
                 },
                 driver: DriverOptions {
                     keep_state,
-                    show_console: !quiet_console,
                     protocol,
                 },
                 interactive,
@@ -170,6 +170,7 @@ fn main() -> ExitCode {
                 report: ReportOptions {
                     show_console: false,
                     colour: std::io::stderr().is_terminal(),
+                    progress: std::io::stderr().is_terminal(),
                     ..Default::default()
                 },
                 driver: DriverOptions::default(),

@@ -143,3 +143,75 @@ fn a_failed_nspawn_start_shows_nspawns_error_line() {
         harness::assert_nothing_left(&r, "nspawnfail");
     }
 }
+
+/// Runs `attest ARGS` with stderr on a pseudo-terminal of 100 columns;
+/// returns the exit status and everything written to the terminal.
+fn attest_on_a_tty(args: &[&str]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let winsize = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&winsize), None).expect("openpty");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(pty.slave))
+        .spawn()
+        .expect("cannot run attest");
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // EIO once the last holder of the terminal is gone.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            panic!("attest did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+/// On a terminal a booting machine gets a line with its boot time and last
+/// console line, redrawn in place; piped, the log has no such line.
+#[test]
+fn boots_show_progress_in_place_on_a_terminal_only() {
+    let dir = TestDir::nspawn(
+        "progress",
+        &["server"],
+        "",
+        "server.start();\nserver.succeed(\"true\");\n",
+    );
+    let (code, tty) = attest_on_a_tty(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{tty}");
+    let progress = regex::Regex::new(r"server: booting +\d+s \S").unwrap();
+    assert!(progress.is_match(&tty), "no progress line in:\n{tty:?}");
+    // Redrawn in place: the line is cleared, not scrolled.
+    assert!(tty.contains("\x1b[2K"), "{tty:?}");
+    assert!(tty.contains("test passed"), "{tty:?}");
+
+    let piped = attest(
+        &["run", "--quiet-console", dir.config().to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(piped.code, Some(0), "{}", piped.stderr);
+    assert!(!progress.is_match(&piped.stderr), "{}", piped.stderr);
+    assert!(!piped.stderr.contains('\x1b'), "{:?}", piped.stderr);
+}

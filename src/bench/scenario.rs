@@ -82,6 +82,7 @@ impl BenchContext<'_> {
         ReportOptions {
             show_console: false,
             colour: self.opts.colour,
+            progress: false,
             log_json: None,
             junit: None,
         }

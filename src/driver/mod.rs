@@ -46,8 +46,6 @@ impl std::fmt::Display for CancelReason {
 pub struct DriverOptions {
     /// Keep the state directory after the run.
     pub keep_state: bool,
-    /// Print console lines live.
-    pub show_console: bool,
     /// The guest command protocol (agent, bash, or the agent where it runs).
     pub protocol: crate::guest::agent::Protocol,
 }
@@ -117,7 +115,6 @@ impl Driver {
                     state_path.join(name),
                     network.clone(),
                     reporter.clone(),
-                    opts.show_console,
                     cancel.clone(),
                     runtime.clone(),
                     opts.protocol,

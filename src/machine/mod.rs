@@ -109,20 +109,19 @@ impl Machine {
         state_dir: std::path::PathBuf,
         network: Option<Arc<Network>>,
         reporter: Reporter,
-        console_to_log: bool,
         cancel: CancellationToken,
         runtime: tokio::runtime::Handle,
         protocol: Protocol,
     ) -> Machine {
         let forward_reporter = reporter.clone();
         let forward_name = name.to_owned();
+        // Every line is an event: the reporters decide what to show (boot
+        // progress uses console lines even when they are not printed).
         let console = ConsoleLog::new(Arc::new(move |line: &str| {
-            if console_to_log {
-                forward_reporter.emit(EventKind::Console {
-                    machine: forward_name.clone(),
-                    line: line.to_owned(),
-                });
-            }
+            forward_reporter.emit(EventKind::Console {
+                machine: forward_name.clone(),
+                line: line.to_owned(),
+            });
         }));
         Machine {
             inner: Arc::new(Inner {

@@ -96,3 +96,13 @@ pub enum EventKind {
         duration: f64,
     },
 }
+
+/// An event at time zero, for renderer tests.
+#[cfg(test)]
+pub(crate) fn at_start(kind: EventKind) -> Event {
+    Event {
+        timestamp: 0.0,
+        elapsed: 0.0,
+        kind,
+    }
+}

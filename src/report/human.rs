@@ -4,11 +4,14 @@
 use std::io::Write;
 
 use super::events::{Event, EventKind};
+use super::progress::BootProgress;
 
 /// Renders events as text on stderr.
 pub struct HumanReporter {
     colour: bool,
     show_console: bool,
+    /// Boot progress lines, on a terminal only.
+    progress: Option<BootProgress>,
 }
 
 impl HumanReporter {
@@ -17,7 +20,14 @@ impl HumanReporter {
         HumanReporter {
             colour,
             show_console,
+            progress: None,
         }
+    }
+
+    /// Also shows boot progress (stderr must be a terminal).
+    pub fn with_progress(mut self, progress: BootProgress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     fn paint(&self, code: &str, s: &str) -> String {
@@ -30,7 +40,10 @@ impl HumanReporter {
 
     /// Renders one event (or nothing).
     pub fn handle(&mut self, event: &Event) {
-        if let Some(text) = self.render(event) {
+        let text = self.render(event);
+        if let Some(progress) = self.progress.as_mut() {
+            progress.handle(event, text.as_deref());
+        } else if let Some(text) = text {
             let _ = writeln!(std::io::stderr().lock(), "{text}");
         }
     }
@@ -133,14 +146,7 @@ impl HumanReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev(kind: EventKind) -> Event {
-        Event {
-            timestamp: 0.0,
-            elapsed: 0.0,
-            kind,
-        }
-    }
+    use crate::report::events::at_start as ev;
 
     #[test]
     fn sections_render_nested_with_durations() {

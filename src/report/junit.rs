@@ -118,14 +118,7 @@ impl JunitAggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ev(kind: EventKind) -> Event {
-        Event {
-            timestamp: 0.0,
-            elapsed: 0.0,
-            kind,
-        }
-    }
+    use crate::report::events::at_start as ev;
 
     #[test]
     fn nested_subtests_become_cases_with_failures() {

@@ -6,6 +6,7 @@ pub mod events;
 pub mod failure;
 pub mod human;
 pub mod junit;
+pub mod progress;
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -22,6 +23,8 @@ pub struct ReportOptions {
     pub show_console: bool,
     /// Colour the human log (only when stderr is a terminal).
     pub colour: bool,
+    /// Show boot progress in place (only when stderr is a terminal).
+    pub progress: bool,
     /// Write the JSON event log here.
     pub log_json: Option<std::path::PathBuf>,
     /// Write JUnit XML here.
@@ -85,7 +88,14 @@ impl Reporter {
         }
         Ok(Reporter {
             inner: Arc::new(Mutex::new(State {
-                human: human::HumanReporter::new(opts.colour, opts.show_console),
+                human: {
+                    let h = human::HumanReporter::new(opts.colour, opts.show_console);
+                    if opts.progress {
+                        h.with_progress(progress::BootProgress::stderr())
+                    } else {
+                        h
+                    }
+                },
                 json,
                 junit: junit::JunitAggregator::new(name),
                 junit_path: opts.junit.clone(),
