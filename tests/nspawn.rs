@@ -92,8 +92,8 @@ subtest("systemd", || {
 
 subtest("files", || {
     server.succeed("head -c 300000 /dev/urandom > /tmp/blob; sha256sum /tmp/blob | cut -c1-64 > /tmp/blob.sum");
-    server.copy_from_machine("/tmp/blob", "out/blob");
-    server.copy_from_machine("/tmp/blob.sum", "out/blob.sum");
+    server.copy_from_machine("/tmp/blob", "out");
+    server.copy_from_vm("/tmp/blob.sum", "out");
     client.copy_from_host("out/blob", "/root/blob");
     let sum = client.succeed("sha256sum /root/blob | cut -c1-64");
     assert_eq(sum, server.succeed("cat /tmp/blob.sum"));

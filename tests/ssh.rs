@@ -94,8 +94,8 @@ assert_eq(remote.succeed("id -u"), "0\n");
 remote.copy_from_host("blob.bin", "/tmp/attest-blob.bin");
 assert_eq(remote.succeed("sha256sum /tmp/attest-blob.bin | cut -d' ' -f1"), "{blob_hash}\n");
 remote.succeed("head -c 5500000 /dev/urandom > /tmp/gen.bin; sha256sum /tmp/gen.bin | cut -d' ' -f1 > /tmp/gen.sha");
-remote.copy_from_machine("/tmp/gen.bin", "back.bin");
-remote.copy_from_machine("/tmp/gen.sha", "back.sha");
+remote.copy_from_machine("/tmp/gen.bin");
+remote.copy_from_vm("/tmp/gen.sha", "");
 
 let n = 100;
 let t = timestamp();
@@ -125,9 +125,9 @@ remote.succeed("true");
     let (code, out) = run_attest(&config, Duration::from_secs(180));
     assert_eq!(code, 0, "{out}");
 
-    let back = std::fs::read(dir.path().join("back.bin")).expect("copied file");
+    let back = std::fs::read(dir.path().join("gen.bin")).expect("copied file");
     assert_eq!(back.len(), 5_500_000);
-    let want = std::fs::read_to_string(dir.path().join("back.sha")).expect("hash file");
+    let want = std::fs::read_to_string(dir.path().join("gen.sha")).expect("hash file");
     assert_eq!(
         sha256_hex(&back),
         want.trim(),

@@ -7,7 +7,7 @@ pub mod protocol;
 mod session;
 
 pub use protocol::CommandOutput;
-pub use session::{GuestError, GuestStream, Session};
+pub use session::{GuestError, GuestStream, Session, Transfer};
 
 /// The line every backdoor shell prints before it reads commands.
 pub const BANNER: &str = "Spawning backdoor root shell...";

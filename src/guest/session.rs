@@ -3,9 +3,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use super::protocol::{CommandOutput, Framer};
+use super::protocol::{self, CommandOutput, Field, Framer, Request, Step};
 use super::BANNER;
 
 /// A byte stream to a backdoor shell.
@@ -30,6 +31,13 @@ pub enum GuestError {
     /// The guest sent something that is not a valid reply.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A file transfer failed in the guest, or arrived different from what
+    /// was sent (size or SHA-256); the session itself is still usable.
+    #[error("{0}")]
+    Transfer(String),
+    /// Reading or writing the host side of a transfer failed.
+    #[error("{0}")]
+    HostFile(String),
 }
 
 impl From<std::io::Error> for GuestError {
@@ -49,6 +57,51 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// the session up as hung.
 const REPLY_GRACE: Duration = Duration::from_secs(15);
 
+/// Read buffer of a session: big outputs arrive in few reads.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Raw bytes read from the host file per upload step (whole upload lines).
+const UPLOAD_STEP: usize = protocol::UPLOAD_LINE_BYTES * 64;
+
+/// What a verified transfer moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes, as counted on both ends.
+    pub bytes: u64,
+    /// SHA-256 (hex), as computed on both ends.
+    pub sha256: String,
+}
+
+/// The guest's view of a file: `<size> <sha256>` on stdout.
+fn describe_file(path: &str) -> String {
+    let p = protocol::shell_quote(path);
+    format!("s=$(stat -c %s -- {p}); h=$(sha256sum <{p}); echo \"$s ${{h%% *}}\"")
+}
+
+/// Parses [`describe_file`]'s output.
+fn parse_description(out: &CommandOutput) -> Result<(u64, String), GuestError> {
+    let text = out.stdout_text();
+    let mut it = text.split_whitespace();
+    match (it.next().and_then(|s| s.parse().ok()), it.next()) {
+        (Some(size), Some(hash)) if hash.len() == 64 => Ok((size, hash.to_owned())),
+        _ => Err(GuestError::Transfer(format!(
+            "the guest described the file as {:?}",
+            text.trim()
+        ))),
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where a download's data field goes.
+struct DataSink<'a> {
+    out: &'a mut (dyn AsyncWrite + Unpin + Send),
+    hasher: Sha256,
+    bytes: u64,
+}
+
 /// The command protocol on one stream. A session is used by one command at a
 /// time; a machine keeps a pool of them for concurrency.
 pub struct Session {
@@ -61,15 +114,15 @@ pub struct Session {
 
 impl Session {
     /// Waits for the banner on a fresh stream and prepares the shell.
-    /// `on_noise` receives lines that arrive before the banner (console output
-    /// on shared transports such as hvc0).
+    /// Lines that arrive before the banner (console output on shared
+    /// transports such as hvc0) are skipped.
     pub async fn establish(
         stream: Box<dyn GuestStream>,
         banner_timeout: Duration,
     ) -> Result<Session, GuestError> {
         let (r, w) = tokio::io::split(stream);
         let mut session = Session {
-            reader: BufReader::new(r),
+            reader: BufReader::with_capacity(READ_BUFFER, r),
             writer: w,
             framer: Framer::new(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
             poisoned: false,
@@ -117,41 +170,236 @@ impl Session {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, GuestError> {
+        self.round_trip(command, timeout, Request::Command, None, None)
+            .await
+            .map(|(out, _)| out)
+    }
+
+    /// Writes `len` bytes read from `data` to the guest file `dest` (created
+    /// or truncated; its directory must exist) in one round trip, streamed,
+    /// and checks them on arrival: the guest's size and SHA-256 of `dest`
+    /// must equal the host's of the bytes sent. `timeout` bounds the whole
+    /// transfer.
+    pub async fn upload(
+        &mut self,
+        dest: &str,
+        data: &mut (dyn AsyncRead + Unpin + Send),
+        len: u64,
+        timeout: Duration,
+    ) -> Result<Transfer, GuestError> {
+        let request = Request::Upload {
+            dest,
+            encoded_len: protocol::upload_encoded_len(len),
+        };
+        let (out, sent) = self
+            .round_trip(
+                &describe_file(dest),
+                timeout,
+                request,
+                Some((data, len)),
+                None,
+            )
+            .await?;
+        let sent = sent.expect("an upload reports what it sent");
+        if out.status != 0 {
+            return Err(GuestError::Transfer(format!(
+                "writing {dest} in the guest failed (exit status {}): {}",
+                out.status,
+                out.stderr_text().trim()
+            )));
+        }
+        let (size, hash) = parse_description(&out)?;
+        if let Some(short) = sent.short {
+            return Err(GuestError::HostFile(format!(
+                "the host file ended after {short} of {len} bytes: it changed while being copied"
+            )));
+        }
+        if size != len || hash != sent.sha256 {
+            return Err(GuestError::Transfer(format!(
+                "{dest} arrived different from what was sent: {size} bytes with SHA-256 {hash} in the guest, \
+                 {len} bytes with SHA-256 {} sent",
+                sent.sha256
+            )));
+        }
+        Ok(Transfer {
+            bytes: len,
+            sha256: hash,
+        })
+    }
+
+    /// Streams the guest file `source` into `out` in one round trip and
+    /// checks it: the guest's size and SHA-256 of `source` (taken before
+    /// sending) must equal the host's of the bytes received, so a file that
+    /// changes while it is copied fails the call. `timeout` bounds the whole
+    /// transfer.
+    pub async fn download(
+        &mut self,
+        source: &str,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+        timeout: Duration,
+    ) -> Result<Transfer, GuestError> {
+        let mut sink = DataSink {
+            out,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let (reply, _) = self
+            .round_trip(
+                &describe_file(source),
+                timeout,
+                Request::Download { source },
+                None,
+                Some(&mut sink),
+            )
+            .await?;
+        if reply.status != 0 {
+            return Err(GuestError::Transfer(format!(
+                "reading {source} in the guest failed (exit status {}): {}",
+                reply.status,
+                reply.stderr_text().trim()
+            )));
+        }
+        let (size, hash) = parse_description(&reply)?;
+        sink.out
+            .flush()
+            .await
+            .map_err(|e| GuestError::HostFile(e.to_string()))?;
+        let got = hex(&sink.hasher.finalize());
+        if size != sink.bytes || hash != got {
+            return Err(GuestError::Transfer(format!(
+                "{source} arrived different from the guest's file: {size} bytes with SHA-256 {hash} in the guest, \
+                 {} bytes with SHA-256 {got} received (did the file change while it was copied?)",
+                sink.bytes
+            )));
+        }
+        Ok(Transfer {
+            bytes: size,
+            sha256: hash,
+        })
+    }
+
+    async fn round_trip(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        request: Request<'_>,
+        upload: Option<(&mut (dyn AsyncRead + Unpin + Send), u64)>,
+        sink: Option<&mut DataSink<'_>>,
+    ) -> Result<(CommandOutput, Option<Sent>), GuestError> {
         if self.poisoned {
             return Err(GuestError::Protocol(
                 "session was abandoned by an earlier call".into(),
             ));
         }
+        let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
+        let (line, seq) = self
+            .framer
+            .encode_request(command, secs, request)
+            .map_err(GuestError::Protocol)?;
         // Poisoned until the reply is read: if this future is dropped midway
         // (cancellation, host timeout) the stream is out of step.
         self.poisoned = true;
-        let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
-        let (line, seq) = self.framer.encode(command, secs);
-        self.writer.write_all(line.as_bytes()).await?;
-        self.writer.flush().await?;
         let host_limit = Duration::from_secs(secs) + REPLY_GRACE;
-        let out = tokio::time::timeout(host_limit, self.read_reply(seq))
+        let work = async {
+            self.writer.write_all(line.as_bytes()).await?;
+            let sent = match upload {
+                Some((data, len)) => Some(self.send_payload(data, len).await?),
+                None => None,
+            };
+            self.writer.flush().await?;
+            let out = self.read_reply(seq, sink).await?;
+            Ok::<_, GuestError>((out, sent))
+        };
+        let r = tokio::time::timeout(host_limit, work)
             .await
             .map_err(|_| GuestError::ReplyTimeout(host_limit))??;
         self.poisoned = false;
-        Ok(out)
+        Ok(r)
     }
 
-    async fn read_reply(&mut self, seq: u64) -> Result<CommandOutput, GuestError> {
-        let mut line = Vec::new();
+    /// Sends exactly the announced payload: `len` bytes of `data` as upload
+    /// lines. A source that ends early is padded (the guest must read every
+    /// announced byte) and reported.
+    async fn send_payload(
+        &mut self,
+        data: &mut (dyn AsyncRead + Unpin + Send),
+        len: u64,
+    ) -> Result<Sent, GuestError> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; UPLOAD_STEP];
+        let mut encoded = Vec::with_capacity(UPLOAD_STEP / 3 * 4 + UPLOAD_STEP / 1000 + 8);
+        let mut left = len;
+        let mut short = None;
+        while left > 0 {
+            let want = (UPLOAD_STEP as u64).min(left) as usize;
+            let mut got = 0;
+            while got < want && short.is_none() {
+                let n = data
+                    .read(&mut buf[got..want])
+                    .await
+                    .map_err(|e| GuestError::HostFile(format!("reading the host file: {e}")))?;
+                if n == 0 {
+                    short = Some(len - left + got as u64);
+                }
+                got += n;
+            }
+            if got < want {
+                buf[got..want].fill(0);
+            }
+            hasher.update(&buf[..got]);
+            encoded.clear();
+            protocol::encode_upload_chunk(&buf[..want], &mut encoded);
+            self.writer.write_all(&encoded).await?;
+            left -= want as u64;
+        }
+        Ok(Sent {
+            sha256: hex(&hasher.finalize()),
+            short,
+        })
+    }
+
+    async fn read_reply(
+        &mut self,
+        seq: u64,
+        mut sink: Option<&mut DataSink<'_>>,
+    ) -> Result<CommandOutput, GuestError> {
+        let mut parser = self.framer.parser(seq);
+        let mut out = CommandOutput {
+            status: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
         loop {
-            line.clear();
-            let n = self.reader.read_until(b'\n', &mut line).await?;
-            if n == 0 {
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
                 return Err(GuestError::Closed);
             }
-            if let Some(out) = self
-                .framer
-                .decode(&line, seq)
-                .map_err(GuestError::Protocol)?
-            {
-                return Ok(out);
+            let (used, step) = parser.step(buf).map_err(GuestError::Protocol)?;
+            match step {
+                Step::Continue => {}
+                Step::Bytes(Field::Stdout, b) => out.stdout.extend_from_slice(b),
+                Step::Bytes(Field::Stderr, b) => out.stderr.extend_from_slice(b),
+                Step::Bytes(Field::Data, b) => match sink.as_deref_mut() {
+                    Some(s) => {
+                        s.out.write_all(b).await.map_err(|e| {
+                            GuestError::HostFile(format!("writing the host file: {e}"))
+                        })?;
+                        s.hasher.update(b);
+                        s.bytes += b.len() as u64;
+                    }
+                    None => {
+                        return Err(GuestError::Protocol(
+                            "a data field in the reply to a plain command".into(),
+                        ))
+                    }
+                },
+                Step::Done(status) => {
+                    self.reader.consume(used);
+                    out.status = status;
+                    return Ok(out);
+                }
             }
+            self.reader.consume(used);
         }
     }
 
@@ -167,6 +415,13 @@ impl Session {
     }
 }
 
+/// What an upload sent.
+struct Sent {
+    sha256: String,
+    /// Set when the source ended early: bytes it had.
+    short: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     //! Against a real local `bash`, the shell every backdoor runs.
@@ -175,10 +430,22 @@ mod tests {
 
     /// A local backdoor: banner + bash over a socketpair, like the guests'.
     async fn local_session() -> (Session, tokio::process::Child) {
+        local_session_with_path(None).await
+    }
+
+    /// [`local_session`] with `dir` first in the shell's PATH.
+    async fn local_session_with_path(
+        dir: Option<&std::path::Path>,
+    ) -> (Session, tokio::process::Child) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd: std::os::fd::OwnedFd = theirs.into();
         let fd2 = fd.try_clone().unwrap();
-        let child = Command::new("bash")
+        let mut cmd = Command::new("bash");
+        if let Some(dir) = dir {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", dir.display()));
+        }
+        let child = cmd
             .args(["-c", &format!("echo '{BANNER}'; exec bash --norc")])
             .stdin(fd)
             .stdout(fd2)
@@ -196,10 +463,7 @@ mod tests {
     #[tokio::test]
     async fn stdout_stderr_and_status_are_separate() {
         let (mut s, _c) = local_session().await;
-        let out = s
-            .execute("echo out; echo err >&2; exit 3", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let out = run(&mut s, "echo out; echo err >&2; exit 3").await;
         assert_eq!(out.status, 3);
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
@@ -221,16 +485,10 @@ mod tests {
     #[tokio::test]
     async fn stdin_is_not_the_protocol_stream() {
         let (mut s, _c) = local_session().await;
-        let out = s
-            .execute("cat; echo done", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let out = run(&mut s, "cat; echo done").await;
         assert_eq!(out.stdout, b"done\n");
         // The session still works: cat did not eat the next command.
-        let out = s
-            .execute("echo next", Duration::from_secs(5))
-            .await
-            .unwrap();
+        let out = run(&mut s, "echo next").await;
         assert_eq!(out.stdout, b"next\n");
     }
 
@@ -244,9 +502,7 @@ mod tests {
             .unwrap();
         assert_eq!(out.stdout, b"started\n");
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-        s.execute("pkill -f 'sleep 30' || true", Duration::from_secs(5))
-            .await
-            .unwrap();
+        run(&mut s, "pkill -f 'sleep 30' || true").await;
     }
 
     #[tokio::test]
@@ -296,5 +552,140 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.stdout.len(), 3_000_000);
+    }
+
+    #[tokio::test]
+    async fn output_files_are_gone_when_the_reply_is_read() {
+        let (mut s, c) = local_session().await;
+        // `exec bash --norc` keeps the child's pid: it is the backdoor shell.
+        let shell = c.id().unwrap().to_string();
+        for _ in 0..3 {
+            run(&mut s, "echo out; echo err >&2").await;
+        }
+        let left: Vec<_> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!(".attest-{shell}-")))
+            .collect();
+        assert!(left.is_empty(), "left in /dev/shm: {left:?}");
+    }
+
+    async fn run(s: &mut Session, command: &str) -> CommandOutput {
+        s.execute(command, Duration::from_secs(5)).await.unwrap()
+    }
+
+    async fn upload_bytes(
+        s: &mut Session,
+        dest: &str,
+        data: &[u8],
+    ) -> Result<Transfer, GuestError> {
+        let mut r = data;
+        s.upload(dest, &mut r, data.len() as u64, Duration::from_secs(30))
+            .await
+    }
+
+    #[tokio::test]
+    async fn uploads_and_downloads_are_exact_and_verified() {
+        let (mut s, _c) = local_session().await;
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 2303, 2304, 2305, 1 << 20, 3 * (1 << 20) + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+            let dest = dir.path().join(format!("up-{len}"));
+            let t = upload_bytes(&mut s, dest.to_str().unwrap(), &data)
+                .await
+                .unwrap();
+            assert_eq!(t.bytes, len as u64);
+            assert_eq!(std::fs::read(&dest).unwrap(), data, "upload of {len}");
+            let mut back = Vec::new();
+            let t2 = s
+                .download(dest.to_str().unwrap(), &mut back, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(back, data, "download of {len}");
+            assert_eq!(t2, t);
+        }
+        // The shell reads on right after the payload.
+        let out = run(&mut s, "echo next").await;
+        assert_eq!(out.stdout, b"next\n");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_drains_the_payload_and_the_session_goes_on() {
+        let (mut s, _c) = local_session().await;
+        let data = vec![b'x'; 500_000];
+        let err = upload_bytes(&mut s, "/nonexistent-dir/f", &data)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GuestError::Transfer(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("No such file or directory"),
+            "{err}"
+        );
+        assert!(s.is_usable());
+        let out = run(&mut s, "echo still here").await;
+        assert_eq!(out.stdout, b"still here\n");
+    }
+
+    /// A guest whose `sha256sum` lies: the host's comparison must catch it.
+    #[tokio::test]
+    async fn a_hash_mismatch_fails_the_transfer() {
+        let bin = tempfile::tempdir().unwrap();
+        let fake = bin.path().join("sha256sum");
+        std::fs::write(&fake, "#!/bin/sh\ncat >/dev/null; echo 0000000000000000000000000000000000000000000000000000000000000000 -\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (mut s, _c) = local_session_with_path(Some(bin.path())).await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let err = upload_bytes(&mut s, dest.to_str().unwrap(), b"payload")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("arrived different"), "{err}");
+        let mut back = Vec::new();
+        let err = s
+            .download(dest.to_str().unwrap(), &mut back, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("arrived different"), "{err}");
+        assert!(s.is_usable());
+    }
+
+    #[tokio::test]
+    async fn a_host_file_that_ends_early_is_reported() {
+        let (mut s, _c) = local_session().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let mut r: &[u8] = b"only this";
+        let err = s
+            .upload(
+                dest.to_str().unwrap(),
+                &mut r,
+                100_000,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("changed while being copied"),
+            "{err}"
+        );
+        let out = run(&mut s, "echo ok").await;
+        assert_eq!(out.stdout, b"ok\n");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any command text reaches bash unchanged (ANSI-C quoting).
+        #[test]
+        fn any_command_text_reaches_bash_unchanged(text in "[^\\x00]{0,200}") {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (mut s, _c) = local_session().await;
+                let cmd = format!("printf %s {}", protocol::shell_quote(&text));
+                let out = s.execute(&cmd, Duration::from_secs(5)).await.unwrap();
+                assert_eq!(out.stdout_text(), text);
+            });
+        }
     }
 }

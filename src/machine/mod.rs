@@ -6,6 +6,7 @@
 //! dead machine.
 
 mod channel;
+mod copy;
 mod error;
 mod ops;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use copy::copy_from_vm_target;
 pub use error::MachineError;
 pub use ops::shell_quote;
 
@@ -22,7 +24,7 @@ use crate::backend::{Backend, BackendOp, Instance, StartContext};
 use crate::config::TestConfig;
 use crate::console::ConsoleLog;
 use crate::guest::agent::Protocol;
-use crate::guest::CommandOutput;
+use crate::guest::{CommandOutput, Session};
 use crate::net::Network;
 use crate::process::Exit;
 use crate::report::{EventKind, Reporter};
@@ -89,6 +91,11 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     protocol: Protocol,
 }
+
+/// The future [`Machine::with_session`] runs on a session.
+pub type SessionWork<'s, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<T, crate::guest::GuestError>> + Send + 's>,
+>;
 
 /// What exists while the machine runs.
 struct Running {
@@ -345,18 +352,21 @@ impl Machine {
         Ok(())
     }
 
+    /// The running instance and its channel, starting the machine if needed.
+    async fn started_channel(&self) -> Result<(Arc<dyn Instance>, Channel), MachineError> {
+        self.ensure_started().await?;
+        let g = self.inner.running.lock().await;
+        let r = g.as_ref().ok_or_else(|| self.not_running())?;
+        Ok((r.instance.clone(), r.channel.clone()))
+    }
+
     /// Runs one command in the guest (starting the machine if needed).
     pub async fn execute(
         &self,
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, MachineError> {
-        self.ensure_started().await?;
-        let (instance, channel) = {
-            let g = self.inner.running.lock().await;
-            let r = g.as_ref().ok_or_else(|| self.not_running())?;
-            (r.instance.clone(), r.channel.clone())
-        };
+        let (instance, channel) = self.started_channel().await?;
         let mut exit = instance.exit_watch();
         let work = self.run_on(&channel, &*instance, command, timeout);
         let result = tokio::select! {
@@ -364,15 +374,83 @@ impl Machine {
             info = wait_exit(&mut exit) => Err(self.died(&info, &format!("running `{command}`"))),
             () = self.inner.cancel.cancelled() => Err(self.cancelled()),
         };
-        if let Err(MachineError::Guest { .. }) = &result {
-            // The channel broke: usually because the machine is dying; its
-            // process exit may lag the socket's close by a moment.
+        let broken = matches!(result, Err(MachineError::Guest { .. }));
+        self.settle(result, broken, &instance, command).await
+    }
+
+    /// Runs `work` on a bash backdoor session of this machine (starting the
+    /// machine if needed): a pooled one, or a new one when all are busy or
+    /// the machine's commands go through the agent (file transfers are bash
+    /// protocol). The work races the machine's exit and the run's
+    /// cancellation; `what` names it in errors.
+    pub async fn with_session<T, F>(&self, what: &str, work: F) -> Result<T, MachineError>
+    where
+        T: Send,
+        F: for<'s> FnOnce(&'s mut Session) -> SessionWork<'s, T> + Send,
+    {
+        let (instance, channel) = self.started_channel().await?;
+        let mut exit = instance.exit_watch();
+        let fresh = || self.open_session(&*instance, Instant::now() + Duration::from_secs(30));
+        let run = async {
+            let (mut session, pool) = match &channel {
+                channel::Channel::Bash { sessions, slots } => {
+                    let permit = slots
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| (self.cancelled(), false))?;
+                    let pooled = sessions.lock().expect("session pool lock").pop();
+                    let session = match pooled {
+                        Some(s) => s,
+                        None => fresh().await.map_err(|e| (e, false))?,
+                    };
+                    (session, Some((sessions.clone(), permit)))
+                }
+                channel::Channel::Agent(_) => (fresh().await.map_err(|e| (e, false))?, None),
+            };
+            let out = work(&mut session).await;
+            let broken = !session.is_usable();
+            if let (false, Some((sessions, _permit))) = (broken, pool) {
+                sessions.lock().expect("session pool lock").push(session);
+            }
+            out.map_err(|e| {
+                let e = MachineError::Guest {
+                    machine: self.inner.name.clone(),
+                    command: what.to_owned(),
+                    message: e.to_string(),
+                };
+                (e, broken)
+            })
+        };
+        let result = tokio::select! {
+            r = run => r,
+            info = wait_exit(&mut exit) => Err((self.died(&info, &format!("running `{what}`")), false)),
+            () = self.inner.cancel.cancelled() => Err((self.cancelled(), false)),
+        };
+        let (result, broken) = match result {
+            Ok(v) => (Ok(v), false),
+            Err((e, broken)) => (Err(e), broken),
+        };
+        self.settle(result, broken, &instance, what).await
+    }
+
+    /// After a call: when its channel broke, the machine is usually dying
+    /// and its process exit may lag the socket's close by a moment; a death
+    /// is reported as such and the instance forgotten.
+    async fn settle<T>(
+        &self,
+        result: Result<T, MachineError>,
+        broken: bool,
+        instance: &Arc<dyn Instance>,
+        what: &str,
+    ) -> Result<T, MachineError> {
+        if broken {
             let mut exit = instance.exit_watch();
             if let Ok(info) =
                 tokio::time::timeout(Duration::from_secs(3), wait_exit(&mut exit)).await
             {
                 self.forget_instance(MachineState::Died).await;
-                return Err(self.died(&info, &format!("running `{command}`")));
+                return Err(self.died(&info, &format!("running `{what}`")));
             }
         }
         if let Err(MachineError::Died { .. }) = &result {

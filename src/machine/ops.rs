@@ -2,10 +2,7 @@
 //! semantics (`succeed`, `wait_for_unit`, …), built on [`Machine::execute`].
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-use base64::Engine as _;
 
 use super::{Machine, MachineError};
 use crate::guest::CommandOutput;
@@ -16,15 +13,7 @@ use crate::guest::CommandOutput;
 const POLL_FIRST: Duration = Duration::from_millis(25);
 const POLL_LONGEST: Duration = Duration::from_millis(500);
 
-/// Bytes per chunk when copying files through the channel (a command is one
-/// argv string in the guest, limited to 128 KiB).
-const UPLOAD_CHUNK: usize = 64 * 1024;
-const DOWNLOAD_CHUNK: u64 = 32 << 20;
-
-/// Quotes a string for bash.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::guest::protocol::shell_quote;
 
 fn user_prefix(user: Option<&str>) -> String {
     match user {
@@ -475,163 +464,5 @@ impl Machine {
             .unwrap_or_default();
         let cmd = format!("journalctl --no-pager -q {unit} -n {lines}");
         self.succeed(&[cmd], Duration::from_secs(60)).await
-    }
-
-    /// Copies a host file or directory into the guest at `target`.
-    pub async fn copy_from_host(&self, source: &Path, target: &str) -> Result<(), MachineError> {
-        let internal = |message: String| MachineError::Internal {
-            machine: self.name().to_owned(),
-            message,
-        };
-        let meta = std::fs::metadata(source)
-            .map_err(|e| internal(format!("copy_from_host: {}: {e}", source.display())))?;
-        let t = shell_quote(target);
-        let (data, finish) = if meta.is_dir() {
-            let out = tokio::process::Command::new("tar")
-                .arg("-C")
-                .arg(source)
-                .args(["-cf", "-", "."])
-                .output()
-                .await
-                .map_err(|e| internal(format!("copy_from_host: tar: {e}")))?;
-            if !out.status.success() {
-                return Err(internal(format!(
-                    "copy_from_host: tar {}: {}",
-                    source.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            (
-                out.stdout,
-                format!("mkdir -p {t} && tar -C {t} -xf \"$__f\" && rm -f \"$__f\""),
-            )
-        } else {
-            let data = std::fs::read(source)
-                .map_err(|e| internal(format!("copy_from_host: {}: {e}", source.display())))?;
-            (
-                data,
-                format!("mkdir -p \"$(dirname {t})\" && mv -f \"$__f\" {t}"),
-            )
-        };
-        let staging = format!("/tmp/.attest-upload-{}", std::process::id());
-        let set = format!("__f={};", shell_quote(&staging));
-        self.succeed(&[format!("{set} : > \"$__f\"")], Duration::from_secs(60))
-            .await?;
-        for chunk in data.chunks(UPLOAD_CHUNK) {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
-            self.succeed(
-                &[format!(
-                    "{set} base64 -d >> \"$__f\" <<'ATTEST_EOF'\n{b64}\nATTEST_EOF"
-                )],
-                Duration::from_secs(60),
-            )
-            .await?;
-        }
-        self.succeed(&[format!("{set} {finish}")], Duration::from_secs(300))
-            .await?;
-        Ok(())
-    }
-
-    /// A screenshot taken inside the guest (grim on Wayland, ImageMagick's
-    /// `import` on X11, fbgrab on a framebuffer), copied to `target`. For
-    /// backends whose VMM cannot capture the screen (firecracker,
-    /// cloud-hypervisor).
-    pub async fn guest_screenshot(&self, target: &Path) -> Result<(), MachineError> {
-        let shot = "/tmp/.attest-guest-screenshot.png";
-        let capture = format!(
-            "rm -f {shot}; \
-             if command -v grim >/dev/null && [ -n \"$WAYLAND_DISPLAY\" ]; then grim {shot}; \
-             elif command -v import >/dev/null && [ -e /tmp/.X11-unix/X0 ]; then DISPLAY=:0 import -window root {shot}; \
-             elif command -v fbgrab >/dev/null && [ -e /dev/fb0 ]; then fbgrab {shot} >/dev/null; \
-             else echo 'guest_screenshot: the guest has no way to capture its screen: it needs grim (Wayland), ImageMagick import (X11) or fbgrab with /dev/fb0' >&2; exit 3; fi"
-        );
-        let out = self.execute(&capture, Duration::from_secs(60)).await?;
-        if out.status != 0 {
-            return Err(MachineError::Internal {
-                machine: self.name().to_owned(),
-                message: out.stderr_text().trim().to_owned(),
-            });
-        }
-        self.copy_from_machine(shot, target).await
-    }
-
-    /// Copies a guest file or directory to `target` on the host.
-    pub async fn copy_from_machine(&self, source: &str, target: &Path) -> Result<(), MachineError> {
-        let internal = |message: String| MachineError::Internal {
-            machine: self.name().to_owned(),
-            message,
-        };
-        let s = shell_quote(source);
-        let kind = self
-            .succeed(&[format!("if [ -d {s} ]; then echo dir; elif [ -e {s} ]; then stat -c %s {s}; else echo missing; fi")], Duration::from_secs(30))
-            .await?;
-        let kind = kind.trim();
-        if kind == "missing" {
-            return Err(internal(format!(
-                "copy_from_machine: {source} does not exist in the guest"
-            )));
-        }
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
-        }
-        if kind == "dir" {
-            let out = self
-                .execute(&format!("tar -C {s} -cf - ."), Duration::from_secs(900))
-                .await?;
-            if out.status != 0 {
-                return Err(internal(format!(
-                    "copy_from_machine: tar failed: {}",
-                    out.stderr_text().trim()
-                )));
-            }
-            std::fs::create_dir_all(target)
-                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
-            let mut child = tokio::process::Command::new("tar")
-                .arg("-C")
-                .arg(target)
-                .args(["-xf", "-"])
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| internal(format!("copy_from_machine: tar: {e}")))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                use tokio::io::AsyncWriteExt;
-                stdin
-                    .write_all(&out.stdout)
-                    .await
-                    .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
-            }
-            let st = child
-                .wait()
-                .await
-                .map_err(|e| internal(format!("copy_from_machine: {e}")))?;
-            if !st.success() {
-                return Err(internal(
-                    "copy_from_machine: extracting the archive failed".into(),
-                ));
-            }
-            return Ok(());
-        }
-        let size: u64 = kind.parse().unwrap_or(0);
-        let mut data = Vec::with_capacity(size as usize);
-        let mut offset = 0;
-        while offset < size {
-            let out = self
-                .execute(
-                    &format!("dd if={s} bs=1M iflag=skip_bytes,count_bytes skip={offset} count={DOWNLOAD_CHUNK} status=none"),
-                    Duration::from_secs(300),
-                )
-                .await?;
-            if out.status != 0 || out.stdout.is_empty() {
-                return Err(internal(format!(
-                    "copy_from_machine: reading {source} at {offset}: {}",
-                    out.stderr_text().trim()
-                )));
-            }
-            offset += out.stdout.len() as u64;
-            data.extend_from_slice(&out.stdout);
-        }
-        std::fs::write(target, data)
-            .map_err(|e| internal(format!("copy_from_machine: {}: {e}", target.display())))
     }
 }

@@ -475,9 +475,9 @@ fn register_systemd(engine: &mut Engine) {
 
 fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     let base = ctx.base_dir.clone();
-    engine.register_fn(
-        "copy_from_host",
-        move |m: &mut Machine, src: &str, dst: &str| {
+    for name in ["copy_from_host", "copy_from_host_via_shell"] {
+        let base = base.clone();
+        engine.register_fn(name, move |m: &mut Machine, src: &str, dst: &str| {
             let mm = m.clone();
             let src = base.join(src);
             let dst = dst.to_owned();
@@ -486,8 +486,8 @@ fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                 format!("copying {} to {dst}", src.display()),
                 async move { mm.copy_from_host(&src, &dst).await },
             )
-        },
-    );
+        });
+    }
     let out_dir = std::env::var_os("out")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| ctx.base_dir.clone());
@@ -501,17 +501,26 @@ fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
             async move { mm.guest_screenshot(&dst).await },
         )
     });
+    // NixOS: copy_from_vm(source, target_dir = "") puts the file at
+    // $out/target_dir/<basename of source>.
+    fn copy_from_vm(m: &Machine, out_dir: &std::path::Path, src: &str, dir: &str) -> R<()> {
+        let mm = m.clone();
+        let dst = crate::machine::copy_from_vm_target(out_dir, src, dir);
+        let src = src.to_owned();
+        op(
+            m,
+            format!("copying {src} to {}", dst.display()),
+            async move { mm.copy_from_machine(&src, &dst).await },
+        )
+    }
     for name in ["copy_from_machine", "copy_from_vm"] {
-        let out_dir = out_dir.clone();
-        engine.register_fn(name, move |m: &mut Machine, src: &str, dst: &str| {
-            let mm = m.clone();
-            let dst = out_dir.join(dst);
-            let src = src.to_owned();
-            op(
-                m,
-                format!("copying {src} to {}", dst.display()),
-                async move { mm.copy_from_machine(&src, &dst).await },
-            )
+        let out = out_dir.clone();
+        engine.register_fn(name, move |m: &mut Machine, src: &str| {
+            copy_from_vm(m, &out, src, "")
+        });
+        let out = out_dir.clone();
+        engine.register_fn(name, move |m: &mut Machine, src: &str, dir: &str| {
+            copy_from_vm(m, &out, src, dir)
         });
     }
 }
