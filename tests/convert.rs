@@ -112,6 +112,7 @@ rule!(
 _, out = machine.execute("cat /etc/hostname")
 code = machine.execute("false")[0]
 rc, _ = machine.systemctl("is-active foo")
+_, log_text = machine.execute("journalctl -b", check_return=False, timeout=30)
 "#
 );
 

@@ -43,7 +43,12 @@ const METHODS: &[Method] = &[
     m("reboot", &[], &[], Kind::Unit),
     m("wait_for_shutdown", &[], &[], Kind::Unit),
     m("is_up", &[], &[], Kind::Bool),
-    m("execute", &["command"], &["timeout"], Kind::Exec),
+    m(
+        "execute",
+        &["command"],
+        &["check_return", "check_output", "timeout"],
+        Kind::Exec,
+    ),
     Method {
         name: "succeed",
         params: &[],

@@ -130,7 +130,6 @@ pub struct Translator<'s> {
     loops_in_subtest: usize,
     /// Inside a function body.
     in_function: usize,
-    tmp: usize,
     /// Line of the statement being translated, for TODOs inside expressions.
     cur_line: usize,
     /// Every name the script assigns anywhere (such a name is no node).
@@ -175,7 +174,6 @@ impl<'s> Translator<'s> {
             in_subtest: 0,
             loops_in_subtest: 0,
             in_function: 0,
-            tmp: 0,
             cur_line: 1,
             all_assigned: BTreeSet::new(),
             interpolations: interpolations.to_vec(),
@@ -351,12 +349,14 @@ impl<'s> Translator<'s> {
         false
     }
 
+    /// A name for a temporary: `base`, `base2`, … — the first neither in
+    /// scope nor in the Python source.
     fn fresh(&mut self, base: &str) -> String {
-        self.tmp += 1;
+        let mut n = 1;
         let mut name = base.to_owned();
-        while self.declared(&name).is_some() || self.src.contains(&name) {
-            self.tmp += 1;
-            name = format!("{base}{}", self.tmp);
+        while self.declared(&name).is_some() || self.used_after(&name, 0) {
+            n += 1;
+            name = format!("{base}{n}");
         }
         name
     }

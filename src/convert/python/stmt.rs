@@ -28,7 +28,6 @@ impl Translator<'_> {
                     .iter()
                     .map(|b| (b.vars.clone(), b.barrier))
                     .collect::<Vec<_>>(),
-                self.tmp,
             );
             if let Err(e) = self.stmt(s) {
                 self.out.truncate(saved.0);
@@ -39,7 +38,6 @@ impl Translator<'_> {
                     .into_iter()
                     .map(|(vars, barrier)| Block { vars, barrier })
                     .collect();
-                self.tmp = saved.4;
                 self.todo(s, &e.0);
                 // Later uses of what it binds are not TODOs of their own.
                 let mut bound = BTreeSet::new();
