@@ -275,8 +275,11 @@ impl Boot {
         }
         // `head` always consumes exactly the data, whatever fails on the
         // right of the pipe, so the bytes never reach the shell as commands.
+        // Debian's initramfs mounts /run noexec: then /run/attest gets a
+        // small tmpfs of its own (containers have an executable /run; a
+        // mount point there already is the image's or the user's choice).
         self.send(&format!(
-            "head -c {} | {{ mkdir -p /run/attest && base64 -d >\"$__af.$$\"; cat >/dev/null; }}; \
+            "head -c {} | {{ mkdir -p /run/attest && {{ mountpoint -q /run/attest || ! findmnt -rno OPTIONS -T /run/attest 2>/dev/null | grep -qw noexec || mount -t tmpfs -o mode=0700,size=32m attest-agent /run/attest 2>/dev/null || true; }} && base64 -d >\"$__af.$$\"; cat >/dev/null; }}; \
              if [ \"$(sha256sum <\"$__af.$$\" 2>&1)\" = '{hash}  -' ] && chmod 700 \"$__af.$$\" && mv -f \"$__af.$$\" \"$__af\"; \
              then echo ATTEST-BOOT-STORED; else rm -f \"$__af.$$\" 2>/dev/null; echo ATTEST-BOOT-FAILED; fi\n",
             data.len()
