@@ -215,3 +215,64 @@ fn boots_show_progress_in_place_on_a_terminal_only() {
     assert!(!progress.is_match(&piped.stderr), "{}", piped.stderr);
     assert!(!piped.stderr.contains('\x1b'), "{:?}", piped.stderr);
 }
+
+/// Runs `attest repl` on `dir` with `input` as its stdin and `state` as
+/// `$XDG_STATE_HOME`.
+fn repl(dir: &TestDir, state: &std::path::Path, input: &str) -> harness::Run {
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
+        .args(["repl", dir.config().to_str().unwrap()])
+        .env("XDG_STATE_HOME", state)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run attest");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    harness::finish(child, started, LIMIT)
+}
+
+#[test]
+fn the_repl_suggests_helps_keeps_history_and_does_not_claim_a_pass() {
+    let dir = TestDir::new("repl", NODES, "", "start_all();\n");
+    let state = tempfile::tempdir().unwrap();
+    let r = repl(
+        &dir,
+        state.path(),
+        "server.succed(\"true\");\nhelp()\n:help\nlet x = 40 + 2;\nx\n",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("<repl>:1:8: error: unknown method `succed`; did you mean `succeed`?"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stdout
+            .matches("machines: client_1 (node `client-1`), server\n")
+            .count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    for api in ["wait_for_unit", "succeed", "start_all", "subtest"] {
+        assert!(r.stdout.contains(api), "no {api} in help:\n{}", r.stdout);
+    }
+    assert!(r.stdout.contains("42\n"), "{}", r.stdout);
+    assert!(!r.stderr.contains("test passed"), "{}", r.stderr);
+    assert!(r.stderr.contains("REPL closed after"), "{}", r.stderr);
+
+    // The next session finds the first one's history and adds to it.
+    let r = repl(&dir, state.path(), "let y = 1;\n");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let history = std::fs::read_to_string(state.path().join("attest/repl_history")).unwrap();
+    assert!(history.contains("let x = 40 + 2;"), "{history}");
+    assert!(history.contains("let y = 1;"), "{history}");
+}

@@ -121,7 +121,7 @@ pub fn run_test(
         runtime.handle().clone(),
     ) {
         Ok(d) => d,
-        Err(e) => return finish(&reporter, Outcome::Error(e.to_string())),
+        Err(e) => return finish(&reporter, Outcome::Error(e.to_string()), false),
     };
     driver.spawn_watchers();
     // A panic in a binding must still tear the machines down before it
@@ -155,7 +155,7 @@ pub fn run_test(
         (o, _) => o,
     };
     driver.teardown();
-    finish(&reporter, outcome)
+    finish(&reporter, outcome, opts.interactive)
 }
 
 fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
@@ -210,8 +210,11 @@ fn console_tails(driver: &Driver) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-fn finish(reporter: &Reporter, outcome: Outcome) -> Outcome {
+/// Reports the end of the run; a REPL session that ends is `closed`, not a
+/// test that passed.
+fn finish(reporter: &Reporter, outcome: Outcome, interactive: bool) -> Outcome {
     let (name, error) = match &outcome {
+        Outcome::Passed if interactive => ("closed", None),
         Outcome::Passed => ("passed", None),
         Outcome::Failed(e) => ("failed", Some(e.clone())),
         Outcome::Error(e) => ("error", Some(e.clone())),

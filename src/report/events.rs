@@ -88,7 +88,7 @@ pub enum EventKind {
     },
     /// The run ended.
     TestFinished {
-        /// `passed`, `failed` or `error`.
+        /// `passed`, `failed`, `error`, or `closed` (a REPL session ended).
         outcome: String,
         /// The error that ended it.
         error: Option<String>,

@@ -132,6 +132,7 @@ impl HumanReporter {
                     "passed" => {
                         self.paint("1;32", &format!("test passed in {duration:.2} seconds"))
                     }
+                    "closed" => format!("REPL closed after {duration:.2} seconds"),
                     o => self.paint("1;31", &format!("test {o} after {duration:.2} seconds")),
                 };
                 if let Some(e) = error {

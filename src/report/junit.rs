@@ -88,6 +88,8 @@ impl JunitAggregator {
                 // The whole script is a case too, so a failure outside any
                 // subtest (or a test without subtests) is visible.
                 let status = match (outcome.as_str(), error) {
+                    // A REPL session is not a test case.
+                    ("closed", _) => return,
                     ("passed", _) => TestCaseStatus::success(),
                     (_, e) => {
                         let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
