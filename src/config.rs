@@ -343,7 +343,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result
 /// Maps a node name to the script identifier it is bound to, as the NixOS
 /// driver does: a leading non-letter and every non-word character become `_`.
 pub fn script_name(node: &str) -> String {
-    node.chars()
+    let name: String = node
+        .chars()
         .enumerate()
         .map(|(i, c)| {
             let ok = c.is_ascii_alphanumeric() || c == '_';
@@ -353,7 +354,17 @@ pub fn script_name(node: &str) -> String {
                 c
             }
         })
-        .collect()
+        .collect();
+    // Rhai keywords and reserved words (`default`, `fn`, `let`, …) cannot
+    // name a variable; Rhai's own parser is the authority on which they are.
+    let is_keyword = rhai::Engine::new_raw()
+        .compile(format!("let {name} = ();"))
+        .is_err();
+    if is_keyword {
+        format!("{name}_")
+    } else {
+        name
+    }
 }
 
 impl TestConfig {
@@ -714,5 +725,8 @@ mod tests {
         assert_eq!(script_name("server"), "server");
         assert_eq!(script_name("web-1"), "web_1");
         assert_eq!(script_name("1st"), "_st");
+        for keyword in ["default", "fn", "let", "this", "var"] {
+            assert_eq!(script_name(keyword), format!("{keyword}_"));
+        }
     }
 }

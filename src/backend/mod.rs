@@ -107,6 +107,10 @@ pub enum BackendOp {
     ScreenText,
     /// Reboot the machine (the driver reconnects afterwards).
     Reboot,
+    /// A QEMU monitor (HMP) command line; returns its output.
+    MonitorCommand(String),
+    /// The next QMP event (as JSON), waiting at most this long.
+    QmpEvent(Duration),
 }
 
 impl BackendOp {
@@ -124,6 +128,8 @@ impl BackendOp {
             BackendOp::SnapshotRestore(_) => "snapshot_restore",
             BackendOp::ScreenText => "get_screen_text",
             BackendOp::Reboot => "reboot",
+            BackendOp::MonitorCommand(_) => "send_monitor_command",
+            BackendOp::QmpEvent(_) => "wait_for_qmp_event",
         }
     }
 }

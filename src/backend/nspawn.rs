@@ -246,6 +246,12 @@ impl Backend for NspawnBackend {
 /// status is only nspawn's. The line may trail the exit by a moment; the
 /// wait for it is bounded (1 s), then nspawn's status stands.
 async fn container_exit(raw: Exit, console: &ConsoleLog, machine_name: &str) -> Exit {
+    // nspawn with `--keep-unit` exits 133 when its container rebooted: an
+    // orderly end, as QEMU's exit on a guest reboot under -no-reboot (NixOS's
+    // default); the next command starts the machine again.
+    if raw == Exit::Code(133) {
+        return Exit::Code(0);
+    }
     if raw != Exit::Code(1) {
         return raw;
     }
@@ -275,6 +281,15 @@ async fn container_exit(raw: Exit, console: &ConsoleLog, machine_name: &str) -> 
     raw
 }
 
+/// The first child of a process.
+fn first_child(pid: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// How long a container may take from SIGINT to the end of its reboot.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
 impl NspawnInstance {
     /// Powers the container off (SIGTERM to nspawn), then kills it.
     async fn stop(&self, grace: Duration) {
@@ -299,10 +314,34 @@ impl NspawnInstance {
 
     /// systemd-nspawn's pid (the child of the `unshare` attest started).
     fn nspawn_pid(&self) -> Option<i32> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.process.pid))
-                .ok()?;
-        children.split_whitespace().next()?.parse().ok()
+        first_child(self.process.pid as i32)
+    }
+
+    /// Reboots the container as `machinectl reboot` does: SIGINT to its
+    /// init (systemd's ctrl-alt-del). systemd-nspawn started with
+    /// `--keep-unit` then exits with status 133 rather than booting the
+    /// container again itself; the driver starts a new one.
+    async fn reboot(&self) -> Result<String, BackendError> {
+        let init = self
+            .nspawn_pid()
+            .and_then(first_child)
+            .ok_or_else(|| BackendError::Failed("the container's init process is gone".into()))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(init),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| BackendError::Failed(format!("cannot signal the container's init: {e}")))?;
+        // The instance's exit (not only the process's), which the driver
+        // looks at as soon as this returns.
+        let mut exit = self.exit.clone();
+        let ended = async move { exit.wait_for(Option::is_some).await.map(drop) };
+        match tokio::time::timeout(REBOOT_TIMEOUT, ended).await {
+            Ok(_) => Ok(String::new()),
+            Err(_) => Err(BackendError::Failed(format!(
+                "the container did not finish its reboot within {} seconds",
+                REBOOT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 }
 
@@ -345,6 +384,7 @@ impl Instance for NspawnInstance {
 
     async fn op(&self, op: BackendOp) -> Result<String, BackendError> {
         match op {
+            BackendOp::Reboot => self.reboot().await,
             BackendOp::Block | BackendOp::Unblock => {
                 let net = self.network.as_ref().ok_or_else(|| {
                     BackendError::Failed("the machine has no network to block".into())

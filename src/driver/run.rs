@@ -72,7 +72,7 @@ pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
         .keys()
         .map(|n| (n.clone(), Dynamic::UNIT))
         .collect();
-    let scope = script::scope_for(&nodes);
+    let scope = script::scope_for(&nodes, &script::test_vlans(&config));
     script::check::check(&engine, &scope, &script.path, &script.source).map_err(|e| e.rendered)?;
     Ok((config, script))
 }
@@ -172,7 +172,7 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
         .iter()
         .map(|(n, m)| (n.clone(), Dynamic::from(m.clone())))
         .collect();
-    let mut scope = script::scope_for(&nodes);
+    let mut scope = script::scope_for(&nodes, &script::test_vlans(driver.config()));
     if interactive {
         script::repl::run(&engine, &mut scope, &driver.cancel_token());
         return Outcome::Passed;
@@ -182,6 +182,7 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
         Err(e) => return Outcome::Error(e.rendered),
     };
     let _ = ctx.ast.set(ast.clone());
+    let mut scope = script::run_scope(&script::test_vlans(driver.config()));
     match engine.run_ast_with_scope(&mut scope, &ast) {
         Ok(()) => Outcome::Passed,
         Err(e) => Outcome::Failed(failure::script_error(&script.path, &script.source, &e)),

@@ -344,8 +344,13 @@ impl Machine {
 
     async fn ensure_started(&self) -> Result<(), MachineError> {
         if self.inner.running.lock().await.is_none() {
+            // As in NixOS, a machine that was crashed, shut down or powered
+            // off (or rebooted) from inside starts again on the next command;
+            // one that died is an error until start().
             match self.state() {
-                MachineState::Created | MachineState::Off => self.start().await?,
+                MachineState::Created | MachineState::Off | MachineState::Crashed => {
+                    self.start().await?
+                }
                 _ => return Err(self.not_running()),
             }
         }
@@ -482,6 +487,35 @@ impl Machine {
         }
     }
 
+    /// Starts a command and returns without waiting for it (NixOS
+    /// `execute(…, check_output=False)`): for commands that take the machine
+    /// down. It runs detached in the guest (`setsid -f`), so it neither holds
+    /// up the channel nor dies with it.
+    pub async fn send_detached(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<(), MachineError> {
+        let detached = format!(
+            "setsid -f timeout {} bash -c {} </dev/null >/dev/null 2>&1",
+            timeout.as_secs_f64().ceil().max(1.0),
+            shell_quote(&format!("set -euo pipefail; {command}"))
+        );
+        let out = self.execute(&detached, Duration::from_secs(30)).await?;
+        if out.status != 0 {
+            return Err(MachineError::Guest {
+                machine: self.inner.name.clone(),
+                command: command.to_owned(),
+                message: format!(
+                    "could not start it detached (exit status {}): {}",
+                    out.status,
+                    out.stderr_text().trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Powers the machine off through the guest and waits for it to stop.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
         let Some(instance) = self.current_instance().await else {
@@ -568,24 +602,89 @@ impl Machine {
         let name = op.name();
         let reconnect = matches!(op, BackendOp::SnapshotRestore(_) | BackendOp::Reboot);
         self.ensure_started().await?;
-        let instance = self
-            .current_instance()
-            .await
-            .ok_or_else(|| self.not_running())?;
+        let instance = self.running_instance().await?;
+        if reconnect {
+            // The old system's end (a container's reboot ends its nspawn)
+            // is not a death.
+            self.set_stopping(true).await;
+        }
         let out = instance
             .op(op)
             .await
-            .map_err(|e| self.backend_error(name, e))?;
-        if reconnect {
-            // The old channel talks to a guest that no longer exists.
-            let channel = self
-                .open_channel(&*instance, Instant::now() + self.boot_timeout())
-                .await?;
-            if let Some(r) = self.inner.running.lock().await.as_mut() {
-                r.channel = channel;
-            }
+            .map_err(|e| self.backend_error(name, e));
+        if reconnect && out.is_err() {
+            self.set_stopping(false).await;
+        }
+        let out = out?;
+        let ended = instance.exit_watch().borrow().is_some();
+        if reconnect && ended {
+            // The backend's process ended with the old system (a container
+            // reboots into a new nspawn): start the machine again, once the
+            // old instance (and its cgroup, which the new one reuses by
+            // name) is gone.
+            drop(instance);
+            self.forget_instance(MachineState::Off).await;
+            self.start().await?;
+        } else if reconnect {
+            self.reconnect(&*instance).await?;
+            self.set_stopping(false).await;
         }
         Ok(out)
+    }
+
+    /// Replaces the channel (it talks to a guest that no longer exists) by
+    /// one to the new backdoor.
+    async fn reconnect(&self, instance: &dyn Instance) -> Result<(), MachineError> {
+        let channel = self
+            .open_channel(instance, Instant::now() + self.boot_timeout())
+            .await?;
+        if let Some(r) = self.inner.running.lock().await.as_mut() {
+            r.channel = channel;
+        }
+        Ok(())
+    }
+
+    /// Marks the current instance's end as expected (or not any more).
+    async fn set_stopping(&self, stopping: bool) {
+        if let Some(r) = self.inner.running.lock().await.as_ref() {
+            r.stopping
+                .store(stopping, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// NixOS `switch_root()`: from the initrd (with its backdoor, NixOS
+    /// `testing.initrdBackdoor`) to the real system, reconnecting to the
+    /// new backdoor. Containers and hosts have no initrd.
+    pub async fn switch_root(&self, timeout: Duration) -> Result<(), MachineError> {
+        let kind = self.backend_kind();
+        if matches!(kind, "nspawn" | "ssh") {
+            return Err(self.backend_error(
+                "switch_root",
+                crate::backend::BackendError::Unsupported {
+                    op: "switch_root".into(),
+                    backend: kind,
+                },
+            ));
+        }
+        self.wait_for_unit("initrd.target", None, timeout).await?;
+        self.send_detached(
+            "systemctl isolate --no-block initrd-switch-root.target",
+            Duration::from_secs(60),
+        )
+        .await?;
+        let instance = self.running_instance().await?;
+        self.reconnect(&*instance).await
+    }
+
+    /// The machine's state directory on the host (sockets, overlays, logs).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.inner.state_dir
+    }
+
+    async fn running_instance(&self) -> Result<Arc<dyn Instance>, MachineError> {
+        self.current_instance()
+            .await
+            .ok_or_else(|| self.not_running())
     }
 
     async fn current_instance(&self) -> Option<Arc<dyn Instance>> {

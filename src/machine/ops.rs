@@ -15,25 +15,35 @@ const POLL_LONGEST: Duration = Duration::from_millis(500);
 
 pub use crate::guest::protocol::shell_quote;
 
-fn user_prefix(user: Option<&str>) -> String {
-    match user {
-        Some(u) => format!(
-            "su -l {} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` ",
-            shell_quote(u)
-        ),
-        None => String::new(),
-    }
+/// `script` run by `user`'s login shell with its manager's runtime dir, as
+/// the NixOS driver runs user commands (`su -l`, so PAM registers a session
+/// and logind starts `user@UID.service`).
+fn as_user(user: &str, script: &str) -> String {
+    format!(
+        "su -l {} --shell /bin/sh -c {}",
+        shell_quote(user),
+        shell_quote(&format!(
+            "export XDG_RUNTIME_DIR=/run/user/$(id -u); {script}"
+        ))
+    )
 }
 
 /// `systemctl …` for the system or a user's manager.
 fn systemctl_command(args: &str, user: Option<&str>) -> String {
     match user {
-        Some(_) => format!(
-            "{}systemctl --user {}'",
-            user_prefix(user),
-            args.replace('\'', "\\'")
-        ),
+        Some(u) => as_user(u, &format!("systemctl --user {args}")),
         None => format!("systemctl {args}"),
+    }
+}
+
+/// What a command returns when the caller did not wait for its status
+/// (`check_return = false`: -1) or its output (`check_output = false`: -2),
+/// as in the NixOS driver.
+fn unchecked(status: i32, stdout: Vec<u8>) -> CommandOutput {
+    CommandOutput {
+        status,
+        stdout,
+        stderr: Vec::new(),
     }
 }
 
@@ -44,6 +54,30 @@ impl Machine {
             what: what.to_owned(),
             seconds,
             diagnostics,
+        }
+    }
+
+    /// NixOS `execute(command, check_return, check_output, timeout)`.
+    /// Without `check_output` the command is sent and not waited for (status
+    /// -2); without `check_return` a machine going down during the command
+    /// (`reboot`, `poweroff`, kexec) is not an error (status -1).
+    pub async fn execute_unchecked(
+        &self,
+        command: &str,
+        check_return: bool,
+        check_output: bool,
+        timeout: Duration,
+    ) -> Result<CommandOutput, MachineError> {
+        if !check_output {
+            self.send_detached(command, timeout).await?;
+            return Ok(unchecked(-2, Vec::new()));
+        }
+        match self.execute(command, timeout).await {
+            Ok(out) if !check_return => Ok(unchecked(-1, out.stdout)),
+            Err(MachineError::Died { .. } | MachineError::Guest { .. }) if !check_return => {
+                Ok(unchecked(-1, Vec::new()))
+            }
+            r => r,
         }
     }
 
@@ -301,21 +335,46 @@ impl Machine {
         user: Option<&str>,
         timeout: Duration,
     ) -> Result<(), MachineError> {
-        let what = format!("wait_for_unit {unit}");
+        let what = match user {
+            Some(u) => format!("wait_for_unit {unit} (user {u})"),
+            None => format!("wait_for_unit {unit}"),
+        };
+        let u = shell_quote(unit);
+        let sc = if user.is_some() {
+            "systemctl --user"
+        } else {
+            "systemctl"
+        };
+        // One round trip: the state and the number of pending jobs.
+        let script = format!(
+            "s=$({sc} --no-pager show {u} --property=ActiveState --value); \
+             j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); echo \"$s $j\""
+        );
+        let probe = match user {
+            Some(name) => as_user(name, &script),
+            None => script,
+        };
         self.poll(&what, timeout, || async {
-            let probe = format!(
-                "--no-pager show {} --property=ActiveState --value; echo; {}",
-                shell_quote(unit),
-                systemctl_command("list-jobs --full --no-legend 2>&1 | wc -l", user)
-            );
-            let out = self.systemctl(&probe, user).await?;
+            let out = self.execute(&probe, Duration::from_secs(60)).await?;
+            if out.status != 0 {
+                // As NixOS: a manager that cannot be asked fails the wait at
+                // once (PAM refusing `su`, no user bus, …).
+                return Err(self
+                    .wait_failed(
+                        &what,
+                        format!(
+                            "asking systemd{} failed (exit status {}): {}",
+                            user.map(|u| format!(" of user {u}")).unwrap_or_default(),
+                            out.status,
+                            out.stderr_text().trim()
+                        ),
+                    )
+                    .await);
+            }
             let text = out.stdout_text();
-            let mut lines = text.lines().filter(|l| !l.is_empty());
-            let state = lines.next().unwrap_or("").trim().to_owned();
-            let jobs: u32 = lines
-                .next()
-                .and_then(|j| j.trim().parse().ok())
-                .unwrap_or(1);
+            let mut words = text.split_whitespace();
+            let state = words.next().unwrap_or("").to_owned();
+            let jobs: u32 = words.next().and_then(|j| j.parse().ok()).unwrap_or(1);
             match state.as_str() {
                 "active" => Ok(Some(())),
                 "failed" => Err(self
@@ -414,7 +473,8 @@ impl Machine {
     /// Waits for a file to exist.
     pub async fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<(), MachineError> {
         let what = format!("wait_for_file {path}");
-        let probe = format!("test -e {}", shell_quote(path));
+        // Unquoted, as NixOS runs it: globs and `~user` expand.
+        let probe = format!("test -e {path}");
         self.poll(&what, timeout, || async {
             Ok((self.execute(&probe, Duration::from_secs(10)).await?.status == 0).then_some(()))
         })

@@ -30,6 +30,11 @@ impl HumanReporter {
         self
     }
 
+    /// Turns live console lines on or off (`serial_stdout_on`/`_off`).
+    pub fn set_show_console(&mut self, show: bool) {
+        self.show_console = show;
+    }
+
     fn paint(&self, code: &str, s: &str) -> String {
         if self.colour {
             format!("\u{1b}[{code}m{s}\u{1b}[0m")

@@ -194,6 +194,13 @@ impl Reporter {
         result
     }
 
+    /// Prints machines' console lines live on stderr, or stops (NixOS
+    /// `serial_stdout_on`/`serial_stdout_off`). The JSON log keeps them.
+    pub fn set_show_console(&self, show: bool) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.human.set_show_console(show);
+    }
+
     /// Time since the reporter was made.
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()

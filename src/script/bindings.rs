@@ -2,35 +2,45 @@
 //! `succeed(server, "…")`) and globals. Bindings only parse arguments and
 //! call [`Machine`]; each call is a log section with its duration.
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position,
+};
 
 use super::ScriptContext;
 use crate::backend::BackendOp;
 use crate::machine::{Machine, MachineError, DEFAULT_TIMEOUT};
 
-type R<T> = Result<T, Box<EvalAltResult>>;
+pub(super) type R<T> = Result<T, Box<EvalAltResult>>;
 
-fn err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
+/// The most commands one `succeed(…)`/`fail(…)` call takes as arguments
+/// (an array takes any number).
+pub const MAX_COMMANDS: usize = 16;
+
+pub(super) fn err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE).into()
 }
 
-/// Runs a machine operation from the script thread as a log section.
-fn op<T: Send + 'static>(
+/// Runs a machine operation from the script thread as a log section, after
+/// the polling conditions that are due (as NixOS checks them before each
+/// command).
+pub(super) fn op<T: Send + 'static>(
     m: &Machine,
     label: String,
     fut: impl Future<Output = Result<T, MachineError>> + Send + 'static,
 ) -> R<T> {
+    super::polling::check_due()?;
     m.reporter()
         .section(&label, Some(m.name()), false, || m.block_on(fut))
         .map_err(err)
 }
 
-fn secs(v: &Dynamic, what: &str) -> R<f64> {
+pub(super) fn secs(v: &Dynamic, what: &str) -> R<f64> {
     if let Ok(i) = v.as_int() {
         return Ok(i as f64);
     }
@@ -43,7 +53,7 @@ fn secs(v: &Dynamic, what: &str) -> R<f64> {
 }
 
 /// The `timeout` of an options map (seconds), or the default.
-fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
+pub(super) fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
     for k in opts.keys() {
         if ![
             "timeout",
@@ -53,6 +63,11 @@ fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
             "lines",
             "unit",
             "state",
+            "check_return",
+            "check_output",
+            "allow_reboot",
+            "seconds_interval",
+            "description",
         ]
         .contains(&k.as_str())
         {
@@ -69,6 +84,30 @@ fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
     Ok(Duration::from_secs_f64(t))
 }
 
+fn opt_bool(opts: &Map, key: &str, default: bool) -> R<bool> {
+    match opts.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .map_err(|t| err(format!("option `{key}` must be true or false, not {t}"))),
+    }
+}
+
+/// A port or tty number given as a number or a string (`"8080"`), as NixOS
+/// scripts pass either.
+fn number_arg<T: TryFrom<i64>>(v: &Dynamic, what: &str) -> R<T> {
+    let n = match v.as_int() {
+        Ok(n) => Some(n),
+        Err(_) => v
+            .clone()
+            .into_string()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok()),
+    };
+    n.and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| err(format!("{what} must be a number, not {v}")))
+}
+
 fn opt_str(opts: &Map, key: &str) -> Option<String> {
     opts.get(key).and_then(|v| v.clone().into_string().ok())
 }
@@ -77,6 +116,8 @@ fn output_map(out: &crate::guest::CommandOutput) -> Map {
     let mut m = Map::new();
     m.insert("status".into(), Dynamic::from_int(out.status as i64));
     m.insert("stdout".into(), out.stdout_text().into());
+    // NixOS `execute` returns `(status, output)`; `output` is its stdout.
+    m.insert("output".into(), out.stdout_text().into());
     m.insert("stderr".into(), out.stderr_text().into());
     m
 }
@@ -108,11 +149,23 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     register_systemd(engine);
     register_files(engine, ctx.clone());
     register_backend_ops(engine);
-    register_globals(engine, ctx);
+    register_globals(engine, ctx.clone());
+    super::helpers::register(engine);
+    super::nixos::register(engine, ctx.clone());
+    super::polling::register(engine, ctx.clone());
 }
 
 fn register_lifecycle(engine: &mut Engine) {
     engine.register_fn("start", |m: &mut Machine| {
+        let mm = m.clone();
+        op(m, "starting".into(), async move { mm.start().await })
+    });
+    // NixOS `start(allow_reboot=True)`: attest's `reboot()` works either
+    // way, and a reboot from inside the guest ends the machine; the next
+    // command starts it again.
+    engine.register_fn("start", |m: &mut Machine, o: Map| {
+        timeout_of(&o, DEFAULT_TIMEOUT)?;
+        opt_bool(&o, "allow_reboot", false)?;
         let mm = m.clone();
         op(m, "starting".into(), async move { mm.start().await })
     });
@@ -151,9 +204,12 @@ fn register_lifecycle(engine: &mut Engine) {
 fn register_commands(engine: &mut Engine) {
     fn execute(m: &Machine, cmd: String, opts: &Map) -> R<Map> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
+        let check_return = opt_bool(opts, "check_return", true)?;
+        let check_output = opt_bool(opts, "check_output", true)?;
         let mm = m.clone();
         let out = op(m, format!("executing `{cmd}`"), async move {
-            mm.execute(&cmd, t).await
+            mm.execute_unchecked(&cmd, check_return, check_output, t)
+                .await
         })?;
         Ok(output_map(&out))
     }
@@ -180,19 +236,31 @@ fn register_commands(engine: &mut Engine) {
             }
         })
     }
+    // Any number of commands, as NixOS `succeed(*commands, timeout=None)`,
+    // with or without a trailing options map.
     for (name, ok) in [("succeed", true), ("fail", false)] {
-        engine.register_fn(name, move |m: &mut Machine, a: &str| {
-            succeed(m, vec![a.into()], &Map::new(), ok)
-        });
-        engine.register_fn(name, move |m: &mut Machine, a: &str, o: Map| {
-            succeed(m, vec![a.into()], &o, ok)
-        });
-        engine.register_fn(name, move |m: &mut Machine, a: &str, b: &str| {
-            succeed(m, vec![a.into(), b.into()], &Map::new(), ok)
-        });
-        engine.register_fn(name, move |m: &mut Machine, a: &str, b: &str, c: &str| {
-            succeed(m, vec![a.into(), b.into(), c.into()], &Map::new(), ok)
-        });
+        for n in 1..=MAX_COMMANDS {
+            for with_opts in [false, true] {
+                let mut types = vec![TypeId::of::<Machine>()];
+                types.extend(std::iter::repeat_n(TypeId::of::<ImmutableString>(), n));
+                if with_opts {
+                    types.push(TypeId::of::<Map>());
+                }
+                engine.register_raw_fn(name, types, move |_, args| {
+                    let m = args[0].clone_cast::<Machine>();
+                    let cmds: Vec<String> = args[1..=n]
+                        .iter()
+                        .map(|a| a.clone_cast::<ImmutableString>().to_string())
+                        .collect();
+                    let opts = if with_opts {
+                        args[n + 1].clone_cast::<Map>()
+                    } else {
+                        Map::new()
+                    };
+                    succeed(&m, cmds, &opts, ok)
+                });
+            }
+        }
         engine.register_fn(name, move |m: &mut Machine, a: Array| {
             succeed(m, strings(&a)?, &Map::new(), ok)
         });
@@ -238,7 +306,10 @@ fn register_commands(engine: &mut Engine) {
 
 /// Sleeps on the calling (script) thread, waking early with an error when
 /// the run is cancelled; needs no machine or runtime.
-fn sleep_until_cancelled(cancel: &tokio_util::sync::CancellationToken, seconds: f64) -> R<()> {
+pub(super) fn sleep_until_cancelled(
+    cancel: &tokio_util::sync::CancellationToken,
+    seconds: f64,
+) -> R<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
     loop {
         if cancel.is_cancelled() {
@@ -265,9 +336,9 @@ fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
 }
 
 fn register_waits(engine: &mut Engine) {
-    fn port(m: &Machine, port: i64, opts: &Map, open: bool) -> R<()> {
+    fn port(m: &Machine, port: Dynamic, opts: &Map, open: bool) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
-        let port = u16::try_from(port).map_err(|_| err(format!("port {port} is out of range")))?;
+        let port: u16 = number_arg(&port, "port")?;
         let addr = opt_str(opts, "addr").unwrap_or_else(|| "localhost".into());
         let mm = m.clone();
         let label = format!(
@@ -282,17 +353,24 @@ fn register_waits(engine: &mut Engine) {
         ("wait_for_open_port", true),
         ("wait_for_closed_port", false),
     ] {
-        engine.register_fn(name, move |m: &mut Machine, p: i64| {
+        engine.register_fn(name, move |m: &mut Machine, p: Dynamic| {
             port(m, p, &Map::new(), open)
         });
-        engine.register_fn(name, move |m: &mut Machine, p: i64, o: Map| {
+        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, o: Map| {
             port(m, p, &o, open)
         });
-        engine.register_fn(name, move |m: &mut Machine, p: i64, addr: &str| {
+        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, addr: &str| {
             let mut o = Map::new();
             o.insert("addr".into(), addr.into());
             port(m, p, &o, open)
         });
+        engine.register_fn(
+            name,
+            move |m: &mut Machine, p: Dynamic, addr: &str, mut o: Map| {
+                o.insert("addr".into(), addr.into());
+                port(m, p, &o, open)
+            },
+        );
     }
 
     fn unix_socket(m: &Machine, path: String, opts: &Map) -> R<()> {
@@ -367,6 +445,13 @@ fn register_systemd(engine: &mut Engine) {
         o.insert("user".into(), user.into());
         unit(m, u.into(), &o)
     });
+    engine.register_fn(
+        "wait_for_unit",
+        |m: &mut Machine, u: &str, user: &str, mut o: Map| {
+            o.insert("user".into(), user.into());
+            unit(m, u.into(), &o)
+        },
+    );
 
     fn systemctl(m: &Machine, args: String, user: Option<String>) -> R<Map> {
         let mm = m.clone();
@@ -535,12 +620,56 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("screenshot", |m: &mut Machine, p: &str| {
         backend(m, BackendOp::Screenshot(p.into())).map(drop)
     });
+    // NixOS `send_key(key, delay=0.01, log=True)`, `send_chars(chars,
+    // delay=0.01)`: the delay (seconds, or `()` for none) follows each key.
+    fn send_key(m: &Machine, key: &str, delay: &Dynamic, log: bool) -> R<()> {
+        let delay = delay_of(delay)?;
+        let mm = m.clone();
+        let o = BackendOp::SendKey(key.into());
+        let send = async move { mm.backend_op(o).await };
+        if log {
+            op(m, format!("sending key {key:?}"), send)?;
+        } else {
+            m.block_on(send).map_err(err)?;
+        }
+        sleep_cancellable(m, delay)
+    }
+    fn delay_of(d: &Dynamic) -> R<f64> {
+        if d.is_unit() {
+            Ok(0.0)
+        } else {
+            secs(d, "delay")
+        }
+    }
     engine.register_fn("send_key", |m: &mut Machine, k: &str| {
-        backend(m, BackendOp::SendKey(k.into())).map(drop)
+        send_key(m, k, &Dynamic::from_float(0.01), true)
     });
+    engine.register_fn("send_key", |m: &mut Machine, k: &str, d: Dynamic| {
+        send_key(m, k, &d, true)
+    });
+    engine.register_fn(
+        "send_key",
+        |m: &mut Machine, k: &str, d: Dynamic, log: bool| send_key(m, k, &d, log),
+    );
     engine.register_fn("send_chars", |m: &mut Machine, s: &str| {
         backend(m, BackendOp::SendChars(s.into())).map(drop)
     });
+    engine.register_fn(
+        "send_chars",
+        |m: &mut Machine, s: &str, d: Dynamic| -> R<()> {
+            let delay = delay_of(&d)?;
+            m.reporter()
+                .log(Some(m.name()), format!("sending keys {s:?}"));
+            for c in s.chars() {
+                let mm = m.clone();
+                let o = BackendOp::SendChars(c.to_string());
+                m.block_on(async move { mm.backend_op(o).await })
+                    .map_err(err)?;
+                sleep_cancellable(m, delay)?;
+            }
+            Ok(())
+        },
+    );
     engine.register_fn("send_console", |m: &mut Machine, s: &str| {
         backend(m, BackendOp::SendConsole(s.into())).map(drop)
     });
@@ -595,7 +724,8 @@ fn register_backend_ops(engine: &mut Engine) {
     });
 
     // Virtual terminals and X are read through the guest, as the NixOS driver does.
-    fn tty_text(m: &Machine, tty: i64) -> R<String> {
+    fn tty_text(m: &Machine, tty: &Dynamic) -> R<String> {
+        let tty: u32 = number_arg(tty, "tty")?;
         let mm = m.clone();
         op(m, format!("reading tty{tty}"), async move {
             mm.succeed(
@@ -607,13 +737,27 @@ fn register_backend_ops(engine: &mut Engine) {
             .await
         })
     }
-    engine.register_fn("get_tty_text", |m: &mut Machine, tty: i64| tty_text(m, tty));
-    fn tty_matches(m: &Machine, tty: i64, re: &str, opts: &Map) -> R<()> {
+    engine.register_fn("get_tty_text", |m: &mut Machine, tty: Dynamic| {
+        tty_text(m, &tty)
+    });
+    engine.register_fn("dump_tty_contents", |m: &mut Machine, tty: Dynamic| {
+        let tty: u32 = number_arg(&tty, "tty")?;
+        let mm = m.clone();
+        op(m, format!("dumping tty{tty} to the journal"), async move {
+            mm.execute(
+                &format!("fold -w 80 /dev/vcs{tty} | systemd-cat"),
+                Duration::from_secs_f64(DEFAULT_TIMEOUT),
+            )
+            .await
+            .map(drop)
+        })
+    });
+    fn tty_matches(m: &Machine, tty: Dynamic, re: &str, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let re = regex::Regex::new(re).map_err(|e| err(format!("bad regex: {e}")))?;
         let deadline = Instant::now() + t;
         loop {
-            let text = tty_text(m, tty)?;
+            let text = tty_text(m, &tty)?;
             if re.is_match(&text) {
                 return Ok(());
             }
@@ -629,33 +773,59 @@ fn register_backend_ops(engine: &mut Engine) {
     }
     engine.register_fn(
         "wait_until_tty_matches",
-        |m: &mut Machine, tty: i64, r: &str| tty_matches(m, tty, r, &Map::new()),
+        |m: &mut Machine, tty: Dynamic, r: &str| tty_matches(m, tty, r, &Map::new()),
     );
     engine.register_fn(
         "wait_until_tty_matches",
-        |m: &mut Machine, tty: i64, r: &str, o: Map| tty_matches(m, tty, r, &o),
+        |m: &mut Machine, tty: Dynamic, r: &str, o: Map| tty_matches(m, tty, r, &o),
     );
-    engine.register_fn("wait_for_x", |m: &mut Machine| {
+    fn wait_for_x(m: &Machine, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
-        op(m, "waiting for the X server".into(), async move {
+        op(m, "waiting for the X11 server".into(), async move {
             mm.wait_until_succeeds(
                 "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q 'Reached target Current graphical'; \
                  [ -e /tmp/.X11-unix/X0 ]",
-                Duration::from_secs_f64(DEFAULT_TIMEOUT),
+                t,
             )
             .await
             .map(drop)
         })
-    });
-    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str| {
+    }
+    engine.register_fn("wait_for_x", |m: &mut Machine| wait_for_x(m, &Map::new()));
+    engine.register_fn("wait_for_x", |m: &mut Machine, o: Map| wait_for_x(m, &o));
+    // The NixOS command, plus DISPLAY=:0 (the backdoor shell has no DISPLAY).
+    const WINDOW_NAMES: &str = "DISPLAY=${DISPLAY:-:0} xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d'";
+    fn window_names(m: &Machine) -> R<Array> {
         let mm = m.clone();
+        let out = op(m, "listing the X11 windows".into(), async move {
+            mm.succeed(
+                &[WINDOW_NAMES.to_owned()],
+                Duration::from_secs_f64(DEFAULT_TIMEOUT),
+            )
+            .await
+        })?;
+        Ok(out.lines().map(|l| Dynamic::from(l.to_owned())).collect())
+    }
+    engine.register_fn("get_window_names", |m: &mut Machine| window_names(m));
+    fn wait_for_window(m: &Machine, re: &str, opts: &Map) -> R<()> {
+        let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let cmd = format!(
-            "DISPLAY=:0 xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d' | grep -E {}",
+            "{WINDOW_NAMES} | grep -E {}",
             crate::machine::shell_quote(re)
         );
-        op(m, format!("waiting for a window matching {re:?}"), async move {
-            mm.wait_until_succeeds(&cmd, Duration::from_secs_f64(DEFAULT_TIMEOUT)).await.map(drop)
-        })
+        let mm = m.clone();
+        op(
+            m,
+            format!("waiting for a window matching {re:?}"),
+            async move { mm.wait_until_succeeds(&cmd, t).await.map(drop) },
+        )
+    }
+    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str| {
+        wait_for_window(m, re, &Map::new())
+    });
+    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str, o: Map| {
+        wait_for_window(m, re, &o)
     });
 }
 
@@ -719,12 +889,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     engine.register_fn(
         "subtest",
         move |nc: NativeCallContext, name: &str, f: FnPtr| -> R<Dynamic> {
-            c.reporter
-                .section(name, None, true, || {
-                    f.call_within_context::<Dynamic>(&nc, ())
-                        .map_err(|e| SubtestError(e.to_string(), e))
-                })
-                .map_err(|e| e.1)
+            in_section(&c.reporter, name, None, true, &nc, &f)
         },
     );
     let c = ctx.clone();
@@ -847,6 +1012,24 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     });
 }
 
+/// Calls a script function inside a log section (a JUnit case when
+/// `subtest`).
+pub(super) fn in_section(
+    reporter: &crate::report::Reporter,
+    name: &str,
+    machine: Option<&str>,
+    subtest: bool,
+    nc: &NativeCallContext,
+    f: &FnPtr,
+) -> R<Dynamic> {
+    reporter
+        .section(name, machine, subtest, || {
+            f.call_within_context::<Dynamic>(nc, ())
+                .map_err(|e| SubtestError(e.to_string(), e))
+        })
+        .map_err(|e| e.1)
+}
+
 /// An error that displays as its message, for sections.
 struct SubtestError(String, Box<EvalAltResult>);
 
@@ -856,6 +1039,6 @@ impl std::fmt::Display for SubtestError {
     }
 }
 
-fn first_line(s: &str) -> &str {
+pub(super) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }

@@ -76,7 +76,12 @@ const MAX_UNDEFINED: usize = 100;
 /// again, so every undefined variable is found. A syntax error ends the search
 /// (what follows it cannot be parsed reliably).
 fn compile(engine: &Engine, scope: &Scope, source: &str) -> (Option<AST>, Vec<Diagnostic>) {
-    let mut nodes: Vec<String> = scope.iter().map(|(n, ..)| n.to_owned()).collect();
+    // The scope's arrays are `machines` and `vlans`, not nodes.
+    let mut nodes: Vec<String> = scope
+        .iter()
+        .filter(|(.., v)| !v.is_array())
+        .map(|(n, ..)| n.to_owned())
+        .collect();
     nodes.sort();
     let mut scope = scope.clone();
     let mut out = Vec::new();
@@ -300,10 +305,13 @@ mod tests {
             base_dir: ".".into(),
         });
         let e = engine(ctx);
-        let scope = scope_for(&[
-            ("server".into(), rhai::Dynamic::UNIT),
-            ("client-1".into(), rhai::Dynamic::UNIT),
-        ]);
+        let scope = scope_for(
+            &[
+                ("server".into(), rhai::Dynamic::UNIT),
+                ("client-1".into(), rhai::Dynamic::UNIT),
+            ],
+            &[1],
+        );
         check(&e, &scope, Path::new("test.rhai"), src)
             .map(drop)
             .map_err(|e| e.rendered)

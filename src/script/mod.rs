@@ -3,6 +3,9 @@
 
 pub mod bindings;
 pub mod check;
+pub mod helpers;
+pub mod nixos;
+pub mod polling;
 pub mod repl;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +32,16 @@ pub struct ScriptContext {
     pub ast: OnceLock<Arc<AST>>,
     /// The directory of the config (relative host paths resolve against it).
     pub base_dir: PathBuf,
+}
+
+impl ScriptContext {
+    /// Where files for the user go (NixOS `out_dir`): `$out` in a Nix
+    /// build, otherwise the config's directory.
+    pub fn out_dir(&self) -> PathBuf {
+        std::env::var_os("out")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.base_dir.clone())
+    }
 }
 
 /// A test script read from disk.
@@ -60,17 +73,102 @@ pub fn engine(ctx: Arc<ScriptContext>) -> Engine {
             .is_cancelled()
             .then(|| Dynamic::from("the test is being torn down"))
     });
+    // Rhai's optimizer copies the scope's constants (the nodes) into
+    // function bodies even where a parameter of the same name shadows them
+    // (`fn f(machine) { machine }` would return the node); nodes reach
+    // functions through the resolver below instead. A test script gains
+    // nothing measurable from constant folding.
+    engine.set_optimization_level(rhai::OptimizationLevel::None);
+    resolve_nodes_in_functions(&mut engine, &ctx);
     bindings::register(&mut engine, ctx);
     engine
 }
 
-/// A scope with every node bound to its script name (as constants).
-pub fn scope_for(nodes: &[(String, Dynamic)]) -> Scope<'static> {
-    let mut scope = Scope::new();
-    for (name, value) in nodes {
-        scope.push_constant_dynamic(script_name(name), value.clone());
+/// Rhai functions (`fn f() { … }`) do not see the script's scope, but a
+/// NixOS test script uses its machines everywhere: resolve the node names
+/// (and `machine`, `machines`) there too. The static check already accepts
+/// them (the scope's constants are visible to strict variables in function
+/// bodies), so check and run agree.
+fn resolve_nodes_in_functions(engine: &mut Engine, ctx: &ScriptContext) {
+    let nodes: Vec<(String, Dynamic)> = ctx
+        .machines
+        .iter()
+        .map(|m| (m.name().to_owned(), Dynamic::from(m.clone())))
+        .collect();
+    resolve_nodes(engine, &nodes);
+}
+
+fn resolve_nodes(engine: &mut Engine, nodes: &[(String, Dynamic)]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let globals: std::collections::HashMap<String, Dynamic> =
+        node_bindings(nodes).into_iter().collect();
+    #[allow(deprecated)] // `on_var` is marked volatile, not deprecated.
+    engine.on_var(move |name, index, ctx| {
+        // A local (a parameter, a `let`) shadows a node.
+        Ok(if index > 0 || ctx.scope().contains(name) {
+            None
+        } else {
+            globals.get(name).cloned()
+        })
+    });
+}
+
+/// The names every node is known by in a script: its script name, `machine`
+/// when it is the only node (as NixOS does), and `machines`, all of them in
+/// name order.
+pub fn node_bindings(nodes: &[(String, Dynamic)]) -> Vec<(String, Dynamic)> {
+    let mut out: Vec<(String, Dynamic)> = nodes
+        .iter()
+        .map(|(name, value)| (script_name(name), value.clone()))
+        .collect();
+    if let [(name, value)] = nodes {
+        if script_name(name) != "machine" {
+            out.push(("machine".into(), value.clone()));
+        }
+    }
+    let all: rhai::Array = nodes.iter().map(|(_, v)| v.clone()).collect();
+    out.push(("machines".into(), all.into()));
+    out
+}
+
+/// A scope with every node bound to its script name (as constants), plus
+/// `machine`, `machines` and `vlans` (the test's vlan numbers): what the
+/// static check and the REPL see.
+pub fn scope_for(nodes: &[(String, Dynamic)], vlans: &[u8]) -> Scope<'static> {
+    let mut scope = run_scope(vlans);
+    for (name, value) in node_bindings(nodes) {
+        scope.push_constant_dynamic(name, value);
     }
     scope
+}
+
+/// The scope a checked script runs in: `vlans` only, the nodes come from
+/// the resolver. A closure then captures a node as a copy of its handle, not
+/// as a variable shared with the script, so closures that use the same
+/// machine can run inside each other (a polling condition checked during a
+/// command of a `during` block) without Rhai's "data race" on the variable.
+pub fn run_scope(vlans: &[u8]) -> Scope<'static> {
+    let mut scope = Scope::new();
+    let vlans: rhai::Array = vlans
+        .iter()
+        .map(|v| Dynamic::from_int(i64::from(*v)))
+        .collect();
+    scope.push_constant_dynamic("vlans", vlans.into());
+    scope
+}
+
+/// Every vlan of the test, in order (`vlans` in a script).
+pub fn test_vlans(config: &crate::config::TestConfig) -> Vec<u8> {
+    let mut v: Vec<u8> = config
+        .nodes
+        .keys()
+        .flat_map(|n| config.node_vlans(n))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The node → script name mappings that differ, for the log.
@@ -80,4 +178,31 @@ pub fn renamed_nodes<'a>(nodes: impl IntoIterator<Item = &'a String>) -> Vec<(St
         .filter(|n| script_name(n) != **n)
         .map(|n| (n.clone(), script_name(n)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Node;
+
+    #[test]
+    fn nodes_resolve_inside_functions_unless_shadowed() {
+        // A custom type, as machines are: the optimizer does not inline it.
+        let nodes = [("server".to_owned(), Dynamic::from(Node))];
+        let mut engine = Engine::new();
+        engine.set_strict_variables(true);
+        engine.register_type_with_name::<Node>("Node");
+        engine.set_optimization_level(rhai::OptimizationLevel::None);
+        resolve_nodes(&mut engine, &nodes);
+        let mut scope = scope_for(&nodes, &[]);
+        let src = "fn f() { [type_of(server), type_of(machine), machines.len()] }\n\
+                   fn g(machine) { machine }\n\
+                   fn h() { let server = 1; server }\n\
+                   `${f()} ${g(7)} ${h()}`";
+        let ast = engine.compile_with_scope(&scope, src).unwrap();
+        let r: String = engine.eval_ast_with_scope(&mut scope, &ast).unwrap();
+        assert_eq!(r, r#"["Node", "Node", 1] 7 1"#);
+    }
 }

@@ -68,6 +68,8 @@ struct Launch {
 struct Proc {
     process: Watched,
     qmp: Arc<Qmp>,
+    /// QMP events since this process started, for `wait_for_qmp_event`.
+    events: Arc<tokio::sync::Mutex<tokio::sync::broadcast::Receiver<Value>>>,
 }
 
 /// A running QEMU VM.
@@ -200,6 +202,7 @@ impl Launch {
         match qmp {
             Ok(q) => Ok(Proc {
                 process,
+                events: Arc::new(tokio::sync::Mutex::new(q.subscribe())),
                 qmp: Arc::new(q),
             }),
             Err(e) => {
@@ -341,6 +344,7 @@ impl Backend for QemuBackend {
             current: tokio::sync::Mutex::new(Proc {
                 process: proc_.process.clone(),
                 qmp: proc_.qmp.clone(),
+                events: proc_.events.clone(),
             }),
             generation: Arc::new(AtomicU64::new(0)),
             exit_tx: Arc::new(exit_tx),
@@ -623,6 +627,7 @@ impl QemuInstance {
         *current = Proc {
             process: fresh.process.clone(),
             qmp: fresh.qmp.clone(),
+            events: fresh.events.clone(),
         };
         drop(current);
         let uri = format!("exec:cat {}", sh_quote(&state.display().to_string()));
@@ -781,6 +786,15 @@ impl Instance for QemuInstance {
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
             BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,
+            BackendOp::MonitorCommand(line) => self.qmp().await.hmp(&line).await.map_err(failed),
+            BackendOp::QmpEvent(timeout) => {
+                let events = self.current.lock().await.events.clone();
+                let mut events = events.lock().await;
+                qmp::next_event(&mut events, timeout)
+                    .await
+                    .map(|v| v.to_string())
+                    .map_err(failed)
+            }
             BackendOp::Reboot => {
                 // A clean reboot, as the NixOS driver does it. QEMU resets
                 // (no -no-reboot) and keeps the virtconsole connection; the

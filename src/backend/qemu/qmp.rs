@@ -155,6 +155,31 @@ impl Qmp {
     }
 }
 
+/// The next event from `events`, waiting at most `timeout`. Events the
+/// receiver fell behind on are skipped, as the NixOS driver skips events it
+/// does not want.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<Value>,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => {
+                return Err(format!(
+                    "no QMP event within {} seconds",
+                    timeout.as_secs_f64()
+                ))
+            }
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                return Err("the QMP connection closed".into())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +203,10 @@ mod tests {
                 let id = v["id"].clone();
                 let reply = match v["execute"].as_str().unwrap() {
                     "qmp_capabilities" => json!({"return": {}, "id": id}),
+                    "human-monitor-command" => {
+                        let line = v["arguments"]["command-line"].as_str().unwrap();
+                        json!({"return": format!("ran {line}\r\n"), "id": id})
+                    }
                     "query-status" => {
                         w.write_all(b"{\"event\": \"STOP\", \"data\": {}}\n")
                             .await
@@ -193,7 +222,16 @@ mod tests {
         let mut events = qmp.subscribe();
         let st = qmp.execute("query-status", None).await.unwrap();
         assert_eq!(st["status"], "running");
-        assert_eq!(events.recv().await.unwrap()["event"], "STOP");
+        let stop = next_event(&mut events, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(stop["event"], "STOP");
+        // send_monitor_command goes through `human-monitor-command`.
+        assert_eq!(qmp.hmp("info status").await.unwrap(), "ran info status\r\n");
+        let e = next_event(&mut events, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(e.contains("no QMP event within 0.05 seconds"), "{e}");
         let e = qmp.execute("bogus", None).await.unwrap_err();
         assert!(e.contains("nope"), "{e}");
         drop(qmp);

@@ -1,0 +1,280 @@
+//! NixOS parity (issue 13): a script written for the NixOS driver means the
+//! same under attest. Each test runs on real systemd-nspawn containers
+//! booting the Debian test image. Needs root and `images/debian/build`.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{assert_nothing_left, attest, TestDir};
+
+const LIMIT: Duration = Duration::from_secs(240);
+
+fn run(dir: &TestDir) -> harness::Run {
+    attest(
+        &["run", "--quiet-console", dir.config().to_str().unwrap()],
+        LIMIT,
+    )
+}
+
+fn passes(name: &str, nodes: &[&str], script: &str) {
+    let dir = TestDir::nspawn(name, nodes, "", script);
+    let r = run(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_nothing_left(&r, name);
+}
+
+/// Items 2, 3, 7: `execute` with NixOS's options, `succeed`/`fail` with any
+/// number of commands, `wait_for_file` unquoted, ports given as strings.
+#[test]
+fn commands_run_with_the_nixos_semantics() {
+    passes(
+        "parity-commands",
+        &["machine"],
+        r#"
+machine.wait_for_unit("multi-user.target");
+
+// execute: (status, output) as NixOS returns them, plus stderr.
+let r = machine.execute("echo out; exit 3");
+assert_eq(r.status, 3);
+assert_eq(r.output, "out\n");
+let r = machine.execute("echo out; exit 3", #{ check_return: false });
+assert_eq(r.status, -1);
+assert_eq(r.output, "out\n");
+// check_output: false sends the command and returns at once.
+let before = timestamp();
+let r = machine.execute("sleep 3; touch /dev/shm/detached", #{ check_output: false, timeout: 30 });
+assert_eq(r.status, -2);
+assert_eq(r.output, "");
+if before.elapsed > 2.0 { throw `execute without check_output waited ${before.elapsed} s`; }
+machine.wait_for_file("/dev/shm/detached", #{ timeout: 20 });
+
+// Any number of commands, with or without options.
+assert_eq(machine.succeed("echo 1", "echo 2", "echo 3", "echo 4", "echo 5", "echo 6"), "1\n2\n3\n4\n5\n6\n");
+assert_eq(machine.succeed("echo 1", "echo 2", "echo 3", "echo 4", #{ timeout: 10 }), "1\n2\n3\n4\n");
+machine.fail("false", "exit 2", "test -e /nonexistent", "false | true");
+try { machine.fail("false", "false", "false", "true"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "fail `true` unexpectedly succeeded"); }
+
+// wait_for_file: globs and ~user expand, as the NixOS driver runs it unquoted.
+machine.succeed("touch /dev/shm/glob-42.ready");
+machine.wait_for_file("/dev/shm/glob-*.ready", #{ timeout: 10 });
+machine.wait_for_file("~root", #{ timeout: 10 });
+
+// Ports as strings, as `wait_for_open_port("1025")` in nixpkgs' mailhog test.
+machine.wait_for_open_port("80");
+machine.wait_for_open_port("80", "127.0.0.1", #{ timeout: 10 });
+machine.wait_for_closed_port("81", #{ timeout: 10 });
+"#,
+    );
+}
+
+/// Item 4: after `crash()` (or a machine that went down) the next command
+/// starts the machine again; `reboot()` reboots a container;
+/// `start(#{ allow_reboot })` is accepted; a guest `reboot` run with
+/// `check_return: false` returns.
+#[test]
+fn machines_come_back_after_crash_and_reboot() {
+    passes(
+        "parity-lifecycle",
+        &["machine"],
+        r#"
+machine.start(#{ allow_reboot: true });
+machine.wait_for_unit("multi-user.target");
+let boot = machine.succeed("cat /proc/sys/kernel/random/boot_id");
+
+machine.crash();
+assert_eq(machine.is_up(), false);
+machine.succeed("true");
+assert_eq(machine.is_up(), true);
+machine.wait_for_unit("multi-user.target");
+
+let id1 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
+machine.reboot();
+machine.wait_for_unit("multi-user.target");
+let id2 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
+if id1 == id2 { throw "reboot() did not reboot the container"; }
+
+// A command that takes the machine down returns under check_return: false.
+let r = machine.execute("systemctl reboot", #{ check_return: false, timeout: 30 });
+assert_eq(r.status, -1);
+machine.wait_for_shutdown();
+machine.wait_for_unit("multi-user.target");
+let id3 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
+if id3 == id2 { throw "the guest reboot did not happen"; }
+"#,
+    );
+}
+
+/// Item 5: `wait_for_unit(unit, user)` waits for a user's unit through the
+/// user's own manager, and fails at once for a failed one.
+#[test]
+fn wait_for_unit_with_a_user_works() {
+    let dir = TestDir::nspawn(
+        "parity-user-unit",
+        &["machine"],
+        "",
+        r#"
+machine.wait_for_unit("multi-user.target");
+machine.succeed(
+    "useradd -m alice",
+    "mkdir -p /etc/systemd/user",
+    "printf '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n' > /etc/systemd/user/hello.service",
+    "printf '[Service]\nType=oneshot\nExecStart=/bin/false\n' > /etc/systemd/user/doomed.service",
+);
+machine.wait_for_unit("default.target", "alice");
+machine.systemctl("start hello.service", "alice");
+machine.wait_for_unit("hello.service", "alice", #{ timeout: 60 });
+machine.wait_for_unit("user@1000.service");
+assert_eq(machine.get_unit_property("hello.service", "ActiveState", "alice"), "active");
+machine.systemctl("start doomed.service", "alice");
+log("waiting for the doomed unit");
+machine.wait_for_unit("doomed.service", "alice", #{ timeout: 600 });
+"#,
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "wait_for_unit doomed.service (user alice): unit \"doomed.service\" reached state \"failed\""
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.elapsed < Duration::from_secs(120),
+        "took {:?}: {}",
+        r.elapsed,
+        r.stderr
+    );
+    assert!(!r.stderr.contains("timed out"), "{}", r.stderr);
+    assert_nothing_left(&r, "parity-user-unit");
+}
+
+/// Items 10, 11: machines are visible inside `fn`; a node named with a Rhai
+/// keyword is mapped (and logged); a single node is also `machine`;
+/// `machines` and `vlans` are there.
+#[test]
+fn nodes_are_visible_everywhere_under_nixos_names() {
+    let dir = TestDir::nspawn(
+        "parity-names",
+        &["default"],
+        "",
+        r#"
+fn check_up() {
+    default_.succeed("true");
+    machine.succeed("true");
+    machines.len()
+}
+fn shadowed(machine) { machine }
+default_.wait_for_unit("multi-user.target");
+assert_eq(check_up(), 1);
+assert_eq(shadowed(7), 7);
+assert_eq(machine.name, "default");
+assert_eq(machines[0].name, "default");
+assert_eq(vlans, []);
+"#,
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("node `default` is `default_` in the script"),
+        "{}",
+        r.stderr
+    );
+    assert_nothing_left(&r, "parity-names");
+
+    // Two nodes: no `machine`, both in `machines`, the vlan listed; `check` agrees.
+    let dir = TestDir::nspawn(
+        "parity-names2",
+        &["server", "client"],
+        "",
+        r#"
+fn both() { [server.succeed("hostname"), client.succeed("hostname")] }
+start_all();
+assert_eq(both(), ["server\n", "client\n"]);
+assert_eq(machines.len(), 2);
+assert_eq(vlans, [1]);
+"#,
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_nothing_left(&r, "parity-names2");
+    let bad = TestDir::nspawn(
+        "parity-names3",
+        &["server", "client"],
+        "",
+        "fn f() { machine.succeed(\"true\") }\nf();\n",
+    );
+    let r = attest(&["check", bad.config().to_str().unwrap()], LIMIT);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("machine"), "{}", r.stderr);
+}
+
+/// Items 13, 14: the rest of the NixOS API. QEMU-only calls fail naming the
+/// backend (their QMP side is unit-tested in `backend::qemu::qmp`).
+#[test]
+fn the_rest_of_the_nixos_api() {
+    passes(
+        "parity-api",
+        &["machine"],
+        r#"
+machine.wait_for_unit("multi-user.target");
+
+for f in [
+    || machine.send_monitor_command("info status"),
+    || machine.wait_for_qmp_event(|e| true, 5),
+    || machine.get_screen_text_variants(),
+] {
+    try { f.call(); throw "no error"; }
+    catch (e) { assert_matches(`${e}`, "(send_monitor_command|wait_for_qmp_event|get_screen_text) is not supported by the nspawn backend"); }
+}
+try { machine.switch_root(); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "switch_root is not supported by the nspawn backend"); }
+try { machine.shared_dir; throw "no error"; }
+catch (e) { assert_contains(`${e}`, "attest shares no directory"); }
+try { create_machine("run-extra-vm"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "add a node there"); }
+
+// Directories and state.
+if machine.state_dir == "" { throw "no state dir"; }
+if machine.out_dir == "" { throw "no out dir"; }
+assert_eq(machine.is_up(), true);
+
+// nested, global and per machine; serial output on and off.
+serial_stdout_off();
+assert_eq(nested("outer", || machine.nested("inner", || 42)), 42);
+serial_stdout_on();
+
+// NixOS retry: fn(last_try) until true; the last call says so.
+let calls = [];
+retry(|last| { calls.push(last); calls.len() >= 2 });
+assert_eq(calls, [false, false]);
+let last_calls = [];
+try { retry(|last| { last_calls.push(last); false }, 1); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "action timed out"); }
+assert_eq(last_calls[-1], true);
+
+// polling_condition: checked before commands while a block runs.
+machine.succeed("touch /dev/shm/ok");
+let ok = polling_condition(|| machine.succeed("test -e /dev/shm/ok"),
+                           #{ seconds_interval: 0, description: "ok exists" });
+ok.during(|| {
+    machine.succeed("true");
+    machine.succeed("true");
+});
+try {
+    ok.during(|| {
+        machine.succeed("rm /dev/shm/ok");
+        machine.succeed("true");
+        throw "the condition was not checked";
+    });
+} catch (e) { assert_contains(`${e}`, "Polling condition failed: ok exists"); }
+assert_eq(ok.check(), false);
+machine.execute("sleep 2; touch /dev/shm/ok", #{ check_output: false });
+ok.wait(#{ timeout: 20 });
+assert_eq(ok.check(), true);
+"#,
+    );
+}
