@@ -206,3 +206,115 @@ mod tests {
         assert_eq!(r, r#"["Node", "Node", 1] 7 1"#);
     }
 }
+
+#[cfg(test)]
+mod parity_table {
+    //! docs/parity.md against the engine: every NixOS name the table says
+    //! attest has is registered, and the table lists every public name of
+    //! the NixOS driver.
+    use super::*;
+
+    /// The NixOS driver's public machine methods and script globals
+    /// (nixpkgs test-driver `machine/__init__.py`, `driver.py`).
+    const NIXOS: &[&str] = &[
+        "start",
+        "shutdown",
+        "crash",
+        "reboot",
+        "wait_for_shutdown",
+        "is_up",
+        "execute",
+        "succeed",
+        "fail",
+        "wait_until_succeeds",
+        "wait_until_fails",
+        "sleep",
+        "systemctl",
+        "wait_for_unit",
+        "get_unit_info",
+        "get_unit_property",
+        "require_unit_state",
+        "start_job",
+        "stop_job",
+        "wait_for_file",
+        "wait_for_open_port",
+        "wait_for_closed_port",
+        "wait_for_open_unix_socket",
+        "wait_for_console_text",
+        "get_console_log",
+        "screenshot",
+        "get_screen_text",
+        "wait_for_text",
+        "get_screen_text_variants",
+        "send_key",
+        "send_chars",
+        "send_console",
+        "send_monitor_command",
+        "wait_for_qmp_event",
+        "get_tty_text",
+        "wait_until_tty_matches",
+        "dump_tty_contents",
+        "wait_for_x",
+        "get_window_names",
+        "wait_for_window",
+        "forward_port",
+        "block",
+        "unblock",
+        "switch_root",
+        "nested",
+        "log",
+        "start_all",
+        "join_all",
+        "subtest",
+        "retry",
+        "polling_condition",
+        "serial_stdout_on",
+        "serial_stdout_off",
+        "create_machine",
+    ];
+
+    #[test]
+    fn the_parity_table_matches_the_engine() {
+        let table = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/parity.md"),
+        )
+        .unwrap();
+        let reporter = crate::report::Reporter::new("t", &Default::default()).unwrap();
+        let ctx = Arc::new(ScriptContext {
+            machines: vec![],
+            reporter,
+            cancel: Default::default(),
+            ast: Default::default(),
+            base_dir: ".".into(),
+        });
+        let e = engine(ctx);
+        let registered: std::collections::BTreeSet<String> = e
+            .gen_fn_signatures(false)
+            .iter()
+            .filter_map(|s| s.split('(').next())
+            .map(|n| n.trim().trim_start_matches("get$").to_owned())
+            .collect();
+        let mut missing = Vec::new();
+        for line in table.lines().filter(|l| l.starts_with("| `")) {
+            let cols: Vec<&str> = line.split(" | ").collect();
+            let name = cols[0]
+                .trim_start_matches("| `")
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("");
+            let applicable = cols.get(1).is_some_and(|c| c.trim() != "—");
+            if applicable && NIXOS.contains(&name) && !registered.contains(name) {
+                missing.push(name.to_owned());
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "in docs/parity.md but not registered: {missing:?}"
+        );
+        let unlisted: Vec<&&str> = NIXOS
+            .iter()
+            .filter(|n| !table.contains(&format!("`{n}")))
+            .collect();
+        assert!(unlisted.is_empty(), "not in docs/parity.md: {unlisted:?}");
+    }
+}
