@@ -1,5 +1,6 @@
 //! The ssh backend against a real sshd (the Debian test image in a container
-//! behind a veth pair, see `common/sshd_host.rs`), through the real binary.
+//! in a network namespace of the test's own, see `common/sshd_host.rs`),
+//! through the real binary run inside that namespace: no test traffic leaves it.
 //!
 //! Connection errors (wrong key, unknown or changed host key) fail the run
 //! with exit status 1: the config is valid, the machine fails to start while
@@ -70,9 +71,41 @@ fn leftover_ssh_clients(addr: &str) -> Vec<String> {
     left
 }
 
+/// The host's own namespace has no path to the test's sshd: no link, no
+/// address of the test's in it, so nothing can route there from the host
+/// (test traffic to a private-range address stays in the test's namespace).
+fn assert_unreachable_from_the_host(host: &SshdHost) {
+    let links = std::process::Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    let links = String::from_utf8_lossy(&links.stdout);
+    let subnet = host
+        .addr
+        .rsplit_once('.')
+        .map(|(s, _)| format!("{s}."))
+        .unwrap();
+    assert!(
+        !links.contains(&format!("inet {subnet}")),
+        "the host's namespace has an address next to {}:\n{links}",
+        host.addr
+    );
+    let route = std::process::Command::new("ip")
+        .args(["route", "get", &host.addr])
+        .output()
+        .expect("ip route get");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(
+        !route.contains("dev ats"),
+        "a test link routes to {}: {route}",
+        host.addr
+    );
+}
+
 #[test]
 fn ssh_script_api_copies_and_latency() {
     let host = SshdHost::start();
+    assert_unreachable_from_the_host(&host);
     // A binary file of 6 MiB with every byte value.
     let blob: Vec<u8> = (0..6 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -122,7 +155,7 @@ remote.succeed("true");
         &script,
     );
     std::fs::write(dir.path().join("blob.bin"), &blob).expect("write blob");
-    let (code, out) = run_attest(&config, Duration::from_secs(180));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(180));
     assert_eq!(code, 0, "{out}");
 
     let back = std::fs::read(dir.path().join("gen.bin")).expect("copied file");
@@ -171,7 +204,7 @@ fn ssh_wrong_key_is_a_clear_error() {
         "remote.start();\nremote.succeed(\"true\");\n",
     );
     let started = Instant::now();
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("authentication refused by root@{}", host.addr)),
@@ -194,7 +227,7 @@ fn ssh_unknown_host_key_under_strict_policy() {
         ),
         "remote.start();\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!(
@@ -228,7 +261,7 @@ fn ssh_unknown_host_key_under_strict_policy() {
         ),
         "remote.start();\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("host key mismatch for root@{}", host.addr)),
@@ -246,7 +279,7 @@ fn ssh_unknown_host_key_under_strict_policy() {
         ),
         "remote.succeed(\"true\");\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 0, "{out}");
     let recorded = std::fs::read_to_string(&fresh).expect("read");
     assert!(recorded.contains("ssh-ed25519"), "{recorded}");
@@ -274,7 +307,7 @@ fn ssh_sshd_killed_mid_command_fails_at_once() {
             assert!(host.kill_sshd() > 0);
             Instant::now()
         });
-        let (code, out) = run_attest(&config, Duration::from_secs(90));
+        let (code, out) = run_attest(&host, &config, Duration::from_secs(90));
         let killed_at = killer.join().expect("killer thread");
         let ended = Instant::now();
         assert_eq!(code, 1, "{out}");
@@ -317,7 +350,7 @@ assert_eq(remote.succeed("cat /tmp/x"), "from-remote\n");
 local.shutdown();
 "#;
     let (_dir, config) = write_test("ssh-mixed", &nodes, script);
-    let (code, out) = run_attest(&config, Duration::from_secs(180));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(180));
     assert_eq!(code, 0, "{out}");
     assert!(host.ssh("true").status.success());
 }
@@ -333,7 +366,7 @@ fn ssh_owned_host_may_be_shut_down() {
         ),
         "remote.start();\nremote.wait_for_unit(\"multi-user.target\");\nremote.shutdown();\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(120));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(120));
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while host.container_running() {
@@ -359,7 +392,7 @@ fn ssh_remote_lacking_tools_and_closed_port() {
         ),
         "remote.start();\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("remote lacks timeout on root@{}", host.addr)),
@@ -383,7 +416,7 @@ fn ssh_remote_lacking_tools_and_closed_port() {
         "remote.start();\n",
     );
     let started = Instant::now();
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!(
@@ -421,64 +454,72 @@ fn ssh_sessions_are_concurrent_over_one_connection() {
         ),
         "",
     );
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
     let addr = host.addr.clone();
-    rt.block_on(async move {
-        let config = Arc::new(TestConfig::load(&config).expect("config"));
-        let console = ConsoleLog::new(Arc::new(|_: &str| {}));
-        let ctx = StartContext {
-            machine: "remote".into(),
-            config: config.clone(),
-            state_dir: dir.path().join("state"),
-            console,
-            network: None,
-            reporter: Reporter::new("ssh-concurrent", &ReportOptions::default()).expect("reporter"),
-        };
-        let backend = attest::backend::for_node("ssh").expect("ssh backend");
-        assert_eq!(backend.kind(), "ssh");
-        let instance = backend.start(&ctx).await.expect("start");
-        assert!(instance.max_sessions() > 1);
-        assert!(instance.may_power_off().is_err());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut sessions = Vec::new();
-        for _ in 0..4 {
-            let stream = instance.connect(deadline).await.expect("connect");
-            sessions.push(
-                Session::establish(stream, Duration::from_secs(30))
-                    .await
-                    .expect("session"),
+    // A runtime on one thread inside the test's namespace: the ssh processes
+    // it spawns live there too.
+    host.enter(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let config = Arc::new(TestConfig::load(&config).expect("config"));
+            let console = ConsoleLog::new(Arc::new(|_: &str| {}));
+            let ctx = StartContext {
+                machine: "remote".into(),
+                config: config.clone(),
+                state_dir: dir.path().join("state"),
+                console,
+                network: None,
+                reporter: Reporter::new("ssh-concurrent", &ReportOptions::default())
+                    .expect("reporter"),
+            };
+            let backend = attest::backend::for_node("ssh").expect("ssh backend");
+            assert_eq!(backend.kind(), "ssh");
+            let instance = backend.start(&ctx).await.expect("start");
+            assert!(instance.max_sessions() > 1);
+            assert!(instance.may_power_off().is_err());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut sessions = Vec::new();
+            for _ in 0..4 {
+                let stream = instance.connect(deadline).await.expect("connect");
+                sessions.push(
+                    Session::establish(stream, Duration::from_secs(30))
+                        .await
+                        .expect("session"),
+                );
+            }
+            let started = Instant::now();
+            let runs = sessions
+                .iter_mut()
+                .map(|s| s.execute("sleep 2; echo $$", Duration::from_secs(30)));
+            let outs = futures_join_all(runs).await;
+            let took = started.elapsed();
+            let mut shells: Vec<String> = outs
+                .into_iter()
+                .map(|o| o.expect("execute").stdout_text())
+                .collect();
+            shells.sort();
+            shells.dedup();
+            assert_eq!(shells.len(), 4, "four distinct remote shells");
+            assert!(
+                took < Duration::from_secs(5),
+                "4 × sleep 2 took {took:?}: not concurrent"
             );
-        }
-        let started = Instant::now();
-        let runs = sessions
-            .iter_mut()
-            .map(|s| s.execute("sleep 2; echo $$", Duration::from_secs(30)));
-        let outs = futures_join_all(runs).await;
-        let took = started.elapsed();
-        let mut shells: Vec<String> = outs
-            .into_iter()
-            .map(|o| o.expect("execute").stdout_text())
-            .collect();
-        shells.sort();
-        shells.dedup();
-        assert_eq!(shells.len(), 4, "four distinct remote shells");
-        assert!(
-            took < Duration::from_secs(5),
-            "4 × sleep 2 took {took:?}: not concurrent"
-        );
 
-        drop(sessions);
-        instance.terminate(Duration::from_secs(5)).await;
-        assert!(
-            instance.exit_watch().borrow().is_some(),
-            "master still running"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(
-            leftover_ssh_clients(&addr).is_empty(),
-            "{:?}",
-            leftover_ssh_clients(&addr)
-        );
+            drop(sessions);
+            instance.terminate(Duration::from_secs(5)).await;
+            assert!(
+                instance.exit_watch().borrow().is_some(),
+                "master still running"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                leftover_ssh_clients(&addr).is_empty(),
+                "{:?}",
+                leftover_ssh_clients(&addr)
+            );
+        })
     });
     assert!(host.container_running());
     assert!(host.ssh("true").status.success());
@@ -531,7 +572,7 @@ fn ssh_through_jump_host() {
         ),
         "remote.start();\nassert_eq(remote.succeed(\"echo $SSH_CLIENT | cut -d' ' -f1\"), \"127.0.0.1\\n\");\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 0, "{out}");
     assert!(leftover_ssh_clients(&host.addr).is_empty());
 }
@@ -547,7 +588,7 @@ fn ssh_owned_host_may_be_crashed() {
         ),
         "remote.start();\nremote.crash();\n",
     );
-    let (code, out) = run_attest(&config, Duration::from_secs(60));
+    let (code, out) = run_attest(&host, &config, Duration::from_secs(60));
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while host.container_running() {

@@ -1,10 +1,16 @@
 //! A real sshd to test the ssh backend against: the Debian test image booted
-//! with systemd-nspawn inside a fresh network namespace that a veth pair joins
-//! to the host (`10.<b>.<c>.1/30` on the host, `.2/30` in the namespace,
-//! where the container's sshd listens). Root logs in with the image's key.
+//! with systemd-nspawn inside a fresh network namespace, where its sshd
+//! listens on `10.<b>.<c>.<d>` (on that namespace's loopback). Root
+//! logs in with the image's key.
 //!
-//! [`SshdHost`] removes everything on drop (container, namespace, veth), also
-//! when the test panics; namespaces left by a test process that was killed
+//! All test traffic stays inside that namespace: the namespace has no link to
+//! the host's, and whatever talks to sshd — the attest under test
+//! ([`run_attest`]), [`SshdHost::ssh`], [`SshdHost::sshd_greets`], in-process
+//! clients ([`SshdHost::enter`]) — joins it first. (Traffic from the host's
+//! own namespace to a private-range address is watched on shared CI hosts.)
+//!
+//! [`SshdHost`] removes everything on drop (container, namespace), also when
+//! the test panics; namespaces left by a test process that was killed
 //! outright are removed by the next [`SshdHost::start`].
 
 use std::os::unix::process::CommandExt;
@@ -36,10 +42,8 @@ pub fn image_dir() -> PathBuf {
 pub struct SshdHost {
     /// The namespace's name (under /run/netns).
     pub netns: String,
-    /// Address of the container (sshd listens on port 22).
+    /// Address of the container in its namespace (sshd listens on port 22).
     pub addr: String,
-    /// The host end of the veth pair.
-    host_link: String,
     nspawn: Option<Child>,
     /// Key, known_hosts files and the container's log.
     pub dir: tempfile::TempDir,
@@ -107,43 +111,32 @@ impl SshdHost {
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let netns = format!("{NS_PREFIX}{pid}-{n}");
-        let host_link = format!("ats{}x{n}", pid % 1_000_000);
-        let peer_link = format!("atp{}x{n}", pid % 1_000_000);
-        // One /30 per (pid, counter) in 10.128.0.0/9: 18 bits of pid and 3
-        // of counter, so tests running at once (nextest: one process each)
-        // never share a subnet.
+        // One address per (pid, counter) in 10.128.0.0/9 (18 bits of pid, 3
+        // of counter): distinct names in logs; each lives in its own namespace.
         let s = ((pid & 0x3ffff) << 3) | (n & 7);
         let (b, c, d) = (128 + (s >> 14), (s >> 6) & 255, (s & 63) * 4);
-        let host_addr = format!("10.{b}.{c}.{}", d + 1);
         let addr = format!("10.{b}.{c}.{}", d + 2);
         let dir = tempfile::tempdir().expect("temp dir");
 
         let mut host = SshdHost {
             netns: netns.clone(),
             addr: addr.clone(),
-            host_link: host_link.clone(),
             nspawn: None,
             dir,
         };
         // From here on, drop cleans up whatever was made.
         let setup = || -> Result<(), String> {
             ip(&["netns", "add", &netns])?;
-            ip(&[
-                "link", "add", &host_link, "type", "veth", "peer", "name", &peer_link,
-            ])?;
-            ip(&["link", "set", &peer_link, "netns", &netns])?;
-            ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_link])?;
-            ip(&["link", "set", &host_link, "up"])?;
+            // On the namespace's loopback: no link anywhere near the host.
             ip(&[
                 "-n",
                 &netns,
                 "addr",
                 "add",
-                &format!("{addr}/30"),
+                &format!("{addr}/32"),
                 "dev",
-                &peer_link,
+                "lo",
             ])?;
-            ip(&["-n", &netns, "link", "set", &peer_link, "up"])?;
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
             Ok(())
         };
@@ -266,24 +259,57 @@ impl SshdHost {
         }
     }
 
-    /// Whether sshd answers with its version banner.
+    /// Whether sshd answers with its version banner (asked from inside the
+    /// namespace).
     pub fn sshd_greets(&self) -> bool {
-        use std::io::Read;
-        let Ok(addr) = format!("{}:22", self.addr).parse() else {
-            return false;
-        };
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0u8; 8];
-        matches!(s.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"SSH-"))
+        let addr = self.addr.clone();
+        self.enter(move || {
+            use std::io::Read;
+            let Ok(addr) = format!("{addr}:22").parse() else {
+                return false;
+            };
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 8];
+            matches!(s.read(&mut buf), Ok(n) if n >= 4 && buf.starts_with(b"SSH-"))
+        })
+    }
+
+    /// The namespace's path, for `nsenter --net=`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+
+    /// Runs `f` on a thread that joined the namespace (sockets it opens and
+    /// processes it spawns live there), and returns its result.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = self.netns_path();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open the test's network namespace");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("join the test's network namespace");
+            f()
+        })
+        .join()
+        .expect("thread in the test's namespace")
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns_path().display()))
+            .arg("--")
+            .arg(program);
+        c
     }
 
     /// Runs a command over a fresh ssh connection (outside attest), as a
     /// proof that the host still runs and accepts logins.
     pub fn ssh(&self, command: &str) -> std::process::Output {
-        Command::new("ssh")
+        self.command("ssh")
             .arg("-i")
             .arg(self.key())
             .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
@@ -352,10 +378,6 @@ impl Drop for SshdHost {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_link])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -380,11 +402,13 @@ fn set_mode(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-/// Runs the real attest binary on a config; returns (exit code, stdout+stderr).
-/// Kills it and fails the test after `timeout`.
-pub fn run_attest(config: &Path, timeout: Duration) -> (i32, String) {
+/// Runs the real attest binary on a config inside `host`'s namespace (so its
+/// ssh traffic never leaves it); returns (exit code, stdout+stderr). Kills it
+/// and fails the test after `timeout`.
+pub fn run_attest(host: &SshdHost, config: &Path, timeout: Duration) -> (i32, String) {
     use std::io::Read;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
+    let mut child = host
+        .command(env!("CARGO_BIN_EXE_attest"))
         .arg("run")
         .arg(config)
         .stdin(Stdio::null())
