@@ -74,8 +74,8 @@ if t.elapsed > 1.5 { throw `50 concurrent sleep 1 took ${t.elapsed} s`; }
 // Binary output, byte for byte; a background process holding stdout
 // does not hold the reply.
 machine.succeed("head -c 1000000 /dev/urandom > /root/blob");
-machine.copy_from_machine("/root/blob", "blob");
-machine.copy_from_host("blob", "/root/blob2");
+machine.copy_from_machine("/root/blob", "out");
+machine.copy_from_host("out/blob", "/root/blob2");
 machine.succeed("cmp /root/blob /root/blob2");
 let t = timestamp();
 assert_eq(machine.succeed("sleep 60 & echo started"), "started\n");
