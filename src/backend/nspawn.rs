@@ -96,6 +96,9 @@ fn hosts_file(ctx: &StartContext) -> String {
     s
 }
 
+/// Containers started by this process, for unique machine names.
+static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 #[async_trait]
 impl Backend for NspawnBackend {
     fn kind(&self) -> &'static str {
@@ -127,7 +130,17 @@ impl Backend for NspawnBackend {
         // Unique per run (pid and the run's id), so parallel runs do not
         // collide; the run id ties the container's cgroup to the run's lock
         // for the janitor of a later run.
-        let machine_name = format!("attest-{}-{}-{}", std::process::id(), number, ctx.run_id());
+        // The start count makes every boot of a node a new name: a restarted
+        // container (after crash() or reboot()) never shares a cgroup with
+        // the remains of its previous boot, which the kernel may still be
+        // tearing down.
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let machine_name = format!(
+            "attest-{}-{}-{}-{start}",
+            std::process::id(),
+            number,
+            ctx.run_id()
+        );
         let interfaces = ctx.config.node_interfaces(&ctx.machine);
 
         // nspawn runs as PID 1 of a PID namespace of its own (`unshare

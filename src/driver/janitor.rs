@@ -80,14 +80,16 @@ fn state_dirs(tmp: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The run id in a container cgroup's name, `attest-<pid>-<node>-<run id>`.
+/// The run id in a container cgroup's name,
+/// `attest-<pid>-<node>-<run id>[-<start count>]`.
 fn cgroup_run_id(name: &str) -> Option<&str> {
     let rest = name.strip_prefix("attest-")?;
     let parts: Vec<&str> = rest.split('-').collect();
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {
-        [pid, node, id]
-            if numeric(pid)
+        [pid, node, id] | [pid, node, id, _]
+            if parts.get(3).is_none_or(|start| numeric(start))
+                && numeric(pid)
                 && numeric(node)
                 && id.len() == 6
                 && id.bytes().all(|b| b.is_ascii_alphanumeric()) =>
@@ -158,6 +160,8 @@ mod tests {
     fn cgroup_names_of_this_version_are_recognised() {
         assert_eq!(run_id(Path::new("/tmp/attest-nginx-aB3xY9")), "aB3xY9");
         assert_eq!(cgroup_run_id("attest-12-1-aB3xY9"), Some("aB3xY9"));
+        assert_eq!(cgroup_run_id("attest-12-1-aB3xY9-3"), Some("aB3xY9"));
+        assert_eq!(cgroup_run_id("attest-12-1-aB3xY9-x"), None);
         assert_eq!(
             cgroup_run_id("attest-12-1"),
             None,

@@ -454,7 +454,15 @@ impl Machine {
             if let Ok(info) =
                 tokio::time::timeout(Duration::from_secs(3), wait_exit(&mut exit)).await
             {
-                self.forget_instance(MachineState::Died).await;
+                // A clean exit is the guest powering off or rebooting from
+                // inside (e.g. the command was `reboot`): the next command
+                // starts it again, as after the idle watcher sees the same.
+                let state = if info.is_clean() {
+                    MachineState::Off
+                } else {
+                    MachineState::Died
+                };
+                self.forget_instance(state).await;
                 return Err(self.died(&info, &format!("running `{what}`")));
             }
         }
