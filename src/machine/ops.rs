@@ -47,6 +47,15 @@ fn unchecked(status: i32, stdout: Vec<u8>) -> CommandOutput {
     }
 }
 
+/// Appends a command's stdout to the joined output; the first is moved.
+fn append_output(output: &mut String, out: CommandOutput) {
+    if output.is_empty() {
+        *output = out.into_stdout_text();
+    } else {
+        output.push_str(&out.stdout_text());
+    }
+}
+
 impl Machine {
     fn timeout_error(&self, what: &str, seconds: f64, diagnostics: String) -> MachineError {
         MachineError::Timeout {
@@ -93,7 +102,8 @@ impl Machine {
             if out.status != 0 {
                 return Err(self.command_failed("succeed", c, "failed", &out, timeout));
             }
-            output.push_str(&out.stdout_text());
+            // Moved, not copied: an output can be as big as the guest's RAM.
+            append_output(&mut output, out);
         }
         Ok(output)
     }
@@ -116,7 +126,7 @@ impl Machine {
                     timeout,
                 ));
             }
-            output.push_str(&out.stdout_text());
+            append_output(&mut output, out);
         }
         Ok(output)
     }
