@@ -419,7 +419,7 @@ log("should not get here");
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
         o.stderr
-            .contains("killed by signal 9 while running `sleep 60`"),
+            .contains("killed by signal 9 (SIGKILL) while running `sleep 60`"),
         "{}",
         o.stderr
     );
