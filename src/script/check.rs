@@ -292,19 +292,10 @@ pub fn underline(source: &str, line: usize, column: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::script::{engine, scope_for, ScriptContext};
-    use std::sync::Arc;
+    use crate::script::{scope_for, test_engine};
 
     fn check_src(src: &str) -> Result<(), String> {
-        let reporter = crate::report::Reporter::new("t", &Default::default()).unwrap();
-        let ctx = Arc::new(ScriptContext {
-            machines: vec![],
-            reporter,
-            cancel: Default::default(),
-            ast: Default::default(),
-            base_dir: ".".into(),
-        });
-        let e = engine(ctx);
+        let e = test_engine();
         let scope = scope_for(
             &[
                 ("server".into(), rhai::Dynamic::UNIT),

@@ -180,6 +180,20 @@ pub fn renamed_nodes<'a>(nodes: impl IntoIterator<Item = &'a String>) -> Vec<(St
         .collect()
 }
 
+/// An engine with every binding registered and no machines, for tests of
+/// the engine itself (the static check, the parity table).
+#[cfg(test)]
+pub(crate) fn test_engine() -> Engine {
+    let reporter = crate::report::Reporter::new("t", &Default::default()).unwrap();
+    engine(Arc::new(ScriptContext {
+        machines: vec![],
+        reporter,
+        cancel: Default::default(),
+        ast: Default::default(),
+        base_dir: ".".into(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,15 +293,7 @@ mod parity_table {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/parity.md"),
         )
         .unwrap();
-        let reporter = crate::report::Reporter::new("t", &Default::default()).unwrap();
-        let ctx = Arc::new(ScriptContext {
-            machines: vec![],
-            reporter,
-            cancel: Default::default(),
-            ast: Default::default(),
-            base_dir: ".".into(),
-        });
-        let e = engine(ctx);
+        let e = test_engine();
         let registered: std::collections::BTreeSet<String> = e
             .gen_fn_signatures(false)
             .iter()
