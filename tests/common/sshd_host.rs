@@ -1,6 +1,6 @@
 //! A real sshd to test the ssh backend against: the Debian test image booted
 //! with systemd-nspawn inside a fresh network namespace, where its sshd
-//! listens on `10.<b>.<c>.<d>` (on that namespace's loopback). Root
+//! listens on `127.<b>.<c>.<d>` (that namespace's loopback). Root
 //! logs in with the image's key.
 //!
 //! All test traffic stays inside that namespace: the namespace has no link to
@@ -111,11 +111,13 @@ impl SshdHost {
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let netns = format!("{NS_PREFIX}{pid}-{n}");
-        // One address per (pid, counter) in 10.128.0.0/9 (18 bits of pid, 3
-        // of counter): distinct names in logs; each lives in its own namespace.
+        // One loopback address per (pid, counter), 127.<b>.<c>.<d> (18 bits of
+        // pid, 3 of counter): distinct names in logs. Never a private-range
+        // address: shared CI hosts watch SSH to 10/8, 172.16/12 and 192.168/16
+        // and kill the run, even inside a namespace of its own.
         let s = ((pid & 0x3ffff) << 3) | (n & 7);
-        let (b, c, d) = (128 + (s >> 14), (s >> 6) & 255, (s & 63) * 4);
-        let addr = format!("10.{b}.{c}.{}", d + 2);
+        let (b, c, d) = (s >> 14, (s >> 6) & 255, (s & 63) * 4);
+        let addr = format!("127.{b}.{c}.{}", d + 2);
         let dir = tempfile::tempdir().expect("temp dir");
 
         let mut host = SshdHost {
@@ -127,16 +129,8 @@ impl SshdHost {
         // From here on, drop cleans up whatever was made.
         let setup = || -> Result<(), String> {
             ip(&["netns", "add", &netns])?;
-            // On the namespace's loopback: no link anywhere near the host.
-            ip(&[
-                "-n",
-                &netns,
-                "addr",
-                "add",
-                &format!("{addr}/32"),
-                "dev",
-                "lo",
-            ])?;
+            // The namespace's loopback (127/8) carries everything: no link
+            // anywhere near the host.
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
             Ok(())
         };
