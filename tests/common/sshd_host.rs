@@ -138,7 +138,27 @@ impl SshdHost {
             panic!("cannot set up the test network: {e}");
         }
         let log = std::fs::File::create(host.dir.path().join("container.log")).expect("log");
-        let mut cmd = Command::new("systemd-nspawn");
+        // As the nspawn backend starts it: nspawn is PID 1 of a PID namespace
+        // of its own (when it dies, the kernel takes the container down with
+        // it) with a private tmpfs for its propagate dirs; and on the unified
+        // cgroup hierarchy. On this host's hybrid layout, a container given
+        // the legacy one tore down processes far outside it (the whole
+        // machine's, run and CI job included).
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child=SIGKILL",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /run/systemd/nspawn && mount -t tmpfs -o mode=0755,size=4m attest /run/systemd/nspawn && exec \"$@\"",
+            "sh",
+            "systemd-nspawn",
+        ])
+        .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1");
         cmd.args([
             "-q",
             "-b",
