@@ -238,11 +238,13 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
     // Wait for the container, then kill its PID 1 from outside.
     let leader = container_leader(child.id(), 1);
     let killed_at = Instant::now();
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &leader])
-        .status()
-        .unwrap()
-        .success());
+    let leader: i32 = leader.trim().parse().expect("the leader's pid");
+    assert!(leader > 1, "not a container leader: {leader}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the container's PID 1");
     let r = harness::finish(child, started, LIMIT);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     assert!(
@@ -557,11 +559,13 @@ fn an_idle_machine_that_dies_is_reported_at_once() {
     let started = Instant::now();
     let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
     let leader = container_leader(child.id(), 1);
-    assert!(std::process::Command::new("kill")
-        .args(["-9", &leader])
-        .status()
-        .unwrap()
-        .success());
+    let leader: i32 = leader.trim().parse().expect("the leader's pid");
+    assert!(leader > 1, "not a container leader: {leader}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL the container's PID 1");
     let r = harness::finish(child, started, LIMIT);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
     let died = r

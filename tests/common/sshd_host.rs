@@ -70,10 +70,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 fn remove_netns(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill")
-                .args(["-9", pid])
-                .stderr(Stdio::null())
-                .status();
+            sigkill(pid);
         }
     }
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
@@ -362,7 +359,7 @@ impl SshdHost {
     pub fn kill_sshd(&self) -> usize {
         let pids = self.pids_named("sshd");
         for p in &pids {
-            let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            sigkill(&p.to_string());
         }
         pids.len()
     }
@@ -374,10 +371,17 @@ impl Drop for SshdHost {
             // Killing every process of the namespace takes the container's
             // PID 1 down with its PID namespace; nspawn then exits.
             remove_netns_processes(&self.netns);
-            let _ = Command::new("kill")
-                .args(["-9", &format!("-{}", child.id())])
-                .stderr(Stdio::null())
-                .status();
+            // Its whole group (it runs in a session of its own). Never
+            // `kill -9 -PID` through procps' kill: it reads `-PID` as an
+            // option and signals -1, every process on the machine.
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                if pgid > 1 {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -398,10 +402,7 @@ impl Drop for SshdHost {
 fn remove_netns_processes(ns: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill")
-                .args(["-9", pid])
-                .stderr(Stdio::null())
-                .status();
+            sigkill(pid);
         }
     }
 }
@@ -462,5 +463,19 @@ pub fn run_attest(host: &SshdHost, config: &Path, timeout: Duration) -> (i32, St
     match status {
         Some(st) => (st.code().unwrap_or(-1), text),
         None => panic!("attest did not finish within {timeout:?}:\n{text}"),
+    }
+}
+
+/// SIGKILLs one process given by its decimal pid (as `ip netns pids` prints
+/// them); anything that is not a plain pid above 1 is ignored, so a parsing
+/// slip can never turn into a signal to a group or to every process.
+pub fn sigkill(pid: &str) {
+    if let Ok(p) = pid.trim().parse::<i32>() {
+        if p > 1 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
