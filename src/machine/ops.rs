@@ -355,10 +355,15 @@ impl Machine {
         } else {
             "systemctl"
         };
-        // One round trip: the state and the number of pending jobs.
+        // One round trip: the state and the number of pending jobs. As
+        // NixOS, an inactive unit with no jobs is read once more: its job may
+        // have finished between the two questions (the unit is active now).
         let script = format!(
             "s=$({sc} --no-pager show {u} --property=ActiveState --value); \
-             j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); echo \"$s $j\""
+             j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); \
+             if [ \"$s\" = inactive ] && [ \"$j\" = 0 ]; then \
+             s=$({sc} --no-pager show {u} --property=ActiveState --value); fi; \
+             echo \"$s $j\""
         );
         let probe = match user {
             Some(name) => as_user(name, &script),
