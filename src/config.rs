@@ -22,6 +22,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod microvm;
+pub use microvm::{
+    CloudHypervisorOptions, FirecrackerOptions, HugePages, IoEngine, MicroVmConfig, PmemDevice,
+};
+
 /// The only config version this driver reads.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -113,23 +118,103 @@ pub enum BackendConfig {
     /// A QEMU VM.
     Qemu(QemuConfig),
     /// A firecracker microVM.
-    Firecracker(MicroVmConfig),
+    Firecracker(MicroVmConfig<FirecrackerOptions>),
     /// A cloud-hypervisor microVM.
-    CloudHypervisor(MicroVmConfig),
+    CloudHypervisor(MicroVmConfig<CloudHypervisorOptions>),
     /// A host that already runs, reached over ssh.
     Ssh(SshConfig),
 }
 
 impl BackendConfig {
-    /// The backend's name as used in config, logs and errors.
-    pub fn kind(&self) -> &'static str {
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
         match self {
-            BackendConfig::Nspawn(_) => "nspawn",
-            BackendConfig::Qemu(_) => "qemu",
-            BackendConfig::Firecracker(_) => "firecracker",
-            BackendConfig::CloudHypervisor(_) => "cloud-hypervisor",
-            BackendConfig::Ssh(_) => "ssh",
+            BackendConfig::Nspawn(_) => BackendKind::Nspawn,
+            BackendConfig::Qemu(_) => BackendKind::Qemu,
+            BackendConfig::Firecracker(_) => BackendKind::Firecracker,
+            BackendConfig::CloudHypervisor(_) => BackendKind::CloudHypervisor,
+            BackendConfig::Ssh(_) => BackendKind::Ssh,
         }
+    }
+}
+
+/// The backends, by the one name each has in config keys, `--backends`,
+/// logs and errors (clap's kebab-case spelling of the variant).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// systemd-nspawn containers.
+    Nspawn,
+    /// QEMU VMs.
+    Qemu,
+    /// firecracker microVMs.
+    Firecracker,
+    /// cloud-hypervisor microVMs.
+    CloudHypervisor,
+    /// Existing hosts over ssh.
+    Ssh,
+}
+
+impl BackendKind {
+    /// Every backend, in the order `attest bench` lists them.
+    pub const ALL: [BackendKind; 5] = [
+        BackendKind::Nspawn,
+        BackendKind::Qemu,
+        BackendKind::Firecracker,
+        BackendKind::CloudHypervisor,
+        BackendKind::Ssh,
+    ];
+
+    /// The backend's name (`cloud-hypervisor`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Nspawn => "nspawn",
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+            BackendKind::CloudHypervisor => "cloud-hypervisor",
+            BackendKind::Ssh => "ssh",
+        }
+    }
+
+    /// Whether the backend runs a virtual machine (slow under TCG, has an
+    /// initrd and a kernel of its own).
+    pub fn is_vm(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Qemu | BackendKind::Firecracker | BackendKind::CloudHypervisor
+        )
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<BackendKind, String> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = BackendKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown backend `{s}` (known: {})", known.join(", "))
+            })
     }
 }
 
@@ -188,39 +273,6 @@ pub struct QemuConfig {
     /// The QEMU binary.
     #[serde(default)]
     pub qemu_binary: Option<PathBuf>,
-}
-
-/// firecracker / cloud-hypervisor settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MicroVmConfig {
-    /// A Debian test image manifest.
-    #[serde(default)]
-    pub image: Option<PathBuf>,
-    /// Uncompressed (PVH) ELF kernel.
-    #[serde(default)]
-    pub kernel: Option<PathBuf>,
-    /// Initrd.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Root disk (raw), used copy-on-write.
-    #[serde(default)]
-    pub disk: Option<PathBuf>,
-    /// Kernel command line.
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    /// Memory in MiB.
-    #[serde(default)]
-    pub memory_mib: Option<u32>,
-    /// vCPUs.
-    #[serde(default)]
-    pub cpus: Option<u32>,
-    /// The VMM binary.
-    #[serde(default)]
-    pub binary: Option<PathBuf>,
-    /// Backend-specific knobs passed through (checked by the backend).
-    #[serde(default)]
-    pub options: BTreeMap<String, serde_json::Value>,
 }
 
 /// How an unknown ssh host key is treated.
@@ -502,11 +554,28 @@ impl TestConfig {
                     }
                 }
             }
-            BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => need_one(
+            BackendConfig::Firecracker(c) => need_one(
                 "`image` or `kernel` + `disk`",
                 c.image.is_some(),
                 c.kernel.is_some(),
             )?,
+            BackendConfig::CloudHypervisor(c) => {
+                need_one(
+                    "`image` or `kernel` + `disk`",
+                    c.image.is_some(),
+                    c.kernel.is_some(),
+                )?;
+                if c.options.enable_pci == Some(false) {
+                    return Err(self.invalid(format!(
+                        "node `{name}` (cloud-hypervisor): option `enable_pci` can only be true: cloud-hypervisor always uses virtio-pci"
+                    )));
+                }
+                if c.options.pmem_devices.iter().any(|d| d.root_device) {
+                    return Err(self.invalid(format!(
+                        "node `{name}` (cloud-hypervisor): `root_device` in `pmem_devices` is a firecracker option: boot cloud-hypervisor from `disk`"
+                    )));
+                }
+            }
             BackendConfig::Ssh(c) => {
                 if c.host.trim().is_empty() {
                     return Err(self.invalid(format!("node `{name}` (ssh): `host` is empty")));
@@ -533,12 +602,8 @@ impl TestConfig {
                     ("initrd", &c.initrd),
                     ("disk", &c.disk),
                 ],
-                BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => vec![
-                    ("image", &c.image),
-                    ("kernel", &c.kernel),
-                    ("initrd", &c.initrd),
-                    ("disk", &c.disk),
-                ],
+                BackendConfig::Firecracker(c) => c.files(),
+                BackendConfig::CloudHypervisor(c) => c.files(),
                 BackendConfig::Ssh(c) => vec![("identity_file", &c.identity_file)],
             };
             for (field, value) in fields {
@@ -590,38 +655,6 @@ impl TestConfig {
             None => vec![],
         }
     }
-
-    /// The node's number (1-based, in name order), as NixOS numbers nodes.
-    pub fn node_number(&self, node: &str) -> Option<u8> {
-        self.nodes
-            .keys()
-            .position(|n| n == node)
-            .and_then(|i| u8::try_from(i + 1).ok())
-    }
-
-    /// The node's address on a vlan: `192.168.<vlan>.<n>`.
-    pub fn node_address(&self, node: &str, vlan: u8) -> Option<std::net::Ipv4Addr> {
-        self.node_number(node)
-            .map(|n| crate::net::plan::ipv4(vlan, n))
-    }
-
-    /// The node's vlan interfaces (names, QEMU netdev ids, MACs, addresses)
-    /// in vlan-list order; see [`crate::net::plan`].
-    pub fn node_interfaces(&self, node: &str) -> Vec<crate::net::plan::VlanInterface> {
-        match self.node_number(node) {
-            Some(n) => crate::net::plan::interfaces(n, &self.node_vlans(node)),
-            None => Vec::new(),
-        }
-    }
-
-    /// `/etc/hosts` entries for every networked node: the IPv4 and IPv6
-    /// addresses of its first vlan and its name.
-    pub fn hosts_entries(&self) -> Vec<(std::net::IpAddr, String)> {
-        self.nodes
-            .keys()
-            .flat_map(|n| crate::net::plan::host_entries(n, &self.node_interfaces(n)))
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -646,26 +679,6 @@ mod tests {
         );
         let c = TestConfig::load(&p).unwrap();
         assert_eq!(c.node_vlans("server"), vec![1]);
-        assert_eq!(c.node_number("client"), Some(1));
-        assert_eq!(
-            c.node_address("server", 1),
-            Some("192.168.1.2".parse().unwrap())
-        );
-        let hosts: Vec<String> = c
-            .hosts_entries()
-            .iter()
-            .map(|(a, n)| format!("{a} {n}"))
-            .collect();
-        assert_eq!(
-            hosts,
-            [
-                "192.168.1.1 client",
-                "2001:db8:1::1 client",
-                "192.168.1.2 server",
-                "2001:db8:1::2 server"
-            ]
-        );
-        assert_eq!(c.node_interfaces("server")[0].name, "eth1");
         assert_eq!(c.global_timeout, 3600.0);
     }
 
@@ -718,6 +731,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("script `nope.rhai` does not exist"));
+    }
+
+    #[test]
+    fn backend_kinds_have_one_name_everywhere() {
+        use clap::ValueEnum;
+        for kind in BackendKind::ALL {
+            let name = kind.to_string();
+            assert_eq!(name.parse::<BackendKind>(), Ok(kind));
+            let clap_name = kind.to_possible_value().expect("listed");
+            assert_eq!(clap_name.get_name(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), name.as_str());
+        }
+        assert_eq!(BackendKind::value_variants(), BackendKind::ALL);
+        let e = "vbox".parse::<BackendKind>().unwrap_err();
+        assert!(e.contains("unknown backend `vbox`"), "{e}");
+        let c: BackendConfig =
+            serde_json::from_str(r#"{"cloud-hypervisor": {"kernel": "k"}}"#).unwrap();
+        assert_eq!(c.kind(), BackendKind::CloudHypervisor);
     }
 
     #[test]

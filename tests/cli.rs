@@ -149,3 +149,26 @@ fn missing_files_named_by_the_config_are_config_errors() {
     let r = attest(&["check", "--no-files", config], Duration::from_secs(30));
     assert_eq!(r.code, Some(0), "{}", r.stderr);
 }
+
+/// microVM `options` are typed: a misspelt knob is a config error with file,
+/// line and column from `check`, before any VMM runs.
+#[test]
+fn a_typo_in_microvm_options_is_a_config_error_with_its_line() {
+    let dir = TestDir::new(
+        "typo",
+        "{\"m\":{\"backend\":{\"firecracker\":{\"kernel\":\"/k\",\n\"options\":{\"enable_pci\":true,\n\"io_engin\":\"Async\"}}}}}",
+        "",
+        "m.start();",
+    );
+    let r = check(&dir);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let config = dir.config();
+    let at = format!("{}:3:", config.display());
+    assert!(r.stderr.contains(&at), "no {at} in:\n{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("unknown field `io_engin`, expected one of `enable_pci`, `io_engine`"),
+        "{}",
+        r.stderr
+    );
+}

@@ -20,6 +20,7 @@ use attest::backend::microvm::tiny_guest::{
 };
 use attest::backend::microvm::KvmFacts;
 use attest::backend::{BackendOp, Instance};
+use attest::config::BackendConfig;
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
 use harness::{attest, processes_matching, TestDir};
@@ -92,7 +93,13 @@ impl Lib {
     }
 
     async fn start(&self) -> Result<MicroVmInstance, attest::backend::BackendError> {
-        CloudHypervisorBackend::start_instance(&self.context()).await
+        let ctx = self.context();
+        let BackendConfig::CloudHypervisor(settings) = &ctx.config.nodes["m"].backend else {
+            unreachable!("the test writes a CloudHypervisor node")
+        };
+        CloudHypervisorBackend::new(settings.clone())
+            .start_instance(&ctx)
+            .await
     }
 }
 

@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use attest::net::plan;
+
 const ATTEST: &str = env!("CARGO_BIN_EXE_attest");
 
 fn repo() -> PathBuf {
@@ -252,15 +254,14 @@ fn guest_modules_configure_the_network_the_backends_create() {
     );
     for (backend, nodes) in backends {
         let config = guests_config(dir.path(), backend);
-        let rust_hosts: String = config
-            .hosts_entries()
+        let rust_hosts: String = plan::hosts_entries(&config)
             .iter()
             .map(|(a, n)| format!("{a} {n}\n"))
             .collect();
         for name in ["a", "b", "c"] {
             let guest = &nodes[name];
             let at = format!("{backend} node {name}");
-            let rust = config.node_interfaces(name);
+            let rust = plan::node_interfaces(&config, name);
             let strs = |v: &serde_json::Value| -> Vec<String> {
                 v.as_array()
                     .unwrap_or_else(|| panic!("{at}: not a list: {v}"))
@@ -287,12 +288,12 @@ fn guest_modules_configure_the_network_the_backends_create() {
                 assert_eq!(g["ipv6"], r.ipv6.to_string(), "{at}: IPv6");
                 assert_eq!(
                     strs(&g["configured"]["ipv4"]),
-                    [format!("{}/{}", r.ipv4, attest::net::plan::IPV4_PREFIX)],
+                    [format!("{}/{}", r.ipv4, plan::IPV4_PREFIX)],
                     "{at}: configured IPv4"
                 );
                 assert_eq!(
                     strs(&g["configured"]["ipv6"]),
-                    [format!("{}/{}", r.ipv6, attest::net::plan::IPV6_PREFIX)],
+                    [format!("{}/{}", r.ipv6, plan::IPV6_PREFIX)],
                     "{at}: configured IPv6"
                 );
             }
@@ -300,7 +301,7 @@ fn guest_modules_configure_the_network_the_backends_create() {
             if backend == "qemu" {
                 // The netdev ids block()/unblock() pass to QMP set_link, and
                 // the names the guest's udev rules give the NICs by MAC.
-                type Pair = fn(&attest::net::plan::VlanInterface) -> (String, String);
+                type Pair = fn(&plan::VlanInterface) -> (String, String);
                 let checks: [(&str, &str, &str, Pair); 2] = [
                     ("qemuNics", "netdevId", "mac", |i| {
                         (i.netdev_id.clone(), i.mac.clone())

@@ -440,7 +440,7 @@ fn ssh_sessions_are_concurrent_over_one_connection() {
     use std::sync::Arc;
 
     use attest::backend::StartContext;
-    use attest::config::TestConfig;
+    use attest::config::{BackendKind, TestConfig};
     use attest::console::ConsoleLog;
     use attest::guest::Session;
     use attest::report::{ReportOptions, Reporter};
@@ -465,8 +465,12 @@ fn ssh_sessions_are_concurrent_over_one_connection() {
         rt.block_on(async move {
             let config = Arc::new(TestConfig::load(&config).expect("config"));
             let console = ConsoleLog::new(Arc::new(|_: &str| {}));
+            let node = &config.nodes["remote"];
+            let backend = attest::backend::for_node(node);
+            assert_eq!(backend.kind(), BackendKind::Ssh);
             let ctx = StartContext {
                 machine: "remote".into(),
+                boot_timeout: attest::backend::boot_timeout(node, &*backend),
                 config: config.clone(),
                 state_dir: dir.path().join("state"),
                 console,
@@ -474,8 +478,6 @@ fn ssh_sessions_are_concurrent_over_one_connection() {
                 reporter: Reporter::new("ssh-concurrent", &ReportOptions::default())
                     .expect("reporter"),
             };
-            let backend = attest::backend::for_node("ssh").expect("ssh backend");
-            assert_eq!(backend.kind(), "ssh");
             let instance = backend.start(&ctx).await.expect("start");
             assert!(instance.max_sessions() > 1);
             assert!(instance.may_power_off().is_err());

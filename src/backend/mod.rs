@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::config::TestConfig;
+use crate::config::{BackendConfig, BackendKind, NodeConfig, TestConfig};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::Network;
@@ -38,7 +38,7 @@ pub enum BackendError {
         /// The operation.
         op: String,
         /// The backend.
-        backend: &'static str,
+        backend: BackendKind,
     },
     /// The operation is not allowed (e.g. powering off a host attest did not start).
     #[error("{0}")]
@@ -54,6 +54,9 @@ pub struct StartContext {
     pub machine: String,
     /// The whole test config (node settings, numbering, vlans).
     pub config: Arc<TestConfig>,
+    /// How long the machine may take to bring up its backdoor: the node's
+    /// `boot_timeout`, else the backend's default.
+    pub boot_timeout: Duration,
     /// A directory private to this machine, removed at teardown.
     pub state_dir: PathBuf,
     /// Where console lines go.
@@ -137,8 +140,12 @@ impl BackendOp {
 /// A backend: knows how to start machines of its kind.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// The backend's name (`nspawn`, `qemu`, …).
-    fn kind(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+
+    /// How long a machine of this backend may take to bring up its backdoor
+    /// when the node sets no `boot_timeout`.
+    fn default_boot_timeout(&self) -> Duration;
 
     /// Starts the machine. Returns once the process runs; the backdoor may not
     /// be up yet.
@@ -178,22 +185,31 @@ pub trait Instance: Send + Sync {
         })
     }
 
-    /// The backend's name, for errors.
-    fn backend_kind(&self) -> &'static str;
+    /// The backend, for errors.
+    fn backend_kind(&self) -> BackendKind;
 }
 
-/// Makes the backend for a node's config.
-pub fn for_node(kind: &str) -> Result<Arc<dyn Backend>, BackendError> {
-    match kind {
-        "nspawn" => Ok(Arc::new(nspawn::NspawnBackend)),
-        "qemu" => Ok(Arc::new(qemu::QemuBackend)),
-        "ssh" => Ok(Arc::new(ssh::SshBackend)),
-        "firecracker" => Ok(Arc::new(microvm::firecracker::FirecrackerBackend)),
-        "cloud-hypervisor" => Ok(Arc::new(microvm::cloud_hypervisor::CloudHypervisorBackend)),
-        other => Err(BackendError::Prerequisite(format!(
-            "the {other} backend is not available in this build of attest"
-        ))),
+/// Makes the backend of a node, from its typed settings.
+pub fn for_node(node: &NodeConfig) -> Arc<dyn Backend> {
+    match &node.backend {
+        BackendConfig::Nspawn(c) => Arc::new(nspawn::NspawnBackend::new(c.clone())),
+        BackendConfig::Qemu(c) => Arc::new(qemu::QemuBackend::new(c.clone())),
+        BackendConfig::Ssh(c) => Arc::new(ssh::SshBackend::new(c.clone())),
+        BackendConfig::Firecracker(c) => {
+            Arc::new(microvm::MicroVmBackend::<microvm::firecracker::Firecracker>::new(c.clone()))
+        }
+        BackendConfig::CloudHypervisor(c) => Arc::new(microvm::MicroVmBackend::<
+            microvm::cloud_hypervisor::CloudHypervisor,
+        >::new(c.clone())),
     }
+}
+
+/// How long a node may take to bring up its backdoor: its own
+/// `boot_timeout`, else its backend's default.
+pub fn boot_timeout(node: &NodeConfig, backend: &dyn Backend) -> Duration {
+    node.boot_timeout
+        .map(Duration::from_secs_f64)
+        .unwrap_or_else(|| backend.default_boot_timeout())
 }
 
 /// Polls `attempt` until it succeeds, `deadline` passes, or `exit` shows the

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::cgroup::PrivateCgroup;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
-use crate::config::{BackendConfig, ImageManifest};
+use crate::config::{BackendKind, ImageManifest, NspawnConfig};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::{plan, Network};
@@ -30,7 +30,16 @@ const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
 const CGROUP_DRAIN: Duration = Duration::from_secs(5);
 
 /// Starts systemd-nspawn containers.
-pub struct NspawnBackend;
+pub struct NspawnBackend {
+    settings: NspawnConfig,
+}
+
+impl NspawnBackend {
+    /// The backend of a node with these settings.
+    pub fn new(settings: NspawnConfig) -> NspawnBackend {
+        NspawnBackend { settings }
+    }
+}
 
 /// A running container.
 pub struct NspawnInstance {
@@ -49,11 +58,7 @@ fn host_link(node_number: u8, vlan: u8) -> String {
     format!("at{node_number}v{vlan}")
 }
 
-fn rootfs_of(ctx: &StartContext) -> Result<PathBuf, BackendError> {
-    let node = &ctx.config.nodes[&ctx.machine];
-    let BackendConfig::Nspawn(c) = &node.backend else {
-        return Err(BackendError::Start("not an nspawn node".into()));
-    };
+fn rootfs_of(ctx: &StartContext, c: &NspawnConfig) -> Result<PathBuf, BackendError> {
     let rootfs = match (&c.rootfs, &c.image) {
         (Some(r), _) => ctx.config.resolve(r),
         (None, Some(image)) => {
@@ -78,7 +83,7 @@ fn rootfs_of(ctx: &StartContext) -> Result<PathBuf, BackendError> {
 fn write_network_files(ctx: &StartContext, dir: &Path) -> Result<(), BackendError> {
     let io = |e: std::io::Error| BackendError::Start(format!("cannot write network files: {e}"));
     std::fs::create_dir_all(dir).map_err(io)?;
-    for i in ctx.config.node_interfaces(&ctx.machine) {
+    for i in plan::node_interfaces(&ctx.config, &ctx.machine) {
         std::fs::write(
             dir.join(format!("10-attest-{}.network", i.name)),
             plan::networkd_file(&i),
@@ -90,7 +95,7 @@ fn write_network_files(ctx: &StartContext, dir: &Path) -> Result<(), BackendErro
 
 fn hosts_file(ctx: &StartContext) -> String {
     let mut s = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n");
-    for (addr, name) in ctx.config.hosts_entries() {
+    for (addr, name) in plan::hosts_entries(&ctx.config) {
         s.push_str(&format!("{addr} {name}\n"));
     }
     s
@@ -101,8 +106,12 @@ static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 #[async_trait]
 impl Backend for NspawnBackend {
-    fn kind(&self) -> &'static str {
-        "nspawn"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nspawn
+    }
+
+    fn default_boot_timeout(&self) -> Duration {
+        Duration::from_secs(60)
     }
 
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
@@ -113,11 +122,8 @@ impl Backend for NspawnBackend {
                 "systemd-nspawn needs root: run attest as root".into(),
             ));
         }
-        let rootfs = rootfs_of(ctx)?;
-        let node = &ctx.config.nodes[&ctx.machine];
-        let BackendConfig::Nspawn(settings) = &node.backend else {
-            return Err(BackendError::Start("not an nspawn node".into()));
-        };
+        let rootfs = rootfs_of(ctx, &self.settings)?;
+        let settings = &self.settings;
         let backdoor_dir = ctx.state_dir.join("backdoor");
         let network_dir = ctx.state_dir.join("network");
         let hosts = ctx.state_dir.join("hosts");
@@ -126,7 +132,7 @@ impl Backend for NspawnBackend {
         write_network_files(ctx, &network_dir)?;
         std::fs::write(&hosts, hosts_file(ctx)).map_err(io)?;
 
-        let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
+        let number = plan::node_number(&ctx.config, &ctx.machine).unwrap_or(1);
         // Unique per run (pid and the run's id), so parallel runs do not
         // collide; the run id ties the container's cgroup to the run's lock
         // for the janitor of a later run.
@@ -141,7 +147,7 @@ impl Backend for NspawnBackend {
             number,
             ctx.run_id()
         );
-        let interfaces = ctx.config.node_interfaces(&ctx.machine);
+        let interfaces = plan::node_interfaces(&ctx.config, &ctx.machine);
 
         // nspawn runs as PID 1 of a PID namespace of its own (`unshare
         // --pid --fork --kill-child`): when nspawn dies for any reason —
@@ -410,12 +416,12 @@ impl Instance for NspawnInstance {
             }
             other => Err(BackendError::Unsupported {
                 op: other.name().to_owned(),
-                backend: "nspawn",
+                backend: BackendKind::Nspawn,
             }),
         }
     }
 
-    fn backend_kind(&self) -> &'static str {
-        "nspawn"
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::Nspawn
     }
 }

@@ -40,7 +40,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
 
 use super::{Backend, BackendError, Instance, StartContext};
-use crate::config::{BackendConfig, KnownHostsPolicy, SshConfig};
+use crate::config::{BackendKind, KnownHostsPolicy, SshConfig};
 use crate::console::ConsoleLog;
 use crate::guest::{GuestStream, BANNER};
 use crate::process::{
@@ -48,11 +48,16 @@ use crate::process::{
 };
 
 /// Connects to existing hosts over ssh.
-pub struct SshBackend;
+pub struct SshBackend {
+    settings: SshConfig,
+}
 
-/// Default seconds to wait for the host to accept the connection when the
-/// node has no `boot_timeout` (the same default the driver uses).
-const DEFAULT_CONNECT_WAIT: f64 = 60.0;
+impl SshBackend {
+    /// The backend of a node with these settings.
+    pub fn new(settings: SshConfig) -> SshBackend {
+        SshBackend { settings }
+    }
+}
 
 /// How often a session-less connection is probed for life (`ServerAliveInterval`).
 const SERVER_ALIVE_SECS: u32 = 5;
@@ -317,16 +322,18 @@ fn control_path(state_dir: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)
 
 #[async_trait]
 impl Backend for SshBackend {
-    fn kind(&self) -> &'static str {
-        "ssh"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Ssh
+    }
+
+    /// How long connecting may retry while the host refuses or is unreachable.
+    fn default_boot_timeout(&self) -> Duration {
+        Duration::from_secs(60)
     }
 
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
         let ssh = require_binary("ssh", "openssh-client").map_err(BackendError::Prerequisite)?;
-        let node = &ctx.config.nodes[&ctx.machine];
-        let BackendConfig::Ssh(c) = &node.backend else {
-            return Err(BackendError::Start("not an ssh node".into()));
-        };
+        let c = &self.settings;
         if let Some(key) = &c.identity_file {
             let key = ctx.config.resolve(key);
             if !key.is_file() {
@@ -337,8 +344,8 @@ impl Backend for SshBackend {
                 )));
             }
         }
-        let wait = node.boot_timeout.unwrap_or(DEFAULT_CONNECT_WAIT);
-        let deadline = Instant::now() + Duration::from_secs_f64(wait);
+        let wait = ctx.boot_timeout.as_secs_f64();
+        let deadline = Instant::now() + ctx.boot_timeout;
         let display = display_name(c);
         let _ = std::fs::create_dir_all(&ctx.state_dir);
         let (control, control_dir) = control_path(&ctx.state_dir)?;
@@ -718,8 +725,8 @@ impl Instance for SshInstance {
         self.close(grace).await;
     }
 
-    fn backend_kind(&self) -> &'static str {
-        "ssh"
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::Ssh
     }
 }
 

@@ -22,13 +22,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::ImageManifest;
+use crate::config::{BackendKind, ImageManifest};
 use crate::guest::agent::Protocol;
 pub use stats::Summary;
 pub use usage::Usage;
-
-/// Backends `attest bench` knows about, in table order.
-pub const KNOWN_BACKENDS: &[&str] = &["nspawn", "qemu", "firecracker", "cloud-hypervisor", "ssh"];
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -229,11 +226,6 @@ pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Whether `backend` counts as a VM (slow under TCG: fewer runs, no scaling).
-pub fn is_vm(backend: &str) -> bool {
-    matches!(backend, "qemu" | "firecracker" | "cloud-hypervisor")
-}
-
 /// What `/dev/kvm` is here, in words.
 pub fn kvm_state() -> Result<&'static str, String> {
     if Path::new("/sys/module/kvm_pvm").exists() {
@@ -258,20 +250,19 @@ fn binary(name: &str) -> Option<PathBuf> {
 }
 
 /// The binary a backend runs.
-pub fn backend_binary(backend: &str) -> Option<&'static str> {
+pub fn backend_binary(backend: BackendKind) -> &'static str {
     match backend {
-        "nspawn" => Some("systemd-nspawn"),
-        "qemu" => Some("qemu-system-x86_64"),
-        "firecracker" => Some("firecracker"),
-        "cloud-hypervisor" => Some("cloud-hypervisor"),
-        "ssh" => Some("ssh"),
-        _ => None,
+        BackendKind::Nspawn => "systemd-nspawn",
+        BackendKind::Qemu => "qemu-system-x86_64",
+        BackendKind::Firecracker => "firecracker",
+        BackendKind::CloudHypervisor => "cloud-hypervisor",
+        BackendKind::Ssh => "ssh",
     }
 }
 
 /// First line of `<binary> --version`, if the binary runs.
-pub fn backend_version(backend: &str) -> Option<String> {
-    let bin = binary(backend_binary(backend)?)?;
+pub fn backend_version(backend: BackendKind) -> Option<String> {
+    let bin = binary(backend_binary(backend))?;
     let out = std::process::Command::new(bin)
         .arg("--version")
         .stdin(std::process::Stdio::null())
@@ -284,32 +275,28 @@ pub fn backend_version(backend: &str) -> Option<String> {
 }
 
 /// Why `backend` cannot run here with `image`, or `Ok` when it can.
-pub fn availability(backend: &str, image: &ImageManifest) -> Result<(), String> {
-    if !KNOWN_BACKENDS.contains(&backend) {
-        return Err(format!(
-            "unknown backend (known: {})",
-            KNOWN_BACKENDS.join(", ")
-        ));
-    }
-    if backend == "ssh" {
+pub fn availability(backend: BackendKind, image: &ImageManifest) -> Result<(), String> {
+    if backend == BackendKind::Ssh {
         return Err(
             "needs an existing host; bench boots its own guests (measure ssh with a test config of your own)"
                 .into(),
         );
     }
-    if matches!(backend, "firecracker" | "cloud-hypervisor") {
+    if matches!(
+        backend,
+        BackendKind::Firecracker | BackendKind::CloudHypervisor
+    ) {
         kvm_state().map_err(|e| format!("needs KVM; {e}"))?;
     }
-    let bin = backend_binary(backend).unwrap_or(backend);
+    let bin = backend_binary(backend);
     if binary(bin).is_none() {
         return Err(format!("`{bin}` is not installed"));
     }
-    if backend == "qemu" && binary("qemu-img").is_none() {
+    if backend == BackendKind::Qemu && binary("qemu-img").is_none() {
         return Err("`qemu-img` is not installed (apt-get install qemu-utils)".into());
     }
-    crate::backend::for_node(backend).map_err(|e| e.to_string())?;
     match backend {
-        "nspawn" => {
+        BackendKind::Nspawn => {
             if !nix::unistd::Uid::effective().is_root() {
                 return Err("systemd-nspawn needs root".into());
             }
@@ -457,11 +444,22 @@ pub fn run(
         protocol,
     };
     let result = (|| -> Result<(), BenchError> {
-        for backend in &opts.backends {
+        for name in &opts.backends {
+            let backend = match name.parse::<BackendKind>() {
+                Ok(k) => k,
+                Err(reason) => {
+                    report.backends.push(BackendReport {
+                        name: name.clone(),
+                        reason: Some(reason),
+                        ..Default::default()
+                    });
+                    continue;
+                }
+            };
             for (i, protocol) in opts.protocols.iter().enumerate() {
                 let ctx = ctx_for(*protocol);
                 let mut b = BackendReport {
-                    name: backend.clone(),
+                    name: name.clone(),
                     protocol: protocol.name().to_owned(),
                     version: backend_version(backend),
                     ..Default::default()
@@ -472,16 +470,16 @@ pub fn run(
                     break;
                 }
                 b.available = true;
-                b.runs = if is_vm(backend) {
+                b.runs = if backend.is_vm() {
                     opts.vm_runs
                 } else {
                     opts.runs
                 };
-                let r = scenario::measure_backend(&ctx, &mut b);
+                let r = scenario::measure_backend(&ctx, backend, &mut b);
                 let last = i + 1 == opts.protocols.len();
                 let r = r.and_then(|()| {
                     // Once, with what a test run gets by default.
-                    if last && backend == "nspawn" && !opts.scaling.is_empty() {
+                    if last && backend == BackendKind::Nspawn && !opts.scaling.is_empty() {
                         let ctx = ctx_for(Protocol::default());
                         report.scaling = scenario::measure_scaling(&ctx, backend, &mut b.errors)?;
                     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::BackendOp;
-use crate::config::TestConfig;
+use crate::config::{BackendKind, TestConfig};
 use crate::driver::{self, Driver, DriverOptions, Outcome, RunOptions};
 use crate::guest::agent::Protocol;
 use crate::machine::{Machine, MachineError};
@@ -15,7 +15,7 @@ use crate::report::{ReportOptions, Reporter};
 
 use super::usage::Usage;
 use super::{
-    is_vm, BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary,
+    BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary,
 };
 
 /// Size of the large-output figure.
@@ -110,7 +110,7 @@ fn ms(d: Duration) -> f64 {
 fn write_config(
     ctx: &BenchContext<'_>,
     name: &str,
-    backend: &str,
+    backend: BackendKind,
     nodes: usize,
     network: bool,
 ) -> Result<PathBuf, String> {
@@ -118,14 +118,14 @@ fn write_config(
     for i in 1..=nodes {
         map.insert(
             format!("n{i:02}"),
-            serde_json::json!({ "backend": { backend: { "image": ctx.image } } }),
+            serde_json::json!({ "backend": { backend.name(): { "image": ctx.image } } }),
         );
     }
     let config = serde_json::json!({
         "version": 1,
         "name": name,
         "script": "bench.rhai",
-        "global_timeout": if is_vm(backend) { 3600 } else { 600 },
+        "global_timeout": if backend.is_vm() { 3600 } else { 600 },
         "enable_network": network,
         "nodes": map,
     });
@@ -249,11 +249,11 @@ fn single_run(
         .next()
         .cloned()
         .ok_or("the generated config has no node")?;
-    let vm = is_vm(m.backend_kind());
+    let vm = m.backend_kind().is_vm();
     let mut run = SingleRun::default();
 
     let mm = m.clone();
-    let shares_clock = m.backend_kind() == "nspawn";
+    let shares_clock = m.backend_kind() == BackendKind::Nspawn;
     let (backdoor, multi_user, entered) = block(rt, async move {
         let mono0 = monotonic_us();
         let t0 = Instant::now();
@@ -419,7 +419,7 @@ fn single_run(
 }
 
 /// The test config rewritten so every node runs on `backend` with the image.
-fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String> {
+fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf, String> {
     let src = &ctx.opts.test_config;
     let text = std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
     let mut v: serde_json::Value =
@@ -440,7 +440,7 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String
         .unwrap_or("test")
         .to_owned();
     v["name"] = serde_json::json!(format!("{name}-{backend}"));
-    if is_vm(backend) {
+    if backend.is_vm() {
         v["global_timeout"] = serde_json::json!(3600);
     }
     let nodes = v
@@ -448,7 +448,7 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: &str) -> Result<PathBuf, String
         .and_then(|n| n.as_object_mut())
         .ok_or_else(|| format!("{}: no nodes", src.display()))?;
     for node in nodes.values_mut() {
-        node["backend"] = serde_json::json!({ backend: { "image": ctx.image } });
+        node["backend"] = serde_json::json!({ backend.name(): { "image": ctx.image } });
     }
     let path = ctx.dir.join(format!("whole-{backend}.json"));
     std::fs::write(
@@ -466,12 +466,15 @@ fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
 }
 
 /// Every single-node figure and the whole-test wall time for one backend.
-pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<(), BenchError> {
-    let backend = b.name.clone();
+pub fn measure_backend(
+    ctx: &BenchContext<'_>,
+    backend: BackendKind,
+    b: &mut BackendReport,
+) -> Result<(), BenchError> {
     let mut runs = Vec::new();
     let mut interrupted = Ok(());
     for i in 0..b.runs {
-        let config = match write_config(ctx, &format!("bench-{backend}"), &backend, 1, false) {
+        let config = match write_config(ctx, &format!("bench-{backend}"), backend, 1, false) {
             Ok(c) => c,
             Err(e) => {
                 b.errors.push(e);
@@ -556,7 +559,7 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
     let mut walls = Vec::new();
     for i in 0..b.runs {
         ctx.check_interrupt()?;
-        let config = match rewrite_test(ctx, &backend) {
+        let config = match rewrite_test(ctx, backend) {
             Ok(c) => c,
             Err(e) => {
                 b.errors.push(format!("whole test: {e}"));
@@ -587,7 +590,7 @@ pub fn measure_backend(ctx: &BenchContext<'_>, b: &mut BackendReport) -> Result<
 /// `start_all` of N nodes (every backdoor up), for each requested N.
 pub fn measure_scaling(
     ctx: &BenchContext<'_>,
-    backend: &str,
+    backend: BackendKind,
     errors: &mut Vec<String>,
 ) -> Result<Option<ScalingReport>, BenchError> {
     let mut points = Vec::new();
@@ -636,7 +639,7 @@ pub fn measure_scaling(
         }
     }
     Ok(Some(ScalingReport {
-        backend: backend.to_owned(),
+        backend: backend.to_string(),
         points,
     }))
 }

@@ -104,8 +104,7 @@ impl Driver {
         let cancel = CancellationToken::new();
         let mut machines = BTreeMap::new();
         for (name, node) in &config.nodes {
-            let backend = backend::for_node(node.backend.kind())
-                .map_err(|e| anyhow::anyhow!("node {name}: {e}"))?;
+            let backend = backend::for_node(node);
             machines.insert(
                 name.clone(),
                 Machine::new(

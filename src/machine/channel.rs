@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::{wait_exit, Machine, MachineError};
 use crate::backend::Instance;
+use crate::config::BackendKind;
 use crate::guest::agent::{self, AgentClient, Protocol};
 use crate::guest::{CommandOutput, GuestError, GuestStream, Session};
 
@@ -28,7 +29,7 @@ pub(super) enum Channel {
 
 /// Backends where `auto` tries the agent: those it is tested on. Elsewhere
 /// (`qemu`'s hvc0 tty, microVM vsock, ssh) it runs only with `--protocol agent`.
-const AGENT_BY_DEFAULT: &[&str] = &["nspawn"];
+const AGENT_BY_DEFAULT: &[BackendKind] = &[BackendKind::Nspawn];
 
 impl Channel {
     /// The protocol's name, for logs and the bench.

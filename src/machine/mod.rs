@@ -21,7 +21,7 @@ pub use error::MachineError;
 pub use ops::shell_quote;
 
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
-use crate::config::TestConfig;
+use crate::config::{BackendKind, TestConfig};
 use crate::console::ConsoleLog;
 use crate::guest::agent::Protocol;
 use crate::guest::{CommandOutput, Session};
@@ -155,8 +155,8 @@ impl Machine {
         &self.inner.name
     }
 
-    /// The backend's name.
-    pub fn backend_kind(&self) -> &'static str {
+    /// The backend.
+    pub fn backend_kind(&self) -> BackendKind {
         self.inner.backend.kind()
     }
 
@@ -196,16 +196,12 @@ impl Machine {
         }
     }
 
-    /// The boot timeout of this node.
+    /// The boot timeout of this node: its own, else its backend's.
     fn boot_timeout(&self) -> Duration {
-        let t = self.inner.config.nodes[&self.inner.name]
-            .boot_timeout
-            .unwrap_or(match self.backend_kind() {
-                "qemu" => 600.0,
-                "firecracker" | "cloud-hypervisor" => 120.0,
-                _ => 60.0,
-            });
-        Duration::from_secs_f64(t)
+        crate::backend::boot_timeout(
+            &self.inner.config.nodes[&self.inner.name],
+            &*self.inner.backend,
+        )
     }
 
     /// Starts the machine and waits for its backdoor. A no-op when it is up.
@@ -219,6 +215,7 @@ impl Machine {
         let ctx = StartContext {
             machine: self.inner.name.clone(),
             config: self.inner.config.clone(),
+            boot_timeout: self.boot_timeout(),
             state_dir: self.inner.state_dir.clone(),
             console: self.inner.console.clone(),
             network: self.inner.network.clone(),
@@ -665,7 +662,7 @@ impl Machine {
     /// new backdoor. Containers and hosts have no initrd.
     pub async fn switch_root(&self, timeout: Duration) -> Result<(), MachineError> {
         let kind = self.backend_kind();
-        if matches!(kind, "nspawn" | "ssh") {
+        if !kind.is_vm() {
             return Err(self.backend_error(
                 "switch_root",
                 crate::backend::BackendError::Unsupported {

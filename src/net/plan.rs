@@ -12,6 +12,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::config::TestConfig;
+
 /// One vlan interface of a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VlanInterface {
@@ -93,6 +95,34 @@ pub fn host_entries(name: &str, interfaces: &[VlanInterface]) -> Vec<(IpAddr, St
         .unwrap_or_default()
 }
 
+/// The node's number in `config` (1-based, in name order), as NixOS numbers
+/// nodes.
+pub fn node_number(config: &TestConfig, node: &str) -> Option<u8> {
+    config
+        .nodes
+        .keys()
+        .position(|n| n == node)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
+/// The vlan interfaces of `node` in `config`, in vlan-list order.
+pub fn node_interfaces(config: &TestConfig, node: &str) -> Vec<VlanInterface> {
+    match node_number(config, node) {
+        Some(n) => interfaces(n, &config.node_vlans(node)),
+        None => Vec::new(),
+    }
+}
+
+/// `/etc/hosts` entries for every networked node of `config`: the IPv4 and
+/// IPv6 addresses of its first vlan and its name.
+pub fn hosts_entries(config: &TestConfig) -> Vec<(IpAddr, String)> {
+    config
+        .nodes
+        .keys()
+        .flat_map(|n| host_entries(n, &node_interfaces(config, n)))
+        .collect()
+}
+
 /// A systemd-networkd `.network` file for one interface: both addresses and
 /// an IPv6 link-local address, no DHCP, no router advertisements.
 pub fn networkd_file(i: &VlanInterface) -> String {
@@ -158,6 +188,34 @@ mod tests {
         assert_eq!(ipv6(10, 12).to_string(), "2001:db8:10::12");
         assert_eq!(ipv6(255, 254).to_string(), "2001:db8:255::254");
         assert_eq!(mac(10, 255), "52:54:00:12:0a:ff");
+    }
+
+    #[test]
+    fn nodes_are_numbered_in_name_order() {
+        let c: TestConfig = serde_json::from_str(
+            r#"{"version":1,"name":"t","script":"t.rhai","nodes":{
+              "server":{"backend":{"nspawn":{"rootfs":"/"}}},
+              "client":{"backend":{"nspawn":{"rootfs":"/"}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(node_number(&c, "client"), Some(1));
+        assert_eq!(node_number(&c, "nobody"), None);
+        let server = node_interfaces(&c, "server");
+        assert_eq!(server[0].name, "eth1");
+        assert_eq!(server[0].ipv4, "192.168.1.2".parse::<Ipv4Addr>().unwrap());
+        let hosts: Vec<String> = hosts_entries(&c)
+            .iter()
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                "192.168.1.1 client",
+                "2001:db8:1::1 client",
+                "192.168.1.2 server",
+                "2001:db8:1::2 server"
+            ]
+        );
     }
 
     #[test]

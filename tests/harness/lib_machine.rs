@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attest::backend::StartContext;
+use attest::backend::{self, StartContext};
 use attest::config::TestConfig;
 use attest::console::ConsoleLog;
 use attest::net::Network;
@@ -34,9 +34,12 @@ impl LibMachine {
 
     /// The start context of node `m`, with its state dir created.
     pub fn context(&self) -> StartContext {
+        let config = Arc::new(TestConfig::load(&self.t.config()).unwrap());
+        let node = &config.nodes["m"];
         let ctx = StartContext {
             machine: "m".into(),
-            config: Arc::new(TestConfig::load(&self.t.config()).unwrap()),
+            boot_timeout: backend::boot_timeout(node, &*backend::for_node(node)),
+            config: config.clone(),
             state_dir: self.state.path().join("m"),
             console: self.console.clone(),
             network: self.network.clone(),

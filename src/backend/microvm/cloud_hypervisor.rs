@@ -23,145 +23,62 @@
 //! firecracker it refers to the machine's own paths (disk copy, vsock socket,
 //! TAP names), so the same machine of the same run restores it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::api::{ApiClient, ApiError};
-use super::instance::{self, Flavor, MicroVmInstance, VmmPaths};
-use super::{option_error, vmm_version, KvmFacts, MicroVmSpec, Version, GUEST_CID};
-use crate::backend::{Backend, BackendError, Instance, StartContext};
+use super::instance::{Flavor, VmmPaths};
+use super::{require_files, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID};
+use crate::backend::{BackendError, StartContext};
+use crate::config::{BackendKind, CloudHypervisorOptions};
 
 /// How to get cloud-hypervisor, for error messages.
 pub const HOW_TO_GET: &str = "no Debian or PyPI package ships it: download a static release from https://github.com/cloud-hypervisor/cloud-hypervisor/releases and set $ATTEST_CLOUD_HYPERVISOR or `binary`";
 
 /// Starts cloud-hypervisor microVMs.
-pub struct CloudHypervisorBackend;
+pub type CloudHypervisorBackend = MicroVmBackend<CloudHypervisor>;
 
-/// The checked `options` of a cloud-hypervisor node.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CloudHypervisorOptions {
-    /// Guest memory on huge pages.
-    pub hugepages: bool,
-    /// virtio-pmem devices: (path, read-only).
-    pub pmem_devices: Vec<(PathBuf, bool)>,
-    /// A read-only second disk.
-    pub store_image: Option<PathBuf>,
-}
-
-impl CloudHypervisorOptions {
-    /// Checks `options`.
-    pub fn parse(
-        options: &std::collections::BTreeMap<String, Value>,
-        resolve: impl Fn(&Path) -> PathBuf,
-    ) -> Result<CloudHypervisorOptions, BackendError> {
-        let vmm = "cloud-hypervisor";
-        let mut o = CloudHypervisorOptions::default();
-        for (key, value) in options {
-            match key.as_str() {
-                "hugepages" => {
-                    o.hugepages = value
-                        .as_bool()
-                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?
-                }
-                "store_image" => {
-                    let p = value
-                        .as_str()
-                        .ok_or_else(|| option_error(vmm, key, "a path", value))?;
-                    o.store_image = Some(resolve(Path::new(p)));
-                }
-                "snapshots" => {
-                    value
-                        .as_bool()
-                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?;
-                }
-                "enable_pci" => {
-                    if value.as_bool() != Some(true) {
-                        return Err(option_error(
-                            vmm,
-                            key,
-                            "true (cloud-hypervisor always uses virtio-pci)",
-                            value,
-                        ));
-                    }
-                }
-                "pmem_devices" => {
-                    let list = value.as_array().ok_or_else(|| {
-                        option_error(vmm, key, "a list of paths or {path, read_only}", value)
-                    })?;
-                    for item in list {
-                        let (p, ro) = match item {
-                            Value::String(p) => (p.as_str(), true),
-                            Value::Object(m) => (
-                                m.get("path").and_then(Value::as_str).ok_or_else(|| {
-                                    option_error(vmm, key, "an object with `path`", item)
-                                })?,
-                                m.get("read_only").and_then(Value::as_bool).unwrap_or(true),
-                            ),
-                            _ => return Err(option_error(vmm, key, "a path or an object", item)),
-                        };
-                        o.pmem_devices.push((resolve(Path::new(p)), ro));
-                    }
-                }
-                other => {
-                    return Err(BackendError::Prerequisite(format!(
-                        "unknown cloud-hypervisor option `{other}`; known options: hugepages, pmem_devices, enable_pci, store_image, snapshots"
-                    )))
-                }
-            }
-        }
-        Ok(o)
-    }
-}
-
-/// The cloud-hypervisor side of a [`MicroVmInstance`].
+/// The cloud-hypervisor side of a [`MicroVmInstance`](super::instance::MicroVmInstance).
 pub struct CloudHypervisor {
     spec: MicroVmSpec,
+    /// With paths resolved against the config's directory.
     options: CloudHypervisorOptions,
     version: Version,
 }
 
-#[async_trait]
-impl Backend for CloudHypervisorBackend {
-    fn kind(&self) -> &'static str {
-        "cloud-hypervisor"
-    }
+impl Vmm for CloudHypervisor {
+    type Options = CloudHypervisorOptions;
+    const KIND: BackendKind = BackendKind::CloudHypervisor;
+    const ENV_VAR: &'static str = "ATTEST_CLOUD_HYPERVISOR";
+    const HOW_TO_GET: &'static str = HOW_TO_GET;
 
-    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
-        Ok(Box::new(CloudHypervisorBackend::start_instance(ctx).await?))
-    }
-}
-
-impl CloudHypervisorBackend {
-    /// Starts the node and returns the concrete instance.
-    pub async fn start_instance(ctx: &StartContext) -> Result<MicroVmInstance, BackendError> {
-        let spec = MicroVmSpec::resolve(ctx)?;
-        let binary = spec.find_binary("cloud-hypervisor", "ATTEST_CLOUD_HYPERVISOR", HOW_TO_GET)?;
-        let kvm = KvmFacts::probe();
-        kvm.require("cloud-hypervisor")?;
-        let version = vmm_version(&binary).await?;
-        let options =
-            CloudHypervisorOptions::parse(&spec.config.options, |p| ctx.config.resolve(p))?;
-        for p in options
-            .pmem_devices
-            .iter()
-            .map(|(p, _)| p)
-            .chain(options.store_image.iter())
-        {
-            if !p.is_file() {
-                return Err(BackendError::Prerequisite(format!(
-                    "{} (from the cloud-hypervisor options) does not exist",
-                    p.display()
-                )));
-            }
+    fn prepare(
+        spec: MicroVmSpec,
+        options: &CloudHypervisorOptions,
+        version: Version,
+        ctx: &StartContext,
+    ) -> Result<(MicroVmSpec, Box<dyn Flavor>), BackendError> {
+        let mut options = options.clone();
+        options.store_image = options.store_image.map(|p| ctx.config.resolve(&p));
+        for d in &mut options.pmem_devices {
+            d.path = ctx.config.resolve(&d.path);
         }
+        require_files(
+            Self::KIND,
+            options
+                .pmem_devices
+                .iter()
+                .map(|p| &p.path)
+                .chain(options.store_image.iter()),
+        )?;
         let flavor = CloudHypervisor {
             spec: spec.clone(),
             options,
             version,
         };
-        instance::start(ctx, &spec, Box::new(flavor), binary, &kvm).await
+        Ok((spec, Box::new(flavor)))
     }
 }
 
@@ -208,11 +125,15 @@ pub fn boot_args(
     if let Some(s) = &options.store_image {
         disks.push(format!("path={},readonly=on", s.display()));
     }
-    let pmem = options.pmem_devices.iter().map(|(p, ro)| {
+    let pmem = options.pmem_devices.iter().map(|d| {
         format!(
             "file={}{}",
-            p.display(),
-            if *ro { ",discard_writes=on" } else { "" }
+            d.path.display(),
+            if d.read_only {
+                ",discard_writes=on"
+            } else {
+                ""
+            }
         )
     });
     let nets = paths
@@ -234,8 +155,8 @@ pub fn boot_args(
 
 #[async_trait]
 impl Flavor for CloudHypervisor {
-    fn name(&self) -> &'static str {
-        "cloud-hypervisor"
+    fn kind(&self) -> BackendKind {
+        BackendKind::CloudHypervisor
     }
 
     fn version(&self) -> Version {
@@ -312,7 +233,8 @@ mod tests {
     #[test]
     fn the_command_line_follows_the_cli_docs() {
         let spec = MicroVmSpec {
-            config: Default::default(),
+            from_image: false,
+            binary: None,
             kernel: "/k/vmlinux".into(),
             initrd: Some("/k/initrd".into()),
             disk: Some("/img/disk.img".into()),
@@ -331,8 +253,12 @@ mod tests {
         };
         let options = CloudHypervisorOptions {
             hugepages: true,
-            pmem_devices: vec![("/nix.img".into(), true)],
-            store_image: None,
+            pmem_devices: vec![crate::config::PmemDevice {
+                path: "/nix.img".into(),
+                read_only: true,
+                root_device: false,
+            }],
+            ..Default::default()
         };
         let a = boot_args(&spec, &options, &paths).join(" ");
         assert_eq!(
@@ -341,19 +267,6 @@ mod tests {
              --serial tty --console off --vsock cid=3,socket=/s/vsock.sock --initramfs /k/initrd \
              --disk path=/s/disk.img --pmem file=/nix.img,discard_writes=on \
              --net tap=tap2v1,mac=52:54:00:12:01:02"
-        );
-    }
-
-    #[test]
-    fn options_are_checked() {
-        let o: std::collections::BTreeMap<String, Value> =
-            serde_json::from_str(r#"{"io_engine": "Async"}"#).unwrap();
-        let e = CloudHypervisorOptions::parse(&o, Path::to_owned)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("unknown cloud-hypervisor option `io_engine`"),
-            "{e}"
         );
     }
 }

@@ -27,193 +27,85 @@
 //! machine in the same attest run, with the same firecracker version and
 //! kernel; attest checks the machine name and the version.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::api::{ApiClient, ApiError};
-use super::instance::{self, snapshot_files, Flavor, MicroVmInstance, VmmPaths};
-use super::{
-    option_error, require_version, vmm_version, KvmFacts, MicroVmSpec, Version, GUEST_CID,
-};
-use crate::backend::{Backend, BackendError, Instance, StartContext};
+use super::instance::{snapshot_files, Flavor, VmmPaths};
+use super::{require_files, require_version, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID};
+use crate::backend::{BackendError, StartContext};
+use crate::config::{BackendKind, FirecrackerOptions};
 
 /// How to get firecracker, for error messages.
 pub const HOW_TO_GET: &str = "run .ci/fetch-firecracker (installs firecracker v1.12.1 into /var/cache/attest/bin), set $ATTEST_FIRECRACKER, or set `binary` in the node's firecracker settings";
 
 /// Starts firecracker microVMs.
-pub struct FirecrackerBackend;
+pub type FirecrackerBackend = MicroVmBackend<Firecracker>;
 
-/// A virtio-pmem device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PmemDevice {
-    /// Backing file.
-    pub path: PathBuf,
-    /// Read-only (the default: images such as the Nix store).
-    pub read_only: bool,
-    /// Boot from it (`root=/dev/pmem0`).
-    pub root_device: bool,
-}
-
-/// The checked `options` of a firecracker node.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FirecrackerOptions {
-    /// `--enable-pci`.
-    pub enable_pci: bool,
-    /// The root disk's `io_engine`.
-    pub io_engine: Option<String>,
-    /// virtio-pmem devices.
-    pub pmem_devices: Vec<PmemDevice>,
-    /// `huge_pages` of the machine config.
-    pub huge_pages: Option<String>,
-    /// A read-only second drive shared by all nodes (the Nix store image).
-    pub store_image: Option<PathBuf>,
-}
-
-const KNOWN: &str = "enable_pci, io_engine, pmem_devices, huge_pages, store_image, snapshots";
-
-impl FirecrackerOptions {
-    /// Checks `options` against the firecracker `version`.
-    pub fn parse(
-        options: &std::collections::BTreeMap<String, Value>,
-        version: Version,
-        resolve: impl Fn(&Path) -> PathBuf,
-    ) -> Result<FirecrackerOptions, BackendError> {
-        let vmm = "firecracker";
-        let mut o = FirecrackerOptions::default();
-        for (key, value) in options {
-            match key.as_str() {
-                "enable_pci" => {
-                    o.enable_pci = value
-                        .as_bool()
-                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?;
-                    if o.enable_pci {
-                        require_version(vmm, key, Version(1, 13, 0), version)?;
-                    }
-                }
-                "store_image" => {
-                    let p = value
-                        .as_str()
-                        .ok_or_else(|| option_error(vmm, key, "a path", value))?;
-                    o.store_image = Some(resolve(Path::new(p)));
-                }
-                "snapshots" => {
-                    value
-                        .as_bool()
-                        .ok_or_else(|| option_error(vmm, key, "true or false", value))?;
-                }
-                "io_engine" => match value.as_str() {
-                    Some(e @ ("Sync" | "Async")) => o.io_engine = Some(e.to_owned()),
-                    _ => return Err(option_error(vmm, key, "\"Sync\" or \"Async\"", value)),
-                },
-                "huge_pages" => {
-                    match value.as_str() {
-                        Some(h @ ("None" | "2M")) => o.huge_pages = Some(h.to_owned()),
-                        _ => return Err(option_error(vmm, key, "\"None\" or \"2M\"", value)),
-                    }
-                    require_version(vmm, key, Version(1, 7, 0), version)?;
-                }
-                "pmem_devices" => {
-                    let list = value.as_array().ok_or_else(|| {
-                        option_error(vmm, key, "a list of paths or {path, read_only}", value)
-                    })?;
-                    for item in list {
-                        let dev = match item {
-                            Value::String(p) => PmemDevice {
-                                path: resolve(Path::new(p)),
-                                read_only: true,
-                                root_device: false,
-                            },
-                            Value::Object(m) => PmemDevice {
-                                path: resolve(Path::new(
-                                    m.get("path").and_then(Value::as_str).ok_or_else(|| {
-                                        option_error(vmm, key, "an object with `path`", item)
-                                    })?,
-                                )),
-                                read_only: m
-                                    .get("read_only")
-                                    .and_then(Value::as_bool)
-                                    .unwrap_or(true),
-                                root_device: m
-                                    .get("root_device")
-                                    .and_then(Value::as_bool)
-                                    .unwrap_or(false),
-                            },
-                            _ => return Err(option_error(vmm, key, "a path or an object", item)),
-                        };
-                        o.pmem_devices.push(dev);
-                    }
-                    if !o.pmem_devices.is_empty() {
-                        require_version(vmm, key, Version(1, 14, 0), version)?;
-                    }
-                }
-                other => {
-                    return Err(BackendError::Prerequisite(format!(
-                        "unknown firecracker option `{other}`; known options: {KNOWN}"
-                    )))
-                }
-            }
-        }
-        Ok(o)
+/// Checks the options against the firecracker `version`.
+fn check_version(o: &FirecrackerOptions, version: Version) -> Result<(), BackendError> {
+    let vmm = "firecracker";
+    if o.enable_pci {
+        require_version(vmm, "enable_pci", Version(1, 13, 0), version)?;
     }
+    if o.huge_pages.is_some() {
+        require_version(vmm, "huge_pages", Version(1, 7, 0), version)?;
+    }
+    if !o.pmem_devices.is_empty() {
+        require_version(vmm, "pmem_devices", Version(1, 14, 0), version)?;
+    }
+    Ok(())
 }
 
-/// The firecracker side of a [`MicroVmInstance`].
+/// The firecracker side of a [`MicroVmInstance`](super::instance::MicroVmInstance).
 pub struct Firecracker {
     spec: MicroVmSpec,
+    /// With paths resolved against the config's directory.
     options: FirecrackerOptions,
     version: Version,
     id: String,
 }
 
-#[async_trait]
-impl Backend for FirecrackerBackend {
-    fn kind(&self) -> &'static str {
-        "firecracker"
-    }
+impl Vmm for Firecracker {
+    type Options = FirecrackerOptions;
+    const KIND: BackendKind = BackendKind::Firecracker;
+    const ENV_VAR: &'static str = "ATTEST_FIRECRACKER";
+    const HOW_TO_GET: &'static str = HOW_TO_GET;
 
-    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
-        Ok(Box::new(FirecrackerBackend::start_instance(ctx).await?))
-    }
-}
-
-impl FirecrackerBackend {
-    /// Starts the node and returns the concrete instance (tests use its
-    /// extra methods).
-    pub async fn start_instance(ctx: &StartContext) -> Result<MicroVmInstance, BackendError> {
-        let mut spec = MicroVmSpec::resolve(ctx)?;
-        if spec.config.image.is_some() && !spec.cmdline.contains("reboot=") {
+    fn prepare(
+        mut spec: MicroVmSpec,
+        options: &FirecrackerOptions,
+        version: Version,
+        ctx: &StartContext,
+    ) -> Result<(MicroVmSpec, Box<dyn Flavor>), BackendError> {
+        if spec.from_image && !spec.cmdline.contains("reboot=") {
             // A guest reboot (and Ctrl-Alt-Del) then ends firecracker through
             // the keyboard controller, firecracker's only way out.
             spec.cmdline.push_str(" reboot=k");
         }
-        let binary = spec.find_binary("firecracker", "ATTEST_FIRECRACKER", HOW_TO_GET)?;
-        let kvm = KvmFacts::probe();
-        kvm.require("firecracker")?;
-        let version = vmm_version(&binary).await?;
-        let options =
-            FirecrackerOptions::parse(&spec.config.options, version, |p| ctx.config.resolve(p))?;
-        for p in options
-            .pmem_devices
-            .iter()
-            .map(|p| &p.path)
-            .chain(options.store_image.iter())
-        {
-            if !p.is_file() {
-                return Err(BackendError::Prerequisite(format!(
-                    "{} (from the firecracker options) does not exist",
-                    p.display()
-                )));
-            }
+        check_version(options, version)?;
+        let mut options = options.clone();
+        options.store_image = options.store_image.map(|p| ctx.config.resolve(&p));
+        for d in &mut options.pmem_devices {
+            d.path = ctx.config.resolve(&d.path);
         }
+        require_files(
+            Self::KIND,
+            options
+                .pmem_devices
+                .iter()
+                .map(|p| &p.path)
+                .chain(options.store_image.iter()),
+        )?;
         let flavor = Firecracker {
             id: format!("attest-{}-{}", std::process::id(), spec.number),
             spec: spec.clone(),
             options,
             version,
         };
-        instance::start(ctx, &spec, Box::new(flavor), binary, &kvm).await
+        Ok((spec, Box::new(flavor)))
     }
 }
 
@@ -223,8 +115,8 @@ fn action(kind: &str) -> Value {
 
 #[async_trait]
 impl Flavor for Firecracker {
-    fn name(&self) -> &'static str {
-        "firecracker"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
     }
 
     fn version(&self) -> Version {
@@ -261,8 +153,8 @@ impl Flavor for Firecracker {
             "mem_size_mib": s.memory_mib,
             "smt": false,
         });
-        if let Some(h) = &self.options.huge_pages {
-            machine["huge_pages"] = json!(h);
+        if let Some(h) = self.options.huge_pages {
+            machine["huge_pages"] = json!(h.as_str());
         }
         api.put("/machine-config", Some(&machine)).await?;
         let mut boot = json!({
@@ -280,8 +172,8 @@ impl Flavor for Firecracker {
                 "is_root_device": true,
                 "is_read_only": false,
             });
-            if let Some(e) = &self.options.io_engine {
-                drive["io_engine"] = json!(e);
+            if let Some(e) = self.options.io_engine {
+                drive["io_engine"] = json!(e.as_str());
             }
             api.put("/drives/rootfs", Some(&drive)).await?;
         }
@@ -389,62 +281,33 @@ impl Flavor for Firecracker {
 mod tests {
     use super::*;
 
-    fn opts(json: &str) -> std::collections::BTreeMap<String, Value> {
+    fn opts(json: &str) -> FirecrackerOptions {
         serde_json::from_str(json).unwrap()
     }
 
     #[test]
     fn options_are_checked_against_the_version() {
         let v12 = Version(1, 12, 1);
-        let e = FirecrackerOptions::parse(&opts(r#"{"enable_pci": true}"#), v12, Path::to_owned)
+        let e = check_version(&opts(r#"{"enable_pci": true}"#), v12)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "option `enable_pci` needs firecracker ≥ 1.13, found 1.12.1"
         );
-        let e = FirecrackerOptions::parse(
-            &opts(r#"{"pmem_devices": ["/nix/store.img"]}"#),
-            v12,
-            Path::to_owned,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = check_version(&opts(r#"{"pmem_devices": ["/nix/store.img"]}"#), v12)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("needs firecracker ≥ 1.14, found 1.12.1"), "{e}");
-        let o = FirecrackerOptions::parse(
-            &opts(
-                r#"{"enable_pci": true, "io_engine": "Async", "huge_pages": "2M",
-                      "pmem_devices": ["s.img", {"path": "/r.img", "read_only": false}]}"#,
-            ),
-            Version(1, 14, 0),
-            |p| Path::new("/base").join(p),
-        )
-        .unwrap();
-        assert!(o.enable_pci);
-        assert_eq!(o.io_engine.as_deref(), Some("Async"));
-        assert_eq!(o.pmem_devices[0].path, Path::new("/base/s.img"));
-        assert!(o.pmem_devices[0].read_only);
-        assert!(!o.pmem_devices[1].read_only);
-        assert_eq!(o.huge_pages.as_deref(), Some("2M"));
-    }
-
-    #[test]
-    fn unknown_and_malformed_options_are_named() {
-        let v = Version(1, 12, 1);
-        let o = FirecrackerOptions::parse(
-            &opts(r#"{"enable_pci": false, "snapshots": true, "store_image": "s.erofs"}"#),
-            v,
-            |p| Path::new("/b").join(p),
-        )
-        .unwrap();
-        assert_eq!(o.store_image.as_deref(), Some(Path::new("/b/s.erofs")));
-        let e = FirecrackerOptions::parse(&opts(r#"{"balloon": 1}"#), v, Path::to_owned)
+        let e = check_version(&opts(r#"{"huge_pages": "2M"}"#), Version(1, 6, 0))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("unknown firecracker option `balloon`"), "{e}");
-        let e = FirecrackerOptions::parse(&opts(r#"{"io_engine": "Fast"}"#), v, Path::to_owned)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("expected \"Sync\" or \"Async\""), "{e}");
+        assert!(e.contains("needs firecracker ≥ 1.7, found 1.6.0"), "{e}");
+        let all = opts(
+            r#"{"enable_pci": true, "io_engine": "Async", "huge_pages": "2M",
+                  "pmem_devices": ["s.img", {"path": "/r.img", "read_only": false}]}"#,
+        );
+        assert!(check_version(&all, Version(1, 14, 0)).is_ok());
+        assert!(check_version(&opts(r#"{"enable_pci": false, "snapshots": true}"#), v12).is_ok());
     }
 }

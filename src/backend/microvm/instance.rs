@@ -17,6 +17,7 @@ use super::{
     MicroVmSpec, Taps, VmmProcess, BACKDOOR_VSOCK_PORT,
 };
 use crate::backend::{BackendError, BackendOp, Instance, StartContext};
+use crate::config::BackendKind;
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::process::{spawn_watched, Exit, ExitInfo, Watched};
@@ -52,8 +53,12 @@ pub mod snapshot_files {
 /// What differs between firecracker and cloud-hypervisor.
 #[async_trait]
 pub trait Flavor: Send + Sync {
-    /// `firecracker` or `cloud-hypervisor`.
-    fn name(&self) -> &'static str;
+    /// Which VMM this is.
+    fn kind(&self) -> BackendKind;
+    /// The VMM's name, for messages and file names.
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
     /// The VMM's version (for snapshot compatibility checks).
     fn version(&self) -> super::Version;
     /// VMM arguments: a VM to boot (`boot`), or an empty VMM that waits for
@@ -574,13 +579,13 @@ impl Instance for MicroVmInstance {
             BackendOp::Reboot => self.reboot().await,
             other => Err(BackendError::Unsupported {
                 op: other.name().to_owned(),
-                backend: self.flavor.name(),
+                backend: self.flavor.kind(),
             }),
         }
     }
 
-    fn backend_kind(&self) -> &'static str {
-        self.flavor.name()
+    fn backend_kind(&self) -> BackendKind {
+        self.flavor.kind()
     }
 }
 

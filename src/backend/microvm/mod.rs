@@ -24,9 +24,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use super::{BackendError, StartContext};
-use crate::config::{BackendConfig, ImageManifest, MicroVmConfig};
-use crate::net::Network;
+use self::instance::{Flavor, MicroVmInstance};
+use super::{Backend, BackendError, Instance, StartContext};
+use crate::config::{BackendKind, ImageManifest, MicroVmConfig};
+use crate::net::{plan, Network};
 use crate::process::{Exit, ExitInfo, Watched};
 
 /// The vsock port the guest's backdoor listens on.
@@ -170,11 +171,92 @@ pub async fn vmm_version(binary: &Path) -> Result<Version, BackendError> {
     })
 }
 
+/// A VMM attest drives: its options, its name and how a VM of it is
+/// prepared. [`MicroVmBackend`] does the rest, the same for every VMM.
+pub trait Vmm: Send + Sync + 'static {
+    /// The VMM's `options` in the node's settings.
+    type Options: Clone + Send + Sync + 'static;
+    /// Which backend this VMM is.
+    const KIND: BackendKind;
+    /// The environment variable that names the binary.
+    const ENV_VAR: &'static str;
+    /// How to get the binary, for error messages.
+    const HOW_TO_GET: &'static str;
+
+    /// Checks the options against the VMM's `version`, resolves their paths,
+    /// and returns the (possibly adjusted) spec and the VM's [`Flavor`].
+    fn prepare(
+        spec: MicroVmSpec,
+        options: &Self::Options,
+        version: Version,
+        ctx: &StartContext,
+    ) -> Result<(MicroVmSpec, Box<dyn Flavor>), BackendError>;
+}
+
+/// The backend of one microVM node, from its typed settings.
+pub struct MicroVmBackend<V: Vmm> {
+    settings: MicroVmConfig<V::Options>,
+}
+
+impl<V: Vmm> MicroVmBackend<V> {
+    /// The backend of a node with these settings.
+    pub fn new(settings: MicroVmConfig<V::Options>) -> MicroVmBackend<V> {
+        MicroVmBackend { settings }
+    }
+
+    /// Starts the node and returns the concrete instance (tests use its
+    /// extra methods).
+    pub async fn start_instance(
+        &self,
+        ctx: &StartContext,
+    ) -> Result<MicroVmInstance, BackendError> {
+        let spec = MicroVmSpec::resolve(ctx, &self.settings)?;
+        let name = V::KIND.name();
+        let binary = spec.find_binary(name, V::ENV_VAR, V::HOW_TO_GET)?;
+        let kvm = KvmFacts::probe();
+        kvm.require(name)?;
+        let version = vmm_version(&binary).await?;
+        let (spec, flavor) = V::prepare(spec, &self.settings.options, version, ctx)?;
+        instance::start(ctx, &spec, flavor, binary, &kvm).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<V: Vmm> Backend for MicroVmBackend<V> {
+    fn kind(&self) -> BackendKind {
+        V::KIND
+    }
+
+    fn default_boot_timeout(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
+        Ok(Box::new(self.start_instance(ctx).await?))
+    }
+}
+
+/// Fails when a file the options name does not exist.
+pub fn require_files<'a>(
+    vmm: BackendKind,
+    files: impl IntoIterator<Item = &'a PathBuf>,
+) -> Result<(), BackendError> {
+    match files.into_iter().find(|p| !p.is_file()) {
+        Some(p) => Err(BackendError::Prerequisite(format!(
+            "{} (from the {vmm} options) does not exist",
+            p.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A node's microVM settings after resolving the image manifest.
 #[derive(Debug, Clone)]
 pub struct MicroVmSpec {
-    /// The raw settings (options, binary).
-    pub config: MicroVmConfig,
+    /// The VMM binary the settings name.
+    pub binary: Option<PathBuf>,
+    /// The kernel and disk come from a Debian test image.
+    pub from_image: bool,
     /// Uncompressed ELF kernel.
     pub kernel: PathBuf,
     /// Initrd.
@@ -195,18 +277,10 @@ pub struct MicroVmSpec {
 
 impl MicroVmSpec {
     /// Resolves the node's settings.
-    pub fn resolve(ctx: &StartContext) -> Result<MicroVmSpec, BackendError> {
-        let node = &ctx.config.nodes[&ctx.machine];
-        let c = match &node.backend {
-            BackendConfig::Firecracker(c) | BackendConfig::CloudHypervisor(c) => c.clone(),
-            other => {
-                return Err(BackendError::Start(format!(
-                    "node `{}` is a {} node, not a microVM",
-                    ctx.machine,
-                    other.kind()
-                )))
-            }
-        };
+    pub fn resolve<O>(
+        ctx: &StartContext,
+        c: &MicroVmConfig<O>,
+    ) -> Result<MicroVmSpec, BackendError> {
         let manifest = match &c.image {
             Some(image) => Some(
                 ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
@@ -254,7 +328,7 @@ impl MicroVmSpec {
             }
         }
         let vlans = ctx.config.node_vlans(&ctx.machine);
-        let number = ctx.config.node_number(&ctx.machine).unwrap_or(1);
+        let number = plan::node_number(&ctx.config, &ctx.machine).unwrap_or(1);
         let base = c
             .cmdline
             .clone()
@@ -264,11 +338,11 @@ impl MicroVmSpec {
         // images/debian/README.md) and names itself from systemd.hostname;
         // a NixOS guest has all of that in its own configuration.
         let cmdline = if manifest.is_some() {
-            crate::net::plan::kernel_cmdline(
+            plan::kernel_cmdline(
                 &base,
-                &ctx.config.node_interfaces(&ctx.machine),
+                &plan::node_interfaces(&ctx.config, &ctx.machine),
                 &ctx.machine,
-                &ctx.config.hosts_entries(),
+                &plan::hosts_entries(&ctx.config),
             )
         } else {
             base
@@ -276,7 +350,8 @@ impl MicroVmSpec {
         Ok(MicroVmSpec {
             memory_mib: c.memory_mib.unwrap_or(1024),
             cpus: c.cpus.unwrap_or(1),
-            config: c,
+            binary: c.binary.clone(),
+            from_image: manifest.is_some(),
             kernel,
             initrd,
             disk,
@@ -294,7 +369,7 @@ impl MicroVmSpec {
         env_var: &str,
         how: &str,
     ) -> Result<PathBuf, BackendError> {
-        if let Some(b) = &self.config.binary {
+        if let Some(b) = &self.binary {
             return if b.is_file() {
                 Ok(b.clone())
             } else {
@@ -370,11 +445,8 @@ impl Taps {
                     "cannot create TAP {name}: {e}"
                 )));
             }
-            taps.links.push((
-                name.clone(),
-                *vlan,
-                crate::net::plan::mac(*vlan, spec.number),
-            ));
+            taps.links
+                .push((name.clone(), *vlan, plan::mac(*vlan, spec.number)));
             if let Err(e) = network.attach(&name, *vlan, Duration::from_secs(5)).await {
                 taps.remove();
                 return Err(BackendError::Start(e));
@@ -627,13 +699,6 @@ pub async fn connect_hybrid_vsock(
         }
         tokio::time::sleep(HANDSHAKE_RETRY).await;
     }
-}
-
-/// Parses one option value or says what was expected.
-pub fn option_error(vmm: &str, key: &str, expected: &str, got: &serde_json::Value) -> BackendError {
-    BackendError::Prerequisite(format!(
-        "{vmm} option `{key}`: expected {expected}, got {got}"
-    ))
 }
 
 /// An error for an option the VMM version lacks.

@@ -42,13 +42,22 @@ use self::args::{Nic, PlainSpec, Sockets};
 use self::qmp::Qmp;
 use self::relay::{SerialRelay, ShellRelay};
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
-use crate::config::{BackendConfig, ImageManifest, QemuConfig};
+use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::{GuestStream, BANNER};
-use crate::net::VdeSwitches;
+use crate::net::{plan, VdeSwitches};
 use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
 
 /// Starts QEMU VMs.
-pub struct QemuBackend;
+pub struct QemuBackend {
+    settings: QemuConfig,
+}
+
+impl QemuBackend {
+    /// The backend of a node with these settings.
+    pub fn new(settings: QemuConfig) -> QemuBackend {
+        QemuBackend { settings }
+    }
+}
 
 /// How to (re)start the VM's QEMU process: the same for a first start and
 /// for a restore from a snapshot.
@@ -223,15 +232,18 @@ impl Launch {
 
 #[async_trait]
 impl Backend for QemuBackend {
-    fn kind(&self) -> &'static str {
-        "qemu"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    /// Generous: a full guest under TCG takes about a minute to its backdoor,
+    /// several on a loaded host.
+    fn default_boot_timeout(&self) -> Duration {
+        Duration::from_secs(600)
     }
 
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
-        let node = &ctx.config.nodes[&ctx.machine];
-        let BackendConfig::Qemu(c) = &node.backend else {
-            return Err(start_err("not a qemu node"));
-        };
+        let c = &self.settings;
         let name = ctx.machine.as_str();
         let state_dir = absolute(&ctx.state_dir)?;
         std::fs::create_dir_all(&state_dir)
@@ -275,7 +287,7 @@ impl Backend for QemuBackend {
         );
 
         // Networking: the test's VDE switches, one NIC per vlan.
-        let interfaces = ctx.config.node_interfaces(name);
+        let interfaces = plan::node_interfaces(&ctx.config, name);
         let mut nics = Vec::new();
         let mut vde = None;
         if !interfaces.is_empty() {
@@ -404,7 +416,7 @@ async fn plain_launch(
     let hosts = if nics.is_empty() {
         Vec::new()
     } else {
-        ctx.config.hosts_entries()
+        plan::hosts_entries(&ctx.config)
     };
     let overlay = state_dir.join("disk.qcow2");
     // The disk lives as long as the test, as in the NixOS driver: a machine
@@ -424,7 +436,7 @@ async fn plain_launch(
         kernel,
         initrd,
         disk: overlay,
-        cmdline: crate::net::plan::kernel_cmdline(&base_cmdline, &interfaces, name, &hosts),
+        cmdline: plan::kernel_cmdline(&base_cmdline, &interfaces, name, &hosts),
         nics,
         extra_args: c.extra_args.clone(),
     };
@@ -805,8 +817,8 @@ impl Instance for QemuInstance {
         }
     }
 
-    fn backend_kind(&self) -> &'static str {
-        "qemu"
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::Qemu
     }
 }
 
