@@ -21,13 +21,15 @@ const KILL_AFTER: Duration = Duration::from_secs(5);
 /// background process keeps its pipes open.
 const EXIT_TICK_MS: i32 = 20;
 
-/// Bytes read from a pipe at once: one frame each.
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from a pipe at once: one frame each. The pipes are grown to
+/// this size too, so a fast writer fills a frame per wake-up.
+const CHUNK: usize = 1024 * 1024;
 
 /// Frames, encoded, on their way to the writer thread.
 pub type Out = SyncSender<Vec<u8>>;
 
-fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+/// One encoded frame.
+pub fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(9 + payload.len());
     encode_head(&mut v, kind, id, payload.len());
     v.extend_from_slice(payload);
@@ -81,13 +83,12 @@ struct Pipes {
 impl Pipes {
     /// Forwards what is available on the ready pipes; `forward` false
     /// discards it (after the reply, for background processes).
-    fn pump(&mut self, ready: &[bool; 2], id: u32, out: &Out, forward: bool) {
-        let mut buf = vec![0u8; CHUNK];
+    fn pump(&mut self, ready: &[bool; 2], id: u32, out: &Out, forward: bool, buf: &mut [u8]) {
         if ready[0] {
-            pump_one(&mut self.stdout, STDOUT, id, out, forward, &mut buf);
+            pump_one(&mut self.stdout, STDOUT, id, out, forward, buf);
         }
         if ready[1] {
-            pump_one(&mut self.stderr, STDERR, id, out, forward, &mut buf);
+            pump_one(&mut self.stderr, STDERR, id, out, forward, buf);
         }
     }
 
@@ -157,11 +158,13 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
     };
     if let Some(p) = &pipes.stdout {
         let _ = sys::set_nonblocking(p);
+        sys::grow_pipe(p, CHUNK);
     }
     if let Some(p) = &pipes.stderr {
         let _ = sys::set_nonblocking(p);
     }
     let pidfd = sys::pidfd_open(pgid);
+    let mut buf = vec![0u8; CHUNK];
     let started = Instant::now();
     let mut term_at = timeout.map(|t| started + t);
     let mut kill_at: Option<Instant> = None;
@@ -184,7 +187,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
             std::thread::sleep(Duration::from_millis(EXIT_TICK_MS as u64));
         }
         let ready = [fds[0].revents != 0, fds[1].revents != 0];
-        pipes.pump(&ready, id, out, true);
+        pipes.pump(&ready, id, out, true, &mut buf);
         if let Ok(Some(status)) = child.try_wait() {
             break status;
         }
@@ -201,7 +204,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
         }
     };
     // What the child wrote before it exited is in the pipes now.
-    pipes.pump(&[true, true], id, out, true);
+    pipes.pump(&[true, true], id, out, true, &mut buf);
     if timed_out {
         // Nothing of a timed-out command survives it.
         sys::kill_group(pgid, sys::SIGKILL);
@@ -222,10 +225,11 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
 /// Discards what background processes still write to a finished command's
 /// pipes, until they close them.
 fn drain(mut pipes: Pipes, id: u32, out: &Out) {
+    let mut buf = vec![0u8; 64 * 1024];
     while pipes.open() {
         let mut fds = pipes.poll_fds();
         let _ = sys::wait_ready(&mut fds, -1);
         let ready = [fds[0].revents != 0, fds[1].revents != 0];
-        pipes.pump(&ready, id, out, false);
+        pipes.pump(&ready, id, out, false, &mut buf);
     }
 }

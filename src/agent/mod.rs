@@ -8,19 +8,26 @@
 //! guests (`guest::agent`). The library also compiles it, for tests and lints.
 
 mod command;
+pub mod sha256;
 mod sys;
+mod transfer;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::AsFd;
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
-use wire::{Exec, Frame, EXEC, HELLO, KILL, VERSION};
+use transfer::Msg;
+use wire::{Digest, Exec, Frame, Transfer, DATA, END, EXEC, GET, HELLO, KILL, PUT, VERSION};
 
 /// Running commands: request id → process group.
 type Registry = Arc<Mutex<HashMap<u32, u32>>>;
+
+/// Running downloads: request id → set to stop it.
+type Downloads = Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>;
 
 /// Frames buffered towards the host before command threads wait: a fast
 /// producer stalls instead of filling the guest's memory.
@@ -51,6 +58,9 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
     let writer = std::thread::spawn(move || write_frames(rx, output));
     let registry: Registry = Arc::default();
+    let downloads: Downloads = Arc::default();
+    // Uploads in progress: their data goes to their own threads.
+    let mut uploads: HashMap<u32, SyncSender<Msg>> = HashMap::new();
     let _ = tx.send(format!("{HELLO} {VERSION}\n").into_bytes());
     let mut input = BufReader::with_capacity(256 * 1024, input);
     let reason = loop {
@@ -74,7 +84,63 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
                 if let Some(pgid) = registry.lock().expect("registry").get(&frame.id) {
                     sys::kill_group(*pgid, sys::SIGKILL);
                 }
+                // Dropping its inbox makes an upload remove its staging file.
+                uploads.remove(&frame.id);
+                if let Some(stop) = downloads.lock().expect("downloads").get(&frame.id) {
+                    stop.store(true, Ordering::Relaxed);
+                }
             }
+            PUT => match Transfer::decode(&frame.payload) {
+                Ok(t) => {
+                    let (inbox, rx) = sync_channel(transfer::UPLOAD_QUEUE);
+                    uploads.insert(frame.id, inbox);
+                    let tx = tx.clone();
+                    std::thread::spawn(move || transfer::receive(frame.id, t, rx, tx));
+                }
+                Err(e) => {
+                    let _ = tx.send(error_frame(frame.id, &format!("bad upload request: {e}")));
+                }
+            },
+            DATA => {
+                // Blocks while the upload's queue is full: the host's data
+                // waits in the stream instead of in memory.
+                let gone = match uploads.get(&frame.id) {
+                    Some(inbox) => inbox.send(Msg::Data(frame.payload)).is_err(),
+                    None => false,
+                };
+                if gone {
+                    uploads.remove(&frame.id);
+                }
+            }
+            END => {
+                if let Some(inbox) = uploads.remove(&frame.id) {
+                    match Digest::decode(&frame.payload) {
+                        Ok(d) => {
+                            let _ = inbox.send(Msg::End(d));
+                        }
+                        Err(e) => {
+                            let _ = tx.send(error_frame(frame.id, &format!("bad upload end: {e}")));
+                        }
+                    }
+                }
+            }
+            GET => match Transfer::decode(&frame.payload) {
+                Ok(t) => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    downloads
+                        .lock()
+                        .expect("downloads")
+                        .insert(frame.id, stop.clone());
+                    let (tx, downloads) = (tx.clone(), downloads.clone());
+                    std::thread::spawn(move || {
+                        transfer::send(frame.id, t, tx, stop);
+                        downloads.lock().expect("downloads").remove(&frame.id);
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(error_frame(frame.id, &format!("bad download request: {e}")));
+                }
+            },
             other => {
                 let msg = format!("unknown request kind {other}");
                 let _ = tx.send(error_frame(frame.id, &msg));
@@ -87,6 +153,10 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
     // The host is gone: nothing it started may outlive the connection.
     for pgid in registry.lock().expect("registry").values() {
         sys::kill_group(*pgid, sys::SIGKILL);
+    }
+    drop(uploads);
+    for stop in downloads.lock().expect("downloads").values() {
+        stop.store(true, Ordering::Relaxed);
     }
     drop(tx);
     let _ = writer.join();

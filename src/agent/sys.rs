@@ -13,6 +13,7 @@ pub const POLLIN: c_short = 0x1;
 const F_GETFL: c_int = 3;
 const F_SETFL: c_int = 4;
 const O_NONBLOCK: c_int = 0o4000;
+const F_SETPIPE_SZ: c_int = 1031;
 /// The same number on every Linux architecture (added in 5.3).
 const SYS_PIDFD_OPEN: c_long = 434;
 
@@ -76,6 +77,13 @@ pub fn set_nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Asks for a pipe buffer of `bytes` (best effort: the kernel caps it at
+/// `/proc/sys/fs/pipe-max-size` for unprivileged processes).
+pub fn grow_pipe(fd: &impl AsRawFd, bytes: usize) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; no pointers involved.
+    unsafe { fcntl(fd.as_raw_fd(), F_SETPIPE_SZ, bytes as c_int) };
 }
 
 /// A descriptor that becomes readable when process `pid` exits, where the

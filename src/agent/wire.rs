@@ -19,7 +19,7 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest payload either side sends or accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -29,8 +29,19 @@ const HEAD: usize = 5;
 
 /// Host → agent: run a command. Payload: [`Exec`].
 pub const EXEC: u8 = 1;
-/// Host → agent: kill a command's process group (the host gave up on it).
+/// Host → agent: kill a command's process group, or abandon a transfer
+/// (the host gave up on it).
 pub const KILL: u8 = 2;
+/// Host → agent: receive a file or a tar stream. Payload: [`Transfer`].
+/// [`DATA`] frames follow, then [`END`].
+pub const PUT: u8 = 3;
+/// Both ways: raw bytes of a transfer.
+pub const DATA: u8 = 4;
+/// Host → agent: an upload's data ended. Payload: [`Digest`] of what was sent.
+pub const END: u8 = 5;
+/// Host → agent: send a file, or a directory as a tar stream. Payload:
+/// [`Transfer`]. The agent answers with [`DATA`] frames, then [`DONE`].
+pub const GET: u8 = 6;
 /// Agent → host: bytes the command wrote to stdout.
 pub const STDOUT: u8 = 16;
 /// Agent → host: bytes the command wrote to stderr.
@@ -39,6 +50,95 @@ pub const STDERR: u8 = 17;
 pub const EXIT: u8 = 18;
 /// Agent → host: the request could not be served. Payload: UTF-8 text.
 pub const ERROR: u8 = 19;
+/// Agent → host: a transfer ended. Payload: [`Digest`] of what the agent
+/// wrote (upload, after checking it against the host's) or sent (download).
+pub const DONE: u8 = 20;
+
+/// What a transfer moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One regular file.
+    File,
+    /// A directory, as a ustar stream made or read by the guest's `tar`.
+    Tar,
+}
+
+/// A [`PUT`] or [`GET`] request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// File or directory.
+    pub shape: Shape,
+    /// Permission bits of an uploaded file (ignored otherwise).
+    pub mode: u32,
+    /// The guest path: the file, or the directory a tar stream is made of
+    /// or extracted into.
+    pub path: Vec<u8>,
+}
+
+impl Transfer {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(5 + self.path.len());
+        v.push(match self.shape {
+            Shape::File => 0,
+            Shape::Tar => 1,
+        });
+        v.extend_from_slice(&self.mode.to_le_bytes());
+        v.extend_from_slice(&self.path);
+        v
+    }
+
+    /// Parses the payload.
+    pub fn decode(p: &[u8]) -> Result<Transfer, String> {
+        let mut r = Reader(p);
+        let shape = match r.take(1)?[0] {
+            0 => Shape::File,
+            1 => Shape::Tar,
+            other => return Err(format!("unknown transfer shape {other}")),
+        };
+        let mode = r.u32()?;
+        if r.0.is_empty() || r.0.contains(&0) {
+            return Err("a transfer needs a path without NUL bytes".into());
+        }
+        Ok(Transfer {
+            shape,
+            mode,
+            path: r.0.to_vec(),
+        })
+    }
+}
+
+/// Size and SHA-256 of a transfer's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    /// Bytes.
+    pub size: u64,
+    /// Their SHA-256.
+    pub sha256: [u8; 32],
+}
+
+impl Digest {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&self.size.to_le_bytes());
+        v.extend_from_slice(&self.sha256);
+        v
+    }
+
+    /// Parses the payload.
+    pub fn decode(p: &[u8]) -> Result<Digest, String> {
+        let mut r = Reader(p);
+        let size = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let sha256 = r.take(32)?.try_into().expect("32 bytes");
+        Ok(Digest { size, sha256 })
+    }
+
+    /// The hash in lowercase hex, as `sha256sum` prints it.
+    pub fn hex(&self) -> String {
+        self.sha256.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,6 +325,17 @@ mod tests {
             timed_out: true,
         };
         assert_eq!(Exit::decode(&x.encode()).unwrap(), x);
+        let t = Transfer {
+            shape: Shape::Tar,
+            mode: 0o644,
+            path: b"/srv/a b".to_vec(),
+        };
+        assert_eq!(Transfer::decode(&t.encode()).unwrap(), t);
+        let d = Digest {
+            size: 1 << 40,
+            sha256: [7; 32],
+        };
+        assert_eq!(Digest::decode(&d.encode()).unwrap(), d);
     }
 
     #[test]
@@ -233,5 +344,8 @@ mod tests {
         assert!(body_len(((HEAD + MAX_PAYLOAD + 1) as u32).to_le_bytes()).is_err());
         assert!(Exec::decode(&[1, 2, 3]).is_err());
         assert!(Exit::decode(&[0; 8]).is_err());
+        assert!(Transfer::decode(&[0, 0, 0, 0, 0]).is_err(), "no path");
+        assert!(Transfer::decode(&[9, 0, 0, 0, 0, b'/']).is_err());
+        assert!(Digest::decode(&[0; 39]).is_err());
     }
 }

@@ -393,7 +393,7 @@ impl AgentClient {
         !self.shared.closed.load(Ordering::SeqCst)
     }
 
-    fn request(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), GuestError> {
+    pub(super) fn request(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), GuestError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
         let mut pending = self.shared.pending.lock().expect("pending lock");
@@ -404,12 +404,22 @@ impl AgentClient {
         Ok((id, rx))
     }
 
-    async fn send(&self, frame: Frame) -> Result<(), GuestError> {
+    pub(super) async fn send(&self, frame: Frame) -> Result<(), GuestError> {
         let bytes = frame.encode();
         let mut w = self.shared.writer.lock().await;
         w.write_all(&bytes).await?;
         w.flush().await?;
         Ok(())
+    }
+
+    /// Forgets request `id` when dropped, and tells the agent to stop it
+    /// unless [`KillOnDrop::disarm`]ed (its reply was read).
+    pub(super) fn kill_on_drop(&self, id: u32) -> KillOnDrop {
+        KillOnDrop {
+            shared: self.shared.clone(),
+            id,
+            armed: true,
+        }
     }
 
     fn exec_frame(id: u32, command: &str, timeout: Duration) -> Frame {
@@ -487,10 +497,17 @@ impl AgentClient {
     }
 }
 
-struct KillOnDrop {
+pub(super) struct KillOnDrop {
     shared: Arc<Shared>,
     id: u32,
     armed: bool,
+}
+
+impl KillOnDrop {
+    /// The request ended: nothing to stop.
+    pub(super) fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for KillOnDrop {
@@ -536,7 +553,7 @@ async fn read_frames(mut reader: Reader, shared: Arc<Shared>) {
         let Ok(frame) = wire::decode_body(body) else {
             break;
         };
-        let last = matches!(frame.kind, wire::EXIT | wire::ERROR);
+        let last = matches!(frame.kind, wire::EXIT | wire::ERROR | wire::DONE);
         let mut pending = shared.pending.lock().expect("pending lock");
         let tx = if last {
             pending.remove(&frame.id)
@@ -553,12 +570,13 @@ async fn read_frames(mut reader: Reader, shared: Arc<Shared>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! Against the real agent code serving over a socketpair, with real
     //! commands (bash, coreutils) on this host.
     use super::*;
 
-    fn local_agent() -> AgentClient {
+    /// The real agent serving on a socketpair, attached.
+    pub(in crate::guest) fn local_agent() -> AgentClient {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let theirs2 = theirs.try_clone().unwrap();
         std::thread::spawn(move || crate::agent::serve(theirs, theirs2));

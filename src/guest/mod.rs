@@ -3,9 +3,11 @@
 //! A transport is any byte stream; [`Session`] is the protocol on one stream.
 
 pub mod agent;
+mod agent_transfer;
 pub mod protocol;
 mod session;
 
+pub use agent_transfer::CORRUPT_ENV;
 pub use protocol::CommandOutput;
 pub use session::{GuestError, GuestStream, Session, Transfer};
 

@@ -214,6 +214,40 @@ impl Machine {
         Ok(current.clone())
     }
 
+    /// Whether the machine's commands go through the agent (starting the
+    /// machine if needed).
+    pub(super) async fn speaks_agent(&self) -> Result<bool, MachineError> {
+        let (_, channel) = self.started_channel().await?;
+        Ok(matches!(channel, Channel::Agent(_)))
+    }
+
+    /// Runs `work` on the machine's agent (starting the machine if needed),
+    /// racing its exit and the run's cancellation; `Ok(None)` when its
+    /// commands go through bash sessions. `what` names the call in errors.
+    pub(super) async fn with_agent<T, F, Fut>(
+        &self,
+        what: &str,
+        work: F,
+    ) -> Result<Option<T>, MachineError>
+    where
+        F: FnOnce(Arc<AgentClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GuestError>>,
+    {
+        let (instance, channel) = self.started_channel().await?;
+        let Channel::Agent(slot) = &channel else {
+            return Ok(None);
+        };
+        let run = async {
+            let client = self
+                .live_agent(slot, &*instance)
+                .await
+                .map_err(|e| (e, false))?;
+            let r = work(client.clone()).await;
+            r.map_err(|e| (self.guest_error(what, e.to_string()), !client.is_usable()))
+        };
+        self.race_and_settle(&instance, what, run).await.map(Some)
+    }
+
     /// Sends a command whose reply never comes (`poweroff`). `false` when
     /// no idle channel could take it.
     pub(super) async fn fire_and_forget(&self, channel: &Channel, command: &str) -> bool {

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt as _;
+
 use super::{Machine, MachineError};
+use crate::agent::wire::Shape;
 use crate::guest::protocol::shell_quote;
 use crate::guest::{GuestError, Session};
 
@@ -74,7 +77,8 @@ impl Machine {
     /// that is an existing directory receives the source under its own
     /// name. The data is streamed from disk in one round trip and checked
     /// on arrival (size and SHA-256); a mismatch fails the call and leaves
-    /// the target untouched.
+    /// the target untouched. With the agent the bytes travel raw; a
+    /// directory travels as a tar stream either way.
     pub async fn copy_from_host(&self, source: &Path, target: &str) -> Result<(), MachineError> {
         const CALL: &str = "copy_from_host";
         let meta = tokio::fs::metadata(source)
@@ -99,9 +103,9 @@ impl Machine {
         } else {
             target.to_owned()
         };
-        let stage = format!("{}/.{}", guest_dirname(&dest), unique("attest-upload"));
         // A directory travels as a tar archive written next to the state
-        // dir first (its length must be known before it is sent).
+        // dir first (its length must be known before the bash protocol
+        // sends it).
         let archive = if meta.is_dir() {
             Some(self.tar_host_dir(source).await?)
         } else {
@@ -111,6 +115,31 @@ impl Machine {
             .as_ref()
             .map(|a| a.path().to_owned())
             .unwrap_or_else(|| source.to_owned());
+        use std::os::unix::fs::PermissionsExt as _;
+        // cp creates the file with the source's mode less the umask.
+        let mode = meta.permissions().mode() & 0o755;
+        let shape = match archive {
+            Some(_) => Shape::Tar,
+            None => Shape::File,
+        };
+        let what = format!("{CALL} {} (to {dest})", source.display());
+        let via_agent = self
+            .with_agent(&what, |client| {
+                let (from, dest) = (upload_from.clone(), dest.clone());
+                async move {
+                    let mut file = tokio::fs::File::open(&from)
+                        .await
+                        .map_err(|e| GuestError::HostFile(format!("{}: {e}", from.display())))?;
+                    client
+                        .upload(&dest, shape, mode, &mut file, TRANSFER_TIMEOUT)
+                        .await
+                }
+            })
+            .await?;
+        if via_agent.is_some() {
+            return Ok(());
+        }
+        let stage = format!("{}/.{}", guest_dirname(&dest), unique("attest-upload"));
         let sent = self.upload_file(&upload_from, &stage).await;
         if let Err(e) = sent {
             let _ = self
@@ -119,44 +148,45 @@ impl Machine {
             return Err(e);
         }
         let (s, d) = (shell_quote(&stage), shell_quote(&dest));
-        let finish = if archive.is_some() {
-            format!(
+        let finish = match shape {
+            Shape::Tar => format!(
                 "trap 'rm -f -- {s}' EXIT; mkdir -p -- {d} && tar --no-same-owner -C {d} -xf {s}"
-            )
-        } else {
-            use std::os::unix::fs::PermissionsExt as _;
-            // cp creates the file with the source's mode less the umask.
-            let mode = meta.permissions().mode() & 0o755;
-            format!("chmod {mode:o} -- {s} && mv -f -- {s} {d} || {{ rm -f -- {s}; exit 1; }}")
+            ),
+            Shape::File => {
+                format!("chmod {mode:o} -- {s} && mv -f -- {s} {d} || {{ rm -f -- {s}; exit 1; }}")
+            }
         };
         self.copy_step(CALL, finish).await.map(drop)
     }
 
+    /// A host directory as a tar archive in the scratch dir (`tar -C dir
+    /// -cf - .` as the `tar` crate writes it: symlinks stay links).
     async fn tar_host_dir(&self, source: &Path) -> Result<tempfile::NamedTempFile, MachineError> {
         let archive = tempfile::Builder::new()
             .prefix(".attest-upload-")
             .suffix(".tar")
             .tempfile_in(self.host_scratch_dir())
             .map_err(|e| self.copy_error("copy_from_host", format!("a temporary archive: {e}")))?;
-        let out = tokio::process::Command::new("tar")
-            .arg("-C")
-            .arg(source)
-            .args(["-cf"])
-            .arg(archive.path())
-            .arg(".")
-            .output()
-            .await
-            .map_err(|e| self.copy_error("copy_from_host", format!("tar: {e}")))?;
-        if !out.status.success() {
-            return Err(self.copy_error(
+        let file = archive
+            .reopen()
+            .map_err(|e| self.copy_error("copy_from_host", format!("a temporary archive: {e}")))?;
+        let dir = source.to_owned();
+        let built = tokio::task::spawn_blocking(move || {
+            let mut b = tar::Builder::new(std::io::BufWriter::new(file));
+            b.follow_symlinks(false);
+            b.append_dir_all(".", &dir)?;
+            use std::io::Write as _;
+            b.into_inner()?.flush()
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        built.map_err(|e| {
+            self.copy_error(
                 "copy_from_host",
-                format!(
-                    "tar {}: {}",
-                    source.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
+                format!("archiving {}: {e}", source.display()),
+            )
+        })?;
         Ok(archive)
     }
 
@@ -200,50 +230,63 @@ impl Machine {
     pub async fn copy_from_machine(&self, source: &str, target: &Path) -> Result<(), MachineError> {
         const CALL: &str = "copy_from_machine";
         let s = shell_quote(source);
+        let agent = self.speaks_agent().await?;
+        // The bash protocol sends a directory as a tar file the guest
+        // writes first; the agent streams `tar`'s output directly.
         let tar = format!("${{TMPDIR:-/tmp}}/.{}.tar", unique("attest-download"));
+        let make_tar = match agent {
+            true => "echo dir".to_owned(),
+            false => format!("tar -C {s} -cf \"{tar}\" . && echo \"dir {tar}\""),
+        };
         let kind = self
             .copy_step(
                 CALL,
                 format!(
-                    "if [ -d {s} ]; then tar -C {s} -cf \"{tar}\" . && echo \"dir {tar}\"; \
+                    "if [ -d {s} ]; then {make_tar}; \
                      elif [ -e {s} ]; then echo file; \
                      else echo \"{source}: No such file or directory\" >&2; exit 1; fi"
                 ),
             )
             .await?;
         let kind = kind.trim();
-        if let Some(stage) = kind.strip_prefix("dir ") {
+        if let Some(rest) = kind.strip_prefix("dir") {
             let archive = tempfile::Builder::new()
                 .prefix(".attest-download-")
                 .suffix(".tar")
                 .tempfile_in(self.host_scratch_dir())
                 .map_err(|e| self.copy_error(CALL, format!("a temporary archive: {e}")))?;
-            let r = self.download_file(source, stage, archive.path()).await;
-            let _ = self
-                .execute(&format!("rm -f -- {}", shell_quote(stage)), STEP_TIMEOUT)
-                .await;
+            let stage = rest.trim();
+            let r = match agent {
+                true => {
+                    self.download_file(source, source, Shape::Tar, archive.path())
+                        .await
+                }
+                false => {
+                    let r = self
+                        .download_file(source, stage, Shape::File, archive.path())
+                        .await;
+                    let _ = self
+                        .execute(&format!("rm -f -- {}", shell_quote(stage)), STEP_TIMEOUT)
+                        .await;
+                    r
+                }
+            };
             r?;
-            std::fs::create_dir_all(target)
-                .map_err(|e| self.copy_error(CALL, format!("{}: {e}", target.display())))?;
-            let out = tokio::process::Command::new("tar")
-                .arg("-C")
-                .arg(target)
-                .arg("-xf")
-                .arg(archive.path())
-                .output()
-                .await
-                .map_err(|e| self.copy_error(CALL, format!("tar: {e}")))?;
-            if !out.status.success() {
-                return Err(self.copy_error(
-                    CALL,
-                    format!(
-                        "extracting into {}: {}",
-                        target.display(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    ),
-                ));
-            }
-            return Ok(());
+            let (from, into) = (archive.path().to_owned(), target.to_owned());
+            let unpacked = tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&into)?;
+                let file = std::fs::File::open(&from)?;
+                let mut a = tar::Archive::new(std::io::BufReader::new(file));
+                a.set_preserve_permissions(true);
+                a.set_overwrite(true);
+                a.unpack(&into)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+            return unpacked.map_err(|e| {
+                self.copy_error(CALL, format!("extracting into {}: {e}", target.display()))
+            });
         }
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
@@ -260,17 +303,22 @@ impl Machine {
                     .unwrap_or(Path::new(".")),
             )
             .map_err(|e| self.copy_error(CALL, format!("next to {}: {e}", target.display())))?;
-        self.download_file(source, source, partial.path()).await?;
+        self.download_file(source, source, Shape::File, partial.path())
+            .await?;
         partial
             .persist(target)
             .map_err(|e| self.copy_error(CALL, format!("{}: {}", target.display(), e.error)))?;
         Ok(())
     }
 
+    /// Streams the guest's `source` into the host file `to`, over the
+    /// agent when the machine speaks it, else a bash session (which sends
+    /// only files: `shape` must be [`Shape::File`] there).
     async fn download_file(
         &self,
         shown: &str,
         source: &str,
+        shape: Shape,
         to: &Path,
     ) -> Result<(), MachineError> {
         let mut file = tokio::fs::File::create(to)
@@ -278,10 +326,25 @@ impl Machine {
             .map_err(|e| self.copy_error("copy_from_machine", format!("{}: {e}", to.display())))?;
         let source = source.to_owned();
         let what = format!("copy_from_machine {shown} (to {})", to.display());
+        let via_agent = self
+            .with_agent(&what, |client| {
+                let (source, file) = (source.clone(), &mut file);
+                async move {
+                    client
+                        .download(&source, shape, file, TRANSFER_TIMEOUT)
+                        .await?;
+                    file.shutdown()
+                        .await
+                        .map_err(|e| GuestError::HostFile(e.to_string()))
+                }
+            })
+            .await?;
+        if via_agent.is_some() {
+            return Ok(());
+        }
         self.with_session(&what, move |s: &mut Session| {
             Box::pin(async move {
                 s.download(&source, &mut file, TRANSFER_TIMEOUT).await?;
-                use tokio::io::AsyncWriteExt as _;
                 file.shutdown()
                     .await
                     .map_err(|e| GuestError::HostFile(e.to_string()))

@@ -391,7 +391,6 @@ impl Machine {
         F: for<'s> FnOnce(&'s mut Session) -> SessionWork<'s, T> + Send,
     {
         let (instance, channel) = self.started_channel().await?;
-        let mut exit = instance.exit_watch();
         let fresh = || self.open_session(&*instance, Instant::now() + Duration::from_secs(30));
         let run = async {
             let (mut session, pool) = match &channel {
@@ -424,6 +423,18 @@ impl Machine {
                 (e, broken)
             })
         };
+        self.race_and_settle(&instance, what, run).await
+    }
+
+    /// Runs `run` (whose error says whether its channel broke) racing the
+    /// machine's exit and the run's cancellation, then [`Machine::settle`]s.
+    async fn race_and_settle<T>(
+        &self,
+        instance: &Arc<dyn Instance>,
+        what: &str,
+        run: impl std::future::Future<Output = Result<T, (MachineError, bool)>>,
+    ) -> Result<T, MachineError> {
+        let mut exit = instance.exit_watch();
         let result = tokio::select! {
             r = run => r,
             info = wait_exit(&mut exit) => Err((self.died(&info, &format!("running `{what}`")), false)),
@@ -433,7 +444,7 @@ impl Machine {
             Ok(v) => (Ok(v), false),
             Err((e, broken)) => (Err(e), broken),
         };
-        self.settle(result, broken, &instance, what).await
+        self.settle(result, broken, instance, what).await
     }
 
     /// After a call: when its channel broke, the machine is usually dying
