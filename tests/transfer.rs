@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{assert_nothing_left, attest, TestDir};
+use harness::{assert_nothing_left, attest, bytes, TestDir};
 use sha2::{Digest as _, Sha256};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -29,19 +29,6 @@ fn run_on(dir: &TestDir, protocol: &str) -> harness::Run {
 
 fn run(dir: &TestDir) -> harness::Run {
     run_on(dir, "bash")
-}
-
-/// Deterministic bytes that differ per seed (xorshift).
-fn bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -88,7 +75,7 @@ assert_eq(machine.succeed("ls -A /root | grep -c attest-upload || true"), "0\n")
     }
 }
 
-/// Sizes at the edges of the encoding, both directions, and NixOS's copy
+/// Sizes at the edges of the encoding, both directions, both protocols, and NixOS's copy
 /// semantics: `copy_from_host` into an existing directory keeps the
 /// basename, `copy_from_vm(src, dir)` writes `$out/dir/<basename>`.
 #[test]
@@ -128,21 +115,29 @@ catch (e) { assert_contains(`${e}`, "missing.bin: No such file or directory"); }
     std::fs::create_dir_all(dir.path("tree/sub")).unwrap();
     std::fs::write(dir.path("tree/top.txt"), "top\n").unwrap();
     std::fs::write(dir.path("tree/sub/deep.txt"), "deep\n").unwrap();
-    let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
-    for (i, d) in data.iter().enumerate() {
-        let back = std::fs::read(dir.path(&format!("back/f{i}"))).unwrap();
-        assert!(back == *d, "f{i} ({} bytes) came back different", d.len());
+    for protocol in ["bash", "agent"] {
+        let _ = std::fs::remove_dir_all(dir.path("back"));
+        let _ = std::fs::remove_dir_all(dir.path("fromvm"));
+        let r = run_on(&dir, protocol);
+        assert_eq!(r.code, Some(0), "--protocol {protocol}: {}", r.stderr);
+        for (i, d) in data.iter().enumerate() {
+            let back = std::fs::read(dir.path(&format!("back/f{i}"))).unwrap();
+            assert!(
+                back == *d,
+                "{protocol}: f{i} ({} bytes) came back different",
+                d.len()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path("top.txt")).unwrap(),
+            "top\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path("fromvm/tree/sub/deep.txt")).unwrap(),
+            "deep\n"
+        );
+        assert_nothing_left(&r, "xfer-sizes");
     }
-    assert_eq!(
-        std::fs::read_to_string(dir.path("top.txt")).unwrap(),
-        "top\n"
-    );
-    assert_eq!(
-        std::fs::read_to_string(dir.path("fromvm/tree/sub/deep.txt")).unwrap(),
-        "deep\n"
-    );
-    assert_nothing_left(&r, "xfer-sizes");
 }
 
 /// A transfer that arrives different fails the call: a guest whose
@@ -201,4 +196,51 @@ assert_eq(machine.succeed("ls -A /dev/shm | grep -c '^\\.attest-'"), "2\n");
     let r = run(&dir);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert_nothing_left(&r, "xfer-output");
+}
+
+/// Issue 15: with the agent, a data frame corrupted in flight (one byte
+/// flipped after the sender hashed it, by attest's test hook) fails the
+/// copy in that direction, leaving nothing under the target's name, while
+/// the other direction still works.
+#[test]
+fn a_frame_corrupted_in_flight_fails_the_copy_over_the_agent() {
+    let upload = r#"
+machine.succeed("head -c 3000000 /dev/urandom > /root/src.bin");
+try { machine.copy_from_host("payload.bin", "/root/payload.bin"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "/root/payload.bin arrived different from what was sent"); }
+machine.fail("test -e /root/payload.bin");
+assert_eq(machine.succeed("ls -A /root | grep -c '^\\.attest' || true"), "0\n");
+machine.copy_from_vm("/root/src.bin");
+"#;
+    let download = r#"
+machine.succeed("head -c 3000000 /dev/urandom > /root/src.bin");
+try { machine.copy_from_vm("/root/src.bin"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "/root/src.bin arrived different from the guest's file"); }
+machine.copy_from_host("payload.bin", "/root/payload.bin");
+assert_eq(machine.succeed("stat -c %s /root/payload.bin"), "1048576\n");
+"#;
+    for (direction, script, arrives) in [("upload", upload, true), ("download", download, false)] {
+        let dir = TestDir::nspawn("xfer-flip", &["machine"], "", script);
+        std::fs::write(dir.path("payload.bin"), bytes(1 << 20, 8)).unwrap();
+        let r = harness::attest_env(
+            &[
+                "run",
+                "--quiet-console",
+                "--protocol",
+                "agent",
+                dir.config().to_str().unwrap(),
+            ],
+            &[(attest::guest::CORRUPT_ENV, direction)],
+            LIMIT,
+        );
+        assert_eq!(r.code, Some(0), "corrupting the {direction}: {}", r.stderr);
+        assert_eq!(dir.path("src.bin").exists(), arrives, "{direction}");
+        let temporaries: Vec<_> = std::fs::read_dir(dir.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".attest"))
+            .collect();
+        assert!(temporaries.is_empty(), "{direction}: {temporaries:?}");
+        assert_nothing_left(&r, "xfer-flip");
+    }
 }

@@ -102,12 +102,30 @@ static TMPDIRS: std::sync::Mutex<Vec<(u32, PathBuf, bool)>> = std::sync::Mutex::
 /// Starts `attest ARGS` with piped output and a TMPDIR of its own (removed
 /// when the run leaves it empty, else by [`assert_nothing_left`]).
 pub fn spawn(args: &[&str]) -> Child {
-    let tmp = tempfile::Builder::new()
+    spawn_with(&own_tmpdir(), args, true)
+}
+
+/// A fresh TMPDIR for one run, kept until [`tmpdir_of`] or
+/// [`assert_nothing_left`] removes it.
+fn own_tmpdir() -> PathBuf {
+    tempfile::Builder::new()
         .prefix("harness-tmp-")
         .tempdir()
         .unwrap()
-        .keep();
-    spawn_with(&tmp, args, true)
+        .keep()
+}
+
+/// Deterministic bytes that differ per seed (xorshift).
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Starts `attest ARGS` with piped output and TMPDIR `tmp`.
@@ -121,8 +139,27 @@ fn spawn_with(tmp: &Path, args: &[&str], owned: bool) -> Child {
 
 /// Starts `BINARY ARGS` (attest, possibly renamed) with TMPDIR `tmp`.
 pub fn spawn_binary(binary: &Path, tmp: &Path, args: &[&str], owned: bool) -> Child {
+    spawn_binary_env(binary, tmp, args, &[], owned)
+}
+
+/// Runs `attest ARGS` to completion with extra environment variables.
+pub fn attest_env(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Run {
+    let started = Instant::now();
+    let binary = Path::new(env!("CARGO_BIN_EXE_attest"));
+    let child = spawn_binary_env(binary, &own_tmpdir(), args, envs, true);
+    finish(child, started, limit)
+}
+
+fn spawn_binary_env(
+    binary: &Path,
+    tmp: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    owned: bool,
+) -> Child {
     let child = Command::new(binary)
         .args(args)
+        .envs(envs.iter().copied())
         .env("TMPDIR", tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
