@@ -148,6 +148,9 @@ fn corrupted_transfers_fail_the_call() {
     let script = r#"
 machine.start();
 machine.succeed("head -c 3000000 /dev/urandom > /root/src.bin");
+// Big enough that the copy takes a while: a loaded host may leave the
+// writer unscheduled through a copy of a few KiB.
+machine.succeed("head -c 20000000 /dev/zero > /root/growing");
 machine.succeed("(while :; do echo more >> /root/growing; done) >/dev/null 2>&1 & echo $! > /run/writer.pid");
 machine.wait_until_succeeds("test -s /root/growing");
 try { machine.copy_from_vm("/root/growing"); throw "no error"; }
