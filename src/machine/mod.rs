@@ -282,19 +282,18 @@ impl Machine {
             if stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            let taken = {
-                let mut g = me.inner.running.lock().await;
-                match g.as_ref() {
-                    Some(r)
-                        if Arc::ptr_eq(&r.instance, &instance)
-                            && !r.stopping.load(std::sync::atomic::Ordering::SeqCst) =>
-                    {
-                        g.take()
-                    }
-                    _ => None,
-                }
-            };
-            let Some(r) = taken else { return };
+            // The lock is held until the state says what happened: a call
+            // in between would otherwise find no instance while the state
+            // still reads "up" (wait_for_shutdown returning at once, the
+            // next command refusing to restart a machine that is "up").
+            let mut g = me.inner.running.lock().await;
+            let ours = matches!(g.as_ref(), Some(r)
+                if Arc::ptr_eq(&r.instance, &instance)
+                    && !r.stopping.load(std::sync::atomic::Ordering::SeqCst));
+            if !ours {
+                return;
+            }
+            let Some(r) = g.take() else { return };
             drop(r.channel);
             // Reaps what is left (the backend's helpers, its cgroup).
             r.instance.terminate(Duration::from_secs(3)).await;
@@ -304,6 +303,7 @@ impl Machine {
                 *me.inner.last_exit.lock().expect("last exit") = Some(exit.to_string());
                 me.set_state(MachineState::Died, Some(exit.to_string()));
             }
+            drop(g);
         });
     }
 
