@@ -35,7 +35,7 @@ pub const CONFIG_VERSION: u32 = 1;
 pub enum ConfigError {
     /// The file could not be read. The OS reason is part of the message:
     /// callers pass this error on as text.
-    #[error("{path}: cannot read file: {}", crate::report::os_reason(reason))]
+    #[error("{path}: cannot read file: {}", crate::errors::os_reason(reason))]
     Read {
         /// The file.
         path: PathBuf,
@@ -620,7 +620,7 @@ impl TestConfig {
                         self.path.display(),
                         b.kind(),
                         resolved.display(),
-                        crate::report::os_reason(&e)
+                        crate::errors::os_reason(&e)
                     ));
                 }
             }

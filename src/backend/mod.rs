@@ -68,16 +68,24 @@ pub struct StartContext {
 }
 
 impl StartContext {
-    /// The run's id (the random suffix of the run's state dir, the parent of
-    /// `state_dir`). Host-wide objects a machine creates (cgroups) carry it in
-    /// their names, so a later run's janitor ties them to this run's lock.
+    /// The run's id: the random suffix of the run's state dir
+    /// `attest-<name>-<id>`, the parent of `state_dir`. Host-wide objects a
+    /// machine creates (cgroups) carry it in their names, so a later run's
+    /// janitor ties them to this run's lock.
     pub fn run_id(&self) -> String {
-        let run_dir = self.state_dir.parent().unwrap_or(&self.state_dir);
-        crate::driver::janitor::run_id(run_dir)
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect()
+        run_id(self.state_dir.parent().unwrap_or(&self.state_dir))
     }
+}
+
+fn run_id(run_dir: &std::path::Path) -> String {
+    run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .and_then(|n| n.rsplit('-').next().map(str::to_owned))
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
 }
 
 /// Operations only some backends have.
@@ -240,5 +248,19 @@ where
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_id_is_the_state_dirs_random_suffix() {
+        assert_eq!(
+            run_id(std::path::Path::new("/tmp/attest-nginx-aB3xY9")),
+            "aB3xY9"
+        );
+        assert_eq!(run_id(std::path::Path::new("/tmp/attest-web-1-x.y")), "xy");
     }
 }

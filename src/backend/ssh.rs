@@ -282,7 +282,7 @@ fn jump_proxy_command(
                 w.clone()
             } else {
                 // `%` is ssh's token character in ProxyCommand.
-                crate::machine::shell_quote(w).replace('%', "%%")
+                crate::shell::quote(w).replace('%', "%%")
             }
         })
         .collect::<Vec<_>>()

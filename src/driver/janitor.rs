@@ -39,15 +39,6 @@ pub fn claim(dir: &Path) -> std::io::Result<RunLock> {
     Ok(RunLock { _lock: lock })
 }
 
-/// The run id of a state dir `attest-<name>-<id>`: its random suffix.
-pub fn run_id(state_dir: &Path) -> String {
-    state_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .and_then(|n| n.rsplit('-').next().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// What the sweep may do with a state dir.
 enum Owner {
     /// Its lock is held: a live run.
@@ -158,7 +149,6 @@ mod tests {
 
     #[test]
     fn cgroup_names_of_this_version_are_recognised() {
-        assert_eq!(run_id(Path::new("/tmp/attest-nginx-aB3xY9")), "aB3xY9");
         assert_eq!(cgroup_run_id("attest-12-1-aB3xY9"), Some("aB3xY9"));
         assert_eq!(cgroup_run_id("attest-12-1-aB3xY9-3"), Some("aB3xY9"));
         assert_eq!(cgroup_run_id("attest-12-1-aB3xY9-x"), None);

@@ -54,7 +54,7 @@ pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
     let config = TestConfig::load(config_path).map_err(|e| e.to_string())?;
     let script_path = config.script_path();
     let script = Script::load(&script_path).map_err(|e| {
-        let reason = crate::report::os_reason(&e);
+        let reason = crate::errors::os_reason(&e);
         format!("{}: cannot read script: {reason}", script_path.display())
     })?;
     let reporter =

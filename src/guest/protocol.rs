@@ -26,6 +26,8 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+use crate::shell;
+
 /// Seconds `timeout` waits after SIGTERM before SIGKILL.
 const KILL_AFTER: u32 = 5;
 
@@ -104,11 +106,6 @@ pub fn ansi_c_quote(s: &str) -> Result<String, String> {
     }
     out.push('\'');
     Ok(out)
-}
-
-/// Quotes a string for bash (single quotes).
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The exact length of [`encode_upload_chunk`]'s output for `len` bytes.
@@ -196,7 +193,7 @@ impl Framer {
                 // unread payload would run as commands.
                 format!(
                     "head -c {encoded_len} | {{ base64 -d 2>\"$__ae\" >{}; __x=$?; cat >/dev/null; exit $__x; }}; ",
-                    shell_quote(dest)
+                    shell::quote(dest)
                 ),
                 "2>>",
             ),
@@ -204,7 +201,7 @@ impl Framer {
         };
         let data = match request {
             Request::Download { source } => {
-                format!("[ $__as = 0 ] && base64 -w0 <{}; ", shell_quote(source))
+                format!("[ $__as = 0 ] && base64 -w0 <{}; ", shell::quote(source))
             }
             _ => String::new(),
         };

@@ -74,7 +74,7 @@ pub struct Transfer {
 
 /// The guest's view of a file: `<size> <sha256>` on stdout.
 fn describe_file(path: &str) -> String {
-    let p = protocol::shell_quote(path);
+    let p = crate::shell::quote(path);
     format!("s=$(stat -c %s -- {p}); h=$(sha256sum <{p}); echo \"$s ${{h%% *}}\"")
 }
 
@@ -682,7 +682,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let (mut s, _c) = local_session().await;
-                let cmd = format!("printf %s {}", protocol::shell_quote(&text));
+                let cmd = format!("printf %s {}", crate::shell::quote(&text));
                 let out = s.execute(&cmd, Duration::from_secs(5)).await.unwrap();
                 assert_eq!(out.stdout_text(), text);
             });

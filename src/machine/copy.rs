@@ -12,8 +12,9 @@ use tokio::io::AsyncWriteExt as _;
 
 use super::{Machine, MachineError};
 use crate::agent::wire::Shape;
-use crate::guest::protocol::shell_quote;
+
 use crate::guest::{GuestError, Session};
+use crate::shell;
 
 /// Bound on one transfer's round trip (the NixOS driver has none for copies).
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -88,13 +89,13 @@ impl Machine {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "source".into());
-        let t = shell_quote(target);
+        let t = shell::quote(target);
         let kind = self
             .copy_step(
                 CALL,
                 format!(
                     "mkdir -p -- {} && if [ -d {t} ]; then echo dir; else echo other; fi",
-                    shell_quote(&guest_dirname(target))
+                    shell::quote(&guest_dirname(target))
                 ),
             )
             .await?;
@@ -143,11 +144,11 @@ impl Machine {
         let sent = self.upload_file(&upload_from, &stage).await;
         if let Err(e) = sent {
             let _ = self
-                .execute(&format!("rm -f -- {}", shell_quote(&stage)), STEP_TIMEOUT)
+                .execute(&format!("rm -f -- {}", shell::quote(&stage)), STEP_TIMEOUT)
                 .await;
             return Err(e);
         }
-        let (s, d) = (shell_quote(&stage), shell_quote(&dest));
+        let (s, d) = (shell::quote(&stage), shell::quote(&dest));
         let finish = match shape {
             Shape::Tar => format!(
                 "trap 'rm -f -- {s}' EXIT; mkdir -p -- {d} && tar --no-same-owner -C {d} -xf {s}"
@@ -229,7 +230,7 @@ impl Machine {
     /// `$out/target_dir/<basename of source>`.
     pub async fn copy_from_machine(&self, source: &str, target: &Path) -> Result<(), MachineError> {
         const CALL: &str = "copy_from_machine";
-        let s = shell_quote(source);
+        let s = shell::quote(source);
         let agent = self.speaks_agent().await?;
         // The bash protocol sends a directory as a tar file the guest
         // writes first; the agent streams `tar`'s output directly.
@@ -266,7 +267,7 @@ impl Machine {
                         .download_file(source, stage, Shape::File, archive.path())
                         .await;
                     let _ = self
-                        .execute(&format!("rm -f -- {}", shell_quote(stage)), STEP_TIMEOUT)
+                        .execute(&format!("rm -f -- {}", shell::quote(stage)), STEP_TIMEOUT)
                         .await;
                     r
                 }

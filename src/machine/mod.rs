@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use copy::copy_from_vm_target;
 pub use error::MachineError;
-pub use ops::shell_quote;
 
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
 use crate::config::{BackendKind, TestConfig};
@@ -28,6 +27,7 @@ use crate::guest::{CommandOutput, Session};
 use crate::net::Network;
 use crate::process::Exit;
 use crate::report::{EventKind, Reporter};
+use crate::shell;
 use channel::Channel;
 
 /// Default seconds for commands and waits, as in the NixOS driver.
@@ -515,7 +515,7 @@ impl Machine {
         let detached = format!(
             "setsid -f timeout {} bash -c {} </dev/null >/dev/null 2>&1",
             timeout.as_secs_f64().ceil().max(1.0),
-            shell_quote(&format!("set -euo pipefail; {command}"))
+            shell::quote(&format!("set -euo pipefail; {command}"))
         );
         let out = self.execute(&detached, Duration::from_secs(30)).await?;
         if out.status != 0 {

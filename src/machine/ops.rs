@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Machine, MachineError};
 use crate::guest::CommandOutput;
+use crate::shell;
 
 /// Pauses between polls of the `wait_*` family: short at first (a container
 /// reaches its targets within a second), growing to the longest, where the
@@ -13,16 +14,14 @@ use crate::guest::CommandOutput;
 const POLL_FIRST: Duration = Duration::from_millis(25);
 const POLL_LONGEST: Duration = Duration::from_millis(500);
 
-pub use crate::guest::protocol::shell_quote;
-
 /// `script` run by `user`'s login shell with its manager's runtime dir, as
 /// the NixOS driver runs user commands (`su -l`, so PAM registers a session
 /// and logind starts `user@UID.service`).
 fn as_user(user: &str, script: &str) -> String {
     format!(
         "su -l {} --shell /bin/sh -c {}",
-        shell_quote(user),
-        shell_quote(&format!(
+        shell::quote(user),
+        shell::quote(&format!(
             "export XDG_RUNTIME_DIR=/run/user/$(id -u); {script}"
         ))
     )
@@ -295,7 +294,7 @@ impl Machine {
         user: Option<&str>,
     ) -> Result<BTreeMap<String, String>, MachineError> {
         let out = self
-            .systemctl(&format!("--no-pager show {}", shell_quote(unit)), user)
+            .systemctl(&format!("--no-pager show {}", shell::quote(unit)), user)
             .await?;
         if out.status != 0 {
             return Err(MachineError::WaitFailed {
@@ -328,8 +327,8 @@ impl Machine {
             .systemctl(
                 &format!(
                     "--no-pager show {} --property={} --value",
-                    shell_quote(unit),
-                    shell_quote(property)
+                    shell::quote(unit),
+                    shell::quote(property)
                 ),
                 user,
             )
@@ -349,7 +348,7 @@ impl Machine {
             Some(u) => format!("wait_for_unit {unit} (user {u})"),
             None => format!("wait_for_unit {unit}"),
         };
-        let u = shell_quote(unit);
+        let u = shell::quote(unit);
         let sc = if user.is_some() {
             "systemctl --user"
         } else {
@@ -451,7 +450,7 @@ impl Machine {
         // bash's /dev/tcp needs no netcat in the guest.
         let probe = format!(
             "timeout 2 bash -c {}",
-            shell_quote(&format!("</dev/tcp/{addr}/{port}"))
+            shell::quote(&format!("</dev/tcp/{addr}/{port}"))
         );
         self.poll(&what, timeout, || async {
             let out = self.execute(&probe, Duration::from_secs(10)).await?;
@@ -473,7 +472,7 @@ impl Machine {
         } else {
             "UNIX-CONNECT"
         };
-        let p = shell_quote(path);
+        let p = shell::quote(path);
         let probe = format!(
             "test -S {p} && if command -v socat >/dev/null; then socat -u OPEN:/dev/null {kind}:{p}; \
              elif command -v nc >/dev/null; then nc -z{} -U {p}; fi",
@@ -535,7 +534,7 @@ impl Machine {
     /// The last `lines` journal lines, optionally of one unit.
     pub async fn journal(&self, unit: Option<&str>, lines: u32) -> Result<String, MachineError> {
         let unit = unit
-            .map(|u| format!("-u {}", shell_quote(u)))
+            .map(|u| format!("-u {}", shell::quote(u)))
             .unwrap_or_default();
         let cmd = format!("journalctl --no-pager -q {unit} -n {lines}");
         self.succeed(&[cmd], Duration::from_secs(60)).await

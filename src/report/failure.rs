@@ -6,8 +6,6 @@ use std::path::Path;
 
 use rhai::EvalAltResult;
 
-use crate::script::check::underline;
-
 /// Console lines shown per failing machine.
 pub const CONSOLE_TAIL_LINES: usize = 15;
 
@@ -60,6 +58,29 @@ pub fn with_console_tails(error: &str, tails: &[(String, Vec<String>)]) -> Strin
         }
     }
     out
+}
+
+/// Line `line` of `source` with a gutter and carets under the token at
+/// `column` (both 1-based); empty when the line does not exist.
+pub fn underline(source: &str, line: usize, column: usize) -> String {
+    let Some(text) = line.checked_sub(1).and_then(|i| source.lines().nth(i)) else {
+        return String::new();
+    };
+    let col = column.max(1);
+    let token_len = text
+        .chars()
+        .skip(col - 1)
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .count()
+        .max(1);
+    let gutter = line.to_string().len();
+    format!(
+        "{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}\n",
+        "",
+        "",
+        " ".repeat(col - 1),
+        "^".repeat(token_len)
+    )
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub struct ReportOptions {
 
 /// A report file that cannot be written.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the {what} file {}: {}", path.display(), os_reason(reason))]
+#[error("cannot write the {what} file {}: {}", path.display(), crate::errors::os_reason(reason))]
 pub struct ReportError {
     /// `JSON event log` or `JUnit report`.
     pub what: &'static str,
@@ -41,16 +41,6 @@ pub struct ReportError {
     pub path: std::path::PathBuf,
     /// The cause.
     pub reason: std::io::Error,
-}
-
-/// An I/O error's reason as a person reads it: `No such file or directory`,
-/// without the `(os error 2)` the standard library appends.
-pub fn os_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.rsplit_once(" (os error ") {
-        Some((reason, _)) => reason.to_owned(),
-        None => text,
-    }
 }
 
 /// The fan-out of events. Cheap to clone.

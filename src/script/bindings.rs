@@ -468,16 +468,12 @@ fn register_systemd(engine: &mut Engine) {
     });
     for (name, verb) in [("start_job", "start"), ("stop_job", "stop")] {
         engine.register_fn(name, move |m: &mut Machine, unit: &str| {
-            systemctl(
-                m,
-                format!("{verb} {}", crate::machine::shell_quote(unit)),
-                None,
-            )
+            systemctl(m, format!("{verb} {}", crate::shell::quote(unit)), None)
         });
         engine.register_fn(name, move |m: &mut Machine, unit: &str, u: &str| {
             systemctl(
                 m,
-                format!("{verb} {}", crate::machine::shell_quote(unit)),
+                format!("{verb} {}", crate::shell::quote(unit)),
                 Some(u.into()),
             )
         });
@@ -810,10 +806,7 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("get_window_names", |m: &mut Machine| window_names(m));
     fn wait_for_window(m: &Machine, re: &str, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
-        let cmd = format!(
-            "{WINDOW_NAMES} | grep -E {}",
-            crate::machine::shell_quote(re)
-        );
+        let cmd = format!("{WINDOW_NAMES} | grep -E {}", crate::shell::quote(re));
         let mm = m.clone();
         op(
             m,

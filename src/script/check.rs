@@ -9,6 +9,8 @@ use std::path::Path;
 
 use rhai::{ASTNode, Engine, Expr, ParseErrorType, Position, Scope, Stmt, AST};
 
+use crate::report::failure::underline;
+
 /// One problem in a script, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -264,29 +266,6 @@ pub fn render(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Script
         diagnostics,
         rendered: out.trim_end().to_owned(),
     }
-}
-
-/// Line `line` of `source` with a gutter and carets under the token at
-/// `column` (both 1-based); empty when the line does not exist.
-pub fn underline(source: &str, line: usize, column: usize) -> String {
-    let Some(text) = line.checked_sub(1).and_then(|i| source.lines().nth(i)) else {
-        return String::new();
-    };
-    let col = column.max(1);
-    let token_len = text
-        .chars()
-        .skip(col - 1)
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .count()
-        .max(1);
-    let gutter = line.to_string().len();
-    format!(
-        "{:gutter$} |\n{line} | {text}\n{:gutter$} | {}{}\n",
-        "",
-        "",
-        " ".repeat(col - 1),
-        "^".repeat(token_len)
-    )
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub fn register(engine: &mut Engine) {
             Ok(())
         }
     });
-    engine.register_fn("shell_quote", |s: &str| crate::machine::shell_quote(s));
+    engine.register_fn("shell_quote", |s: &str| crate::shell::quote(s));
     // Rhai's `parse_json` (built on serde_json here) takes any JSON value.
     engine.register_fn("json_parse", |s: &str| -> R<Dynamic> {
         serde_json::from_str(s).map_err(|e| err(format!("json_parse: {e}")))

@@ -68,7 +68,7 @@ pub fn run(engine: &Engine, scope: &mut Scope, cancel: &tokio_util::sync::Cancel
             eprintln!(
                 "attest: cannot save the REPL history to {}: {}",
                 p.display(),
-                crate::report::os_reason(&e)
+                crate::errors::os_reason(&e)
             );
         }
     }

@@ -46,6 +46,7 @@ use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::{GuestStream, BANNER};
 use crate::net::{plan, VdeSwitches};
 use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
+use crate::shell;
 
 /// Starts QEMU VMs.
 pub struct QemuBackend {
@@ -124,11 +125,6 @@ fn existing(p: &Path, what: &str) -> Result<PathBuf, BackendError> {
 
 fn absolute(p: &Path) -> Result<PathBuf, BackendError> {
     std::path::absolute(p).map_err(|e| failed(format!("{}: {e}", p.display())))
-}
-
-/// Single-quotes `s` for `sh -c` (QEMU's `exec:` migration URIs).
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// The last lines of QEMU's own output, for start errors.
@@ -570,7 +566,7 @@ impl QemuInstance {
                 )
                 .await;
             let state = dir.join("vm.state");
-            let uri = format!("exec:cat > {}", sh_quote(&state.display().to_string()));
+            let uri = format!("exec:cat > {}", shell::quote(&state.display().to_string()));
             qmp.execute("migrate", Some(json!({ "uri": uri })))
                 .await
                 .map_err(failed)?;
@@ -642,7 +638,7 @@ impl QemuInstance {
             events: fresh.events.clone(),
         };
         drop(current);
-        let uri = format!("exec:cat {}", sh_quote(&state.display().to_string()));
+        let uri = format!("exec:cat {}", shell::quote(&state.display().to_string()));
         fresh
             .qmp
             .execute("migrate-incoming", Some(json!({ "uri": uri })))
@@ -833,10 +829,5 @@ mod tests {
             .to_vec();
         assert_eq!(find_user_netdev(&a).as_deref(), Some("u1"));
         assert_eq!(find_user_netdev(&[]), None);
-    }
-
-    #[test]
-    fn shell_quoting_survives_quotes() {
-        assert_eq!(sh_quote("/a b/it's"), r"'/a b/it'\''s'");
     }
 }
