@@ -109,6 +109,8 @@ subtest("network and helpers", || {
     assert_eq(tries, 3);
     let names = wait_all([server, client], |m| m.succeed("hostname"));
     assert_eq(names, ["server\n", "client\n"]);
+    // Each closure runs on a thread of its own; its subtest keeps its parent.
+    wait_all([server, client], |m| subtest("inside wait_all", || m.succeed("true")));
     sleep(0.1);
     server.sleep(0.1);
     server.log("a machine log line");
@@ -157,6 +159,7 @@ subtest("lifecycle", || {
     for case in [
         "commands",
         "commands / nested",
+        "network and helpers / inside wait_all",
         "systemd",
         "files",
         "lifecycle",

@@ -60,9 +60,19 @@ struct State {
     failed_machines: Vec<String>,
 }
 
+/// An open section, as the parent of sections opened on another thread
+/// (`wait_all` runs each machine's closure on its own thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionRef {
+    id: u64,
+    depth: usize,
+}
+
 thread_local! {
-    /// Open sections of the current thread, innermost last.
-    static SECTION_STACK: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+    /// The sections this thread opened, innermost last: the parent of the
+    /// next one this thread opens. The first entry may be a parent handed
+    /// over from another thread ([`Reporter::within`]).
+    static SECTION_STACK: RefCell<Vec<SectionRef>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Reporter {
@@ -156,19 +166,17 @@ impl Reporter {
         f: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
         let id = self.next_section.fetch_add(1, Ordering::Relaxed);
-        let (parent, depth) = SECTION_STACK.with(|s| {
-            let s = s.borrow();
-            (s.last().map(|(id, _)| *id), s.len())
-        });
+        let parent = current_section();
+        let depth = parent.map_or(0, |p| p.depth + 1);
         self.emit(EventKind::SectionStarted {
             id,
-            parent,
+            parent: parent.map(|p| p.id),
             name: name.to_owned(),
             machine: machine.map(str::to_owned),
             subtest,
             depth,
         });
-        SECTION_STACK.with(|s| s.borrow_mut().push((id, depth)));
+        SECTION_STACK.with(|s| s.borrow_mut().push(SectionRef { id, depth }));
         let started = Instant::now();
         let result = f();
         SECTION_STACK.with(|s| s.borrow_mut().pop());
@@ -181,6 +189,22 @@ impl Reporter {
             duration: started.elapsed().as_secs_f64(),
             error: result.as_ref().err().map(|e| e.to_string()),
         });
+        result
+    }
+
+    /// The innermost section this thread is in, to hand to [`Reporter::within`]
+    /// on another thread.
+    pub fn current_section(&self) -> Option<SectionRef> {
+        current_section()
+    }
+
+    /// Runs `f` (on a thread of its own) with the sections it opens nested
+    /// in `parent`, the section the work was started from.
+    pub fn within<T>(&self, parent: Option<SectionRef>, f: impl FnOnce() -> T) -> T {
+        let saved = SECTION_STACK
+            .with(|s| std::mem::replace(&mut *s.borrow_mut(), parent.into_iter().collect()));
+        let result = f();
+        SECTION_STACK.with(|s| *s.borrow_mut() = saved);
         result
     }
 
@@ -223,7 +247,12 @@ fn create(path: &std::path::Path, what: &'static str) -> Result<std::fs::File, R
     })
 }
 
-/// Nesting depth of the current thread's open sections.
+fn current_section() -> Option<SectionRef> {
+    SECTION_STACK.with(|s| s.borrow().last().copied())
+}
+
+/// Nesting depth of a line logged now on this thread: inside its innermost
+/// open section.
 pub fn current_depth() -> usize {
-    SECTION_STACK.with(|s| s.borrow().len())
+    current_section().map_or(0, |p| p.depth + 1)
 }

@@ -940,13 +940,18 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                 .cloned()
                 .ok_or_else(|| err("wait_all is only available while a test runs"))?;
             let engine = nc.engine();
-            // Each machine's closure runs on its own thread, so waits really overlap.
+            // Each machine's closure runs on its own thread, so waits really
+            // overlap; what it logs nests in the section wait_all runs in.
+            let parent = c.reporter.current_section();
             let results: Vec<R<Dynamic>> = std::thread::scope(|s| {
                 let handles: Vec<_> = machines
                     .iter()
                     .map(|m| {
                         let (f, ast, m) = (f.clone(), ast.clone(), m.clone());
-                        s.spawn(move || f.call::<Dynamic>(engine, &ast, (m,)))
+                        let reporter = &c.reporter;
+                        s.spawn(move || {
+                            reporter.within(parent, || f.call::<Dynamic>(engine, &ast, (m,)))
+                        })
                     })
                     .collect();
                 handles
