@@ -120,21 +120,8 @@ fn undefined_variable(name: &str, nodes: &[String]) -> String {
 /// name → the arities it is callable with (method arities count the object).
 fn known_functions(engine: &Engine, ast: &AST) -> BTreeMap<String, BTreeSet<usize>> {
     let mut known: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
-    for sig in engine.gen_fn_signatures(true) {
-        let Some((name, rest)) = sig.split_once('(') else {
-            continue;
-        };
-        let params = rest.split(')').next().unwrap_or("");
-        let arity = if params.trim().is_empty() {
-            0
-        } else {
-            params.split(',').count()
-        };
-        let name = name
-            .trim()
-            .trim_start_matches("get$")
-            .trim_start_matches("set$");
-        known.entry(name.to_owned()).or_default().insert(arity);
+    for r in super::registry::registered(engine, true) {
+        known.entry(r.name).or_default().insert(r.arity);
     }
     for f in ast.iter_functions() {
         known

@@ -6,6 +6,7 @@ pub mod check;
 pub mod helpers;
 pub mod nixos;
 pub mod polling;
+pub mod registry;
 pub mod repl;
 
 use std::path::{Path, PathBuf};
@@ -294,11 +295,9 @@ mod parity_table {
         )
         .unwrap();
         let e = test_engine();
-        let registered: std::collections::BTreeSet<String> = e
-            .gen_fn_signatures(false)
-            .iter()
-            .filter_map(|s| s.split('(').next())
-            .map(|n| n.trim().trim_start_matches("get$").to_owned())
+        let registered: std::collections::BTreeSet<String> = super::registry::registered(&e, false)
+            .into_iter()
+            .map(|r| r.name)
             .collect();
         let mut missing = Vec::new();
         for line in table.lines().filter(|l| l.starts_with("| `")) {

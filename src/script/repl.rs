@@ -98,19 +98,14 @@ fn help(engine: &Engine, scope: &Scope) -> String {
         .collect();
     let mut methods = BTreeSet::new();
     let mut functions = BTreeSet::new();
-    for sig in engine.gen_fn_signatures(false) {
-        let Some((name, params)) = sig.split_once('(') else {
-            continue;
-        };
-        let name = name.trim();
-        if name.contains('$') || name.starts_with("to_") || name.starts_with("anon") {
+    for r in super::registry::registered(engine, false) {
+        if r.property || r.name.starts_with("to_") || r.name.starts_with("anon") {
             continue;
         }
-        let first = params.split([',', ')']).next().unwrap_or("");
-        if first.contains("Machine") {
-            methods.insert(name.to_owned());
+        if r.on_machine {
+            methods.insert(r.name);
         } else {
-            functions.insert(name.to_owned());
+            functions.insert(r.name);
         }
     }
     let list = |s: BTreeSet<String>| s.into_iter().collect::<Vec<_>>().join(", ");
