@@ -1,7 +1,7 @@
 //! attest: a NixOS integration test driver. A test is a JSON config (nodes,
 //! backends, vlans, limits) plus a Rhai script; [`driver::run_test`] boots the
 //! nodes under a supervisor, runs the script and tears everything down.
-//! See DESIGN.md for the architecture.
+//! README.md, "How it works", maps the modules.
 #![warn(missing_docs)]
 // Machine errors carry the failing command's full output so a report needs no
 // second lookup; they are returned once per failed step, never in a hot loop,

@@ -342,10 +342,14 @@ log("crashed");
     }
     let png = std::fs::read(case.path("screen.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: the VGA text console's size (the OCR step read what is on it).
+    let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!(&png[12..16], b"IHDR", "no IHDR");
     assert!(
-        png.len() > 100_000,
-        "screenshot too small: {} bytes",
-        png.len()
+        dim(16) >= 640 && dim(20) >= 400,
+        "screenshot is {}x{}",
+        dim(16),
+        dim(20)
     );
     assert!(case.path("snap/vm.state").is_file());
     case.assert_nothing_left();
@@ -404,8 +408,13 @@ log("should not get here");
                 .filter(|(_, c)| c.contains("qemu-system"))
                 .collect();
             assert_eq!(qemu.len(), 1, "expected one QEMU: {qemu:?}");
-            // SAFETY: kill(2) on a pid we just found; no memory is involved.
-            unsafe { libc::kill(qemu[0].0, libc::SIGKILL) };
+            let pid = qemu[0].0;
+            assert!(pid > 1, "not a QEMU pid: {pid}");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .expect("kill QEMU");
             killed_at = Some(Instant::now());
         }
     });

@@ -1,5 +1,5 @@
 //! The ssh backend: drives a host that already runs, with the same script API
-//! and the same command protocol as every other backend (DESIGN.md §3, §4).
+//! and the same command protocol as every other backend (README, "How it works").
 //!
 //! [`SshBackend::start`] opens one OpenSSH ControlMaster connection per
 //! machine (`ssh -N -o ControlMaster=yes`), supervised like any machine

@@ -91,15 +91,8 @@ impl BenchContext<'_> {
 
 /// The host's CLOCK_MONOTONIC in µs (what systemd's `…Monotonic` properties use).
 fn monotonic_us() -> Option<u64> {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
-        return None;
-    }
-    Some(t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1000)
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,5 +1,7 @@
 //! [`Usage`]: attest's own resource use (getrusage and `/proc/self/status`).
 
+use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::time::TimeVal;
 use serde::Serialize;
 
 /// CPU times of attest itself and of its reaped children, in seconds.
@@ -15,22 +17,19 @@ pub struct Usage {
     pub children_sys_s: f64,
 }
 
-fn rusage(who: libc::c_int) -> (f64, f64) {
-    // SAFETY: getrusage only writes into the zeroed struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `ru` is a valid, writable rusage; `who` is RUSAGE_SELF or RUSAGE_CHILDREN.
-    if unsafe { libc::getrusage(who, &mut ru) } != 0 {
+fn rusage(who: UsageWho) -> (f64, f64) {
+    let Ok(ru) = getrusage(who) else {
         return (0.0, 0.0);
-    }
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    (t(ru.ru_utime), t(ru.ru_stime))
+    };
+    let t = |tv: TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    (t(ru.user_time()), t(ru.system_time()))
 }
 
 impl Usage {
     /// The totals so far.
     pub fn now() -> Usage {
-        let (self_user_s, self_sys_s) = rusage(libc::RUSAGE_SELF);
-        let (children_user_s, children_sys_s) = rusage(libc::RUSAGE_CHILDREN);
+        let (self_user_s, self_sys_s) = rusage(UsageWho::RUSAGE_SELF);
+        let (children_user_s, children_sys_s) = rusage(UsageWho::RUSAGE_CHILDREN);
         Usage {
             self_user_s,
             self_sys_s,

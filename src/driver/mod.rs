@@ -1,6 +1,14 @@
 //! [`Driver`]: the supervisor of a run. It owns the machines, the network, the
 //! state directory, the cancellation token (signals, global timeout) and the
-//! ordered teardown. See `driver/README.md` for the lifecycle.
+//! ordered teardown.
+//!
+//! Lifecycle ([`run_test`] drives it): [`Driver::new`] claims a state
+//! directory (locked, so another run's janitor leaves it alone) and makes one
+//! [`Machine`] per node, nothing started; [`Driver::spawn_watchers`] arms the
+//! global timeout and SIGINT/SIGTERM/SIGHUP (a first signal cancels the run, a
+//! second exits at once, every child having PDEATHSIG); the script runs;
+//! [`Driver::teardown`] ends every machine in parallel (graceful, then
+//! forced) and removes the state directory unless `--keep-state`.
 
 pub(crate) mod janitor;
 mod run;

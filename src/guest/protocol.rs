@@ -1,5 +1,5 @@
-//! Framing of the command protocol (DESIGN.md §3), free of I/O so it can be
-//! tested exhaustively.
+//! Framing of the command protocol (README, "How it works"), free of I/O so
+//! it can be tested exhaustively.
 //!
 //! One round trip per command. The host sends one line of bash; the guest's
 //! backdoor shell runs the command (ANSI-C quoted, under `timeout`, stdin

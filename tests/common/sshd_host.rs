@@ -189,14 +189,17 @@ impl SshdHost {
         // terminal of whoever runs the tests.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                nix::unistd::setsid()?;
                 for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY);
-                    if fd >= 0 {
-                        libc::write(fd, b"0".as_ptr().cast(), 1);
-                        libc::close(fd);
+                    use nix::fcntl::{open, OFlag};
+                    use std::os::fd::FromRawFd as _;
+                    if let Ok(fd) =
+                        open(p.as_c_str(), OFlag::O_WRONLY, nix::sys::stat::Mode::empty())
+                    {
+                        // SAFETY: `fd` was just opened and nothing else owns it;
+                        // dropping the OwnedFd closes it.
+                        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                        let _ = nix::unistd::write(&fd, b"0");
                     }
                 }
                 Ok(())
@@ -408,8 +411,7 @@ fn remove_netns_processes(ns: &str) {
 }
 
 fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn set_mode(p: &Path, mode: u32) {

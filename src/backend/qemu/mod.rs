@@ -2,6 +2,7 @@
 //! (kernel, initrd, disk, command line — the Debian test image) or from a
 //! NixOS `run-<name>-vm` start script; [`QemuInstance`] is the running VM.
 //!
+//! - Screenshots: QMP `screendump` with `format: "png"`.
 //! - Channels: attest listens on the virtconsole socket (`/dev/hvc0`, the
 //!   backdoor) and the serial socket (`ttyS0`, drained into the console
 //!   log); QEMU connects to both ([`relay`]). Everything else goes through
@@ -25,7 +26,6 @@ pub mod keys;
 pub mod ocr;
 pub mod qmp;
 pub mod relay;
-pub mod screen;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -481,22 +481,20 @@ impl QemuInstance {
             .map(drop)
     }
 
+    /// QMP `screendump` straight to PNG (QEMU ≥ 7.1 with libpng).
     async fn screenshot(&self, path: &Path) -> Result<(), BackendError> {
-        let n = self.screenshots.fetch_add(1, Ordering::Relaxed);
-        let ppm = self.state_dir.join(format!("screen-{n}.ppm"));
+        let path = absolute(path)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        }
         self.command(
             "screendump",
-            Some(json!({ "filename": ppm.display().to_string() })),
+            Some(json!({ "filename": path.display().to_string(), "format": "png" })),
         )
-        .await?;
-        let data = std::fs::read(&ppm).map_err(|e| failed(format!("{}: {e}", ppm.display())))?;
-        let _ = std::fs::remove_file(&ppm);
-        let img = screen::parse_ppm(&data).map_err(failed)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
-        }
-        std::fs::write(path, screen::encode_png(&img))
-            .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
+        .await
+        .map(drop)
     }
 
     /// Polls `query-migrate` until the migration ends.
