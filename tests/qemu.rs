@@ -4,12 +4,16 @@
 //!
 //! Boots: two-node test 2, lifecycle test 3, kill test 1. Tests that boot
 //! are named `vm_*`: nextest runs them one at a time (.config/nextest.toml).
+//! The lifecycle and kill tests use the default protocol (the agent over
+//! hvc0), the two-node test the bash protocol, so both stay tested on QEMU.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use sha2::Digest;
 
 fn manifest() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");
@@ -26,6 +30,8 @@ fn manifest() -> PathBuf {
 /// state dir (and every process started from it) is recognisable.
 struct Case {
     dir: tempfile::TempDir,
+    /// `--protocol` for the run (None: attest's default).
+    protocol: Option<&'static str>,
 }
 
 struct Outcome {
@@ -54,7 +60,10 @@ impl Case {
         );
         std::fs::write(dir.path().join("test.json"), config).unwrap();
         std::fs::write(dir.path().join("test.rhai"), script).unwrap();
-        Case { dir }
+        Case {
+            dir,
+            protocol: None,
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -66,6 +75,7 @@ impl Case {
         let mut child = Command::new(env!("CARGO_BIN_EXE_attest"))
             .arg("run")
             .arg(self.path("test.json"))
+            .args(self.protocol.iter().flat_map(|p| ["--protocol", p]))
             .env("TMPDIR", self.path("tmp"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -237,10 +247,13 @@ client.wait_until_succeeds("curl -sf --max-time 3 http://server", #{ timeout: 60
 log("two-node test done");
 "#,
     );
+    let mut case = case;
+    case.protocol = Some("bash");
     let o = case.run(|_| {});
     assert_passed(&o);
     assert!(o.stderr.contains("accelerator"), "{}", o.stderr);
     assert!(o.stderr.contains("two-node test done"));
+    assert!(o.stderr.contains("(bash protocol)"), "{}", o.stderr);
     case.assert_nothing_left();
     assert!(
         case.path("tmp").read_dir().unwrap().next().is_none(),
@@ -288,6 +301,17 @@ fn vm_lifecycle_screens_keys_ocr_links_snapshots_reboot_shutdown_crash() {
 machine.start();
 machine.wait_for_unit("multi-user.target");
 
+// The agent over hvc0 (the default on QEMU): a big output arrives whole
+// through the tty (QEMU drops virtconsole output its socket cannot take),
+// and file transfers run in a shell tunnelled through the agent.
+let out = machine.succeed("head -c 4194304 /dev/zero | tr '\\0' x");
+assert_eq(out.len, 4194304);
+machine.succeed("head -c 1048576 /dev/urandom > /root/blob");
+machine.copy_from_machine("/root/blob", "@DIR@/fromvm");
+log(`guest blob ${machine.succeed("sha256sum </root/blob")}`);
+machine.copy_from_host("@DIR@/fromvm/blob", "/root/blob2");
+machine.succeed("cmp /root/blob /root/blob2");
+
 // The VGA console, as PNG.
 machine.screenshot("@DIR@/screen.png");
 
@@ -315,6 +339,10 @@ assert_contains(machine.succeed("cat /run/mem-marker"), "in-memory");
 machine.fail("test -e /root/after");
 log("snapshot restored");
 
+// After a restore the agent hands hvc0 back to a shell and is started
+// again; its outputs still arrive whole.
+assert_eq(machine.succeed("head -c 1048576 /dev/zero | tr '\\0' y").len, 1048576);
+
 // Reboot: /run is fresh, the disk is kept, the backdoor comes back.
 machine.reboot();
 machine.fail("test -e /run/mem-marker");
@@ -340,6 +368,29 @@ log("crashed");
     for step in ["snapshot restored", "rebooted", "started again", "crashed"] {
         assert!(o.stderr.contains(step), "missing {step:?}:\n{}", o.stderr);
     }
+    // Both starts used the agent; no (re)connect fell back.
+    assert_eq!(
+        o.stderr.matches("(agent protocol)").count(),
+        2,
+        "{}",
+        o.stderr
+    );
+    assert!(
+        !o.stderr.contains("using the bash protocol"),
+        "{}",
+        o.stderr
+    );
+    let fetched = std::fs::read(case.path("fromvm/blob")).unwrap();
+    assert_eq!(fetched.len(), 1 << 20);
+    let sum: String = sha2::Sha256::digest(&fetched)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        o.stderr.contains(&format!("guest blob {sum}  -")),
+        "copy_from_machine differs from the guest's file (host sha256 {sum}):\n{}",
+        o.stderr
+    );
     let png = std::fs::read(case.path("screen.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     // IHDR: the VGA text console's size (the OCR step read what is on it).

@@ -1,12 +1,12 @@
 //! One command: spawn (one fork+exec, own session and process group, stdin
-//! from `/dev/null`), stream its outputs, enforce its timeout, report how it
-//! ended.
+//! from `/dev/null` or, for a tunnelled shell, the host's `STDIN` frames),
+//! stream its outputs, enforce its timeout, report how it ended.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::sys::{self, PollFd, POLLIN};
@@ -36,10 +36,14 @@ pub fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-fn spawn(argv: &[String]) -> std::io::Result<Child> {
+fn spawn(argv: &[String], piped_stdin: bool) -> std::io::Result<Child> {
     let mut c = Command::new(&argv[0]);
+    let stdin = match piped_stdin {
+        true => Stdio::piped(),
+        false => Stdio::null(),
+    };
     c.args(&argv[1..])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
@@ -48,13 +52,14 @@ fn spawn(argv: &[String]) -> std::io::Result<Child> {
 }
 
 /// Runs one request to the end; sends its frames on `out`.
-pub fn run(id: u32, exec: Exec, out: Out, registry: Registry) {
+pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, registry: Registry) {
     let shell = || vec!["bash".to_owned(), "-c".to_owned(), exec.script.clone()];
     // A word list is exec'd directly; if that fails (no such program, a
     // shell builtin), bash runs it and reports the error in its own words.
+    let piped = stdin.is_some();
     let child = match exec.words.is_empty() {
-        false => spawn(&exec.words).or_else(|_| spawn(&shell())),
-        true => spawn(&shell()),
+        false => spawn(&exec.words, piped).or_else(|_| spawn(&shell(), piped)),
+        true => spawn(&shell(), piped),
     };
     let mut child = match child {
         Ok(c) => c,
@@ -64,6 +69,17 @@ pub fn run(id: u32, exec: Exec, out: Out, registry: Registry) {
             return;
         }
     };
+    if let (Some(rx), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // Its own thread: a command that does not read must not stall the
+        // agent's request loop. An empty chunk or a gone host closes it.
+        std::thread::spawn(move || {
+            while let Ok(chunk) = rx.recv() {
+                if chunk.is_empty() || pipe.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let pid = child.id();
     registry.lock().expect("registry").insert(id, pid);
     let timeout = (exec.timeout_ms > 0).then(|| Duration::from_millis(exec.timeout_ms));

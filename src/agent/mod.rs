@@ -14,14 +14,16 @@ mod transfer;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 
 use transfer::Msg;
-use wire::{Digest, Exec, Frame, Transfer, DATA, END, EXEC, GET, HELLO, KILL, PUT, VERSION};
+use wire::{
+    Digest, Exec, Frame, Transfer, ACK, DATA, END, EXEC, GET, HELLO, KILL, PUT, STDIN, VERSION,
+};
 
 /// Running commands: request id → process group.
 type Registry = Arc<Mutex<HashMap<u32, u32>>>;
@@ -34,51 +36,132 @@ type Downloads = Arc<Mutex<HashMap<u32, Arc<AtomicBool>>>>;
 const QUEUE: usize = 64;
 
 /// The agent's `main`: `--version` prints the version, otherwise serves
-/// stdin/stdout until stdin closes.
+/// stdin/stdout until stdin closes. `--window BYTES` caps unacknowledged
+/// output (0: none); by default it is [`wire::WINDOW`] when stdout is a
+/// terminal (a virtconsole, whose host side drops what it cannot take).
 pub fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--version") {
         println!("attest-agent {VERSION}");
         return;
     }
+    let on_tty = std::io::stdout().is_terminal();
+    let window = match args.iter().position(|a| a == "--window") {
+        Some(i) => args.get(i + 1).and_then(|w| w.parse::<u64>().ok()),
+        None => on_tty.then_some(wire::WINDOW),
+    }
+    .filter(|w| *w > 0);
     // Raw descriptors: std's stdout is line-buffered, and frames are binary.
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(std::fs::File::from);
-    match (
+    let ended = match (
         dup(std::io::stdin().as_fd()),
         dup(std::io::stdout().as_fd()),
     ) {
-        (Ok(input), Ok(output)) => serve(input, output),
-        (Err(e), _) | (_, Err(e)) => eprintln!("attest-agent: cannot use stdin/stdout: {e}"),
+        (Ok(input), Ok(output)) => serve_with(input, output, window),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("attest-agent: cannot use stdin/stdout: {e}");
+            Ended::Closed
+        }
+    };
+    if let (Ended::Broken(why), true) = (&ended, on_tty) {
+        become_shell(why);
     }
     std::process::exit(0);
 }
 
+/// How serving ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The host closed the stream between frames.
+    Closed,
+    /// The stream stopped making sense (not a frame, read error).
+    Broken(String),
+}
+
+/// On a terminal the agent is the machine's only backdoor (hvc0 has one
+/// shell and no restart). Bytes that are not frames mean the host no longer
+/// speaks the protocol on it: a VM restored from a snapshot, whose new host
+/// connection asks for the shell's banner. The agent hands the terminal back
+/// to a backdoor shell, which the host bootstraps again.
+fn become_shell(why: &str) -> ! {
+    use std::os::unix::process::CommandExt;
+    eprintln!("attest-agent: {why}; handing the terminal back to a backdoor shell");
+    let mut out = std::io::stdout();
+    let _ = out.write_all(format!("\n{}\n", BACKDOOR_BANNER).as_bytes());
+    let _ = out.flush();
+    let e = std::process::Command::new("bash").arg("--norc").exec();
+    eprintln!("attest-agent: cannot start bash: {e}");
+    std::process::exit(1);
+}
+
+/// `guest::BANNER`, which the std-only agent cannot import.
+pub const BACKDOOR_BANNER: &str = "Spawning backdoor root shell...";
+
 /// Serves requests from `input`, replying on `output`, until `input` ends or
-/// fails. Kills the process groups of commands still running then.
-pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
+/// fails, without flow control. Kills the process groups of commands still
+/// running then.
+pub fn serve(input: impl Read, output: impl Write + Send + 'static) -> Ended {
+    serve_with(input, output, None)
+}
+
+/// [`serve`], keeping at most `window` bytes of frames unacknowledged.
+pub fn serve_with(
+    input: impl Read,
+    output: impl Write + Send + 'static,
+    window: Option<u64>,
+) -> Ended {
     let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
-    let writer = std::thread::spawn(move || write_frames(rx, output));
+    let credit = window.map(|w| Arc::new(Credit::new(w)));
+    let writer = {
+        let credit = credit.clone();
+        let greeting = format!("{HELLO} {VERSION}\n").into_bytes();
+        std::thread::spawn(move || write_frames(greeting, rx, output, credit.as_deref()))
+    };
     let registry: Registry = Arc::default();
     let downloads: Downloads = Arc::default();
     // Uploads in progress: their data goes to their own threads.
     let mut uploads: HashMap<u32, SyncSender<Msg>> = HashMap::new();
-    let _ = tx.send(format!("{HELLO} {VERSION}\n").into_bytes());
+    let mut stdins: HashMap<u32, Sender<Vec<u8>>> = HashMap::new();
     let mut input = BufReader::with_capacity(256 * 1024, input);
-    let reason = loop {
+    // Errors go out from their own thread: with the writer waiting for
+    // credit and the queue full, this loop must keep reading acks.
+    let reply_error = |id: u32, msg: String| {
+        let tx = tx.clone();
+        std::thread::spawn(move || tx.send(error_frame(id, &msg)));
+    };
+    let ended = loop {
         let frame = match read_frame(&mut input) {
             Ok(Some(f)) => f,
-            Ok(None) => break None,
-            Err(e) => break Some(e),
+            Ok(None) => break Ended::Closed,
+            Err(e) => break Ended::Broken(e),
         };
         match frame.kind {
             EXEC => match Exec::decode(&frame.payload) {
                 Ok(exec) => {
+                    let stdin = exec.stdin.then(|| {
+                        let (stx, srx) = channel();
+                        stdins.insert(frame.id, stx);
+                        srx
+                    });
                     let (tx, registry) = (tx.clone(), registry.clone());
-                    std::thread::spawn(move || command::run(frame.id, exec, tx, registry));
+                    std::thread::spawn(move || command::run(frame.id, exec, stdin, tx, registry));
                 }
-                Err(e) => {
-                    let msg = format!("bad exec request: {e}");
-                    let _ = tx.send(error_frame(frame.id, &msg));
+                Err(e) => reply_error(frame.id, format!("bad exec request: {e}")),
+            },
+            STDIN => {
+                let close = frame.payload.is_empty();
+                let gone = match stdins.get(&frame.id) {
+                    Some(s) => s.send(frame.payload).is_err(),
+                    None => false,
+                };
+                if close || gone {
+                    stdins.remove(&frame.id);
                 }
+            }
+            ACK => match (wire::decode_ack(&frame.payload), &credit) {
+                (Ok(n), Some(c)) => c.acked(n),
+                (Ok(_), None) => {}
+                (Err(e), _) => break Ended::Broken(format!("bad ack: {e}")),
             },
             KILL => {
                 if let Some(pgid) = registry.lock().expect("registry").get(&frame.id) {
@@ -97,9 +180,7 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
                     let tx = tx.clone();
                     std::thread::spawn(move || transfer::receive(frame.id, t, rx, tx));
                 }
-                Err(e) => {
-                    let _ = tx.send(error_frame(frame.id, &format!("bad upload request: {e}")));
-                }
+                Err(e) => reply_error(frame.id, format!("bad upload request: {e}")),
             },
             DATA => {
                 // Blocks while the upload's queue is full: the host's data
@@ -118,9 +199,7 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
                         Ok(d) => {
                             let _ = inbox.send(Msg::End(d));
                         }
-                        Err(e) => {
-                            let _ = tx.send(error_frame(frame.id, &format!("bad upload end: {e}")));
-                        }
+                        Err(e) => reply_error(frame.id, format!("bad upload end: {e}")),
                     }
                 }
             }
@@ -137,17 +216,12 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
                         downloads.lock().expect("downloads").remove(&frame.id);
                     });
                 }
-                Err(e) => {
-                    let _ = tx.send(error_frame(frame.id, &format!("bad download request: {e}")));
-                }
+                Err(e) => reply_error(frame.id, format!("bad download request: {e}")),
             },
-            other => {
-                let msg = format!("unknown request kind {other}");
-                let _ = tx.send(error_frame(frame.id, &msg));
-            }
+            other => reply_error(frame.id, format!("unknown request kind {other}")),
         }
     };
-    if let Some(e) = reason {
+    if let Ended::Broken(e) = &ended {
         eprintln!("attest-agent: {e}");
     }
     // The host is gone: nothing it started may outlive the connection.
@@ -158,8 +232,69 @@ pub fn serve(input: impl Read, output: impl Write + Send + 'static) {
     for stop in downloads.lock().expect("downloads").values() {
         stop.store(true, Ordering::Relaxed);
     }
+    drop(stdins);
+    if let Some(c) = &credit {
+        c.close();
+    }
     drop(tx);
     let _ = writer.join();
+    ended
+}
+
+/// Flow control: how much of the output the host has taken.
+struct Credit {
+    window: u64,
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Credit {
+    fn new(window: u64) -> Credit {
+        Credit {
+            window,
+            state: Mutex::new((0, false)),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn acked(&self, n: u64) {
+        let mut g = self.state.lock().expect("credit");
+        g.0 = g.0.max(n);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.state.lock().expect("credit").1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Bytes that may be written once `sent` were; flushes and waits for
+    /// acks when none may.
+    fn room(&self, sent: u64, flush: impl FnOnce() -> std::io::Result<()>) -> std::io::Result<u64> {
+        let free = |g: &(u64, bool)| self.window.saturating_sub(sent.saturating_sub(g.0));
+        let closed = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "input closed");
+        {
+            let g = self.state.lock().expect("credit");
+            if g.1 {
+                return Err(closed());
+            }
+            if free(&g) > 0 {
+                return Ok(free(&g));
+            }
+        }
+        // What is buffered must reach the host, or it never acks.
+        flush()?;
+        let mut g = self.state.lock().expect("credit");
+        loop {
+            if g.1 {
+                return Err(closed());
+            }
+            if free(&g) > 0 {
+                return Ok(free(&g));
+            }
+            g = self.changed.wait(g).expect("credit");
+        }
+    }
 }
 
 fn error_frame(id: u32, msg: &str) -> Vec<u8> {
@@ -186,20 +321,48 @@ fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, String> {
     wire::decode_body(body).map(Some)
 }
 
-/// Writes queued frames, flushing whenever the queue runs empty.
-fn write_frames(rx: Receiver<Vec<u8>>, output: impl Write) {
+/// Writes the greeting, then queued frames, flushing whenever the queue
+/// runs empty (and before waiting for credit).
+fn write_frames(
+    greeting: Vec<u8>,
+    rx: Receiver<Vec<u8>>,
+    output: impl Write,
+    credit: Option<&Credit>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, output);
+    if w.write_all(&greeting).and_then(|()| w.flush()).is_err() {
+        return;
+    }
+    let mut sent = 0u64;
     while let Ok(first) = rx.recv() {
-        if w.write_all(&first).is_err() {
-            return;
-        }
-        while let Ok(more) = rx.try_recv() {
-            if w.write_all(&more).is_err() {
+        let mut next = Some(first);
+        while let Some(buf) = next.take() {
+            if put(&mut w, &buf, &mut sent, credit).is_err() {
                 return;
             }
+            next = rx.try_recv().ok();
         }
         if w.flush().is_err() {
             return;
         }
     }
+}
+
+fn put<W: Write>(
+    w: &mut BufWriter<W>,
+    mut buf: &[u8],
+    sent: &mut u64,
+    credit: Option<&Credit>,
+) -> std::io::Result<()> {
+    let Some(credit) = credit else {
+        return w.write_all(buf);
+    };
+    while !buf.is_empty() {
+        let room = credit.room(*sent, || w.flush())?;
+        let n = room.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..n])?;
+        *sent += n as u64;
+        buf = &buf[n..];
+    }
+    Ok(())
 }

@@ -19,13 +19,22 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Largest payload either side sends or accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Bytes of kind + id.
 const HEAD: usize = 5;
+
+/// Unacknowledged bytes an agent on a tty keeps in flight. QEMU's socket
+/// towards the host takes about 200 KiB (`wmem_default`) before it drops a
+/// virtconsole's output; this stays well below it, and the host acks every
+/// [`ACK_EVERY`] bytes so the window never runs dry on a fast host.
+pub const WINDOW: u64 = 96 * 1024;
+
+/// How often (in bytes consumed) the host sends [`ACK`].
+pub const ACK_EVERY: u64 = 16 * 1024;
 
 /// Host → agent: run a command. Payload: [`Exec`].
 pub const EXEC: u8 = 1;
@@ -42,6 +51,14 @@ pub const END: u8 = 5;
 /// Host → agent: send a file, or a directory as a tar stream. Payload:
 /// [`Transfer`]. The agent answers with [`DATA`] frames, then [`DONE`].
 pub const GET: u8 = 6;
+/// Host → agent: bytes for the stdin of a command started with
+/// [`Exec::stdin`]; an empty payload closes it.
+pub const STDIN: u8 = 7;
+/// Host → agent: the host has consumed this many bytes of frames (u64 LE,
+/// counted from the first frame after the greeting). An agent whose output
+/// can be lost when the host falls behind (a virtconsole: QEMU drops what
+/// its socket does not take) keeps at most [`WINDOW`] bytes unacknowledged.
+pub const ACK: u8 = 8;
 /// Agent → host: bytes the command wrote to stdout.
 pub const STDOUT: u8 = 16;
 /// Agent → host: bytes the command wrote to stderr.
@@ -196,6 +213,9 @@ pub fn decode_body(body: Vec<u8>) -> Result<Frame, String> {
 pub struct Exec {
     /// Milliseconds before the process group is killed (0: never).
     pub timeout_ms: u64,
+    /// The command's stdin is a pipe fed by [`STDIN`] frames, not `/dev/null`
+    /// (a bash backdoor session tunnelled through the agent).
+    pub stdin: bool,
     /// The argv for a direct exec, or empty.
     pub words: Vec<String>,
     /// The bash script (`set -euo pipefail; <command>`).
@@ -207,6 +227,7 @@ impl Exec {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&self.timeout_ms.to_le_bytes());
+        v.push(self.stdin as u8);
         v.extend_from_slice(&(self.words.len() as u32).to_le_bytes());
         for w in &self.words {
             v.extend_from_slice(&(w.len() as u32).to_le_bytes());
@@ -219,7 +240,8 @@ impl Exec {
     /// Parses the payload.
     pub fn decode(p: &[u8]) -> Result<Exec, String> {
         let mut r = Reader(p);
-        let timeout_ms = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let timeout_ms = r.u64()?;
+        let stdin = r.take(1)?[0] != 0;
         let n = r.u32()?;
         let mut words = Vec::new();
         for _ in 0..n {
@@ -229,6 +251,7 @@ impl Exec {
         let script = r.text(r.0.len())?;
         Ok(Exec {
             timeout_ms,
+            stdin,
             words,
             script,
         })
@@ -283,6 +306,12 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
@@ -292,6 +321,16 @@ impl<'a> Reader<'a> {
     fn text(&mut self, n: usize) -> Result<String, String> {
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
     }
+}
+
+/// The payload of an [`ACK`] frame.
+pub fn encode_ack(consumed: u64) -> Vec<u8> {
+    consumed.to_le_bytes().to_vec()
+}
+
+/// Parses an [`ACK`] payload.
+pub fn decode_ack(p: &[u8]) -> Result<u64, String> {
+    Reader(p).u64()
 }
 
 #[cfg(test)]
@@ -315,6 +354,7 @@ mod tests {
     fn exec_and_exit_round_trip() {
         let e = Exec {
             timeout_ms: 1500,
+            stdin: true,
             words: vec!["systemctl".into(), "is-active".into(), "x y".into()],
             script: "set -euo pipefail; systemctl is-active 'x y'".into(),
         };

@@ -343,11 +343,13 @@ pub struct AgentClient {
     shared: Arc<Shared>,
     next_id: AtomicU32,
     reader_task: tokio::task::JoinHandle<()>,
+    ack_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for AgentClient {
     fn drop(&mut self) {
         self.reader_task.abort();
+        self.ack_task.abort();
     }
 }
 
@@ -380,11 +382,14 @@ impl AgentClient {
             closed: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(writer),
         });
-        let reader_task = tokio::spawn(read_frames(reader, shared.clone()));
+        let (consumed_tx, consumed_rx) = tokio::sync::watch::channel(0u64);
+        let reader_task = tokio::spawn(read_frames(reader, shared.clone(), consumed_tx));
+        let ack_task = tokio::spawn(send_acks(consumed_rx, shared.clone()));
         AgentClient {
             shared,
             next_id: AtomicU32::new(1),
             reader_task,
+            ack_task,
         }
     }
 
@@ -425,6 +430,7 @@ impl AgentClient {
     fn exec_frame(id: u32, command: &str, timeout: Duration) -> Frame {
         let exec = Exec {
             timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
+            stdin: false,
             words: plain_words(command).unwrap_or_default(),
             script: format!("set -euo pipefail; {command}"),
         };
@@ -488,6 +494,72 @@ impl AgentClient {
         Ok(out)
     }
 
+    /// A bash backdoor shell tunnelled through one request: its stdin and
+    /// stdout are the returned stream, which starts with the backdoor's
+    /// banner, so `Session::establish` takes it as any other backdoor. For
+    /// what still speaks the bash protocol (file transfers) on transports
+    /// with a single stream (QEMU's hvc0), where a second connection would
+    /// take the stream from the agent. Dropping the stream ends the shell
+    /// and kills what it runs.
+    pub async fn open_shell(&self) -> Result<tokio::io::DuplexStream, GuestError> {
+        let (id, mut events) = self.request()?;
+        let guard = KillOnDrop {
+            shared: self.shared.clone(),
+            id,
+            armed: true,
+        };
+        let exec = Exec {
+            timeout_ms: 0,
+            stdin: true,
+            words: Vec::new(),
+            script: format!("echo '{BANNER}'; exec bash --norc"),
+        };
+        self.send(Frame {
+            kind: wire::EXEC,
+            id,
+            payload: exec.encode(),
+        })
+        .await?;
+        let (ours, theirs) = tokio::io::duplex(256 << 10);
+        let (mut from_session, mut to_session) = tokio::io::split(theirs);
+        tokio::spawn(async move {
+            while let Some(f) = events.recv().await {
+                match f.kind {
+                    wire::STDOUT => {
+                        if to_session.write_all(&f.payload).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The shell's own complaints; commands' stderr travels
+                    // in the bash protocol's framing on stdout.
+                    wire::STDERR => {}
+                    _ => break,
+                }
+            }
+            let _ = to_session.shutdown().await;
+        });
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = from_session.read(&mut buf).await.unwrap_or(0);
+                // An empty chunk closes the shell's stdin.
+                let bytes = Frame {
+                    kind: wire::STDIN,
+                    id,
+                    payload: buf[..n].to_vec(),
+                }
+                .encode();
+                let mut w = shared.writer.lock().await;
+                if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() || n == 0 {
+                    break;
+                }
+            }
+        });
+        Ok(ours)
+    }
+
     /// Starts a command and does not wait for it (`poweroff`, which takes
     /// the agent down with the machine).
     pub async fn send_fire_and_forget(&self, command: &str) -> Result<(), GuestError> {
@@ -537,18 +609,58 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Tells the agent how much of its output arrived (see [`wire::ACK`]): the
+/// latest count, whenever the reader has taken [`wire::ACK_EVERY`] more.
+async fn send_acks(mut consumed: tokio::sync::watch::Receiver<u64>, shared: Arc<Shared>) {
+    while consumed.changed().await.is_ok() {
+        let n = *consumed.borrow_and_update();
+        let bytes = Frame {
+            kind: wire::ACK,
+            id: 0,
+            payload: wire::encode_ack(n),
+        }
+        .encode();
+        let mut w = shared.writer.lock().await;
+        if w.write_all(&bytes).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Routes frames to their requests until the stream ends; then every
 /// pending request fails at once.
-async fn read_frames(mut reader: Reader, shared: Arc<Shared>) {
-    loop {
+async fn read_frames(
+    mut reader: Reader,
+    shared: Arc<Shared>,
+    consumed: tokio::sync::watch::Sender<u64>,
+) {
+    // Counted as bytes arrive, not per frame: a frame may be bigger than
+    // the agent's window, which then waits for acks mid-frame.
+    let (mut total, mut acked) = (0u64, 0u64);
+    let mut count = |k: usize| {
+        total += k as u64;
+        if total - acked >= wire::ACK_EVERY {
+            acked = total;
+            consumed.send_replace(total);
+        }
+    };
+    'frames: loop {
         let mut len = [0u8; 4];
         if reader.read_exact(&mut len).await.is_err() {
             break;
         }
+        count(4);
         let Ok(n) = wire::body_len(len) else { break };
         let mut body = vec![0u8; n];
-        if reader.read_exact(&mut body).await.is_err() {
-            break;
+        let mut got = 0;
+        while got < n {
+            match reader.read(&mut body[got..]).await {
+                Ok(0) | Err(_) => break 'frames,
+                Ok(k) => {
+                    got += k;
+                    count(k);
+                }
+            }
         }
         let Ok(frame) = wire::decode_body(body) else {
             break;
@@ -697,6 +809,157 @@ pub(super) mod tests {
         let err = pending.await.unwrap().unwrap_err();
         assert!(matches!(err, GuestError::Closed), "{err:?}");
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// Reads from a blocking socket until `want` bytes came or `quiet` passed
+    /// without any.
+    fn read_for(s: &mut std::os::unix::net::UnixStream, want: usize, quiet: Duration) -> Vec<u8> {
+        use std::io::Read;
+        s.set_read_timeout(Some(quiet)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while got.len() < want {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_windowed_agent_keeps_at_most_the_window_unacknowledged() {
+        use std::io::Write;
+        let (mut host, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs2 = theirs.try_clone().unwrap();
+        std::thread::spawn(move || crate::agent::serve_with(theirs, theirs2, Some(8192)));
+        let greeting = format!("{} {}\n", wire::HELLO, wire::VERSION);
+        let got = read_for(&mut host, greeting.len(), Duration::from_secs(5));
+        assert_eq!(got, greeting.as_bytes());
+        let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T);
+        host.write_all(&exec.encode()).unwrap();
+        // Without acks, output stops at the window, whatever the command has.
+        let first = read_for(&mut host, 100_000, Duration::from_millis(1500));
+        assert_eq!(first.len(), 8192, "bytes in flight without an ack");
+        let ack = Frame {
+            kind: wire::ACK,
+            id: 0,
+            payload: wire::encode_ack(first.len() as u64),
+        };
+        host.write_all(&ack.encode()).unwrap();
+        let more = read_for(&mut host, 100_000, Duration::from_millis(1500));
+        assert_eq!(more.len(), 8192, "an ack opens the window once more");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_windowed_agent_delivers_big_outputs_whole_to_a_client_that_acks() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs2 = theirs.try_clone().unwrap();
+        std::thread::spawn(move || crate::agent::serve_with(theirs, theirs2, Some(wire::WINDOW)));
+        ours.set_nonblocking(true).unwrap();
+        let a = AgentClient::attach(
+            Box::new(tokio::net::UnixStream::from_std(ours).unwrap()),
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        let f = std::env::temp_dir().join(format!("attest-agent-window-{}", std::process::id()));
+        let f = f.display();
+        let out = a
+            .execute(
+                &format!("head -c 20000000 /dev/urandom >{f}; cat {f}; sha256sum <{f} >&2; rm {f}"),
+                T,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.stdout.len(), 20_000_000);
+        let sum = hex(&Sha256::digest(&out.stdout));
+        assert_eq!(out.stderr_text(), format!("{sum}  -\n"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_shell_tunnelled_through_the_agent_speaks_the_bash_protocol() {
+        let a = local_agent();
+        let stream = a.open_shell().await.unwrap();
+        let mut s = crate::guest::Session::establish(Box::new(stream), T)
+            .await
+            .unwrap();
+        let out = s
+            .execute("echo out; echo err >&2; exit 3", T)
+            .await
+            .unwrap();
+        assert_eq!(
+            (out.status, &out.stdout[..], &out.stderr[..]),
+            (3, &b"out\n"[..], &b"err\n"[..])
+        );
+        let data = vec![7u8; 300_000];
+        let path = std::env::temp_dir().join(format!("attest-agent-shell-{}", std::process::id()));
+        let dest = path.display().to_string();
+        s.upload(&dest, &mut &data[..], data.len() as u64, T)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        std::fs::remove_file(&path).unwrap();
+        // The agent still serves commands next to the shell.
+        assert_eq!(a.execute("echo ok", T).await.unwrap().stdout, b"ok\n");
+    }
+
+    /// The built agent on a real terminal (a pty in raw mode, as hvc0).
+    #[test]
+    fn on_a_terminal_bytes_that_are_not_frames_hand_it_back_to_a_shell() {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        use std::io::{Read, Write};
+        use std::os::unix::fs::PermissionsExt;
+        let binary = agent_binary().expect("this build has its agent");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attest-agent");
+        std::fs::write(&path, binary).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut t = tcgetattr(&pty.slave).unwrap();
+        cfmakeraw(&mut t);
+        tcsetattr(&pty.slave, SetArg::TCSANOW, &t).unwrap();
+        let slave = std::fs::File::from(pty.slave);
+        let mut child = std::process::Command::new(&path)
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        drop(slave);
+        let mut master = std::fs::File::from(pty.master);
+        let mut reader = master.try_clone().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let mut wait_for = |needle: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !String::from_utf8_lossy(&seen).contains(needle) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(b) => seen.extend_from_slice(&b),
+                    Err(_) => panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&seen)),
+                }
+            }
+        };
+        wait_for(&format!("{} {}", wire::HELLO, wire::VERSION));
+        // What a restored VM's new host connection sends first.
+        master
+            .write_all(format!("\necho '{BANNER}'\n").as_bytes())
+            .unwrap();
+        wait_for(BANNER);
+        master.write_all(b"echo shell-$((6*7))\n").unwrap();
+        wait_for("shell-42");
+        master.write_all(b"exit\n").unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
     }
 
     #[test]

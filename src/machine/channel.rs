@@ -27,9 +27,10 @@ pub(super) enum Channel {
     Agent(Arc<tokio::sync::Mutex<Arc<AgentClient>>>),
 }
 
-/// Backends where `auto` tries the agent: those it is tested on. Elsewhere
-/// (`qemu`'s hvc0 tty, microVM vsock, ssh) it runs only with `--protocol agent`.
-const AGENT_BY_DEFAULT: &[BackendKind] = &[BackendKind::Nspawn];
+/// Backends where `auto` tries the agent: those it is tested on. On the
+/// microVMs (vsock) it runs only with `--protocol agent`: no Linux guest
+/// boots there on the hosts attest is tested on.
+const AGENT_BY_DEFAULT: &[BackendKind] = &[BackendKind::Nspawn, BackendKind::Qemu];
 
 impl Channel {
     /// The protocol's name, for logs and the bench.
@@ -246,6 +247,23 @@ impl Machine {
             r.map_err(|e| (self.guest_error(what, e.to_string()), !client.is_usable()))
         };
         self.race_and_settle(&instance, what, run).await.map(Some)
+    }
+
+    /// A bash session for what still speaks the bash protocol (file
+    /// transfers): tunnelled through the agent, which may own the only
+    /// stream (hvc0).
+    pub(super) async fn agent_session(
+        &self,
+        slot: &tokio::sync::Mutex<Arc<AgentClient>>,
+        instance: &dyn Instance,
+    ) -> Result<Session, MachineError> {
+        let client = self.live_agent(slot, instance).await?;
+        let stream = client
+            .open_shell()
+            .await
+            .map_err(|e| self.guest_error("(opening a shell through the agent)", e.to_string()))?;
+        self.establish_session(Box::new(stream), Instant::now() + Duration::from_secs(30))
+            .await
     }
 
     /// Sends a command whose reply never comes (`poweroff`). `false` when

@@ -381,9 +381,9 @@ impl Machine {
     }
 
     /// Runs `work` on a bash backdoor session of this machine (starting the
-    /// machine if needed): a pooled one, or a new one when all are busy or
-    /// the machine's commands go through the agent (file transfers are bash
-    /// protocol). The work races the machine's exit and the run's
+    /// machine if needed): a pooled one, or a new one when all are busy;
+    /// when the machine's commands go through the agent, a shell tunnelled
+    /// through it (file transfers are bash protocol). The work races the machine's exit and the run's
     /// cancellation; `what` names it in errors.
     pub async fn with_session<T, F>(&self, what: &str, work: F) -> Result<T, MachineError>
     where
@@ -407,7 +407,12 @@ impl Machine {
                     };
                     (session, Some((sessions.clone(), permit)))
                 }
-                channel::Channel::Agent(_) => (fresh().await.map_err(|e| (e, false))?, None),
+                channel::Channel::Agent(slot) => (
+                    self.agent_session(slot, &*instance)
+                        .await
+                        .map_err(|e| (e, false))?,
+                    None,
+                ),
             };
             let out = work(&mut session).await;
             let broken = !session.is_usable();
