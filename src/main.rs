@@ -105,6 +105,10 @@ enum Command {
         /// Node counts for the nspawn `start_all` scaling figure (`none`: skip).
         #[arg(long, default_value = "1,4,8,16")]
         scaling: String,
+        /// Sizes of the big output and copy figures (comma-separated, m or g: 256m,1g;
+        /// `none`: skip); sizes over 256 MiB are measured for the agent on nspawn only.
+        #[arg(long, default_value = "256m,1g")]
+        big_data: String,
         /// The Debian test image manifest.
         #[arg(long, default_value = "images/debian/out/manifest.json")]
         image: PathBuf,
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
             vm_runs,
             commands,
             scaling,
+            big_data,
             image,
             json,
         } => {
@@ -215,6 +220,13 @@ fn main() -> ExitCode {
                     Ok(v) => v,
                     Err(e) => {
                         eprintln!("attest bench: --scaling: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                big_data: match attest::bench::big_data::parse_sizes(&big_data) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        eprintln!("attest bench: --big-data: {e}");
                         return ExitCode::from(2);
                     }
                 },

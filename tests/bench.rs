@@ -118,6 +118,9 @@ fn nspawn_figures_are_all_there_and_unavailable_backends_say_why() {
             "2",
             "--scaling",
             "1,2",
+            // Small: the figures' machinery, not their size, is tested.
+            "--big-data",
+            "4m",
         ],
         &json,
     );
@@ -144,6 +147,22 @@ fn nspawn_figures_are_all_there_and_unavailable_backends_say_why() {
     ] {
         assert_summary(&agent["figures"][key], key);
     }
+    // Big data figures on both protocols, in their units.
+    for b in report["backends"].as_array().unwrap() {
+        for key in [
+            "output_4mib_ms",
+            "output_4mib_mb_s",
+            "output_4mib_peak_rss_mib",
+            "copy_from_host_4mib_mb_s",
+            "copy_from_machine_4mib_mb_s",
+        ] {
+            if b["name"] == "nspawn" {
+                assert_summary(&b["figures"][key], key);
+            }
+        }
+    }
+    assert!(stdout.contains(" MB/s"), "{stdout}");
+    assert!(stdout.contains(" MiB ["), "{stdout}");
     assert!(stdout.contains("| nspawn bash (runs: 2)"), "{stdout}");
     assert!(stdout.contains("| nspawn agent (runs: 2)"), "{stdout}");
 

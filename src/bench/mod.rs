@@ -11,6 +11,7 @@
 //! - [`scenario`]: the measurements;
 //! - [`output`]: the table and the JSON document.
 
+pub mod big_data;
 pub mod output;
 pub mod scenario;
 pub mod stats;
@@ -46,6 +47,8 @@ pub struct BenchOptions {
     pub commands: usize,
     /// Node counts for the `start_all` scaling figure (nspawn only).
     pub scaling: Vec<usize>,
+    /// Sizes of the big output and copy figures ([`big_data`]).
+    pub big_data: Vec<big_data::Size>,
     /// Colour the progress log.
     pub colour: bool,
 }
@@ -101,6 +104,8 @@ pub struct ReportedOptions {
     pub commands: usize,
     /// Scaling node counts.
     pub scaling: Vec<usize>,
+    /// Sizes of the big data figures, bytes.
+    pub big_data: Vec<usize>,
     /// The whole-test config.
     pub test_config: PathBuf,
     /// The image manifest.
@@ -126,7 +131,8 @@ pub struct BackendReport {
     pub version: Option<String>,
     /// Runs measured.
     pub runs: usize,
-    /// Figures by name, in milliseconds (see [`output::FIGURES`]).
+    /// Figures by name: milliseconds, or MB/s (`_mb_s`) or MiB (`_mib`)
+    /// (see [`output::FIGURES`] and [`big_data`]).
     pub figures: BTreeMap<String, Summary>,
     /// Figures that do not apply, with the reason.
     pub not_applicable: BTreeMap<String, String>,
@@ -422,6 +428,7 @@ pub fn run(
             vm_runs: opts.vm_runs,
             commands: opts.commands,
             scaling: opts.scaling.clone(),
+            big_data: opts.big_data.iter().map(|s| s.0).collect(),
             test_config: opts.test_config.clone(),
             image: image_path.clone(),
             release_build: !cfg!(debug_assertions),

@@ -46,6 +46,22 @@ pub const FIGURES: &[(&str, &str)] = &[
     ("attest_cpu_per_1mib_ms", "attest CPU per 1 MiB output"),
 ];
 
+/// The table's figure rows: [`FIGURES`], with the big data figures of
+/// every size measured after the 64 MiB output.
+fn rows_of(r: &BenchReport) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
+    for (key, label) in FIGURES {
+        rows.push(((*key).to_owned(), (*label).to_owned()));
+        if *key == "output_64mib_ms" {
+            for &bytes in &r.options.big_data {
+                let size = super::big_data::Size(bytes);
+                rows.extend(super::big_data::figure_rows(size));
+            }
+        }
+    }
+    rows
+}
+
 /// A duration in ms, with a unit that keeps it readable.
 pub fn human_ms(v: f64) -> String {
     if v >= 10_000.0 {
@@ -61,13 +77,24 @@ pub fn human_ms(v: f64) -> String {
     }
 }
 
-fn cell(s: &Summary) -> String {
-    let mut c = human_ms(s.median);
+/// A figure's value in its unit, chosen by the key's suffix.
+fn value(key: &str, v: f64) -> String {
+    if key.ends_with("_mb_s") {
+        format!("{v:.0} MB/s")
+    } else if key.ends_with("_mib") {
+        format!("{v:.0} MiB")
+    } else {
+        human_ms(v)
+    }
+}
+
+fn cell(key: &str, s: &Summary) -> String {
+    let mut c = value(key, s.median);
     if s.n > 1 {
-        let _ = write!(c, " [{}–{}]", human_ms(s.min), human_ms(s.max));
+        let _ = write!(c, " [{}–{}]", value(key, s.min), value(key, s.max));
     }
     if let Some(p) = s.p99 {
-        let _ = write!(c, " p99 {}", human_ms(p));
+        let _ = write!(c, " p99 {}", value(key, p));
     }
     c
 }
@@ -111,11 +138,12 @@ pub fn table(r: &BenchReport) -> String {
             .map(|b| format!("{} {} (runs: {})", b.name, b.protocol, b.runs)),
     );
     rows.push(header);
-    for (key, label) in FIGURES {
-        let mut row = vec![(*label).to_owned()];
+    for (key, label) in rows_of(r) {
+        let key = key.as_str();
+        let mut row = vec![label];
         for b in &avail {
-            row.push(match (b.figures.get(*key), b.not_applicable.get(*key)) {
-                (Some(s), _) => cell(s),
+            row.push(match (b.figures.get(key), b.not_applicable.get(key)) {
+                (Some(s), _) => cell(key, s),
                 (None, Some(why)) => format!("n/a: {why}"),
                 (None, None) => "failed (see below)".to_owned(),
             });
@@ -173,7 +201,7 @@ pub fn table(r: &BenchReport) -> String {
         for p in &s.points {
             rows.push(vec![
                 p.nodes.to_string(),
-                cell(&p.start_all_ms),
+                cell("start_all_ms", &p.start_all_ms),
                 human_ms(p.per_node_ms),
             ]);
         }

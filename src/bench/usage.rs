@@ -63,6 +63,12 @@ pub fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resets the peak RSS to the current RSS (`clear_refs` "5", Linux 4.0+),
+/// so the next [`peak_rss_kib`] is the peak of what ran in between.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,231 @@
+//! Big data figures (issues 11 and 15): one big command output (wall time,
+//! MB/s, attest's peak RSS while it arrives) and `copy_from_host` /
+//! `copy_from_machine` of a file of the same size (MB/s, MB = 10^6 bytes).
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::machine::{Machine, MachineError};
+
+use super::usage;
+use super::BackendReport;
+
+/// A size measured: bytes, a whole number of MiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub usize);
+
+impl Size {
+    /// The infix of its figure names: `256mib`, `1gib`.
+    pub fn name(self) -> String {
+        match self.0 % (1 << 30) {
+            0 => format!("{}gib", self.0 >> 30),
+            _ => format!("{}mib", self.0 >> 20),
+        }
+    }
+
+    /// Sizes above this are measured only for the agent on nspawn (issue
+    /// 15's goals; bash or a VM would take minutes).
+    pub const EVERYWHERE: usize = 256 << 20;
+}
+
+/// Parses `--big-data`: comma-separated sizes with a unit (`256m`, `1g`),
+/// or `none`.
+pub fn parse_sizes(s: &str) -> Result<Vec<Size>, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            let (n, unit) = p.split_at(p.len().saturating_sub(1));
+            let shift = match unit {
+                "m" | "M" => 20,
+                "g" | "G" => 30,
+                _ => return Err(format!("{p:?} needs a unit: m (MiB) or g (GiB), e.g. 256m")),
+            };
+            match n.parse::<usize>() {
+                Ok(n) if (1..=(16 << (30 - shift))).contains(&n) => Ok(Size(n << shift)),
+                _ => Err(format!("{p:?} is not a size from 1m to 16g")),
+            }
+        })
+        .collect()
+}
+
+/// Generous bound on one step (bash under TCG moves a few MB/s).
+const STEP: Duration = Duration::from_secs(1800);
+
+/// The samples of one size in one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Which size.
+    pub size: Size,
+    /// Output round trip, ms.
+    pub output_ms: f64,
+    /// attest's peak RSS while the output arrived, MiB.
+    pub output_peak_rss_mib: f64,
+    /// `copy_from_host`, ms.
+    pub copy_from_host_ms: f64,
+    /// `copy_from_machine`, ms.
+    pub copy_from_machine_ms: f64,
+}
+
+fn failed(m: &Machine, message: String) -> MachineError {
+    MachineError::Internal {
+        machine: m.name().to_owned(),
+        message,
+    }
+}
+
+/// A host file of `size` random bytes in `dir`, made once per bench.
+fn source_file(dir: &Path, size: Size) -> Result<PathBuf, String> {
+    let path = dir.join(format!("big-{}.bin", size.name()));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == size.0 as u64) {
+        return Ok(path);
+    }
+    let made = (|| {
+        let mut random = std::fs::File::open("/dev/urandom")?.take(size.0 as u64);
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        std::io::copy(&mut random, &mut out)?;
+        std::io::Write::flush(&mut out)
+    })();
+    made.map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Measures `size` on the running machine `m`; `dir` holds the host files.
+pub async fn measure(m: &Machine, dir: &Path, size: Size) -> Result<Sample, MachineError> {
+    let source = source_file(dir, size).map_err(|e| failed(m, e))?;
+    let n = size.0;
+
+    usage::reset_peak_rss();
+    let t = Instant::now();
+    let out = m.execute(&format!("head -c {n} /dev/zero"), STEP).await?;
+    let output_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let output_peak_rss_mib = usage::peak_rss_kib().unwrap_or(0) as f64 / 1024.0;
+    if out.status != 0 || out.stdout.len() != n {
+        return Err(failed(
+            m,
+            format!(
+                "a {n}-byte output arrived as {} bytes (exit status {})",
+                out.stdout.len(),
+                out.status
+            ),
+        ));
+    }
+    drop(out);
+
+    let guest = format!("/root/attest-bench-{}.bin", size.name());
+    let t = Instant::now();
+    m.copy_from_host(&source, &guest).await?;
+    let copy_from_host_ms = t.elapsed().as_secs_f64() * 1000.0;
+
+    let back = dir.join(format!("back-{}.bin", size.name()));
+    let t = Instant::now();
+    m.copy_from_machine(&guest, &back).await?;
+    let copy_from_machine_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let arrived = std::fs::metadata(&back).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&back);
+    m.execute(&format!("rm -f {guest}"), STEP).await?;
+    if arrived != n as u64 {
+        return Err(failed(
+            m,
+            format!("copy_from_machine of {n} bytes wrote {arrived}"),
+        ));
+    }
+    Ok(Sample {
+        size,
+        output_ms,
+        output_peak_rss_mib,
+        copy_from_host_ms,
+        copy_from_machine_ms,
+    })
+}
+
+fn mb_s(bytes: usize, ms: f64) -> f64 {
+    bytes as f64 / 1e6 / (ms / 1000.0)
+}
+
+/// The figure names of one size, in [`values`] order.
+fn figure_names(size: Size) -> [String; 5] {
+    let name = size.name();
+    [
+        format!("output_{name}_ms"),
+        format!("output_{name}_mb_s"),
+        format!("output_{name}_peak_rss_mib"),
+        format!("copy_from_host_{name}_mb_s"),
+        format!("copy_from_machine_{name}_mb_s"),
+    ]
+}
+
+/// The table rows of one size: figure name and label.
+pub fn figure_rows(size: Size) -> Vec<(String, String)> {
+    let shown = match size.0 % (1 << 30) {
+        0 => format!("{} GiB", size.0 >> 30),
+        _ => format!("{} MiB", size.0 >> 20),
+    };
+    let labels = [
+        format!("command: {shown} output"),
+        format!("command: {shown} output, throughput"),
+        format!("command: {shown} output, attest peak RSS"),
+        format!("copy_from_host of {shown}"),
+        format!("copy_from_machine of {shown}"),
+    ];
+    figure_names(size).into_iter().zip(labels).collect()
+}
+
+/// A sample's figures, in [`figure_names`] order.
+fn values(s: &Sample) -> [f64; 5] {
+    let n = s.size.0;
+    [
+        s.output_ms,
+        mb_s(n, s.output_ms),
+        s.output_peak_rss_mib,
+        mb_s(n, s.copy_from_host_ms),
+        mb_s(n, s.copy_from_machine_ms),
+    ]
+}
+
+/// The figures of every size in `sizes`, from `samples` (all runs); a
+/// size that was not measured here says why.
+pub fn put_figures(b: &mut BackendReport, sizes: &[Size], samples: &[Sample]) {
+    for &size in sizes {
+        let of: Vec<[f64; 5]> = samples
+            .iter()
+            .filter(|s| s.size == size)
+            .map(values)
+            .collect();
+        for (i, key) in figure_names(size).into_iter().enumerate() {
+            if of.is_empty() {
+                if size.0 > Size::EVERYWHERE && !samples.is_empty() {
+                    b.not_applicable
+                        .insert(key, "measured for the agent on nspawn".into());
+                }
+                continue;
+            }
+            let column: Vec<f64> = of.iter().map(|v| v[i]).collect();
+            super::scenario::put(b, &key, &column, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_name_their_figures() {
+        assert_eq!(
+            parse_sizes("256m, 1g").unwrap(),
+            [Size(256 << 20), Size(1 << 30)]
+        );
+        assert_eq!(Size(256 << 20).name(), "256mib");
+        assert_eq!(Size(1 << 30).name(), "1gib");
+        assert_eq!(Size(1536 << 20).name(), "1536mib");
+        assert!(parse_sizes("none").unwrap().is_empty());
+        for bad in ["256", "0m", "17g", "xg", "1k"] {
+            assert!(parse_sizes(bad).is_err(), "{bad}");
+        }
+    }
+}
