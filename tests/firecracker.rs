@@ -832,6 +832,7 @@ fn vm_firecracker_the_driver_runs_a_test_on_vsock_guests() {
         t.path("test.rhai"),
         format!(
             r#"
+b.start(#{{ allow_reboot: true }});
 start_all();
 a.succeed("true");
 assert_eq(b.execute("anything").status, 0);

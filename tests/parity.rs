@@ -81,19 +81,24 @@ fn machines_come_back_after_crash_and_reboot() {
         r#"
 machine.start(#{ allow_reboot: true });
 machine.wait_for_unit("multi-user.target");
-let boot = machine.succeed("cat /proc/sys/kernel/random/boot_id");
 
+// The machine's files outlive a crash, as a NixOS VM's disk does.
+machine.succeed("echo before-crash > /root/state", "sync");
 machine.crash();
 assert_eq(machine.is_up(), false);
 machine.succeed("true");
 assert_eq(machine.is_up(), true);
 machine.wait_for_unit("multi-user.target");
+assert_eq(machine.succeed("cat /root/state"), "before-crash\n");
 
+// ... and a reboot.
+machine.succeed("echo before-reboot >> /root/state");
 let id1 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
 machine.reboot();
 machine.wait_for_unit("multi-user.target");
 let id2 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
 if id1 == id2 { throw "reboot() did not reboot the container"; }
+assert_eq(machine.succeed("cat /root/state"), "before-crash\nbefore-reboot\n");
 
 // A command that takes the machine down returns under check_return: false.
 let r = machine.execute("systemctl reboot", #{ check_return: false, timeout: 30 });
@@ -102,6 +107,40 @@ machine.wait_for_shutdown();
 machine.wait_for_unit("multi-user.target");
 let id3 = machine.succeed("systemctl show -P InvocationID systemd-journald.service");
 if id3 == id2 { throw "the guest reboot did not happen"; }
+"#,
+    );
+}
+
+/// Item 4: without `start(#{ allow_reboot: true })` a reboot ends the
+/// machine, as QEMU's `-no-reboot` does under the NixOS driver, and so does a
+/// poweroff from inside: the next command fails (NixOS: "Shell
+/// disconnected") until `wait_for_shutdown()` or `start()`; the disk is kept.
+#[test]
+fn a_reboot_without_allow_reboot_ends_the_machine() {
+    passes(
+        "parity-no-reboot",
+        &["machine"],
+        r#"
+machine.start();
+machine.succeed("echo kept > /root/state");
+machine.reboot();
+assert_eq(machine.is_up(), false);
+try { machine.succeed("true"); throw "no error"; }
+catch (e) {
+    assert_contains(`${e}`, "machine is down: reboot() ended it: it was started without allow_reboot");
+    assert_contains(`${e}`, "call wait_for_shutdown() and then start()");
+}
+machine.wait_for_shutdown();
+machine.start();
+assert_eq(machine.succeed("cat /root/state"), "kept\n");
+
+// A poweroff from inside, the same.
+let r = machine.execute("systemctl poweroff", #{ check_return: false, timeout: 30 });
+assert_eq(r.status, -1);
+try { machine.wait_until_succeeds("false", #{ timeout: 30 }); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "machine is down: it powered itself off"); }
+machine.wait_for_shutdown();
+machine.succeed("test -e /root/state");
 "#,
     );
 }
@@ -222,16 +261,19 @@ fn the_rest_of_the_nixos_api() {
         r#"
 machine.wait_for_unit("multi-user.target");
 
+// `attest check` refuses these on `machine` (an nspawn node); through
+// `machines` they are refused at run time, from the same table.
+let m = machines[0];
 for f in [
-    || machine.send_monitor_command("info status"),
-    || machine.wait_for_qmp_event(|e| true, 5),
-    || machine.get_screen_text_variants(),
+    || m.send_monitor_command("info status"),
+    || m.wait_for_qmp_event(|e| true, 5),
+    || m.get_screen_text_variants(),
 ] {
     try { f.call(); throw "no error"; }
-    catch (e) { assert_matches(`${e}`, "(send_monitor_command|wait_for_qmp_event|get_screen_text) is not supported by the nspawn backend"); }
+    catch (e) { assert_matches(`${e}`, "(send_monitor_command|wait_for_qmp_event|get_screen_text_variants) is not supported by the nspawn backend of node `machine`"); }
 }
-try { machine.switch_root(); throw "no error"; }
-catch (e) { assert_contains(`${e}`, "switch_root is not supported by the nspawn backend"); }
+try { m.switch_root(); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "switch_root is not supported by the nspawn backend of node `machine`: a container boots without an initrd"); }
 try { machine.shared_dir; throw "no error"; }
 catch (e) { assert_contains(`${e}`, "attest shares no directory"); }
 try { create_machine("run-extra-vm"); throw "no error"; }
@@ -277,4 +319,72 @@ ok.wait(#{ timeout: 20 });
 assert_eq(ok.check(), true);
 "#,
     );
+}
+
+/// Item 4: `attest check` refuses a call the node's backend will refuse,
+/// with file:line, node, backend and what to do; the run refuses the same
+/// call (on a receiver check cannot know) with the same words, before the
+/// machine is even started.
+#[test]
+fn check_and_run_refuse_what_the_backend_cannot_do() {
+    let nodes = r#"{
+        "server": {"backend": {"nspawn": {"rootfs": "/dev/null"}}},
+        "remote": {"backend": {"ssh": {"host": "127.0.0.1"}}},
+        "vm": {"backend": {"qemu": {"kernel": "/dev/null", "initrd": "/dev/null", "disk": "/dev/null"}}}
+    }"#;
+    let script = r#"server.wait_for_unit("multi-user.target");
+server.screenshot("a.png");
+send_key(server, "ctrl-c");
+let text = server.get_screen_text();
+remote.crash();
+vm.wait_for_text("login");
+vm.screenshot("b.png");
+server.reboot();
+fn f(server) { server.screenshot("c.png") }
+for m in machines { m.get_tty_text(1); }
+"#;
+    let dir = TestDir::new("parity-refusals", nodes, "", script);
+    let r = attest(
+        &["check", "--no-files", dir.config().to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    for expected in [
+        "test.rhai:2:8: error: screenshot is not supported by the nspawn backend of node `server`: \
+         a container has no display; run this node on the qemu backend, or capture the screen \
+         inside the guest with guest_screenshot()",
+        "test.rhai:3:1: error: send_key is not supported by the nspawn backend of node `server`: \
+         a container has no keyboard",
+        "test.rhai:4:19: error: get_screen_text is not supported by the nspawn backend of node `server`",
+        "test.rhai:5:8: error: crash is not supported by the ssh backend of node `remote`: attest \
+         never powers off a host it did not start; set \"owned\": true on the node if this test \
+         may power it off",
+        "test.rhai:6:4: error: wait_for_text is not supported by the qemu backend of node `vm`: \
+         OCR is not enabled for this node; set \"enable_ocr\": true in its qemu settings",
+        "test.rhai: 5 errors",
+    ] {
+        assert!(r.stderr.contains(expected), "{expected}\n---\n{}", r.stderr);
+    }
+
+    // At run time: a receiver known only then is refused in the same words,
+    // and the refused call boots nothing.
+    let dir = TestDir::nspawn(
+        "parity-refusals-run",
+        &["server"],
+        "",
+        "for m in machines { m.screenshot(\"a.png\"); }\n",
+    );
+    let r = run(&dir);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "screenshot is not supported by the nspawn backend of node `server`: a container has \
+             no display; run this node on the qemu backend, or capture the screen inside the \
+             guest with guest_screenshot()"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("backdoor up"), "{}", r.stderr);
+    assert_nothing_left(&r, "parity-refusals-run");
 }

@@ -298,7 +298,8 @@ fn a_bad_qemu_flag_fails_the_start_at_once_with_qemus_message() {
 fn vm_lifecycle_screens_keys_ocr_links_snapshots_reboot_shutdown_crash() {
     let dir_marker = "@DIR@";
     let script = r#"
-machine.start();
+// NixOS: reboot() keeps the machine running only under allow_reboot.
+machine.start(#{ allow_reboot: true });
 machine.wait_for_unit("multi-user.target");
 
 // The agent over hvc0 (the default on QEMU): a big output arrives whole

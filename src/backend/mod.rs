@@ -3,6 +3,7 @@
 //! may not support goes through [`Instance::op`] and fails with
 //! [`BackendError::Unsupported`] by default.
 
+pub mod capability;
 pub mod cgroup;
 pub mod microvm;
 pub mod nspawn;
@@ -172,11 +173,6 @@ pub trait Instance: Send + Sync {
 
     /// Turns `Some` when the machine process has exited.
     fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>>;
-
-    /// Whether the driver may power the machine off (`shutdown`, `crash`).
-    fn may_power_off(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
 
     /// Kills the machine at once, as a power cut would.
     async fn crash(&self) -> Result<(), BackendError>;

@@ -1,6 +1,8 @@
 //! The systemd-nspawn backend: containers with real systemd, no KVM needed.
 //!
-//! Every container boots the same read-only tree with `--volatile=overlay`;
+//! Every container boots the same read-only tree under an overlay whose upper
+//! layer lives in the machine's state dir, so the machine keeps its files
+//! across `reboot()` and `crash()` + restart, as a NixOS VM keeps its disk;
 //! the backdoor is a unix socket in a host directory bind-mounted at
 //! `/run/backdoor`; vlans are veths (`--network-veth-extra`) whose host ends
 //! attest attaches to the bridges of its private switch namespace, and the
@@ -101,6 +103,51 @@ fn hosts_file(ctx: &StartContext) -> String {
     s
 }
 
+/// The container's root: the image's tree (read-only, shared by every
+/// node) under an upper layer of the machine's own, kept in its state dir
+/// across reboots and restarts and removed with it at teardown.
+struct RootOverlay {
+    lower: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+}
+
+impl RootOverlay {
+    fn prepare(rootfs: &Path, state_dir: &Path) -> Result<RootOverlay, BackendError> {
+        let o = RootOverlay {
+            lower: rootfs.canonicalize().unwrap_or_else(|_| rootfs.to_owned()),
+            upper: state_dir.join("root-upper"),
+            work: state_dir.join("root-work"),
+            merged: state_dir.join("root"),
+        };
+        for p in [&o.lower, &o.upper, &o.work, &o.merged] {
+            // overlayfs separates its options with `,` and layers with `:`.
+            if p.to_string_lossy().contains([',', ':']) {
+                return Err(BackendError::Prerequisite(format!(
+                    "{}: the container's root overlay cannot use a path with `,` or `:`; \
+                     move it (or TMPDIR) elsewhere",
+                    p.display()
+                )));
+            }
+        }
+        for d in [&o.upper, &o.work, &o.merged] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| BackendError::Start(format!("cannot create {}: {e}", d.display())))?;
+        }
+        Ok(o)
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+}
+
 /// Containers started by this process, for unique machine names.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -173,6 +220,10 @@ impl Backend for NspawnBackend {
         };
         std::fs::create_dir_all(NSPAWN_RUN_DIR)
             .map_err(|e| BackendError::Start(format!("cannot create {NSPAWN_RUN_DIR}: {e}")))?;
+        let root = RootOverlay::prepare(&rootfs, &ctx.state_dir)?;
+        // The overlay is mounted in the same private mount namespace: it
+        // vanishes with it, however nspawn ends; its upper layer stays in
+        // the state dir for the next boot of this machine.
         cmd.args([
             "--mount",
             "--pid",
@@ -182,9 +233,14 @@ impl Backend for NspawnBackend {
             "--",
             "sh",
             "-c",
-            &format!("mount -t tmpfs -o mode=0755,size=4m attest {NSPAWN_RUN_DIR} && exec \"$@\""),
+            &format!(
+                "mount -t tmpfs -o mode=0755,size=4m attest {NSPAWN_RUN_DIR} && \
+                 mount -t overlay attest-root -o \"$1\" \"$2\" && shift 2 && exec \"$@\""
+            ),
             "sh",
         ])
+        .arg(root.options())
+        .arg(&root.merged)
         .arg(&nspawn);
         let mut host_links = Vec::new();
         if let Some(net) = &ctx.network {
@@ -202,14 +258,13 @@ impl Backend for NspawnBackend {
         cmd.args([
             "-q",
             "-b",
-            "--volatile=overlay",
             "--private-network",
             "--register=no",
             "--keep-unit",
             "--console=read-only",
             "--link-journal=no",
         ])
-        .arg(format!("--directory={}", rootfs.display()))
+        .arg(format!("--directory={}", root.merged.display()))
         .arg(format!("--machine={machine_name}"))
         .arg(format!("--hostname={}", ctx.machine))
         .arg(format!("--bind={}:/run/backdoor", backdoor_dir.display()))

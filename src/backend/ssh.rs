@@ -25,7 +25,7 @@
 //!
 //! attest never powers off a host it did not start: `shutdown` and `crash`
 //! are refused unless the node says `"owned": true`
-//! ([`SshInstance::may_power_off`]). Teardown closes the sessions and the
+//! (the capability table, [`super::capability::ssh`]). Teardown closes the sessions and the
 //! master connection and leaves the host running.
 
 use std::path::{Path, PathBuf};
@@ -685,24 +685,13 @@ impl Instance for SshInstance {
         self.exit.clone()
     }
 
-    fn may_power_off(&self) -> Result<(), BackendError> {
-        if self.owned {
-            Ok(())
-        } else {
-            Err(BackendError::NotAllowed(format!(
-                "{} ({}) is an ssh host: attest never powers off a host it did not start; \
-                 set \"owned\": true on the node if this test may power it off",
-                self.machine, self.display
-            )))
-        }
-    }
-
     /// Powers the (owned) host off at once: `systemctl poweroff -ff` skips
     /// every unit and calls reboot(2) right away, which is as close to a power
     /// cut as a remote shell gets. Not `echo o > /proc/sysrq-trigger`: inside
     /// a container that could reach the kernel of the machine running it.
     async fn crash(&self) -> Result<(), BackendError> {
-        self.may_power_off()?;
+        super::capability::ssh(self.owned, super::capability::Capability::PowerOff)
+            .map_err(|r| BackendError::NotAllowed(r.message("crash", &self.machine)))?;
         let mut cmd = self.mux_command(
             "nohup sh -c 'sleep 0.2; systemctl poweroff -ff || poweroff -f' >/dev/null 2>&1 &",
         );

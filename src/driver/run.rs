@@ -73,7 +73,9 @@ pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
         .map(|n| (n.clone(), Dynamic::UNIT))
         .collect();
     let scope = script::scope_for(&nodes, &script::test_vlans(&config));
-    script::check::check(&engine, &scope, &script.path, &script.source).map_err(|e| e.rendered)?;
+    let backends = script::node_backends(&config);
+    script::check::check_with_backends(&engine, &scope, &script.path, &script.source, &backends)
+        .map_err(|e| e.rendered)?;
     Ok((config, script))
 }
 
@@ -177,7 +179,14 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
         script::repl::run(&engine, &mut scope, &driver.cancel_token());
         return Outcome::Passed;
     }
-    let ast = match script::check::check(&engine, &scope, &script.path, &script.source) {
+    let backends = script::node_backends(driver.config());
+    let ast = match script::check::check_with_backends(
+        &engine,
+        &scope,
+        &script.path,
+        &script.source,
+        &backends,
+    ) {
         Ok(ast) => Arc::new(ast),
         Err(e) => return Outcome::Error(e.rendered),
     };

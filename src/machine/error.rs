@@ -89,6 +89,30 @@ pub enum MachineError {
         /// Whether the backend lacks the operation.
         unsupported: bool,
     },
+    /// The node's backend cannot do what the call needs (the capability
+    /// table, [`crate::backend::capability`], says why and what to do).
+    #[error("{message}")]
+    Unsupported {
+        /// The machine.
+        machine: String,
+        /// The script method.
+        method: String,
+        /// The table's refusal, naming node and backend.
+        message: String,
+    },
+    /// The machine went down by itself (or by a reboot it was not started
+    /// to survive) and the script has not waited for that.
+    #[error(
+        "{machine} is down: {why}; as in the NixOS driver, a command does not start it again: \
+         call wait_for_shutdown() and then start(), or start it with \
+         start(#{{ allow_reboot: true }}) so that a reboot keeps it running"
+    )]
+    WentDown {
+        /// The machine.
+        machine: String,
+        /// How it went down.
+        why: String,
+    },
     /// The machine is not running and cannot be started implicitly.
     #[error(
         "{machine} is not running ({state}{}): start it again with start()",

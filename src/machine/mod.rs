@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use copy::copy_from_vm_target;
 pub use error::MachineError;
 
+use crate::backend::capability::{self, Capability};
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
 use crate::config::{BackendKind, TestConfig};
 use crate::console::ConsoleLog;
@@ -32,6 +33,9 @@ use channel::Channel;
 
 /// Default seconds for commands and waits, as in the NixOS driver.
 pub const DEFAULT_TIMEOUT: f64 = 900.0;
+
+/// How long a reboot's orderly shutdown may take.
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a machine is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,13 @@ struct Inner {
     state: watch::Sender<MachineState>,
     /// How the machine last ended on its own, for the error of the next call.
     last_exit: Mutex<Option<String>>,
+    /// NixOS `start(allow_reboot)` of the running (or last) boot: without
+    /// it, a reboot ends the machine (QEMU's `-no-reboot`).
+    allow_reboot: std::sync::atomic::AtomicBool,
+    /// Why the machine went down by itself and was not waited for: as in
+    /// NixOS, the next command does not start it again until
+    /// `wait_for_shutdown()` or `start()`.
+    went_down: Mutex<Option<String>>,
     running: tokio::sync::Mutex<Option<Running>>,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
@@ -142,6 +153,8 @@ impl Machine {
                 console_cursor: Mutex::new(0),
                 state: watch::channel(MachineState::Created).0,
                 last_exit: Mutex::new(None),
+                allow_reboot: Default::default(),
+                went_down: Mutex::new(None),
                 running: tokio::sync::Mutex::new(None),
                 cancel,
                 runtime,
@@ -158,6 +171,21 @@ impl Machine {
     /// The backend.
     pub fn backend_kind(&self) -> BackendKind {
         self.inner.backend.kind()
+    }
+
+    /// Fails, before anything is sent, when the node's backend cannot do
+    /// `method` (a script method name): the same table and words as
+    /// `attest check`.
+    pub fn require(&self, method: &str) -> Result<(), MachineError> {
+        let Some(cap) = Capability::of_method(method) else {
+            return Ok(());
+        };
+        let backend = &self.inner.config.nodes[&self.inner.name].backend;
+        capability::support(backend, cap).map_err(|r| MachineError::Unsupported {
+            machine: self.inner.name.clone(),
+            method: method.to_owned(),
+            message: r.message(method, &self.inner.name),
+        })
     }
 
     /// The current state.
@@ -206,6 +234,50 @@ impl Machine {
 
     /// Starts the machine and waits for its backdoor. A no-op when it is up.
     pub async fn start(&self) -> Result<(), MachineError> {
+        self.start_with(false).await
+    }
+
+    /// NixOS `start(allow_reboot)`: with it, `reboot()` (and a reboot from
+    /// inside) keeps the machine running; without it, a reboot ends the
+    /// machine, as QEMU's `-no-reboot` does under the NixOS driver. A no-op
+    /// when the machine is up.
+    pub async fn start_with(&self, allow_reboot: bool) -> Result<(), MachineError> {
+        if self.inner.running.lock().await.is_some() {
+            return Ok(());
+        }
+        self.inner
+            .allow_reboot
+            .store(allow_reboot, std::sync::atomic::Ordering::SeqCst);
+        self.went_down_seen();
+        self.boot().await
+    }
+
+    fn allow_reboot(&self) -> bool {
+        self.inner
+            .allow_reboot
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The script has taken note that the machine is down.
+    fn went_down_seen(&self) {
+        self.inner.went_down.lock().expect("went down").take();
+    }
+
+    /// The guest ended itself cleanly (`poweroff`, or a reboot when that
+    /// ends it): remembered for the next command, unless a reboot keeps the
+    /// machine running.
+    fn ended_by_itself(&self) {
+        if !self.allow_reboot() {
+            *self.inner.went_down.lock().expect("went down") = Some(
+                "it powered itself off (a reboot does that too when the machine was \
+                 started without allow_reboot)"
+                    .into(),
+            );
+        }
+    }
+
+    /// Boots the machine (see [`Machine::start`]), keeping `allow_reboot`.
+    async fn boot(&self) -> Result<(), MachineError> {
         let mut running = self.inner.running.lock().await;
         if running.is_some() {
             return Ok(());
@@ -298,6 +370,7 @@ impl Machine {
             // Reaps what is left (the backend's helpers, its cgroup).
             r.instance.terminate(Duration::from_secs(3)).await;
             if exit.is_clean() {
+                me.ended_by_itself();
                 me.set_state(MachineState::Off, Some("powered off from inside".into()));
             } else {
                 *me.inner.last_exit.lock().expect("last exit") = Some(exit.to_string());
@@ -341,12 +414,19 @@ impl Machine {
 
     async fn ensure_started(&self) -> Result<(), MachineError> {
         if self.inner.running.lock().await.is_none() {
-            // As in NixOS, a machine that was crashed, shut down or powered
-            // off (or rebooted) from inside starts again on the next command;
-            // one that died is an error until start().
+            // As in NixOS, a machine that was crashed or shut down starts
+            // again on the next command; one that went down by itself, only
+            // after wait_for_shutdown() or start(); one that died is an
+            // error until start().
+            if let Some(why) = self.inner.went_down.lock().expect("went down").clone() {
+                return Err(MachineError::WentDown {
+                    machine: self.inner.name.clone(),
+                    why,
+                });
+            }
             match self.state() {
                 MachineState::Created | MachineState::Off | MachineState::Crashed => {
-                    self.start().await?
+                    self.boot().await?
                 }
                 _ => return Err(self.not_running()),
             }
@@ -471,6 +551,7 @@ impl Machine {
                 // inside (e.g. the command was `reboot`): the next command
                 // starts it again, as after the idle watcher sees the same.
                 let state = if info.is_clean() {
+                    self.ended_by_itself();
                     MachineState::Off
                 } else {
                     MachineState::Died
@@ -539,12 +620,11 @@ impl Machine {
 
     /// Powers the machine off through the guest and waits for it to stop.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
+        self.require("shutdown")?;
+        self.went_down_seen();
         let Some(instance) = self.current_instance().await else {
             return Ok(());
         };
-        instance
-            .may_power_off()
-            .map_err(|e| self.backend_error("shutdown", e))?;
         self.expect_exit().await;
         let mut exit = instance.exit_watch();
         // `poweroff` kills the shell that would answer, so no reply is read.
@@ -581,6 +661,7 @@ impl Machine {
 
     /// Waits until the machine stops on its own (e.g. after `poweroff` in the guest).
     pub async fn wait_for_shutdown(&self, timeout: Duration) -> Result<(), MachineError> {
+        self.went_down_seen();
         let Some(instance) = self.current_instance().await else {
             return Ok(());
         };
@@ -603,12 +684,11 @@ impl Machine {
 
     /// Kills the machine at once.
     pub async fn crash(&self) -> Result<(), MachineError> {
+        self.require("crash")?;
+        self.went_down_seen();
         let Some(instance) = self.current_instance().await else {
             return Ok(());
         };
-        instance
-            .may_power_off()
-            .map_err(|e| self.backend_error("crash", e))?;
         self.expect_exit().await;
         instance
             .crash()
@@ -621,6 +701,19 @@ impl Machine {
     /// A backend-specific operation.
     pub async fn backend_op(&self, op: BackendOp) -> Result<String, MachineError> {
         let name = op.name();
+        self.require(name)?;
+        if matches!(op, BackendOp::Reboot) && !self.allow_reboot() {
+            // NixOS runs QEMU with -no-reboot unless start(allow_reboot=True):
+            // the guest goes down in order and the machine ends; its next
+            // command fails until wait_for_shutdown() or start().
+            self.shutdown(REBOOT_TIMEOUT).await?;
+            *self.inner.went_down.lock().expect("went down") = Some(
+                "reboot() ended it: it was started without allow_reboot, so a reboot \
+                 powers it off (QEMU's -no-reboot in the NixOS driver)"
+                    .into(),
+            );
+            return Ok(String::new());
+        }
         let reconnect = matches!(op, BackendOp::SnapshotRestore(_) | BackendOp::Reboot);
         self.ensure_started().await?;
         let instance = self.running_instance().await?;
@@ -645,7 +738,7 @@ impl Machine {
             // name) is gone.
             drop(instance);
             self.forget_instance(MachineState::Off).await;
-            self.start().await?;
+            self.boot().await?;
         } else if reconnect {
             self.reconnect(&*instance).await?;
             self.set_stopping(false).await;
@@ -677,16 +770,7 @@ impl Machine {
     /// `testing.initrdBackdoor`) to the real system, reconnecting to the
     /// new backdoor. Containers and hosts have no initrd.
     pub async fn switch_root(&self, timeout: Duration) -> Result<(), MachineError> {
-        let kind = self.backend_kind();
-        if !kind.is_vm() {
-            return Err(self.backend_error(
-                "switch_root",
-                crate::backend::BackendError::Unsupported {
-                    op: "switch_root".into(),
-                    backend: kind,
-                },
-            ));
-        }
+        self.require("switch_root")?;
         self.wait_for_unit("initrd.target", None, timeout).await?;
         self.send_detached(
             "systemctl isolate --no-block initrd-switch-root.target",

@@ -160,14 +160,15 @@ fn register_lifecycle(engine: &mut Engine) {
         let mm = m.clone();
         op(m, "starting".into(), async move { mm.start().await })
     });
-    // NixOS `start(allow_reboot=True)`: attest's `reboot()` works either
-    // way, and a reboot from inside the guest ends the machine; the next
-    // command starts it again.
+    // NixOS `start(allow_reboot=False)`: without it, a reboot (`reboot()`
+    // or from inside) ends the machine, as QEMU's -no-reboot does there.
     engine.register_fn("start", |m: &mut Machine, o: Map| {
         timeout_of(&o, DEFAULT_TIMEOUT)?;
-        opt_bool(&o, "allow_reboot", false)?;
+        let allow_reboot = opt_bool(&o, "allow_reboot", false)?;
         let mm = m.clone();
-        op(m, "starting".into(), async move { mm.start().await })
+        op(m, "starting".into(), async move {
+            mm.start_with(allow_reboot).await
+        })
     });
     engine.register_fn("shutdown", |m: &mut Machine| {
         let mm = m.clone();
@@ -692,6 +693,7 @@ fn register_backend_ops(engine: &mut Engine) {
         backend(m, BackendOp::ScreenText)
     });
     fn wait_for_text(m: &Machine, re: &str, opts: &Map) -> R<()> {
+        m.require("wait_for_text").map_err(err)?;
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let re =
             regex::Regex::new(re).map_err(|e| err(format!("wait_for_text: bad regex: {e}")))?;
@@ -720,7 +722,8 @@ fn register_backend_ops(engine: &mut Engine) {
     });
 
     // Virtual terminals and X are read through the guest, as the NixOS driver does.
-    fn tty_text(m: &Machine, tty: &Dynamic) -> R<String> {
+    fn tty_text(m: &Machine, tty: &Dynamic, method: &str) -> R<String> {
+        m.require(method).map_err(err)?;
         let tty: u32 = number_arg(tty, "tty")?;
         let mm = m.clone();
         op(m, format!("reading tty{tty}"), async move {
@@ -734,9 +737,10 @@ fn register_backend_ops(engine: &mut Engine) {
         })
     }
     engine.register_fn("get_tty_text", |m: &mut Machine, tty: Dynamic| {
-        tty_text(m, &tty)
+        tty_text(m, &tty, "get_tty_text")
     });
     engine.register_fn("dump_tty_contents", |m: &mut Machine, tty: Dynamic| {
+        m.require("dump_tty_contents").map_err(err)?;
         let tty: u32 = number_arg(&tty, "tty")?;
         let mm = m.clone();
         op(m, format!("dumping tty{tty} to the journal"), async move {
@@ -753,7 +757,7 @@ fn register_backend_ops(engine: &mut Engine) {
         let re = regex::Regex::new(re).map_err(|e| err(format!("bad regex: {e}")))?;
         let deadline = Instant::now() + t;
         loop {
-            let text = tty_text(m, &tty)?;
+            let text = tty_text(m, &tty, "wait_until_tty_matches")?;
             if re.is_match(&text) {
                 return Ok(());
             }

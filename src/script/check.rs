@@ -10,6 +10,8 @@ use std::path::Path;
 use rhai::{ASTNode, Engine, Expr, ParseErrorType, Position, Scope, Stmt, AST};
 
 use crate::report::failure::underline;
+use crate::backend::capability::{self, Capability};
+use crate::config::BackendConfig;
 
 /// One problem in a script, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,10 @@ const KEYWORD_FNS: &[&str] = &[
     "exit",
 ];
 
+/// Each node's backend settings, by the names the script knows it by
+/// (script name, and `machine` for a single node): (node name, settings).
+pub type NodeBackends = BTreeMap<String, (String, BackendConfig)>;
+
 /// Checks `source`; `scope` holds the node constants. Returns the AST, or
 /// every problem found (not only the first).
 pub fn check(
@@ -58,9 +64,22 @@ pub fn check(
     path: &Path,
     source: &str,
 ) -> Result<AST, ScriptCheckError> {
+    check_with_backends(engine, scope, path, source, &NodeBackends::new())
+}
+
+/// [`check`], and calls on a node that its backend will refuse (from the
+/// capability table the machines use at run time).
+pub fn check_with_backends(
+    engine: &Engine,
+    scope: &Scope,
+    path: &Path,
+    source: &str,
+    backends: &NodeBackends,
+) -> Result<AST, ScriptCheckError> {
     let (ast, mut diagnostics) = compile(engine, scope, source);
     if let Some(ast) = &ast {
         diagnostics.extend(check_calls(engine, ast, scope));
+        diagnostics.extend(check_capabilities(ast, backends));
     }
     diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();
@@ -189,6 +208,66 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
                     .unwrap_or_default();
                 out.push(diag(pos, format!("unknown {kind} `{name}`{hint}")));
             }
+        }
+        true
+    });
+    out
+}
+
+/// Calls of a method the node's backend cannot do, on a node named directly
+/// (`server.screenshot(…)`, `screenshot(server, …)`). A receiver known only
+/// at run time (`machines[0]`, a closure's parameter) is refused at run time,
+/// from the same table, in the same words.
+fn check_capabilities(ast: &AST, backends: &NodeBackends) -> Vec<Diagnostic> {
+    if backends.is_empty() {
+        return Vec::new();
+    }
+    // A parameter named like a node is a local (the parser gives it an
+    // index; nodes have none). A node name declared again with `let` may be
+    // captured by a closure, where it has no index either: not refused.
+    let mut declared: BTreeSet<String> = BTreeSet::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        if let Some(ASTNode::Stmt(Stmt::Var(x, ..))) = path.last() {
+            declared.insert(x.0.name.to_string());
+        }
+        true
+    });
+    let node_of = |e: &Expr| {
+        let Expr::Variable(v, None, _) = e else {
+            return None;
+        };
+        let name = v.1.as_str();
+        (!declared.contains(name))
+            .then(|| backends.get(name))
+            .flatten()
+    };
+    let mut out = Vec::new();
+    let mut refuse = |method: &str, node: Option<&(String, BackendConfig)>, pos: Position| {
+        let (Some((node, backend)), Some(cap)) = (node, Capability::of_method(method)) else {
+            return;
+        };
+        if let Err(r) = capability::support(backend, cap) {
+            out.push(diag(pos, r.message(method, node)));
+        }
+    };
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            Some(ASTNode::Expr(Expr::Dot(x, ..))) => {
+                let first = match &x.rhs {
+                    Expr::Dot(y, ..) => &y.lhs,
+                    other => other,
+                };
+                if let Expr::MethodCall(call, pos) = first {
+                    refuse(call.name.as_str(), node_of(&x.lhs), *pos);
+                }
+            }
+            Some(ASTNode::Expr(Expr::FnCall(call, pos)))
+            | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => {
+                if let Some(first) = call.args.first() {
+                    refuse(call.name.as_str(), node_of(first), *pos);
+                }
+            }
+            _ => {}
         }
         true
     });

@@ -160,6 +160,21 @@ pub fn run_scope(vlans: &[u8]) -> Scope<'static> {
     scope
 }
 
+/// Each node's backend settings under every name the script knows the node
+/// by, for the static check's capability refusals.
+pub fn node_backends(config: &crate::config::TestConfig) -> check::NodeBackends {
+    let mut out: check::NodeBackends = config
+        .nodes
+        .iter()
+        .map(|(n, node)| (script_name(n), (n.clone(), node.backend.clone())))
+        .collect();
+    if let [(n, node)] = config.nodes.iter().collect::<Vec<_>>()[..] {
+        out.entry("machine".into())
+            .or_insert_with(|| (n.clone(), node.backend.clone()));
+    }
+    out
+}
+
 /// Every vlan of the test, in order (`vlans` in a script).
 pub fn test_vlans(config: &crate::config::TestConfig) -> Vec<u8> {
     let mut v: Vec<u8> = config

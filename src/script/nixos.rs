@@ -75,6 +75,7 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     // attest's OCR makes one reading of the screen; NixOS makes several
     // from differently processed screenshots.
     engine.register_fn("get_screen_text_variants", |m: &mut Machine| -> R<Array> {
+        m.require("get_screen_text_variants").map_err(err)?;
         Ok(vec![backend(m, BackendOp::ScreenText)?.into()])
     });
     fn switch_root(m: &Machine, opts: &Map) -> R<()> {
