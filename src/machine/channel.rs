@@ -30,7 +30,8 @@ pub(super) enum Channel {
 /// Backends where `auto` tries the agent: those it is tested on. On the
 /// microVMs (vsock) it runs only with `--protocol agent`: no Linux guest
 /// boots there on the hosts attest is tested on.
-const AGENT_BY_DEFAULT: &[BackendKind] = &[BackendKind::Nspawn, BackendKind::Qemu];
+const AGENT_BY_DEFAULT: &[BackendKind] =
+    &[BackendKind::Nspawn, BackendKind::Qemu, BackendKind::Ssh];
 
 impl Channel {
     /// The protocol's name, for logs and the bench.

@@ -423,11 +423,22 @@ fn set_mode(p: &Path, mode: u32) {
 /// ssh traffic never leaves it); returns (exit code, stdout+stderr). Kills it
 /// and fails the test after `timeout`.
 pub fn run_attest(host: &SshdHost, config: &Path, timeout: Duration) -> (i32, String) {
+    run_attest_with(host, config, &[], timeout)
+}
+
+/// [`run_attest`] with more options after the config (`--protocol bash`).
+pub fn run_attest_with(
+    host: &SshdHost,
+    config: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> (i32, String) {
     use std::io::Read;
     let mut child = host
         .command(env!("CARGO_BIN_EXE_attest"))
         .arg("run")
         .arg(config)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
