@@ -48,6 +48,10 @@ enum Command {
         /// Do not print machines' console lines live.
         #[arg(long)]
         quiet_console: bool,
+        /// Print the lines guest commands write as they come (with the agent,
+        /// while the command runs) and keep them in --log-json as events.
+        #[arg(long, env = "ATTEST_LIVE_OUTPUT")]
+        live_output: bool,
         /// Open the REPL with the machines in scope instead of running the script.
         #[arg(long, short)]
         interactive: bool,
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
             log_json,
             keep_state,
             quiet_console,
+            live_output,
             interactive,
             protocol,
         } => {
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
                     progress: std::io::stderr().is_terminal(),
                     log_json,
                     junit,
+                    live_output,
                 },
                 driver: DriverOptions {
                     keep_state,

@@ -167,3 +167,65 @@ fn a_broken_agent_binary_falls_back_to_bash() {
     assert!(r.stderr.contains("(bash protocol)"), "{}", r.stderr);
     assert_nothing_left(&r, "agentbad");
 }
+
+/// `--live-output`: with the agent a command's lines arrive while it runs
+/// (in the human log and as `command_output` events in `--log-json`); with
+/// the bash protocol the same lines arrive when it ends.
+#[test]
+fn live_output_streams_lines_as_they_are_written() {
+    let dir = TestDir::nspawn(
+        "agentlive",
+        &["machine"],
+        "",
+        r#"
+machine.start();
+machine.succeed("echo one; sleep 2; echo two >&2; printf three");
+"#,
+    );
+    for protocol in ["agent", "bash"] {
+        let log = dir.path(&format!("events-{protocol}.json"));
+        let r = run_with(
+            &dir,
+            &[
+                "--protocol",
+                protocol,
+                "--live-output",
+                "--log-json",
+                log.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        for shown in [
+            "machine stdout> one",
+            "machine stderr> two",
+            "machine stdout> three",
+        ] {
+            assert!(
+                r.stderr.contains(shown),
+                "{protocol}: no {shown:?} in\n{}",
+                r.stderr
+            );
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        let at = |line: &str| -> f64 {
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|e| e["event"] == "command_output" && e["line"] == line)
+                .unwrap_or_else(|| panic!("{protocol}: no event for {line:?} in\n{text}"))
+                ["elapsed"]
+                .as_f64()
+                .unwrap()
+        };
+        let (one, two) = (at("one"), at("two"));
+        at("three");
+        if protocol == "agent" {
+            assert!(
+                two - one > 1.5,
+                "agent: 'one' at {one} s, 'two' at {two} s: not live"
+            );
+        } else {
+            assert!(two - one < 1.0, "bash: 'one' at {one} s, 'two' at {two} s");
+        }
+        assert_nothing_left(&r, "agentlive");
+    }
+}

@@ -61,6 +61,7 @@ fn with_machine(
             progress: false,
             log_json: None,
             junit: None,
+            live_output: false,
         },
     )
     .unwrap();

@@ -86,6 +86,7 @@ impl BenchContext<'_> {
             progress: false,
             log_json: None,
             junit: None,
+            live_output: false,
         }
     }
 }

@@ -448,6 +448,18 @@ impl AgentClient {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, GuestError> {
+        self.execute_streaming(command, timeout, &mut |_, _| {})
+            .await
+    }
+
+    /// [`AgentClient::execute`], handing each chunk of output to `chunk`
+    /// (`wire::STDOUT` or `wire::STDERR`, the bytes) as it arrives.
+    pub async fn execute_streaming(
+        &self,
+        command: &str,
+        timeout: Duration,
+        chunk: &mut (dyn FnMut(u8, &[u8]) + Send),
+    ) -> Result<CommandOutput, GuestError> {
         let (id, mut events) = self.request()?;
         // Dropped before the reply (cancelled, host timeout): kill it.
         let mut guard = KillOnDrop {
@@ -465,8 +477,14 @@ impl AgentClient {
         let collect = async {
             while let Some(f) = events.recv().await {
                 match f.kind {
-                    wire::STDOUT => out.stdout.extend_from_slice(&f.payload),
-                    wire::STDERR => out.stderr.extend_from_slice(&f.payload),
+                    wire::STDOUT => {
+                        chunk(f.kind, &f.payload);
+                        out.stdout.extend_from_slice(&f.payload);
+                    }
+                    wire::STDERR => {
+                        chunk(f.kind, &f.payload);
+                        out.stderr.extend_from_slice(&f.payload);
+                    }
                     wire::EXIT => {
                         let exit = Exit::decode(&f.payload).map_err(GuestError::Protocol)?;
                         return Ok(exit.status);

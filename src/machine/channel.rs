@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use super::live::LiveLines;
 use super::{wait_exit, Machine, MachineError};
+use crate::agent::wire;
 use crate::backend::Instance;
 use crate::config::BackendKind;
 use crate::guest::agent::{self, AgentClient, Protocol};
@@ -170,7 +172,16 @@ impl Machine {
         match channel {
             Channel::Agent(slot) => {
                 let client = self.live_agent(slot, instance).await?;
-                client.execute(command, timeout).await.map_err(guest_error)
+                if !self.inner.reporter.live_output() {
+                    return client.execute(command, timeout).await.map_err(guest_error);
+                }
+                let mut lines = LiveLines::new(&self.inner.reporter, &self.inner.name);
+                client
+                    .execute_streaming(command, timeout, &mut |kind, bytes| {
+                        lines.chunk(kind == wire::STDERR, bytes)
+                    })
+                    .await
+                    .map_err(guest_error)
             }
             Channel::Bash { sessions, slots } => {
                 let _permit = slots.acquire().await.map_err(|_| self.cancelled())?;
@@ -186,7 +197,14 @@ impl Machine {
                 if session.is_usable() {
                     sessions.lock().expect("session pool lock").push(session);
                 }
-                out.map_err(guest_error)
+                let out = out.map_err(guest_error)?;
+                if self.inner.reporter.live_output() {
+                    // Captured in the guest: the lines come at the end.
+                    let mut lines = LiveLines::new(&self.inner.reporter, &self.inner.name);
+                    lines.chunk(false, &out.stdout);
+                    lines.chunk(true, &out.stderr);
+                }
+                Ok(out)
             }
         }
     }

@@ -8,6 +8,7 @@
 mod channel;
 mod copy;
 mod error;
+mod live;
 mod ops;
 
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,8 @@
 //! The events of a run: the contract of `--log-json` (one JSON object a line).
 //!
-//! Order: `TestStarted`, then any mix of `Log`, `Console`, `MachineState` and
-//! properly nested `SectionStarted`/`SectionFinished` pairs (per thread),
-//! then one `TestFinished`.
+//! Order: `TestStarted`, then any mix of `Log`, `Console`, `CommandOutput`,
+//! `MachineState` and properly nested `SectionStarted`/`SectionFinished`
+//! pairs (per thread), then one `TestFinished`.
 
 use serde::Serialize;
 
@@ -76,6 +76,20 @@ pub enum EventKind {
         machine: String,
         /// The line.
         line: String,
+    },
+    /// A line a guest command wrote, as it arrives (`--live-output`). With
+    /// the agent the lines come while the command runs; with the bash
+    /// protocol they come when it has ended (its output is captured in the
+    /// guest). A last line without a newline comes at the command's end.
+    CommandOutput {
+        /// The machine.
+        machine: String,
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// The line, without its newline (invalid UTF-8 replaced).
+        line: String,
+        /// Nesting depth.
+        depth: usize,
     },
     /// A machine changed state.
     MachineState {

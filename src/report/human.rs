@@ -105,6 +105,16 @@ impl HumanReporter {
                 message,
                 depth,
             } => format!("{}{}{message}", indent(*depth), who(machine)),
+            EventKind::CommandOutput {
+                machine,
+                stream,
+                line,
+                depth,
+            } => format!(
+                "{}{} {line}",
+                indent(*depth),
+                self.paint("2", &format!("{machine} {stream}>"))
+            ),
             EventKind::Console { machine, line } => {
                 if !self.show_console {
                     return None;

@@ -29,6 +29,9 @@ pub struct ReportOptions {
     pub log_json: Option<std::path::PathBuf>,
     /// Write JUnit XML here.
     pub junit: Option<std::path::PathBuf>,
+    /// Emit the lines guest commands write as `CommandOutput` events (shown
+    /// in the human log, kept in the JSON log).
+    pub live_output: bool,
 }
 
 /// A report file that cannot be written.
@@ -48,6 +51,7 @@ pub struct ReportError {
 pub struct Reporter {
     inner: Arc<Mutex<State>>,
     start: Instant,
+    live_output: bool,
     next_section: Arc<AtomicU64>,
 }
 
@@ -102,6 +106,7 @@ impl Reporter {
                 failed_machines: Vec::new(),
             })),
             start: Instant::now(),
+            live_output: opts.live_output,
             next_section: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -145,6 +150,11 @@ impl Reporter {
     pub fn failed_machines(&self) -> Vec<String> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.failed_machines.clone()
+    }
+
+    /// Whether guest commands' lines are reported (`--live-output`).
+    pub fn live_output(&self) -> bool {
+        self.live_output
     }
 
     /// A log line, attributed to a machine or to the test.

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use rhai::{ASTNode, Engine, Expr, ParseErrorType, Position, Scope, Stmt, AST};
 
-use crate::report::failure::underline;
 use crate::backend::capability::{self, Capability};
 use crate::config::BackendConfig;
+use crate::report::failure::underline;
 
 /// One problem in a script, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
