@@ -323,6 +323,18 @@ machine.wait_until_succeeds("grep -qx tty2 /sys/class/tty/tty0/active", #{ timeo
 // OCR of the VGA console (tesseract + the NixOS driver's preprocessing).
 machine.succeed("printf '\\033c' > /dev/tty2; echo 'ATTEST READS THIS SCREEN' > /dev/tty2");
 machine.wait_for_text("READS THIS", #{ timeout: 120 });
+// NixOS: the raw reading, and the raw one plus two preprocessed variants.
+let variants = machine.get_screen_text_variants();
+assert_eq(variants.len(), 3);
+if !variants.some(|t| t.contains("READS")) { throw `no variant reads the screen: ${variants}`; }
+assert_eq(type_of(machine.get_screen_text()), "string");
+// The same tty read through the guest, and dumped to its journal.
+assert_contains(machine.get_tty_text("2"), "ATTEST READS THIS SCREEN");
+machine.dump_tty_contents(2);
+machine.wait_until_succeeds("journalctl -b -o cat | grep -q 'ATTEST READS THIS SCREEN'", #{ timeout: 30 });
+// No X server in this guest: the NixOS command fails, naming xwininfo.
+try { machine.get_window_names(); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "xwininfo"); }
 
 // block/unblock take the vlan link down and up.
 machine.block();

@@ -115,8 +115,13 @@ pub enum BackendOp {
     SnapshotCreate(PathBuf),
     /// Replace the machine by one loaded from a snapshot.
     SnapshotRestore(PathBuf),
-    /// Text on the screen, by OCR.
-    ScreenText,
+    /// Text on the screen, by OCR: a JSON array of strings, the raw
+    /// screenshot's reading first, then (with `variants`) those of its
+    /// preprocessed variants.
+    ScreenText {
+        /// Also read the preprocessed variants (NixOS `get_screen_text_variants`).
+        variants: bool,
+    },
     /// Reboot the machine (the driver reconnects afterwards).
     Reboot,
     /// A QEMU monitor (HMP) command line; returns its output.
@@ -138,7 +143,8 @@ impl BackendOp {
             BackendOp::ForwardPort { .. } => "forward_port",
             BackendOp::SnapshotCreate(_) => "snapshot_create",
             BackendOp::SnapshotRestore(_) => "snapshot_restore",
-            BackendOp::ScreenText => "get_screen_text",
+            BackendOp::ScreenText { variants: false } => "get_screen_text",
+            BackendOp::ScreenText { variants: true } => "get_screen_text_variants",
             BackendOp::Reboot => "reboot",
             BackendOp::MonitorCommand(_) => "send_monitor_command",
             BackendOp::QmpEvent(_) => "wait_for_qmp_event",

@@ -607,13 +607,27 @@ fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     }
 }
 
-fn register_backend_ops(engine: &mut Engine) {
-    fn backend(m: &Machine, o: BackendOp) -> R<String> {
-        let mm = m.clone();
-        op(m, o.name().replace('_', " "), async move {
-            mm.backend_op(o).await
-        })
+/// Runs a backend operation as a log section named after it.
+pub(super) fn backend(m: &Machine, o: BackendOp) -> R<String> {
+    let mm = m.clone();
+    op(m, o.name().replace('_', " "), async move {
+        mm.backend_op(o).await
+    })
+}
+
+/// The screen's text by OCR: the raw reading, then (with `variants`) the
+/// preprocessed variants' (NixOS `get_screen_text_variants`).
+pub(super) fn screen_texts(m: &Machine, variants: bool) -> R<Vec<String>> {
+    let json = backend(m, BackendOp::ScreenText { variants })?;
+    let texts: Vec<String> = serde_json::from_str(&json)
+        .map_err(|e| err(format!("{}: bad OCR result {json}: {e}", m.name())))?;
+    if texts.is_empty() {
+        return Err(err(format!("{}: OCR returned no reading", m.name())));
     }
+    Ok(texts)
+}
+
+fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("screenshot", |m: &mut Machine, p: &str| {
         backend(m, BackendOp::Screenshot(p.into())).map(drop)
     });
@@ -689,8 +703,9 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("snapshot_restore", |m: &mut Machine, d: &str| {
         backend(m, BackendOp::SnapshotRestore(d.into())).map(drop)
     });
-    engine.register_fn("get_screen_text", |m: &mut Machine| {
-        backend(m, BackendOp::ScreenText)
+    // NixOS: the raw screenshot's reading.
+    engine.register_fn("get_screen_text", |m: &mut Machine| -> R<String> {
+        Ok(screen_texts(m, false)?.swap_remove(0))
     });
     fn wait_for_text(m: &Machine, re: &str, opts: &Map) -> R<()> {
         m.require("wait_for_text").map_err(err)?;
@@ -699,10 +714,12 @@ fn register_backend_ops(engine: &mut Engine) {
             regex::Regex::new(re).map_err(|e| err(format!("wait_for_text: bad regex: {e}")))?;
         let deadline = Instant::now() + t;
         loop {
-            let text = backend(m, BackendOp::ScreenText)?;
-            if re.is_match(&text) {
+            // NixOS: any of the variants may match.
+            let texts = screen_texts(m, true)?;
+            if texts.iter().any(|t| re.is_match(t)) {
                 return Ok(());
             }
+            let text = texts.join("\n---\n");
             if Instant::now() >= deadline {
                 return Err(err(format!(
                     "{}: wait_for_text {:?}: timed out after {} seconds; last screen text:\n{text}",

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext};
 
 use super::bindings::{
-    err, first_line, in_section, op, secs, sleep_until_cancelled, timeout_of, R,
+    backend, err, first_line, in_section, op, screen_texts, secs, sleep_until_cancelled,
+    timeout_of, R,
 };
 use super::ScriptContext;
 use crate::backend::BackendOp;
@@ -22,13 +23,6 @@ const QMP_EVENT_TIMEOUT: f64 = 600.0;
 pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     register_machine(engine, &ctx);
     register_globals(engine, ctx);
-}
-
-fn backend(m: &Machine, o: BackendOp) -> R<String> {
-    let mm = m.clone();
-    op(m, o.name().replace('_', " "), async move {
-        mm.backend_op(o).await
-    })
 }
 
 fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
@@ -72,11 +66,12 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
             qmp_event(&nc, m, &f, t)
         },
     );
-    // attest's OCR makes one reading of the screen; NixOS makes several
-    // from differently processed screenshots.
+    // NixOS: the raw screenshot's reading and its preprocessed variants'.
     engine.register_fn("get_screen_text_variants", |m: &mut Machine| -> R<Array> {
-        m.require("get_screen_text_variants").map_err(err)?;
-        Ok(vec![backend(m, BackendOp::ScreenText)?.into()])
+        Ok(screen_texts(m, true)?
+            .into_iter()
+            .map(Dynamic::from)
+            .collect())
     });
     fn switch_root(m: &Machine, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;

@@ -783,12 +783,15 @@ impl Instance for QemuInstance {
                 }
                 Ok(String::new())
             }
-            BackendOp::ScreenText => {
+            BackendOp::ScreenText { variants } => {
                 ocr::check_available(self.enable_ocr).map_err(BackendError::Prerequisite)?;
                 let n = self.screenshots.fetch_add(1, Ordering::Relaxed);
                 let png = self.state_dir.join(format!("ocr-{n}.png"));
                 self.screenshot(&png).await?;
-                ocr::screen_text(&png).await.map_err(failed)
+                let texts = ocr::screen_text_variants(&png, variants)
+                    .await
+                    .map_err(failed)?;
+                serde_json::to_string(&texts).map_err(failed)
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
             BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,

@@ -72,26 +72,31 @@ async fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, String> {
     Ok(out.stdout)
 }
 
-/// OCRs a PNG screenshot; returns the texts of the three variants.
-pub async fn screen_text(png: &Path) -> Result<String, String> {
+/// OCRs a PNG screenshot, as NixOS's `perform_ocr_variants_on_screenshot`:
+/// the screenshot itself, then (with `processed`) its two preprocessed
+/// variants (enhanced, enhanced + negated); one text per image, the raw
+/// reading first.
+pub async fn screen_text_variants(png: &Path, processed: bool) -> Result<Vec<String>, String> {
     let tesseract = require_binary("tesseract", "tesseract-ocr")?;
-    let (im, seven) = imagemagick()?;
     let mut images = vec![png.to_owned()];
-    for negate in [false, true] {
-        let out = png.with_extension(if negate {
-            "negative.png"
-        } else {
-            "processed.png"
-        });
-        let mut cmd = Command::new(&im);
-        if seven {
-            cmd.arg("convert");
+    if processed {
+        let (im, seven) = imagemagick()?;
+        for negate in [false, true] {
+            let out = png.with_extension(if negate {
+                "negative.png"
+            } else {
+                "processed.png"
+            });
+            let mut cmd = Command::new(&im);
+            if seven {
+                cmd.arg("convert");
+            }
+            cmd.args(preprocess_args(negate)).arg(png).arg(&out);
+            run(&mut cmd, "ImageMagick").await?;
+            images.push(out);
         }
-        cmd.args(preprocess_args(negate)).arg(png).arg(&out);
-        run(&mut cmd, "ImageMagick").await?;
-        images.push(out);
     }
-    let mut text = String::new();
+    let mut texts = Vec::new();
     for image in &images {
         let out = run(
             Command::new(&tesseract).arg(image).arg("-").args([
@@ -103,10 +108,9 @@ pub async fn screen_text(png: &Path) -> Result<String, String> {
             "tesseract",
         )
         .await?;
-        text.push_str(&String::from_utf8_lossy(&out));
-        text.push('\n');
+        texts.push(String::from_utf8_lossy(&out).into_owned());
     }
-    Ok(text)
+    Ok(texts)
 }
 
 #[cfg(test)]
