@@ -392,21 +392,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result
     })
 }
 
-/// Maps a node name to the script identifier it is bound to, as the NixOS
-/// driver does: a leading non-letter and every non-word character become `_`.
+/// Maps a node name to the script identifier it is bound to: as the NixOS
+/// driver does ([`python_name`]), and a Rhai keyword (`default`, `fn`, …)
+/// gets a trailing `_`.
 pub fn script_name(node: &str) -> String {
-    let name: String = node
-        .chars()
-        .enumerate()
-        .map(|(i, c)| {
-            let ok = c.is_ascii_alphanumeric() || c == '_';
-            if !ok || (i == 0 && c.is_ascii_digit()) {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let name = python_name(node);
     // Rhai keywords and reserved words (`default`, `fn`, `let`, …) cannot
     // name a variable; Rhai's own parser is the authority on which they are.
     let is_keyword = rhai::Engine::new_raw()
@@ -417,6 +407,22 @@ pub fn script_name(node: &str) -> String {
     } else {
         name
     }
+}
+
+/// The identifier the NixOS driver binds a node to in a Python testScript:
+/// a leading digit and every non-word character become `_`.
+pub fn python_name(node: &str) -> String {
+    node.chars()
+        .enumerate()
+        .map(|(i, c)| {
+            let ok = c.is_ascii_alphanumeric() || c == '_';
+            if !ok || (i == 0 && c.is_ascii_digit()) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 impl TestConfig {

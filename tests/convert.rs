@@ -457,3 +457,51 @@ fn nix_interpolations() {
         c.rhai, c.summary.todos
     ));
 }
+
+/// A node named with a Rhai keyword is `default` in the Python (NixOS maps
+/// only non-identifiers) and `default_` in the Rhai (miniflux's node).
+#[test]
+fn a_node_named_with_a_rhai_keyword() {
+    let out = py(
+        "default.start()\nother.start()\nm = default\nm.succeed(\"true\")\n",
+        &["default", "other"],
+    );
+    assert!(out.contains("default_.start();"), "{out}");
+    assert!(!out.contains("TODO"), "{out}");
+}
+
+/// A node whose calls nspawn cannot do (a screen, keys) is written on QEMU,
+/// with OCR when it reads the screen, so `attest check` accepts the result;
+/// the other nodes stay on nspawn.
+#[test]
+fn nodes_that_need_a_screen_go_on_qemu() {
+    let c = convert::convert_python(
+        "t",
+        &PythonSource {
+            text: "start_all()\nclient.wait_for_text('login')\nclient.send_chars('x')\nserver.succeed('true')\n"
+                .to_owned(),
+            ..Default::default()
+        },
+        Some(&["client".to_owned(), "server".to_owned()]),
+    );
+    assert!(c.summary.complete(), "{}", c.rhai);
+    let dir = tempfile::tempdir().unwrap();
+    let s = convert::write(
+        std::slice::from_ref(&c),
+        dir.path(),
+        &ConvertOptions::default(),
+    )
+    .unwrap();
+    let config = Path::new(&s[0].out_dir).join("test.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        json["nodes"]["client"]["backend"]["qemu"]["enable_ocr"], true,
+        "{json}"
+    );
+    assert!(
+        json["nodes"]["server"]["backend"]["nspawn"].is_object(),
+        "{json}"
+    );
+    attest::driver::check_test(&config).unwrap();
+}

@@ -92,9 +92,10 @@ pub fn convert_file(path: &Path, opts: &ConvertOptions) -> Result<Vec<Conversion
 
 /// Converts one Python testScript.
 pub fn convert_python(name: &str, py: &nix::PythonSource, nodes: Option<&[String]>) -> Conversion {
-    // NixOS maps node names to Python identifiers as attest does.
+    // The script names the nodes by their NixOS Python identifiers (a node
+    // `default` is `default` there; the Rhai side maps it to `default_`).
     let py_nodes: Option<Vec<String>> =
-        nodes.map(|ns| ns.iter().map(|n| crate::config::script_name(n)).collect());
+        nodes.map(|ns| ns.iter().map(|n| crate::config::python_name(n)).collect());
     match python::Translator::translate(&py.text, py_nodes.as_deref(), &py.interpolations) {
         Ok(t) => {
             let mut all_nodes: Vec<String> = nodes.map(<[String]>::to_vec).unwrap_or_default();
@@ -204,6 +205,7 @@ pub fn write(
                     &c.nodes,
                     opts.backend,
                     &image.to_string_lossy(),
+                    &c.rhai,
                 )),
             ),
             ("test-script.nix", c.nix_script.clone()),

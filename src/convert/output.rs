@@ -94,18 +94,60 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// What a node's calls in the script need of its backend: QEMU (a display,
+/// a keyboard, the monitor, virtual terminals: what nspawn refuses, by the
+/// capability table `attest check` reads) and OCR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeNeeds {
+    /// A capability nspawn does not have.
+    pub qemu: bool,
+    /// `get_screen_text`, `get_screen_text_variants` or `wait_for_text`.
+    pub ocr: bool,
+}
+
+/// [`NodeNeeds`] of `node` from the calls `<node>.method(` in `rhai` (and
+/// `machine.method(` when it is the only node).
+pub fn node_needs(rhai: &str, node: &str, single: bool) -> NodeNeeds {
+    use crate::backend::capability::{support, Capability};
+    let nspawn = crate::config::BackendConfig::Nspawn(Default::default());
+    let mut receivers = vec![crate::config::script_name(node)];
+    if single {
+        receivers.push("machine".into());
+    }
+    let mut needs = NodeNeeds::default();
+    for r in receivers {
+        let calls = regex::Regex::new(&format!(r"\b{}\.(\w+)\(", regex::escape(&r)))
+            .expect("a valid regex");
+        for m in calls.captures_iter(rhai) {
+            let Some(cap) = Capability::of_method(&m[1]) else {
+                continue;
+            };
+            needs.qemu |= support(&nspawn, cap).is_err();
+            needs.ocr |= cap == Capability::ScreenText;
+        }
+    }
+    needs
+}
+
 /// `test.json`: every node on the chosen backend with the Debian image — a
-/// placeholder for the NixOS configuration the original builds.
-pub fn config(name: &str, nodes: &[String], backend: Backend, image: &str) -> String {
-    let backend_key = match backend {
-        Backend::Nspawn => "nspawn",
-        Backend::Qemu => "qemu",
-    };
+/// placeholder for the NixOS configuration the original builds. A node whose
+/// calls nspawn cannot do (a screen, keys) goes on QEMU, with OCR when it
+/// reads the screen, so the result passes `attest check`.
+pub fn config(name: &str, nodes: &[String], backend: Backend, image: &str, rhai: &str) -> String {
     let mut node_map = serde_json::Map::new();
     for n in nodes {
+        let needs = node_needs(rhai, n, nodes.len() == 1);
+        let key = match backend {
+            Backend::Nspawn if !needs.qemu => "nspawn",
+            _ => "qemu",
+        };
+        let mut settings = serde_json::json!({ "image": image });
+        if key == "qemu" && needs.ocr {
+            settings["enable_ocr"] = true.into();
+        }
         node_map.insert(
             n.clone(),
-            serde_json::json!({ "backend": { backend_key: { "image": image } } }),
+            serde_json::json!({ "backend": { key: settings } }),
         );
     }
     let config = serde_json::json!({
