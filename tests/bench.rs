@@ -2,6 +2,8 @@
 //! unavailable backends are listed with a reason, and Ctrl-C cleans up.
 //! No timing assertions: benchmarks print figures, tests check they exist.
 
+mod harness;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -44,27 +46,9 @@ fn read_all(mut r: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
 }
 
 /// Runs to completion with a hard limit; returns (exit code, stdout, stderr).
-fn run(mut cmd: Command, limit: Duration) -> (Option<i32>, String, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn attest");
-    let out = read_all(child.stdout.take().unwrap());
-    let err = read_all(child.stderr.take().unwrap());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("attest bench took longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    (status.code(), out.join().unwrap(), err.join().unwrap())
+fn run(cmd: Command, limit: Duration) -> (Option<i32>, String, String) {
+    let r = harness::run_command(cmd, limit);
+    (r.code, r.stdout, r.stderr)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use attest::backend::microvm::tiny_guest::{
+use harness::tiny_guest::{
     tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK,
 };
 use attest::backend::microvm::KvmFacts;

@@ -1,6 +1,6 @@
 //! The firecracker backend against a real firecracker (v1.12.1 from
 //! `.ci/fetch-firecracker`) running the tiny guest
-//! (`attest::backend::microvm::tiny_guest`): process, API, console, power
+//! (`tests/harness/tiny_guest.rs`): process, API, console, power
 //! off, crash, terminate, snapshots, TAPs, the vsock handshake timeout, API
 //! error reporting, prerequisites and cleanup on SIGTERM. These run on a
 //! KVM-PVM host too (the tiny guest executes there; Linux guests do not).
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use attest::backend::microvm::firecracker::FirecrackerBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use attest::backend::microvm::tiny_guest::{
+use harness::tiny_guest::{
     tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK,
 };
 use attest::backend::microvm::{KvmFacts, CACHE_BIN_DIR};
@@ -1058,4 +1058,46 @@ async fn vm_firecracker_runs_the_configuration_attest_sent() {
         .unwrap()
         .ends_with("vm/vsock.sock"));
     vm.terminate(Duration::from_secs(1)).await;
+}
+
+// The tiny guest's own checks (it is test support, tests/harness/tiny_guest.rs).
+#[test]
+fn tiny_guest_elf_headers_are_consistent() {
+    for pvh in [false, true] {
+        for b in [
+            TinyGuestBehavior::PowerOff,
+            TinyGuestBehavior::Tick,
+            TinyGuestBehavior::Halt,
+        ] {
+            let f = tiny_guest_elf(b, pvh);
+            assert_eq!(&f[..4], b"\x7fELF");
+            let entry = u64::from_le_bytes(f[24..32].try_into().unwrap());
+            let off = (entry - u64::from(harness::tiny_guest::BASE)) as usize;
+            assert_eq!(&f[off..off + 2], &[0xFA, 0xFC], "entry points at the code");
+            let phnum = u16::from_le_bytes(f[56..58].try_into().unwrap());
+            assert_eq!(phnum, if pvh { 2 } else { 1 });
+            assert!(f.len() < 512, "tiny: {} bytes", f.len());
+            let text = String::from_utf8_lossy(&f);
+            assert!(text.contains(TINY_GUEST_HELLO));
+        }
+    }
+}
+
+/// `tests/fixtures/tiny-guest/build` runs this to write every variant
+/// into `$ATTEST_TINY_GUEST_OUT` (a no-op otherwise).
+#[test]
+fn write_variants_when_asked() {
+    let Some(dir) = std::env::var_os("ATTEST_TINY_GUEST_OUT") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, b) in [
+        ("poweroff", TinyGuestBehavior::PowerOff),
+        ("tick", TinyGuestBehavior::Tick),
+        ("halt", TinyGuestBehavior::Halt),
+    ] {
+        std::fs::write(dir.join(format!("{name}.elf")), tiny_guest_elf(b, false)).unwrap();
+        std::fs::write(dir.join(format!("{name}-pvh.elf")), tiny_guest_elf(b, true)).unwrap();
+    }
 }

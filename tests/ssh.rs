@@ -8,6 +8,7 @@
 //! what to change. Needs root and `images/debian/build`.
 
 mod common;
+mod harness;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

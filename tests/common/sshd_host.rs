@@ -433,50 +433,10 @@ pub fn run_attest_with(
     args: &[&str],
     timeout: Duration,
 ) -> (i32, String) {
-    use std::io::Read;
-    let mut child = host
-        .command(env!("CARGO_BIN_EXE_attest"))
-        .arg("run")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run attest");
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "{}{}",
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default()
-    );
-    match status {
-        Some(st) => (st.code().unwrap_or(-1), text),
-        None => panic!("attest did not finish within {timeout:?}:\n{text}"),
-    }
+    let mut cmd = host.command(env!("CARGO_BIN_EXE_attest"));
+    cmd.arg("run").arg(config).args(args).stdin(Stdio::null());
+    let r = crate::harness::run_command(cmd, timeout);
+    (r.code.unwrap_or(-1), format!("{}{}", r.stdout, r.stderr))
 }
 
 /// SIGKILLs one process given by its decimal pid (as `ip netns pids` prints

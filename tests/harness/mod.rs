@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod lib_machine;
+pub mod tiny_guest;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -225,6 +226,19 @@ pub fn finish(mut child: Child, started: Instant, limit: Duration) -> Run {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs a prepared command (attest with other arguments, an environment, a
+/// namespace, …) to completion with piped output: the one runner every
+/// test binary uses.
+pub fn run_command(mut cmd: Command, limit: Duration) -> Run {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run attest");
+    finish(child, started, limit)
 }
 
 /// Runs `attest ARGS` to completion.

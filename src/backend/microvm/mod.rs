@@ -13,7 +13,6 @@ pub mod api;
 pub mod cloud_hypervisor;
 pub mod firecracker;
 pub mod instance;
-pub mod tiny_guest;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

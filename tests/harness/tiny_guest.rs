@@ -11,7 +11,8 @@
 //! byte (a plain `mod=00 rm=101` operand would be RIP-relative in long mode).
 //! It uses no stack (firecracker sets one, PVH does not).
 //!
-//! The annotated listing is in `tests/fixtures/tiny-guest/README.md`.
+//! The annotated listing is in `tests/fixtures/tiny-guest/README.md`. Test
+//! support, not part of the library; its own tests are in tests/firecracker.rs.
 
 /// What the tiny guest does after its greeting line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +33,7 @@ pub const TINY_GUEST_HELLO: &str = "attest-tiny-guest: hello from the tiny guest
 pub const TINY_GUEST_TICK: &str = "attest-tiny-guest: tick ";
 
 /// Guest-physical load address (above firecracker's 1 MiB `HIMEM_START`).
-const BASE: u32 = 0x0020_0000;
+pub const BASE: u32 = 0x0020_0000;
 /// Time-stamp-counter cycles between ticks (about a quarter second at 2–3 GHz).
 const TICK_CYCLES: u32 = 0x3000_0000;
 
@@ -217,50 +218,4 @@ fn pvh_note(entry: u32) -> Vec<u8> {
     n.extend_from_slice(b"Xen\0");
     n.extend_from_slice(&entry.to_le_bytes());
     n
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn elf_headers_are_consistent() {
-        for pvh in [false, true] {
-            for b in [
-                TinyGuestBehavior::PowerOff,
-                TinyGuestBehavior::Tick,
-                TinyGuestBehavior::Halt,
-            ] {
-                let f = tiny_guest_elf(b, pvh);
-                assert_eq!(&f[..4], b"\x7fELF");
-                let entry = u64::from_le_bytes(f[24..32].try_into().unwrap());
-                let off = (entry - u64::from(BASE)) as usize;
-                assert_eq!(&f[off..off + 2], &[0xFA, 0xFC], "entry points at the code");
-                let phnum = u16::from_le_bytes(f[56..58].try_into().unwrap());
-                assert_eq!(phnum, if pvh { 2 } else { 1 });
-                assert!(f.len() < 512, "tiny: {} bytes", f.len());
-                let text = String::from_utf8_lossy(&f);
-                assert!(text.contains(TINY_GUEST_HELLO));
-            }
-        }
-    }
-
-    /// `tests/fixtures/tiny-guest/build` runs this to write every variant
-    /// into `$ATTEST_TINY_GUEST_OUT` (a no-op otherwise).
-    #[test]
-    fn write_variants_when_asked() {
-        let Some(dir) = std::env::var_os("ATTEST_TINY_GUEST_OUT") else {
-            return;
-        };
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, b) in [
-            ("poweroff", TinyGuestBehavior::PowerOff),
-            ("tick", TinyGuestBehavior::Tick),
-            ("halt", TinyGuestBehavior::Halt),
-        ] {
-            std::fs::write(dir.join(format!("{name}.elf")), tiny_guest_elf(b, false)).unwrap();
-            std::fs::write(dir.join(format!("{name}-pvh.elf")), tiny_guest_elf(b, true)).unwrap();
-        }
-    }
 }
