@@ -165,6 +165,10 @@ pub enum BackendKind {
     CloudHypervisor,
     /// Existing hosts over ssh.
     Ssh,
+    /// A bash process on this host: the test suite's stand-in for a guest
+    /// (`backend::local`); no config selects it.
+    #[value(skip)]
+    Local,
 }
 
 impl BackendKind {
@@ -185,6 +189,7 @@ impl BackendKind {
             BackendKind::Firecracker => "firecracker",
             BackendKind::CloudHypervisor => "cloud-hypervisor",
             BackendKind::Ssh => "ssh",
+            BackendKind::Local => "local",
         }
     }
 

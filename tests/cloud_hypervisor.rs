@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 
 use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use harness::tiny_guest::{
-    tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK,
-};
 use attest::backend::microvm::KvmFacts;
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
+use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
 use harness::{attest, processes_matching, TestDir};
 
 /// The cloud-hypervisor binary, or `None` after printing why the test skips.

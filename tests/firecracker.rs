@@ -16,14 +16,12 @@ use std::time::{Duration, Instant};
 
 use attest::backend::microvm::firecracker::FirecrackerBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use harness::tiny_guest::{
-    tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK,
-};
 use attest::backend::microvm::{KvmFacts, CACHE_BIN_DIR};
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
+use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
 use harness::{attest, processes_matching, TestDir};
 
 /// The real firecracker; fails the test with the fix when it is missing.

@@ -5,6 +5,8 @@
 
 pub mod capability;
 pub mod cgroup;
+#[cfg(test)]
+pub mod local;
 pub mod microvm;
 pub mod nspawn;
 pub mod qemu;

@@ -263,6 +263,7 @@ pub fn backend_binary(backend: BackendKind) -> &'static str {
         BackendKind::Firecracker => "firecracker",
         BackendKind::CloudHypervisor => "cloud-hypervisor",
         BackendKind::Ssh => "ssh",
+        BackendKind::Local => "bash",
     }
 }
 

@@ -836,3 +836,6 @@ async fn wait_exit(rx: &mut watch::Receiver<Option<Exit>>) -> Exit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

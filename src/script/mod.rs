@@ -199,6 +199,9 @@ pub fn renamed_nodes<'a>(nodes: impl IntoIterator<Item = &'a String>) -> Vec<(St
 /// An engine with every binding registered and no machines, for tests of
 /// the engine itself (the static check, the parity table).
 #[cfg(test)]
+mod local_tests;
+
+#[cfg(test)]
 pub(crate) fn test_engine() -> Engine {
     let reporter = crate::report::Reporter::new("t", &Default::default()).unwrap();
     engine(Arc::new(ScriptContext {

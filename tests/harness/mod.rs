@@ -6,9 +6,12 @@
 pub mod lib_machine;
 pub mod tiny_guest;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use attest::config::{BackendConfig, NodeConfig, NspawnConfig, TestConfig};
 
 /// The Debian test image manifest; fails the test with the fix when absent.
 pub fn image_manifest() -> PathBuf {
@@ -19,6 +22,20 @@ pub fn image_manifest() -> PathBuf {
         p.display()
     );
     p
+}
+
+/// A version-1 test `name` running `test.rhai` on `nodes`, defaults elsewhere.
+pub fn test_config(name: &str, nodes: BTreeMap<String, NodeConfig>) -> TestConfig {
+    TestConfig {
+        version: attest::config::CONFIG_VERSION,
+        name: name.to_owned(),
+        script: "test.rhai".into(),
+        global_timeout: 3600.0,
+        enable_network: false,
+        nodes,
+        base_dir: PathBuf::new(),
+        path: PathBuf::new(),
+    }
 }
 
 /// Two nodes whose rootfs exists but is no root tree (`/dev/null`): enough
@@ -39,7 +56,10 @@ pub struct TestDir {
 }
 
 impl TestDir {
-    /// `nodes` is the JSON object of nodes; `extra` more top-level fields.
+    /// The config as text: `nodes` is the JSON object of nodes, `extra` more
+    /// top-level fields. For configs a test means to be malformed (line and
+    /// column of an error); valid ones are built as a [`TestConfig`]
+    /// ([`TestDir::write`]).
     pub fn new(name: &str, nodes: &str, extra: &str, script: &str) -> TestDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("test.rhai"), script).unwrap();
@@ -61,16 +81,35 @@ impl TestDir {
     /// A test whose nodes all boot the Debian image on nspawn.
     pub fn nspawn(name: &str, nodes: &[&str], extra: &str, script: &str) -> TestDir {
         let manifest = image_manifest();
-        let nodes: Vec<String> = nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    r#""{n}":{{"backend":{{"nspawn":{{"image":"{}"}}}}}}"#,
-                    manifest.display()
-                )
-            })
-            .collect();
-        TestDir::new(name, &format!("{{{}}}", nodes.join(",")), extra, script)
+        let node = NodeConfig {
+            vlans: None,
+            boot_timeout: None,
+            backend: BackendConfig::Nspawn(NspawnConfig {
+                image: Some(manifest),
+                ..Default::default()
+            }),
+        };
+        let nodes = nodes.iter().map(|n| (n.to_string(), node.clone()));
+        TestDir::write(test_config(name, nodes.collect()), extra, script)
+    }
+
+    /// Writes `config` (serialised, `extra` top-level JSON fields merged in)
+    /// and the script.
+    pub fn write(config: TestConfig, extra: &str, script: &str) -> TestDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("test.rhai"), script).unwrap();
+        let mut json = serde_json::to_value(&config).unwrap();
+        if !extra.is_empty() {
+            let extra: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&format!("{{{extra}}}")).expect("extra is JSON fields");
+            json.as_object_mut().unwrap().extend(extra);
+        }
+        std::fs::write(
+            dir.path().join("test.json"),
+            serde_json::to_string_pretty(&json).unwrap(),
+        )
+        .unwrap();
+        TestDir { dir }
     }
 
     pub fn config(&self) -> PathBuf {

@@ -1,0 +1,146 @@
+//! Test support: a machine that is a bash process on this host. Its backdoor
+//! is the same banner + `bash --norc` every guest runs, over a socketpair, so
+//! [`Machine`](crate::machine::Machine), its operations and the script
+//! bindings are tested against a real shell in milliseconds, without root,
+//! a container or a VM.
+//!
+//! The "machine" is a `sleep` in a process group of its own: a crash is a
+//! SIGKILL to that group, and every backdoor shell joins the group, so it
+//! dies with the machine like a guest's shell dies with the guest.
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::{Backend, BackendError, Instance, StartContext};
+use crate::config::{BackendKind, TestConfig};
+use crate::guest::{GuestStream, BANNER};
+use crate::machine::Machine;
+use crate::process::{spawn_watched, ExitInfo, Watched};
+use crate::report::{ReportOptions, Reporter};
+
+/// Starts local machines.
+pub struct LocalBackend;
+
+/// A running local machine.
+pub struct LocalInstance {
+    process: Watched,
+    shells: Mutex<Vec<Child>>,
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn default_boot_timeout(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("infinity");
+        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()))
+            .map_err(|e| BackendError::Start(format!("cannot run sleep: {e}")))?;
+        Ok(Box::new(LocalInstance {
+            process,
+            shells: Mutex::new(Vec::new()),
+        }))
+    }
+}
+
+impl LocalInstance {
+    fn shell(&self) -> Result<tokio::net::UnixStream, String> {
+        let (ours, theirs) = StdUnixStream::pair().map_err(|e| e.to_string())?;
+        let theirs: std::os::fd::OwnedFd = theirs.into();
+        let stdout = theirs.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("bash")
+            .args(["-c", &format!("echo '{BANNER}'; exec bash --norc")])
+            .stdin(theirs)
+            .stdout(stdout)
+            .process_group(self.process.pid as i32)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run bash: {e}"))?;
+        self.shells.lock().expect("shells").push(child);
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+        tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl Instance for LocalInstance {
+    async fn connect(&self, _deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError> {
+        if let Some(info) = self.process.exit.borrow().clone() {
+            return Err(BackendError::Start(format!("machine {info}")));
+        }
+        Ok(Box::new(self.shell().map_err(BackendError::Start)?))
+    }
+
+    fn max_sessions(&self) -> usize {
+        4
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.process.exit.clone()
+    }
+
+    async fn crash(&self) -> Result<(), BackendError> {
+        self.process.kill().await;
+        Ok(())
+    }
+
+    async fn terminate(&self, grace: Duration) {
+        self.process.terminate(grace).await;
+        let shells = std::mem::take(&mut *self.shells.lock().expect("shells"));
+        for mut s in shells {
+            let _ = s.kill().await;
+        }
+    }
+
+    fn backend_kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+}
+
+/// A local machine `name` of a one-node test, not started, on `runtime`
+/// (call its async operations with `runtime.block_on`). The state dir lives
+/// as long as the returned guard.
+pub fn machine(name: &str, runtime: &tokio::runtime::Runtime) -> (Machine, tempfile::TempDir) {
+    let reporter = Reporter::new("local", &ReportOptions::default()).expect("a reporter");
+    machine_reporting_to(name, runtime, reporter)
+}
+
+/// [`machine`], reporting to `reporter`.
+pub fn machine_reporting_to(
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    reporter: Reporter,
+) -> (Machine, tempfile::TempDir) {
+    let mut config: TestConfig = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "name": "local",
+        "script": "test.rhai",
+        "nodes": { name: { "backend": { "nspawn": { "rootfs": "/" } } } },
+    }))
+    .expect("a valid config");
+    config.nodes.get_mut(name).expect("the node").boot_timeout = Some(10.0);
+    let state = tempfile::tempdir().expect("a state dir");
+    let m = Machine::new(
+        name,
+        Arc::new(LocalBackend),
+        Arc::new(config),
+        state.path().join(name),
+        None,
+        reporter,
+        tokio_util::sync::CancellationToken::new(),
+        runtime.handle().clone(),
+        crate::guest::agent::Protocol::Bash,
+    );
+    (m, state)
+}

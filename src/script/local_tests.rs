@@ -1,0 +1,121 @@
+//! The script bindings on a real local bash machine
+//! ([`crate::backend::local`]): what a script sees, without root or a guest.
+
+use std::sync::{Arc, OnceLock};
+
+use super::{engine, scope_for, ScriptContext};
+use crate::backend::local;
+use crate::report::{ReportOptions, Reporter};
+
+/// Runs `source` with one local machine `machine`; returns the script's
+/// error text, and the JSON events when `events` is given.
+fn run(source: &str, events: Option<&std::path::Path>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let opts = ReportOptions {
+        log_json: events.map(ToOwned::to_owned),
+        ..Default::default()
+    };
+    let reporter = Reporter::new("local", &opts).unwrap();
+    let (m, state) = local::machine_reporting_to("machine", &rt, reporter.clone());
+    let ctx = Arc::new(ScriptContext {
+        machines: vec![m.clone()],
+        reporter,
+        cancel: Default::default(),
+        ast: OnceLock::new(),
+        base_dir: state.path().to_owned(),
+    });
+    let engine = engine(ctx.clone());
+    let nodes = vec![("machine".to_owned(), rhai::Dynamic::from(m.clone()))];
+    let scope = scope_for(&nodes, &[]);
+    let ast = super::check::check(&engine, &scope, std::path::Path::new("t.rhai"), source)
+        .map_err(|e| e.rendered)?;
+    let ast = Arc::new(ast);
+    let _ = ctx.ast.set(ast.clone());
+    let mut scope = scope_for(&nodes, &[]);
+    let r = engine
+        .run_ast_with_scope(&mut scope, &ast)
+        .map_err(|e| e.to_string());
+    rt.block_on(m.terminate());
+    r
+}
+
+#[test]
+fn the_script_api_runs_on_a_local_machine() {
+    run(
+        r#"
+start_all();
+assert_eq(machine.succeed("echo hi"), "hi\n");
+assert_eq(succeed(machine, "echo fn form"), "fn form\n");
+machine.fail("exit 1");
+let r = machine.execute("echo out; exit 3");
+assert_eq(r.status, 3);
+assert_eq(r.output, "out\n");
+machine.succeed("sleep 0.2; touch /dev/shm/attest-local-flag-$PPID");
+machine.wait_until_succeeds("ls /dev/shm/ | grep -q attest-local-flag-");
+machine.succeed("rm -f /dev/shm/attest-local-flag-*");
+let tries = 0;
+retry(#{ attempts: 5, delay: 0.01 }, || { tries += 1; if tries < 3 { throw "not yet"; } });
+assert_eq(tries, 3);
+let outs = wait_all([machine, machine], |m| m.succeed("echo both"));
+assert_eq(outs, ["both\n", "both\n"]);
+"#,
+        None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_failing_call_names_the_machine_the_call_and_the_status() {
+    let e = run("machine.succeed(\"echo some-output; exit 3\");", None).unwrap_err();
+    assert!(
+        e.contains("machine: succeed `echo some-output; exit 3` failed (exit status 3)"),
+        "{e}"
+    );
+    assert!(e.contains("some-output"), "{e}");
+    let e = run(
+        "machine.wait_until_succeeds(\"false\", #{ timeout: 1 });",
+        None,
+    )
+    .unwrap_err();
+    assert!(e.contains("timed out after 1 seconds"), "{e}");
+}
+
+/// `wait_all` runs each machine's closure on a thread of its own; a
+/// `subtest` there nests in the section `wait_all` was called from.
+#[test]
+fn a_subtest_inside_wait_all_keeps_its_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    run(
+        r#"
+subtest("outer", || {
+    wait_all([machine, machine], |m| subtest("inner", || m.succeed("true")));
+});
+"#,
+        Some(&events),
+    )
+    .unwrap();
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started = |name: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == "section_started" && e["name"] == name)
+            .collect()
+    };
+    let outer = started("outer");
+    assert_eq!(outer.len(), 1);
+    let inner = started("inner");
+    assert_eq!(inner.len(), 2, "{events:#?}");
+    for i in inner {
+        assert_eq!(i["parent"], outer[0]["id"], "{i}");
+        assert_eq!(i["depth"], 1, "{i}");
+    }
+}
