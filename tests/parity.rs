@@ -390,3 +390,37 @@ for m in machines { m.get_tty_text(1); }
     assert!(!r.stderr.contains("backdoor up"), "{}", r.stderr);
     assert_nothing_left(&r, "parity-refusals-run");
 }
+
+/// NixOS's positional forms: `timeout` as a trailing number,
+/// `execute(cmd, check_return, check_output, timeout)`,
+/// `wait_for_open_unix_socket(addr, is_datagram, timeout)`,
+/// `start(allow_reboot)`; `()` (Python's `None`) is no options; anything
+/// else is an error naming what is expected.
+#[test]
+fn positional_arguments_as_nixos_takes_them() {
+    passes(
+        "parity-positional",
+        &["machine"],
+        r#"
+machine.start(true);
+machine.wait_for_unit("multi-user.target", (), );
+machine.reboot();
+assert_eq(machine.execute("echo out; exit 3", false).status, -1);
+assert_eq(machine.execute("sleep 1", true, false).status, -2);
+let r = machine.execute("echo x", true, true, 10);
+assert_eq([r.status, r.output], [0, "x\n"]);
+assert_eq(machine.wait_until_succeeds("echo ok", 10), "ok\n");
+machine.wait_until_fails("false", 10.5);
+machine.wait_for_file("/etc/os-release", 10);
+machine.wait_for_open_port(80, "localhost", 10);
+machine.wait_for_closed_port("81", "127.0.0.1", 10);
+machine.wait_for_unit("nginx.service", 30);
+machine.wait_for_open_unix_socket("/run/dbus/system_bus_socket", false, 10);
+machine.wait_for_open_unix_socket("/run/dbus/system_bus_socket", false);
+try { machine.wait_until_succeeds("true", "ten"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "expected an options map (#{ timeout: 30 }) or a timeout in seconds, not string"); }
+try { machine.wait_for_file("/nonexistent", 1); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "timed out after 1 seconds"); }
+"#,
+    );
+}

@@ -84,6 +84,26 @@ pub(super) fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
     Ok(Duration::from_secs_f64(t))
 }
 
+/// The trailing options of a call: a map (`#{ timeout: 30 }`), or, as NixOS
+/// takes `timeout` positionally, a number of seconds; `()` (Python's
+/// `None`) is no options.
+pub(super) fn opts(o: Dynamic) -> R<Map> {
+    if o.is_unit() {
+        return Ok(Map::new());
+    }
+    if o.is_int() || o.is_float() {
+        let mut m = Map::new();
+        m.insert("timeout".into(), o);
+        return Ok(m);
+    }
+    let t = o.type_name();
+    o.try_cast::<Map>().ok_or_else(|| {
+        err(format!(
+            "expected an options map (#{{ timeout: 30 }}) or a timeout in seconds, not {t}"
+        ))
+    })
+}
+
 fn opt_bool(opts: &Map, key: &str, default: bool) -> R<bool> {
     match opts.get(key) {
         None => Ok(default),
@@ -162,7 +182,11 @@ fn register_lifecycle(engine: &mut Engine) {
     });
     // NixOS `start(allow_reboot=False)`: without it, a reboot (`reboot()`
     // or from inside) ends the machine, as QEMU's -no-reboot does there.
-    engine.register_fn("start", |m: &mut Machine, o: Map| {
+    engine.register_fn("start", |m: &mut Machine, o: Dynamic| {
+        let o = match o.as_bool() {
+            Ok(b) => Map::from_iter([("allow_reboot".into(), b.into())]),
+            Err(_) => opts(o)?,
+        };
         timeout_of(&o, DEFAULT_TIMEOUT)?;
         let allow_reboot = opt_bool(&o, "allow_reboot", false)?;
         let mm = m.clone();
@@ -217,9 +241,28 @@ fn register_commands(engine: &mut Engine) {
     engine.register_fn("execute", |m: &mut Machine, c: &str| {
         execute(m, c.into(), &Map::new())
     });
-    engine.register_fn("execute", |m: &mut Machine, c: &str, o: Map| {
-        execute(m, c.into(), &o)
+    engine.register_fn("execute", |m: &mut Machine, c: &str, o: Dynamic| {
+        execute(m, c.into(), &opts(o)?)
     });
+    // NixOS `execute(command, check_return=True, check_output=True, timeout=900)`.
+    fn checks(check_return: bool, check_output: bool, timeout: Dynamic) -> R<Map> {
+        let mut o = opts(timeout)?;
+        o.insert("check_return".into(), check_return.into());
+        o.insert("check_output".into(), check_output.into());
+        Ok(o)
+    }
+    engine.register_fn("execute", |m: &mut Machine, c: &str, r: bool| {
+        execute(m, c.into(), &checks(r, true, Dynamic::UNIT)?)
+    });
+    engine.register_fn("execute", |m: &mut Machine, c: &str, r: bool, o: bool| {
+        execute(m, c.into(), &checks(r, o, Dynamic::UNIT)?)
+    });
+    engine.register_fn(
+        "execute",
+        |m: &mut Machine, c: &str, r: bool, o: bool, t: Dynamic| {
+            execute(m, c.into(), &checks(r, o, t)?)
+        },
+    );
 
     fn succeed(m: &Machine, cmds: Vec<String>, opts: &Map, expect_success: bool) -> R<String> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
@@ -289,8 +332,8 @@ fn register_commands(engine: &mut Engine) {
         engine.register_fn(name, move |m: &mut Machine, c: &str| {
             wait_until(m, c.into(), &Map::new(), s)
         });
-        engine.register_fn(name, move |m: &mut Machine, c: &str, o: Map| {
-            wait_until(m, c.into(), &o, s)
+        engine.register_fn(name, move |m: &mut Machine, c: &str, o: Dynamic| {
+            wait_until(m, c.into(), &opts(o)?, s)
         });
     }
 
@@ -357,8 +400,8 @@ fn register_waits(engine: &mut Engine) {
         engine.register_fn(name, move |m: &mut Machine, p: Dynamic| {
             port(m, p, &Map::new(), open)
         });
-        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, o: Map| {
-            port(m, p, &o, open)
+        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, o: Dynamic| {
+            port(m, p, &opts(o)?, open)
         });
         engine.register_fn(name, move |m: &mut Machine, p: Dynamic, addr: &str| {
             let mut o = Map::new();
@@ -367,7 +410,8 @@ fn register_waits(engine: &mut Engine) {
         });
         engine.register_fn(
             name,
-            move |m: &mut Machine, p: Dynamic, addr: &str, mut o: Map| {
+            move |m: &mut Machine, p: Dynamic, addr: &str, o: Dynamic| {
+                let mut o = opts(o)?;
                 o.insert("addr".into(), addr.into());
                 port(m, p, &o, open)
             },
@@ -390,7 +434,23 @@ fn register_waits(engine: &mut Engine) {
     });
     engine.register_fn(
         "wait_for_open_unix_socket",
-        |m: &mut Machine, p: &str, o: Map| unix_socket(m, p.into(), &o),
+        |m: &mut Machine, p: &str, o: Dynamic| unix_socket(m, p.into(), &opts(o)?),
+    );
+    // NixOS `wait_for_open_unix_socket(addr, is_datagram=False, timeout=900)`.
+    engine.register_fn(
+        "wait_for_open_unix_socket",
+        |m: &mut Machine, p: &str, dgram: bool| {
+            let o = Map::from_iter([("is_datagram".into(), dgram.into())]);
+            unix_socket(m, p.into(), &o)
+        },
+    );
+    engine.register_fn(
+        "wait_for_open_unix_socket",
+        |m: &mut Machine, p: &str, dgram: bool, t: Dynamic| {
+            let mut o = opts(t)?;
+            o.insert("is_datagram".into(), dgram.into());
+            unix_socket(m, p.into(), &o)
+        },
     );
 
     fn file(m: &Machine, path: String, opts: &Map) -> R<()> {
@@ -403,8 +463,8 @@ fn register_waits(engine: &mut Engine) {
     engine.register_fn("wait_for_file", |m: &mut Machine, p: &str| {
         file(m, p.into(), &Map::new())
     });
-    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str, o: Map| {
-        file(m, p.into(), &o)
+    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str, o: Dynamic| {
+        file(m, p.into(), &opts(o)?)
     });
 
     fn console(m: &Machine, re: String, opts: &Map) -> R<String> {
@@ -421,7 +481,7 @@ fn register_waits(engine: &mut Engine) {
     });
     engine.register_fn(
         "wait_for_console_text",
-        |m: &mut Machine, r: &str, o: Map| console(m, r.into(), &o),
+        |m: &mut Machine, r: &str, o: Dynamic| console(m, r.into(), &opts(o)?),
     );
     engine.register_fn("get_console_log", |m: &mut Machine| m.console().text());
 }
@@ -438,8 +498,8 @@ fn register_systemd(engine: &mut Engine) {
     engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str| {
         unit(m, u.into(), &Map::new())
     });
-    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, o: Map| {
-        unit(m, u.into(), &o)
+    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, o: Dynamic| {
+        unit(m, u.into(), &opts(o)?)
     });
     engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, user: &str| {
         let mut o = Map::new();
@@ -448,7 +508,8 @@ fn register_systemd(engine: &mut Engine) {
     });
     engine.register_fn(
         "wait_for_unit",
-        |m: &mut Machine, u: &str, user: &str, mut o: Map| {
+        |m: &mut Machine, u: &str, user: &str, o: Dynamic| {
+            let mut o = opts(o)?;
             o.insert("user".into(), user.into());
             unit(m, u.into(), &o)
         },
@@ -690,13 +751,22 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("unblock", |m: &mut Machine| {
         backend(m, BackendOp::Unblock).map(drop)
     });
-    engine.register_fn("forward_port", |m: &mut Machine, host: i64, guest: i64| {
-        let (host, guest) = (
-            u16::try_from(host).map_err(|_| err("host port out of range"))?,
-            u16::try_from(guest).map_err(|_| err("guest port out of range"))?,
-        );
+    // NixOS `forward_port(host_port=8080, guest_port=80)`.
+    fn forward_port(m: &Machine, host: &Dynamic, guest: &Dynamic) -> R<()> {
+        let host: u16 = number_arg(host, "host port")?;
+        let guest: u16 = number_arg(guest, "guest port")?;
         backend(m, BackendOp::ForwardPort { host, guest }).map(drop)
+    }
+    engine.register_fn("forward_port", |m: &mut Machine| {
+        forward_port(m, &Dynamic::from_int(8080), &Dynamic::from_int(80))
     });
+    engine.register_fn("forward_port", |m: &mut Machine, host: Dynamic| {
+        forward_port(m, &host, &Dynamic::from_int(80))
+    });
+    engine.register_fn(
+        "forward_port",
+        |m: &mut Machine, host: Dynamic, guest: Dynamic| forward_port(m, &host, &guest),
+    );
     engine.register_fn("snapshot_create", |m: &mut Machine, d: &str| {
         backend(m, BackendOp::SnapshotCreate(d.into())).map(drop)
     });
@@ -734,8 +804,8 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("wait_for_text", |m: &mut Machine, r: &str| {
         wait_for_text(m, r, &Map::new())
     });
-    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str, o: Map| {
-        wait_for_text(m, r, &o)
+    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str, o: Dynamic| {
+        wait_for_text(m, r, &opts(o)?)
     });
 
     // Virtual terminals and X are read through the guest, as the NixOS driver does.
@@ -794,7 +864,7 @@ fn register_backend_ops(engine: &mut Engine) {
     );
     engine.register_fn(
         "wait_until_tty_matches",
-        |m: &mut Machine, tty: Dynamic, r: &str, o: Map| tty_matches(m, tty, r, &o),
+        |m: &mut Machine, tty: Dynamic, r: &str, o: Dynamic| tty_matches(m, tty, r, &opts(o)?),
     );
     fn wait_for_x(m: &Machine, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
@@ -810,7 +880,9 @@ fn register_backend_ops(engine: &mut Engine) {
         })
     }
     engine.register_fn("wait_for_x", |m: &mut Machine| wait_for_x(m, &Map::new()));
-    engine.register_fn("wait_for_x", |m: &mut Machine, o: Map| wait_for_x(m, &o));
+    engine.register_fn("wait_for_x", |m: &mut Machine, o: Dynamic| {
+        wait_for_x(m, &opts(o)?)
+    });
     // The NixOS command, plus DISPLAY=:0 (the backdoor shell has no DISPLAY).
     const WINDOW_NAMES: &str = "DISPLAY=${DISPLAY:-:0} xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d'";
     fn window_names(m: &Machine) -> R<Array> {
@@ -838,9 +910,10 @@ fn register_backend_ops(engine: &mut Engine) {
     engine.register_fn("wait_for_window", |m: &mut Machine, re: &str| {
         wait_for_window(m, re, &Map::new())
     });
-    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str, o: Map| {
-        wait_for_window(m, re, &o)
-    });
+    engine.register_fn(
+        "wait_for_window",
+        |m: &mut Machine, re: &str, o: Dynamic| wait_for_window(m, re, &opts(o)?),
+    );
 }
 
 fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {

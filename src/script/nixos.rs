@@ -81,7 +81,9 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
         })
     }
     engine.register_fn("switch_root", |m: &mut Machine| switch_root(m, &Map::new()));
-    engine.register_fn("switch_root", |m: &mut Machine, o: Map| switch_root(m, &o));
+    engine.register_fn("switch_root", |m: &mut Machine, o: Dynamic| {
+        switch_root(m, &super::bindings::opts(o)?)
+    });
 
     engine.register_get("state_dir", |m: &mut Machine| {
         m.state_dir().display().to_string()
