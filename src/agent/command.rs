@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::sys::{self, PollFd, POLLIN};
-use super::wire::{encode_head, Exec, Exit, ERROR, EXIT, STDERR, STDOUT};
+use super::wire::{encode_head, Exec, Exit, AGAIN, ERROR, EXIT, STDERR, STDOUT};
 use super::Registry;
 
 /// How long a command may ignore SIGTERM after its timeout before the whole
@@ -53,6 +53,59 @@ fn spawn(argv: &[String], piped_stdin: bool) -> std::io::Result<Child> {
 
 /// Runs one request to the end; sends its frames on `out`.
 pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, registry: Registry) {
+    let Some(retry) = exec.retry else {
+        if let Some((ended, pipes)) = run_once(id, &exec, stdin, &out, &registry) {
+            registry.lock().expect("registry").remove(&id);
+            let _ = out.send(frame(EXIT, id, &ended.encode()));
+            // The reply is out; a background process may keep writing
+            // without getting SIGPIPE, as it could into the bash
+            // protocol's output files.
+            drain(pipes, id, &out);
+        }
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_millis(retry.within_ms);
+    let mut pause = Duration::from_millis(retry.first_pause_ms);
+    let longest = Duration::from_millis(retry.max_pause_ms);
+    // Between tries the entry is 0: a KILL removes it, which ends the loop.
+    registry.lock().expect("registry").insert(id, 0);
+    let stopped = || !registry.lock().expect("registry").contains_key(&id);
+    loop {
+        let started = Instant::now();
+        let Some((ended, pipes)) = run_once(id, &exec, None, &out, &registry) else {
+            return;
+        };
+        if retry.met_by(ended.status) || stopped() || Instant::now() >= deadline {
+            registry.lock().expect("registry").remove(&id);
+            let _ = out.send(frame(EXIT, id, &ended.encode()));
+            drain(pipes, id, &out);
+            return;
+        }
+        let drained = out.clone();
+        std::thread::spawn(move || drain(pipes, id, &drained));
+        if out.send(frame(AGAIN, id, &[])).is_err() {
+            return;
+        }
+        let wake = Instant::now() + pause.max(started.elapsed());
+        while Instant::now() < wake.min(deadline) {
+            if stopped() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(wake - Instant::now()));
+        }
+        pause = (pause * 2).min(longest);
+    }
+}
+
+/// One try: spawn, stream, wait for the exit. `None` when it could not be
+/// spawned (the error frame is sent). Leaves the registry entry at 0.
+fn run_once(
+    id: u32,
+    exec: &Exec,
+    stdin: Option<Receiver<Vec<u8>>>,
+    out: &Out,
+    registry: &Registry,
+) -> Option<(Exit, Pipes)> {
     let shell = || vec!["bash".to_owned(), "-c".to_owned(), exec.script.clone()];
     // A word list is exec'd directly; if that fails (no such program, a
     // shell builtin), bash runs it and reports the error in its own words.
@@ -66,7 +119,7 @@ pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, regi
         Err(e) => {
             let msg = format!("cannot run bash: {e}");
             let _ = out.send(frame(ERROR, id, msg.as_bytes()));
-            return;
+            return None;
         }
     };
     if let (Some(rx), Some(mut pipe)) = (stdin, child.stdin.take()) {
@@ -83,12 +136,11 @@ pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, regi
     let pid = child.id();
     registry.lock().expect("registry").insert(id, pid);
     let timeout = (exec.timeout_ms > 0).then(|| Duration::from_millis(exec.timeout_ms));
-    let (ended, pipes) = watch(id, &mut child, timeout, &out);
-    registry.lock().expect("registry").remove(&id);
-    let _ = out.send(frame(EXIT, id, &ended.encode()));
-    // The reply is out; a background process may keep writing without
-    // getting SIGPIPE, as it could into the bash protocol's output files.
-    drain(pipes, id, &out);
+    let ended = watch(id, &mut child, timeout, out);
+    if let Some(entry) = registry.lock().expect("registry").get_mut(&id) {
+        *entry = 0;
+    }
+    Some(ended)
 }
 
 struct Pipes {

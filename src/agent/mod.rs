@@ -164,8 +164,9 @@ pub fn serve_with(
                 (Err(e), _) => break Ended::Broken(format!("bad ack: {e}")),
             },
             KILL => {
-                if let Some(pgid) = registry.lock().expect("registry").get(&frame.id) {
-                    sys::kill_group(*pgid, sys::SIGKILL);
+                // Removed: a retried command stops between tries too.
+                if let Some(pgid) = registry.lock().expect("registry").remove(&frame.id) {
+                    sys::kill_group(pgid, sys::SIGKILL);
                 }
                 // Dropping its inbox makes an upload remove its staging file.
                 uploads.remove(&frame.id);

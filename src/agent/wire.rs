@@ -19,7 +19,7 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Largest payload either side sends or accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -70,6 +70,9 @@ pub const ERROR: u8 = 19;
 /// Agent → host: a transfer ended. Payload: [`Digest`] of what the agent
 /// wrote (upload, after checking it against the host's) or sent (download).
 pub const DONE: u8 = 20;
+/// Agent → host: a try of an [`Exec::retry`] command did not meet its
+/// condition; the output so far is stale and the next try follows.
+pub const AGAIN: u8 = 21;
 
 /// What a transfer moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +219,9 @@ pub struct Exec {
     /// The command's stdin is a pipe fed by [`STDIN`] frames, not `/dev/null`
     /// (a bash backdoor session tunnelled through the agent).
     pub stdin: bool,
+    /// Run it again until its status meets a condition (a wait answered
+    /// in the guest); `None`: once.
+    pub retry: Option<Retry>,
     /// The argv for a direct exec, or empty.
     pub words: Vec<String>,
     /// The bash script (`set -euo pipefail; <command>`).
@@ -228,6 +234,17 @@ impl Exec {
         let mut v = Vec::new();
         v.extend_from_slice(&self.timeout_ms.to_le_bytes());
         v.push(self.stdin as u8);
+        match &self.retry {
+            None => v.push(0),
+            Some(r) => {
+                v.push(1);
+                v.extend_from_slice(&r.status.to_le_bytes());
+                v.push(r.equal as u8);
+                v.extend_from_slice(&r.within_ms.to_le_bytes());
+                v.extend_from_slice(&r.first_pause_ms.to_le_bytes());
+                v.extend_from_slice(&r.max_pause_ms.to_le_bytes());
+            }
+        }
         v.extend_from_slice(&(self.words.len() as u32).to_le_bytes());
         for w in &self.words {
             v.extend_from_slice(&(w.len() as u32).to_le_bytes());
@@ -242,6 +259,16 @@ impl Exec {
         let mut r = Reader(p);
         let timeout_ms = r.u64()?;
         let stdin = r.take(1)?[0] != 0;
+        let retry = match r.take(1)?[0] {
+            0 => None,
+            _ => Some(Retry {
+                status: r.u32()? as i32,
+                equal: r.take(1)?[0] != 0,
+                within_ms: r.u64()?,
+                first_pause_ms: r.u64()?,
+                max_pause_ms: r.u64()?,
+            }),
+        };
         let n = r.u32()?;
         let mut words = Vec::new();
         for _ in 0..n {
@@ -252,9 +279,36 @@ impl Exec {
         Ok(Exec {
             timeout_ms,
             stdin,
+            retry,
             words,
             script,
         })
+    }
+}
+
+/// When a retried command is done: its status equals `status` (`equal`)
+/// or differs from it (not `equal`), or `within_ms` passed. Between tries
+/// the agent pauses `first_pause_ms`, doubling up to `max_pause_ms`, and
+/// never less than the last try took (a wait must not steal the CPU from
+/// the boot it waits for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// The status the condition is about.
+    pub status: i32,
+    /// Done when the status equals it (else: when it differs).
+    pub equal: bool,
+    /// Milliseconds after which the last try's result is the answer.
+    pub within_ms: u64,
+    /// The first pause between tries.
+    pub first_pause_ms: u64,
+    /// The longest pause between tries.
+    pub max_pause_ms: u64,
+}
+
+impl Retry {
+    /// Whether a try that ended with `status` ends the wait.
+    pub fn met_by(&self, status: i32) -> bool {
+        (status == self.status) == self.equal
     }
 }
 
@@ -355,6 +409,13 @@ mod tests {
         let e = Exec {
             timeout_ms: 1500,
             stdin: true,
+            retry: Some(Retry {
+                status: 75,
+                equal: false,
+                within_ms: 9000,
+                first_pause_ms: 25,
+                max_pause_ms: 500,
+            }),
             words: vec!["systemctl".into(), "is-active".into(), "x y".into()],
             script: "set -euo pipefail; systemctl is-active 'x y'".into(),
         };

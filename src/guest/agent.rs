@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::protocol::CommandOutput;
 use super::session::{GuestError, GuestStream};
 use super::BANNER;
-use crate::agent::wire::{self, Exec, Exit, Frame};
+use crate::agent::wire::{self, Exec, Exit, Frame, Retry};
 
 /// The agent binary built for this attest (empty when the build failed).
 const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attest-agent"));
@@ -427,10 +427,11 @@ impl AgentClient {
         }
     }
 
-    fn exec_frame(id: u32, command: &str, timeout: Duration) -> Frame {
+    fn exec_frame(id: u32, command: &str, timeout: Duration, retry: Option<Retry>) -> Frame {
         let exec = Exec {
             timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
             stdin: false,
+            retry,
             words: plain_words(command).unwrap_or_default(),
             script: format!("set -euo pipefail; {command}"),
         };
@@ -460,6 +461,30 @@ impl AgentClient {
         timeout: Duration,
         chunk: &mut (dyn FnMut(u8, &[u8]) + Send),
     ) -> Result<CommandOutput, GuestError> {
+        self.run_request(command, timeout, None, chunk).await
+    }
+
+    /// Runs `command` again and again in the guest until its status meets
+    /// `retry` or `retry.within_ms` passed (one request for a whole wait;
+    /// the agent pauses between tries, never less than a try costs). The
+    /// last try's output; the caller checks whether it met the condition.
+    pub async fn execute_until(
+        &self,
+        command: &str,
+        per_try: Duration,
+        retry: Retry,
+    ) -> Result<CommandOutput, GuestError> {
+        self.run_request(command, per_try, Some(retry), &mut |_, _| {})
+            .await
+    }
+
+    async fn run_request(
+        &self,
+        command: &str,
+        timeout: Duration,
+        retry: Option<Retry>,
+        chunk: &mut (dyn FnMut(u8, &[u8]) + Send),
+    ) -> Result<CommandOutput, GuestError> {
         let (id, mut events) = self.request()?;
         // Dropped before the reply (cancelled, host timeout): kill it.
         let mut guard = KillOnDrop {
@@ -467,13 +492,15 @@ impl AgentClient {
             id,
             armed: true,
         };
-        self.send(Self::exec_frame(id, command, timeout)).await?;
+        self.send(Self::exec_frame(id, command, timeout, retry))
+            .await?;
         let mut out = CommandOutput {
             status: 0,
             stdout: Vec::new(),
             stderr: Vec::new(),
         };
-        let limit = timeout + REPLY_GRACE;
+        let within = retry.map_or(Duration::ZERO, |r| Duration::from_millis(r.within_ms));
+        let limit = within + timeout + REPLY_GRACE;
         let collect = async {
             while let Some(f) = events.recv().await {
                 match f.kind {
@@ -484,6 +511,10 @@ impl AgentClient {
                     wire::STDERR => {
                         chunk(f.kind, &f.payload);
                         out.stderr.extend_from_slice(&f.payload);
+                    }
+                    wire::AGAIN => {
+                        out.stdout.clear();
+                        out.stderr.clear();
                     }
                     wire::EXIT => {
                         let exit = Exit::decode(&f.payload).map_err(GuestError::Protocol)?;
@@ -529,6 +560,7 @@ impl AgentClient {
         let exec = Exec {
             timeout_ms: 0,
             stdin: true,
+            retry: None,
             words: Vec::new(),
             script: format!("echo '{BANNER}'; exec bash --norc"),
         };
@@ -582,7 +614,7 @@ impl AgentClient {
     /// the agent down with the machine).
     pub async fn send_fire_and_forget(&self, command: &str) -> Result<(), GuestError> {
         let (id, _events) = self.request()?;
-        self.send(Self::exec_frame(id, command, Duration::from_secs(60)))
+        self.send(Self::exec_frame(id, command, Duration::from_secs(60), None))
             .await
     }
 }
@@ -854,7 +886,7 @@ pub(super) mod tests {
         let greeting = format!("{} {}\n", wire::HELLO, wire::VERSION);
         let got = read_for(&mut host, greeting.len(), Duration::from_secs(5));
         assert_eq!(got, greeting.as_bytes());
-        let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T);
+        let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T, None);
         host.write_all(&exec.encode()).unwrap();
         // Without acks, output stops at the window, whatever the command has.
         let first = read_for(&mut host, 100_000, Duration::from_millis(1500));
@@ -920,6 +952,70 @@ pub(super) mod tests {
         std::fs::remove_file(&path).unwrap();
         // The agent still serves commands next to the shell.
         assert_eq!(a.execute("echo ok", T).await.unwrap().stdout, b"ok\n");
+    }
+
+    fn retry(status: i32, equal: bool, within_ms: u64) -> Retry {
+        Retry {
+            status,
+            equal,
+            within_ms,
+            first_pause_ms: 25,
+            max_pause_ms: 500,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wait_is_one_request_answered_in_the_guest_when_the_state_changes() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let (flag, tries) = (dir.path().join("flag"), dir.path().join("tries"));
+        let probe = format!(
+            "echo try >>{t}; echo out-$(wc -l <{t}); test -e {f}",
+            t = tries.display(),
+            f = flag.display()
+        );
+        let made = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1200));
+            std::fs::write(made, b"").unwrap();
+        });
+        let t = Instant::now();
+        let out = a
+            .execute_until(&probe, T, retry(0, true, 10_000))
+            .await
+            .unwrap();
+        assert_eq!(out.status, 0);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let n = std::fs::read_to_string(&tries).unwrap().lines().count();
+        // Only the last try's output arrives; pauses grow (25, 50, … ms).
+        assert_eq!(out.stdout_text(), format!("out-{n}\n"));
+        assert!((3..=10).contains(&n), "{n} tries in 1.2 s");
+
+        // Unmet by the deadline: the last try's result comes back.
+        let t = Instant::now();
+        let out = a
+            .execute_until("echo never; exit 3", T, retry(0, true, 600))
+            .await
+            .unwrap();
+        assert_eq!((out.status, out.stdout_text().as_str()), (3, "never\n"));
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_abandoned_wait_stops_trying_in_the_guest() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let tries = dir.path().join("tries");
+        let probe = format!("echo try >>{}; false", tries.display());
+        let wait = a.execute_until(&probe, T, retry(0, true, 60_000));
+        assert!(tokio::time::timeout(Duration::from_millis(800), wait)
+            .await
+            .is_err());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = std::fs::read_to_string(&tries).unwrap().lines().count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let later = std::fs::read_to_string(&tries).unwrap().lines().count();
+        assert_eq!(n, later, "tries went on after the host gave up");
     }
 
     /// The built agent on a real terminal (a pty in raw mode, as hvc0).

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Machine, MachineError};
+use crate::agent::wire::Retry;
 use crate::guest::CommandOutput;
 use crate::shell;
 
@@ -13,6 +14,19 @@ use crate::shell;
 /// NixOS driver polls once a second throughout.
 const POLL_FIRST: Duration = Duration::from_millis(25);
 const POLL_LONGEST: Duration = Duration::from_millis(500);
+
+/// When a probe's try ends a wait: its status equals `status` (`equal`) or
+/// differs from it.
+#[derive(Clone, Copy)]
+struct Until {
+    status: i32,
+    equal: bool,
+}
+
+/// A `wait_for_unit` probe's status while the unit is neither active nor
+/// failed nor inactive without jobs (an unusual status: systemctl's own
+/// failures end the wait at once, as in NixOS).
+const UNIT_PENDING: i32 = 75;
 
 /// `script` run by `user`'s login shell with its manager's runtime dir, as
 /// the NixOS driver runs user commands (`su -l`, so PAM registers a session
@@ -192,6 +206,69 @@ impl Machine {
         }
     }
 
+    /// Runs `probe` until its status meets `until`, as one request the agent
+    /// answers in the guest (it pauses between tries as [`Machine::poll`]
+    /// does) or, with the bash protocol, polled from here. The output of the
+    /// try that met it; at the timeout the timeout error, with the last
+    /// try's output in `last`.
+    async fn retry_probe(
+        &self,
+        what: &str,
+        probe: &str,
+        per_try: Duration,
+        until: Until,
+        timeout: Duration,
+        last: &std::sync::Mutex<Option<CommandOutput>>,
+    ) -> Result<CommandOutput, MachineError> {
+        let retry = Retry {
+            status: until.status,
+            equal: until.equal,
+            within_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            first_pause_ms: POLL_FIRST.as_millis() as u64,
+            max_pause_ms: POLL_LONGEST.as_millis() as u64,
+        };
+        let in_guest = self
+            .with_agent(what, |client| async move {
+                client.execute_until(probe, per_try, retry).await
+            })
+            .await?;
+        if let Some(out) = in_guest {
+            if retry.met_by(out.status) {
+                return Ok(out);
+            }
+            *last.lock().expect("last output lock") = Some(out);
+            let diag = self.diagnostics().await;
+            return Err(self.timeout_error(what, timeout.as_secs_f64(), diag));
+        }
+        self.poll(what, timeout, || async {
+            let out = self.execute(probe, per_try).await?;
+            if retry.met_by(out.status) {
+                Ok(Some(out))
+            } else {
+                *last.lock().expect("last output lock") = Some(out);
+                Ok(None)
+            }
+        })
+        .await
+    }
+
+    /// Waits until `probe` exits 0 (each try within 10 s).
+    async fn wait_for_success(
+        &self,
+        what: &str,
+        probe: &str,
+        timeout: Duration,
+    ) -> Result<(), MachineError> {
+        let until = Until {
+            status: 0,
+            equal: true,
+        };
+        let last = std::sync::Mutex::new(None);
+        self.retry_probe(what, probe, Duration::from_secs(10), until, timeout, &last)
+            .await
+            .map(drop)
+    }
+
     /// Failed units and the last 30 journal lines, for failed waits.
     pub async fn diagnostics(&self) -> String {
         let cmd =
@@ -234,17 +311,14 @@ impl Machine {
         };
         let what = format!("{call} `{command}`");
         let last = std::sync::Mutex::new(None);
+        let until = Until {
+            status: 0,
+            equal: succeeds,
+        };
         let r = self
-            .poll(&what, timeout, || async {
-                let out = self.execute(command, timeout).await?;
-                if (out.status == 0) == succeeds {
-                    Ok(Some(out.stdout_text()))
-                } else {
-                    *last.lock().expect("last output lock") = Some(out);
-                    Ok(None)
-                }
-            })
-            .await;
+            .retry_probe(&what, command, timeout, until, timeout, &last)
+            .await
+            .map(|out| out.stdout_text());
         self.with_last_output(r, last.into_inner().unwrap_or(None))
     }
 
@@ -362,48 +436,62 @@ impl Machine {
              j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); \
              if [ \"$s\" = inactive ] && [ \"$j\" = 0 ]; then \
              s=$({sc} --no-pager show {u} --property=ActiveState --value); fi; \
-             echo \"$s $j\""
+             echo \"$s $j\"; \
+             case \"$s $j\" in active\\ *|failed\\ *|'inactive 0') ;; *) exit {UNIT_PENDING};; esac"
         );
         let probe = match user {
             Some(name) => as_user(name, &script),
             None => script,
         };
-        self.poll(&what, timeout, || async {
-            let out = self.execute(&probe, Duration::from_secs(60)).await?;
-            if out.status != 0 {
-                // As NixOS: a manager that cannot be asked fails the wait at
-                // once (PAM refusing `su`, no user bus, …).
-                return Err(self
-                    .wait_failed(
-                        &what,
-                        format!(
-                            "asking systemd{} failed (exit status {}): {}",
-                            user.map(|u| format!(" of user {u}")).unwrap_or_default(),
-                            out.status,
-                            out.stderr_text().trim()
-                        ),
-                    )
-                    .await);
-            }
-            let text = out.stdout_text();
-            let mut words = text.split_whitespace();
-            let state = words.next().unwrap_or("").to_owned();
-            let jobs: u32 = words.next().and_then(|j| j.parse().ok()).unwrap_or(1);
-            match state.as_str() {
-                "active" => Ok(Some(())),
-                "failed" => Err(self
-                    .wait_failed(&what, format!("unit \"{unit}\" reached state \"failed\""))
-                    .await),
-                "inactive" if jobs == 0 => Err(self
-                    .wait_failed(
-                        &what,
-                        format!("unit \"{unit}\" is inactive and there are no pending jobs"),
-                    )
-                    .await),
-                _ => Ok(None),
-            }
-        })
-        .await
+        let pending = Until {
+            status: UNIT_PENDING,
+            equal: false,
+        };
+        let last = std::sync::Mutex::new(None);
+        let out = self
+            .retry_probe(
+                &what,
+                &probe,
+                Duration::from_secs(60),
+                pending,
+                timeout,
+                &last,
+            )
+            .await?;
+        if out.status != 0 {
+            // As NixOS: a manager that cannot be asked fails the wait at
+            // once (PAM refusing `su`, no user bus, …).
+            return Err(self
+                .wait_failed(
+                    &what,
+                    format!(
+                        "asking systemd{} failed (exit status {}): {}",
+                        user.map(|u| format!(" of user {u}")).unwrap_or_default(),
+                        out.status,
+                        out.stderr_text().trim()
+                    ),
+                )
+                .await);
+        }
+        let text = out.stdout_text();
+        let mut words = text.split_whitespace();
+        let state = words.next().unwrap_or("").to_owned();
+        let jobs: u32 = words.next().and_then(|j| j.parse().ok()).unwrap_or(1);
+        match state.as_str() {
+            "active" => Ok(()),
+            "failed" => Err(self
+                .wait_failed(&what, format!("unit \"{unit}\" reached state \"failed\""))
+                .await),
+            "inactive" if jobs == 0 => Err(self
+                .wait_failed(
+                    &what,
+                    format!("unit \"{unit}\" is inactive and there are no pending jobs"),
+                )
+                .await),
+            _ => Err(self
+                .wait_failed(&what, format!("unit \"{unit}\" is in state \"{state}\""))
+                .await),
+        }
     }
 
     async fn wait_failed(&self, what: &str, reason: String) -> MachineError {
@@ -452,11 +540,21 @@ impl Machine {
             "timeout 2 bash -c {}",
             shell::quote(&format!("</dev/tcp/{addr}/{port}"))
         );
-        self.poll(&what, timeout, || async {
-            let out = self.execute(&probe, Duration::from_secs(10)).await?;
-            Ok(((out.status == 0) == open).then_some(()))
-        })
+        let until = Until {
+            status: 0,
+            equal: open,
+        };
+        let last = std::sync::Mutex::new(None);
+        self.retry_probe(
+            &what,
+            &probe,
+            Duration::from_secs(10),
+            until,
+            timeout,
+            &last,
+        )
         .await
+        .map(drop)
     }
 
     /// Waits for a unix socket that accepts connections.
@@ -478,10 +576,7 @@ impl Machine {
              elif command -v nc >/dev/null; then nc -z{} -U {p}; fi",
             if datagram { "u" } else { "" }
         );
-        self.poll(&what, timeout, || async {
-            Ok((self.execute(&probe, Duration::from_secs(10)).await?.status == 0).then_some(()))
-        })
-        .await
+        self.wait_for_success(&what, &probe, timeout).await
     }
 
     /// Waits for a file to exist.
@@ -489,10 +584,7 @@ impl Machine {
         let what = format!("wait_for_file {path}");
         // Unquoted, as NixOS runs it: globs and `~user` expand.
         let probe = format!("test -e {path}");
-        self.poll(&what, timeout, || async {
-            Ok((self.execute(&probe, Duration::from_secs(10)).await?.status == 0).then_some(()))
-        })
-        .await
+        self.wait_for_success(&what, &probe, timeout).await
     }
 
     /// Waits for console output matching `regex`, from where the last such
