@@ -68,7 +68,6 @@ pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, regi
     let mut pause = Duration::from_millis(retry.first_pause_ms);
     let longest = Duration::from_millis(retry.max_pause_ms);
     // Between tries the entry is 0: a KILL removes it, which ends the loop.
-    registry.lock().expect("registry").insert(id, 0);
     let stopped = || !registry.lock().expect("registry").contains_key(&id);
     loop {
         let started = Instant::now();
@@ -134,7 +133,11 @@ fn run_once(
         });
     }
     let pid = child.id();
-    registry.lock().expect("registry").insert(id, pid);
+    match registry.lock().expect("registry").get_mut(&id) {
+        Some(entry) => *entry = pid,
+        // Killed before it started.
+        None => sys::kill_group(pid, sys::SIGKILL),
+    }
     let timeout = (exec.timeout_ms > 0).then(|| Duration::from_millis(exec.timeout_ms));
     let ended = watch(id, &mut child, timeout, out);
     if let Some(entry) = registry.lock().expect("registry").get_mut(&id) {

@@ -25,7 +25,8 @@ use wire::{
     Digest, Exec, Frame, Transfer, ACK, DATA, END, EXEC, GET, HELLO, KILL, PUT, STDIN, VERSION,
 };
 
-/// Running commands: request id → process group.
+/// Requests with a process: id → process group (0 while none runs). A
+/// `KILL` removes the entry; a try spawned after that is killed at once.
 type Registry = Arc<Mutex<HashMap<u32, u32>>>;
 
 /// Running downloads: request id → set to stop it.
@@ -143,6 +144,9 @@ pub fn serve_with(
                         stdins.insert(frame.id, stx);
                         srx
                     });
+                    // Registered here, before the thread runs: a KILL that
+                    // comes first still finds (and removes) the request.
+                    registry.lock().expect("registry").insert(frame.id, 0);
                     let (tx, registry) = (tx.clone(), registry.clone());
                     std::thread::spawn(move || command::run(frame.id, exec, stdin, tx, registry));
                 }
