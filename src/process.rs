@@ -143,6 +143,43 @@ impl Watched {
     }
 }
 
+/// Why [`poll`] gave up.
+#[derive(Debug)]
+pub enum PollEnd<E> {
+    /// The process being waited on ended first.
+    Exited(ExitInfo),
+    /// The deadline passed; the last attempt's error.
+    TimedOut(E),
+}
+
+/// Tries `attempt` every `interval` until it succeeds, `deadline` passes, or
+/// `exit` shows the process it waits on has ended: the one loop for
+/// sockets, APIs and handshakes that appear some time after a start.
+pub async fn poll<T, E, F, Fut>(
+    deadline: std::time::Instant,
+    interval: Duration,
+    exit: &watch::Receiver<Option<ExitInfo>>,
+    mut attempt: F,
+) -> Result<T, PollEnd<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        if let Some(info) = exit.borrow().clone() {
+            return Err(PollEnd::Exited(info));
+        }
+        let last = match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(PollEnd::TimedOut(last));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// How long an exit report waits for the child's output to be read.
 const PUMP_DRAIN: Duration = Duration::from_secs(1);
 

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use attest::backend::kvm::KvmFacts;
 use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use attest::backend::microvm::KvmFacts;
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
 use attest::net::Network;

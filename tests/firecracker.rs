@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use attest::backend::kvm::KvmFacts;
 use attest::backend::microvm::firecracker::FirecrackerBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
-use attest::backend::microvm::{KvmFacts, CACHE_BIN_DIR};
+use attest::backend::microvm::CACHE_BIN_DIR;
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
 use attest::net::Network;

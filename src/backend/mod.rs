@@ -5,6 +5,7 @@
 
 pub mod capability;
 pub mod cgroup;
+pub mod kvm;
 #[cfg(test)]
 pub mod local;
 pub mod microvm;
@@ -236,23 +237,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    loop {
-        if let Some(info) = exit.borrow().clone() {
-            return Err(BackendError::Start(format!(
-                "machine {info} while waiting for {what}"
-            )));
-        }
-        let last = match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(BackendError::Start(format!(
-                "timed out waiting for {what}: {last}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    use crate::process::{poll, PollEnd};
+    poll(deadline, Duration::from_millis(20), exit, &mut attempt)
+        .await
+        .map_err(|e| {
+            BackendError::Start(match e {
+                PollEnd::Exited(info) => format!("machine {info} while waiting for {what}"),
+                PollEnd::TimedOut(last) => format!("timed out waiting for {what}: {last}"),
+            })
+        })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub mod stats;
 pub mod usage;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -234,18 +234,7 @@ pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
 
 /// What `/dev/kvm` is here, in words.
 pub fn kvm_state() -> Result<&'static str, String> {
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return Err("/dev/kvm is KVM-PVM (stock guest kernels do not run)".into());
-    }
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => Ok("usable"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("/dev/kvm is missing".into()),
-        Err(e) => Err(format!("/dev/kvm is not accessible: {e}")),
-    }
+    crate::backend::kvm::KvmFacts::probe().summary()
 }
 
 fn binary(name: &str) -> Option<PathBuf> {

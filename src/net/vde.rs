@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-use crate::process::{require_binary, spawn_watched, Watched};
+use crate::process::{poll, require_binary, spawn_watched, PollEnd, Watched};
 
 /// The running switches of a test, by vlan.
 pub struct VdeSwitches {
@@ -48,18 +48,22 @@ impl VdeSwitches {
                 spawn_watched(&mut cmd, None).map_err(|e| format!("cannot run vde_switch: {e}"))?;
             switches.switches.insert(vlan, (sock.clone(), w.clone()));
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !sock.join("ctl").exists() {
-                if let Some(info) = w.exit.borrow().clone() {
-                    return Err(format!("vde_switch for vlan {vlan} {info}"));
+            let ctl = sock.join("ctl");
+            poll(deadline, Duration::from_millis(10), &w.exit, || async {
+                if ctl.exists() {
+                    Ok(())
+                } else {
+                    Err(())
                 }
-                if Instant::now() > deadline {
-                    return Err(format!(
-                        "vde_switch for vlan {vlan} did not create {}",
-                        sock.display()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            })
+            .await
+            .map_err(|e| match e {
+                PollEnd::Exited(info) => format!("vde_switch for vlan {vlan} {info}"),
+                PollEnd::TimedOut(()) => format!(
+                    "vde_switch for vlan {vlan} did not create {}",
+                    sock.display()
+                ),
+            })?;
         }
         Ok(switches)
     }

@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use super::api::{ApiClient, ApiError};
 use super::{
-    cgroup_v1_warning, connect_hybrid_vsock, copy_disk, remove_socket, wait_for_api, KvmFacts,
-    MicroVmSpec, Taps, VmmProcess, BACKDOOR_VSOCK_PORT,
+    cgroup_v1_warning, connect_hybrid_vsock, copy_disk, remove_socket, wait_for_api, MicroVmSpec,
+    Taps, VmmProcess, BACKDOOR_VSOCK_PORT,
 };
+use crate::backend::kvm::KvmFacts;
 use crate::backend::{BackendError, BackendOp, Instance, StartContext};
 use crate::config::BackendKind;
 use crate::console::ConsoleLog;

@@ -24,10 +24,11 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use self::instance::{Flavor, MicroVmInstance};
+use super::kvm::KvmFacts;
 use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::{BackendKind, ImageManifest, MicroVmConfig};
 use crate::net::{plan, Network};
-use crate::process::{Exit, ExitInfo, Watched};
+use crate::process::{poll, Exit, ExitInfo, PollEnd, Watched};
 
 /// The vsock port the guest's backdoor listens on.
 pub const BACKDOOR_VSOCK_PORT: u32 = 1234;
@@ -38,56 +39,6 @@ pub const GUEST_CID: u32 = 3;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between two handshake attempts.
 const HANDSHAKE_RETRY: Duration = Duration::from_millis(100);
-
-/// What the host's `/dev/kvm` is.
-#[derive(Debug, Clone)]
-pub struct KvmFacts {
-    /// `/dev/kvm` exists.
-    pub present: bool,
-    /// It opens read-write (an `Err` holds why not).
-    pub usable: Result<(), String>,
-    /// The `kvm_pvm` module is loaded: stock guest kernels cannot run.
-    pub pvm: bool,
-}
-
-impl KvmFacts {
-    /// Looks at this host.
-    pub fn probe() -> KvmFacts {
-        let dev = Path::new("/dev/kvm");
-        let present = dev.exists();
-        let usable = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dev)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        KvmFacts {
-            present,
-            usable,
-            pvm: Path::new("/sys/module/kvm_pvm").exists(),
-        }
-    }
-
-    /// Whether KVM runs ordinary Linux guests here.
-    pub fn runs_linux_guests(&self) -> bool {
-        self.present && self.usable.is_ok() && !self.pvm
-    }
-
-    /// A prerequisite error when the VMM cannot run at all.
-    pub fn require(&self, vmm: &str) -> Result<(), BackendError> {
-        if !self.present {
-            return Err(BackendError::Prerequisite(format!(
-                "{vmm} needs /dev/kvm, which does not exist: load kvm_intel or kvm_amd, or run on a host with hardware virtualisation"
-            )));
-        }
-        if let Err(e) = &self.usable {
-            return Err(BackendError::Prerequisite(format!(
-                "{vmm} needs read-write access to /dev/kvm ({e}): run attest as root or add the user to the kvm group"
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// The warning logged when a microVM starts on a KVM-PVM host.
 pub fn pvm_warning(vmm: &str) -> String {
@@ -680,24 +631,21 @@ pub async fn connect_hybrid_vsock(
     exit: &watch::Receiver<Option<ExitInfo>>,
     hint: &str,
 ) -> Result<VsockStream, BackendError> {
-    loop {
-        if let Some(info) = exit.borrow().clone() {
-            return Err(BackendError::Start(format!(
-                "the VMM {info} while waiting for the backdoor on vsock port {port}"
-            )));
-        }
-        let last = match handshake_once(uds, port).await {
-            Ok(s) => return Ok(s),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            let waited = deadline.saturating_duration_since(since).as_secs_f64();
-            return Err(BackendError::Start(format!(
-                "no backdoor on vsock port {port} within {waited:.0}s (last attempt: {last}){hint}"
-            )));
-        }
-        tokio::time::sleep(HANDSHAKE_RETRY).await;
-    }
+    poll(deadline, HANDSHAKE_RETRY, exit, || handshake_once(uds, port))
+        .await
+        .map_err(|e| {
+            BackendError::Start(match e {
+                PollEnd::Exited(info) => format!(
+                    "the VMM {info} while waiting for the backdoor on vsock port {port}"
+                ),
+                PollEnd::TimedOut(last) => {
+                    let waited = deadline.saturating_duration_since(since).as_secs_f64();
+                    format!(
+                        "no backdoor on vsock port {port} within {waited:.0}s (last attempt: {last}){hint}"
+                    )
+                }
+            })
+        })
 }
 
 /// An error for an option the VMM version lacks.
@@ -731,61 +679,28 @@ pub async fn wait_for_api(
     vmm: &str,
 ) -> Result<(), BackendError> {
     let deadline = Instant::now() + limit;
-    loop {
-        if let Some(info) = process.exit.borrow().clone() {
-            return Err(BackendError::Start(format!(
+    poll(deadline, Duration::from_millis(10), &process.exit, || {
+        api.get(probe)
+    })
+    .await
+    .map(drop)
+    .map_err(|e| {
+        BackendError::Start(match e {
+            PollEnd::Exited(info) => format!(
                 "{vmm} {info} before its API socket {} answered",
                 api.socket().display()
-            )));
-        }
-        let err = match api.get(probe).await {
-            Ok(_) => return Ok(()),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(BackendError::Start(format!(
+            ),
+            PollEnd::TimedOut(err) => format!(
                 "{vmm}'s API did not answer within {} s: {err}",
                 limit.as_secs()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            ),
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kvm_problems_are_explained() {
-        let missing = KvmFacts {
-            present: false,
-            usable: Err("No such file or directory".into()),
-            pvm: false,
-        };
-        let e = missing.require("firecracker").unwrap_err().to_string();
-        assert!(
-            e.contains("firecracker needs /dev/kvm, which does not exist"),
-            "{e}"
-        );
-        let denied = KvmFacts {
-            present: true,
-            usable: Err("Permission denied (os error 13)".into()),
-            pvm: false,
-        };
-        let e = denied.require("cloud-hypervisor").unwrap_err().to_string();
-        assert!(
-            e.contains("read-write access to /dev/kvm (Permission denied"),
-            "{e}"
-        );
-        let pvm = KvmFacts {
-            present: true,
-            usable: Ok(()),
-            pvm: true,
-        };
-        assert!(pvm.require("firecracker").is_ok());
-        assert!(!pvm.runs_linux_guests());
-    }
 
     #[test]
     fn versions_parse() {

@@ -4,7 +4,7 @@
 //! picks KVM only when it really works and falls back to TCG with a warning;
 //! an explicit `kvm` on a host that cannot do it is an error naming the cause.
 
-use std::path::Path;
+use crate::backend::kvm::KvmFacts;
 
 /// The accelerator QEMU runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,45 +25,6 @@ impl Accel {
     }
 }
 
-/// What the host offers, gathered once (inputs of [`decide`]).
-#[derive(Debug, Clone)]
-pub struct HostFacts {
-    /// `Ok` when `/dev/kvm` opens read-write, else why not.
-    pub dev_kvm: Result<(), String>,
-    /// The `kvm_pvm` module is loaded.
-    pub kvm_pvm: bool,
-    /// `/proc/cpuinfo` lists `vmx` or `svm`.
-    pub cpu_virt_flag: bool,
-}
-
-impl HostFacts {
-    /// Looks at this host.
-    pub fn probe() -> HostFacts {
-        let dev_kvm = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .map(|_| ())
-            .map_err(|e| format!("/dev/kvm: {e}"));
-        let kvm_pvm = Path::new("/sys/module/kvm_pvm").exists();
-        let cpu_virt_flag = std::fs::read_to_string("/proc/cpuinfo")
-            .map(|s| cpu_has_virt_flag(&s))
-            .unwrap_or(false);
-        HostFacts {
-            dev_kvm,
-            kvm_pvm,
-            cpu_virt_flag,
-        }
-    }
-}
-
-fn cpu_has_virt_flag(cpuinfo: &str) -> bool {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
 /// The choice and, for a fallback, the warning to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -73,31 +34,14 @@ pub struct Decision {
     pub warning: Option<String>,
 }
 
-/// Why KVM cannot run stock guests here, if it cannot.
-fn kvm_unusable(facts: &HostFacts) -> Option<String> {
-    if let Err(e) = &facts.dev_kvm {
-        return Some(format!("KVM is not available ({e})"));
-    }
-    if facts.kvm_pvm {
-        return Some(
-            "/dev/kvm is KVM-PVM (/sys/module/kvm_pvm exists): stock guest kernels do not run on it"
-                .into(),
-        );
-    }
-    if !facts.cpu_virt_flag {
-        return Some("the CPU has no vmx/svm flag: /dev/kvm is not hardware virtualisation".into());
-    }
-    None
-}
-
 /// Decides the accelerator for `requested` (`auto`, `kvm`, `tcg`).
-pub fn decide(requested: &str, facts: &HostFacts) -> Result<Decision, String> {
+pub fn decide(requested: &str, facts: &KvmFacts) -> Result<Decision, String> {
     match requested {
         "tcg" => Ok(Decision {
             accel: Accel::Tcg,
             warning: None,
         }),
-        "kvm" => match kvm_unusable(facts) {
+        "kvm" => match facts.why_not_stock_guests() {
             None => Ok(Decision {
                 accel: Accel::Kvm,
                 warning: None,
@@ -106,7 +50,7 @@ pub fn decide(requested: &str, facts: &HostFacts) -> Result<Decision, String> {
                 "accel is `kvm` but {why}; use `accel: \"tcg\"` or `\"auto\"`"
             )),
         },
-        "auto" => Ok(match kvm_unusable(facts) {
+        "auto" => Ok(match facts.why_not_stock_guests() {
             None => Decision {
                 accel: Accel::Kvm,
                 warning: None,
@@ -126,14 +70,15 @@ pub fn decide(requested: &str, facts: &HostFacts) -> Result<Decision, String> {
 mod tests {
     use super::*;
 
-    fn facts(dev: bool, pvm: bool, flag: bool) -> HostFacts {
-        HostFacts {
-            dev_kvm: if dev {
+    fn facts(dev: bool, pvm: bool, flag: bool) -> KvmFacts {
+        KvmFacts {
+            present: dev,
+            usable: if dev {
                 Ok(())
             } else {
-                Err("/dev/kvm: No such file or directory (os error 2)".into())
+                Err("No such file or directory (os error 2)".into())
             },
-            kvm_pvm: pvm,
+            pvm,
             cpu_virt_flag: flag,
         }
     }
@@ -178,13 +123,5 @@ mod tests {
             }
         );
         assert!(decide("hvf", &facts(true, false, true)).is_err());
-    }
-
-    #[test]
-    fn cpu_flags_are_read_from_cpuinfo() {
-        assert!(cpu_has_virt_flag(
-            "processor: 0\nflags\t\t: fpu vme vmx sse\n"
-        ));
-        assert!(!cpu_has_virt_flag("flags\t\t: fpu vme sse\nvmx: none\n"));
     }
 }

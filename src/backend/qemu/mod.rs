@@ -37,10 +37,11 @@ use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use self::accel::{decide, Accel, HostFacts};
+use self::accel::{decide, Accel};
 use self::args::{Nic, PlainSpec, Sockets};
 use self::qmp::Qmp;
 use self::relay::{SerialRelay, ShellRelay};
+use super::kvm::KvmFacts;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::{GuestStream, BANNER};
@@ -271,7 +272,7 @@ impl Backend for QemuBackend {
             )));
         }
 
-        let facts = HostFacts::probe();
+        let facts = KvmFacts::probe();
         let decision = decide(c.accel.as_deref().unwrap_or("auto"), &facts)
             .map_err(BackendError::Prerequisite)?;
         if let Some(w) = &decision.warning {
