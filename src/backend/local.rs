@@ -1,15 +1,15 @@
 //! Test support: a machine that is a bash process on this host. Its backdoor
 //! is the same banner + `bash --norc` every guest runs, over a socketpair, so
-//! [`Machine`](crate::machine::Machine), its operations and the script
-//! bindings are tested against a real shell in milliseconds, without root,
-//! a container or a VM.
+//! `Machine`, its operations and the script bindings are tested against a
+//! real shell in milliseconds, without root, a container or a VM
+//! (`machine::local` makes such a machine).
 //!
 //! The "machine" is a `sleep` in a process group of its own: a crash is a
 //! SIGKILL to that group, and every backdoor shell joins the group, so it
 //! dies with the machine like a guest's shell dies with the guest.
 
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -17,11 +17,9 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::{Backend, BackendError, Instance, StartContext};
-use crate::config::{BackendKind, TestConfig};
+use crate::config::BackendKind;
 use crate::guest::{GuestStream, BANNER};
-use crate::machine::Machine;
 use crate::process::{spawn_watched, ExitInfo, Watched};
-use crate::report::{ReportOptions, Reporter};
 
 /// Starts local machines.
 pub struct LocalBackend;
@@ -106,41 +104,4 @@ impl Instance for LocalInstance {
     fn backend_kind(&self) -> BackendKind {
         BackendKind::Local
     }
-}
-
-/// A local machine `name` of a one-node test, not started, on `runtime`
-/// (call its async operations with `runtime.block_on`). The state dir lives
-/// as long as the returned guard.
-pub fn machine(name: &str, runtime: &tokio::runtime::Runtime) -> (Machine, tempfile::TempDir) {
-    let reporter = Reporter::new("local", &ReportOptions::default()).expect("a reporter");
-    machine_reporting_to(name, runtime, reporter)
-}
-
-/// [`machine`], reporting to `reporter`.
-pub fn machine_reporting_to(
-    name: &str,
-    runtime: &tokio::runtime::Runtime,
-    reporter: Reporter,
-) -> (Machine, tempfile::TempDir) {
-    let mut config: TestConfig = serde_json::from_value(serde_json::json!({
-        "version": 1,
-        "name": "local",
-        "script": "test.rhai",
-        "nodes": { name: { "backend": { "nspawn": { "rootfs": "/" } } } },
-    }))
-    .expect("a valid config");
-    config.nodes.get_mut(name).expect("the node").boot_timeout = Some(10.0);
-    let state = tempfile::tempdir().expect("a state dir");
-    let m = Machine::new(
-        name,
-        Arc::new(LocalBackend),
-        Arc::new(config),
-        state.path().join(name),
-        None,
-        reporter,
-        tokio_util::sync::CancellationToken::new(),
-        runtime.handle().clone(),
-        crate::guest::agent::Protocol::Bash,
-    );
-    (m, state)
 }

@@ -838,4 +838,6 @@ async fn wait_exit(rx: &mut watch::Receiver<Option<Exit>>) -> Exit {
 }
 
 #[cfg(test)]
+pub(crate) mod local;
+#[cfg(test)]
 mod tests;

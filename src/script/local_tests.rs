@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::{engine, scope_for, ScriptContext};
-use crate::backend::local;
+use crate::machine::local;
 use crate::report::{ReportOptions, Reporter};
 
 /// Runs `source` with one local machine `machine`; returns the script's
