@@ -63,6 +63,10 @@
           ];
           postInstall = ''
             wrapProgram $out/bin/attest --prefix PATH : ${pkgs.lib.makeBinPath runtimeDeps}
+            # The guest agent build.rs built and attest embeds, for guests
+            # that ship it (nix/modules/agent.nix); absent if its build failed.
+            agent=$(find . -path '*/build/attest-*/out/attest-agent' -size +0 | head -n1)
+            if [ -n "$agent" ]; then install -Dm755 "$agent" $out/libexec/attest/attest-agent; fi
             mkdir -p $out/share/attest
             cp -r ${./nix} $out/share/attest/nix
           '';

@@ -53,6 +53,9 @@ let
       ++ import ./node-modules.nix {
         inherit (a) backend debugBoot splitStore;
         inherit nodeName plan hosts;
+        # The package installs the agent it embeds (flake.nix); shipped in
+        # the node, the driver skips uploading it each boot.
+        agentBinary = "${attest}/libexec/attest/attest-agent";
       }
       ++ [
         a.defaults

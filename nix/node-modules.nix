@@ -2,7 +2,7 @@
 # evaluates it: make-test.nix (nixpkgs' eval-config) and nix/check (nixpkgs'
 # lib.evalModules with the stand-ins in tests/nix/nixos). builtins only.
 #
-#   import ./node-modules.nix { backend; nodeName; plan; hosts; debugBoot; splitStore; }
+#   import ./node-modules.nix { backend; nodeName; plan; hosts; debugBoot; splitStore; agentBinary; }
 #   -> [ module ]
 {
   backend,
@@ -11,6 +11,8 @@
   hosts,
   debugBoot ? false,
   splitStore ? false,
+  # The attest-agent binary to ship in the node (modules/agent.nix), or null.
+  agentBinary ? null,
 }:
 let
   isMicroVm = backend == "firecracker" || backend == "cloud-hypervisor";
@@ -26,6 +28,7 @@ let
 in
 [
   ./modules/node.nix
+  ./modules/agent.nix
   backendModule
   {
     attest = {
@@ -37,6 +40,7 @@ in
         ;
       nodeNumber = p.number;
       inherit (p) vlans interfaces;
+      agent.binary = agentBinary;
     };
   }
 ]

@@ -128,11 +128,25 @@ let
       nodeName = "c";
       debugBoot = true;
     };
+    # make-test.nix ships the package's agent in every node.
+    shippedAgent = evalNode {
+      backend = "qemu";
+      nodeName = "a";
+      agentBinary = "/nix/store/00000000000000000000000000000000-attest/libexec/attest/attest-agent";
+    };
   };
   variantsOk =
     assert variants.splitStore.fileSystems."/nix/store".overlay.lowerdir == [ "/nix/.ro-store" ];
     assert builtins.elem "systemd.log_level=debug" variants.debugBoot.boot.kernelParams;
     assert variants.nspawnDebug.boot.isContainer;
+    assert
+      let
+        unit = variants.shippedAgent.systemd.services.attest-agent-link;
+      in
+      lib.hasInfix "/run/attest/agent-$hash" unit.script
+      && builtins.elem "backdoor.service" unit.before
+      && builtins.elem "sysinit.target" unit.wantedBy;
+    assert !(variants.splitStore.systemd.services ? attest-agent-link);
     true;
 in
 assert variantsOk;

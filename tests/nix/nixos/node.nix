@@ -39,6 +39,7 @@ in
       nodeName,
       splitStore ? false,
       debugBoot ? false,
+      agentBinary ? null,
       extra ? [ ],
     }:
     import ./eval.nix {
@@ -52,6 +53,7 @@ in
             hosts
             splitStore
             debugBoot
+            agentBinary
             ;
         }
         ++ [ nixosTestModule ]
