@@ -86,6 +86,12 @@ pub enum Request<'a> {
     },
 }
 
+/// Where an upload leaves `sha256sum`'s line for the bytes it wrote to
+/// `dest` (the command of the upload reads and removes it).
+pub fn upload_hash_file(dest: &str) -> String {
+    format!("{dest}.sha256")
+}
+
 /// Quotes `s` as a bash ANSI-C string (`$'…'`): every byte outside a safe
 /// set becomes `\xHH`, so no quoting bug can reach the shell and no process
 /// is needed to decode it. NUL cannot be part of a bash word: an error.
@@ -190,10 +196,13 @@ impl Framer {
         let (receive, err_redirect) = match request {
             Request::Upload { dest, encoded_len } => (
                 // `cat` drains what `base64 -d` left when writing failed:
-                // unread payload would run as commands.
+                // unread payload would run as commands. The data is hashed
+                // as it is written (into `<dest>.sha256`, see
+                // [`upload_hash_file`]), not read a second time.
                 format!(
-                    "head -c {encoded_len} | {{ base64 -d 2>\"$__ae\" >{}; __x=$?; cat >/dev/null; exit $__x; }}; ",
-                    shell::quote(dest)
+                    "head -c {encoded_len} | {{ base64 -d 2>\"$__ae\" | tee -- {} 2>>\"$__ae\" | sha256sum 2>>\"$__ae\" >{}; __x=${{PIPESTATUS[0]}}; cat >/dev/null; exit $__x; }}; ",
+                    shell::quote(dest),
+                    shell::quote(&upload_hash_file(dest))
                 ),
                 "2>>",
             ),
