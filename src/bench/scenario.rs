@@ -398,11 +398,16 @@ fn single_run(
             .backend_op(BackendOp::SnapshotCreate(snapshot.clone()))
             .await
         {
-            Err(MachineError::Backend {
-                unsupported: true,
-                message,
-                ..
-            }) => Ok(Err(message)),
+            // Refused by the capability table before anything is sent, or
+            // by the backend itself: either way a figure this backend lacks.
+            Err(
+                MachineError::Unsupported { message, .. }
+                | MachineError::Backend {
+                    unsupported: true,
+                    message,
+                    ..
+                },
+            ) => Ok(Err(message)),
             Err(e) => Err(e),
             Ok(_) => {
                 let t = Instant::now();
