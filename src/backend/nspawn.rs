@@ -249,7 +249,7 @@ impl Backend for NspawnBackend {
                 // A container killed a moment ago may still own this name:
                 // the kernel destroys its network namespace asynchronously.
                 if let Ok(switch) = net.switch() {
-                    let _ = switch.ip(&["link", "del", &link]);
+                    let _ = switch.ip_async(&["link", "del", &link]).await;
                 }
                 cmd.arg(format!("--network-veth-extra={link}:{}", i.name));
                 host_links.push(link);

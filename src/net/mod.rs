@@ -89,7 +89,9 @@ impl Network {
         let switch = self.switch()?;
         let deadline = Instant::now() + timeout;
         loop {
-            let r = switch.ip(&["link", "set", ifname, "master", &bridge_name(vlan), "up"]);
+            let r = switch
+                .ip_async(&["link", "set", ifname, "master", &bridge_name(vlan), "up"])
+                .await;
             match r {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {

@@ -57,6 +57,19 @@ impl SwitchNamespace {
         &self.path
     }
 
+    /// [`SwitchNamespace::ip`] on a blocking thread, for async callers: `ip`
+    /// must not stall a runtime worker.
+    pub async fn ip_async(self: &std::sync::Arc<Self>, args: &[&str]) -> Result<(), String> {
+        let ns = self.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ns.ip(&args)
+        })
+        .await
+        .map_err(|e| format!("the ip task failed: {e}"))?
+    }
+
     /// Runs `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> Result<(), String> {
         let out = Command::new("nsenter")

@@ -388,8 +388,11 @@ impl Taps {
         for vlan in &spec.vlans {
             let name = tap_name(spec.number, *vlan);
             // A TAP left by an earlier start of this node (restart) is reused.
-            let _ = switch.ip(&["link", "del", &name]);
-            if let Err(e) = switch.ip(&["tuntap", "add", "dev", &name, "mode", "tap"]) {
+            let _ = switch.ip_async(&["link", "del", &name]).await;
+            if let Err(e) = switch
+                .ip_async(&["tuntap", "add", "dev", &name, "mode", "tap"])
+                .await
+            {
                 taps.remove();
                 return Err(BackendError::Start(format!(
                     "cannot create TAP {name}: {e}"
