@@ -69,7 +69,8 @@ for i in 0..50 { ms.push(machine); }
 let t = timestamp();
 let outs = wait_all(ms, |m| m.succeed("sleep 1; echo done"));
 assert_eq(outs.len, 50);
-if t.elapsed > 1.5 { throw `50 concurrent sleep 1 took ${t.elapsed} s`; }
+// They ran at once (in turn they take 50 s); how fast is the bench's figure.
+if t.elapsed > 10.0 { throw `50 concurrent sleep 1 took ${t.elapsed} s: not concurrent`; }
 
 // Binary output, byte for byte; a background process holding stdout
 // does not hold the reply.
