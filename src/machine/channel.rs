@@ -31,9 +31,11 @@ pub(super) enum Channel {
 
 /// Backends where `auto` tries the agent: those it is tested on. On the
 /// microVMs (vsock) it runs only with `--protocol agent`: no Linux guest
-/// boots there on the hosts attest is tested on.
-const AGENT_BY_DEFAULT: &[BackendKind] =
-    &[BackendKind::Nspawn, BackendKind::Qemu, BackendKind::Ssh];
+/// boots there on the hosts attest is tested on. On QEMU only with
+/// `--protocol agent` too: after `snapshot_restore` the agent's re-bootstrap
+/// over hvc0 hung in one of two clean-clone runs of the lifecycle test
+/// (not yet understood); bash is the proven path there.
+const AGENT_BY_DEFAULT: &[BackendKind] = &[BackendKind::Nspawn, BackendKind::Ssh];
 
 impl Channel {
     /// The protocol's name, for logs and the bench.
