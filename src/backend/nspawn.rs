@@ -27,6 +27,18 @@ use crate::process::{require_binary, spawn_watched, Exit, ExitInfo, Watched};
 /// Where systemd-nspawn keeps per-container runtime dirs.
 const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
 
+/// `unshare` options that make systemd-nspawn PID 1 of a PID namespace of its
+/// own, with a mount namespace and a matching /proc: when nspawn dies, the
+/// kernel takes its container down with it. Test fixtures that boot a
+/// container by hand use the same.
+pub const UNSHARE_SUPERVISOR: &[&str] = &[
+    "--mount",
+    "--pid",
+    "--fork",
+    "--mount-proc",
+    "--kill-child=SIGKILL",
+];
+
 /// How long a dead container's cgroup may stay busy before it is left to
 /// the next run's janitor.
 const CGROUP_DRAIN: Duration = Duration::from_secs(5);
@@ -224,24 +236,20 @@ impl Backend for NspawnBackend {
         // The overlay is mounted in the same private mount namespace: it
         // vanishes with it, however nspawn ends; its upper layer stays in
         // the state dir for the next boot of this machine.
-        cmd.args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child=SIGKILL",
-            "--",
-            "sh",
-            "-c",
-            &format!(
-                "mount -t tmpfs -o mode=0755,size=4m attest {NSPAWN_RUN_DIR} && \
+        cmd.args(UNSHARE_SUPERVISOR)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                &format!(
+                    "mount -t tmpfs -o mode=0755,size=4m attest {NSPAWN_RUN_DIR} && \
                  mount -t overlay attest-root -o \"$1\" \"$2\" && shift 2 && exec \"$@\""
-            ),
-            "sh",
-        ])
-        .arg(root.options())
-        .arg(&root.merged)
-        .arg(&nspawn);
+                ),
+                "sh",
+            ])
+            .arg(root.options())
+            .arg(&root.merged)
+            .arg(&nspawn);
         let mut host_links = Vec::new();
         if let Some(net) = &ctx.network {
             for i in &interfaces {

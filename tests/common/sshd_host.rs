@@ -137,17 +137,11 @@ impl SshdHost {
         let log = std::fs::File::create(host.dir.path().join("container.log")).expect("log");
         // As the nspawn backend starts it: nspawn is PID 1 of a PID namespace
         // of its own (when it dies, the kernel takes the container down with
-        // it) with a private tmpfs for its propagate dirs; and on the unified
-        // cgroup hierarchy. On this host's hybrid layout, a container given
-        // the legacy one tore down processes far outside it (the whole
-        // machine's, run and CI job included).
+        // it), with a private tmpfs for its propagate dirs, on the unified
+        // cgroup hierarchy.
         let mut cmd = Command::new("unshare");
+        cmd.args(attest::backend::nspawn::UNSHARE_SUPERVISOR);
         cmd.args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child=SIGKILL",
             "--",
             "sh",
             "-c",
