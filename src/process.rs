@@ -44,9 +44,6 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// How a child ended.
-pub type ExitInfo = Exit;
-
 /// Prepares `cmd` so the child is supervised: own process group (signals to
 /// the group reach its helpers), SIGKILL when attest dies, killed on drop.
 ///
@@ -74,7 +71,7 @@ pub fn supervise(cmd: &mut Command) -> &mut Command {
 }
 
 /// The [`Exit`] of an exit status.
-pub fn describe_exit(status: std::process::ExitStatus) -> ExitInfo {
+pub fn describe_exit(status: std::process::ExitStatus) -> Exit {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => Exit::Code(c),
@@ -89,7 +86,7 @@ pub struct Watched {
     /// Process id (also its process group id).
     pub pid: u32,
     /// `None` while running; how it ended afterwards.
-    pub exit: watch::Receiver<Option<ExitInfo>>,
+    pub exit: watch::Receiver<Option<Exit>>,
 }
 
 impl Watched {
@@ -99,7 +96,7 @@ impl Watched {
     }
 
     /// Waits until it exits; returns how.
-    pub async fn wait(&self) -> ExitInfo {
+    pub async fn wait(&self) -> Exit {
         let mut rx = self.exit.clone();
         loop {
             if let Some(info) = rx.borrow_and_update().clone() {
@@ -121,7 +118,7 @@ impl Watched {
 
     /// Ends the child: SIGTERM to its group, then SIGKILL after `grace`, then
     /// waits for the reap. Returns how it ended.
-    pub async fn terminate(&self, grace: Duration) -> ExitInfo {
+    pub async fn terminate(&self, grace: Duration) -> Exit {
         use nix::sys::signal::Signal;
         if let Some(info) = self.exit.borrow().clone() {
             return info;
@@ -134,7 +131,7 @@ impl Watched {
     }
 
     /// SIGKILL to the child's group, then waits for the reap.
-    pub async fn kill(&self) -> ExitInfo {
+    pub async fn kill(&self) -> Exit {
         self.signal_group(nix::sys::signal::Signal::SIGKILL);
         // SIGKILL cannot be ignored; the bound only guards against a watcher bug.
         tokio::time::timeout(Duration::from_secs(10), self.wait())
@@ -147,7 +144,7 @@ impl Watched {
 #[derive(Debug)]
 pub enum PollEnd<E> {
     /// The process being waited on ended first.
-    Exited(ExitInfo),
+    Exited(Exit),
     /// The deadline passed; the last attempt's error.
     TimedOut(E),
 }
@@ -158,7 +155,7 @@ pub enum PollEnd<E> {
 pub async fn poll<T, E, F, Fut>(
     deadline: std::time::Instant,
     interval: Duration,
-    exit: &watch::Receiver<Option<ExitInfo>>,
+    exit: &watch::Receiver<Option<Exit>>,
     mut attempt: F,
 ) -> Result<T, PollEnd<E>>
 where

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::BackendKind;
 use crate::guest::{GuestStream, BANNER};
-use crate::process::{spawn_watched, ExitInfo, Watched};
+use crate::process::{spawn_watched, Exit, Watched};
 
 /// Starts local machines.
 pub struct LocalBackend;
@@ -84,7 +84,7 @@ impl Instance for LocalInstance {
         4
     }
 
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.process.exit.clone()
     }
 

@@ -24,7 +24,7 @@ use crate::config::{BackendConfig, BackendKind, NodeConfig, TestConfig};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::Network;
-use crate::process::ExitInfo;
+use crate::process::Exit;
 use crate::report::Reporter;
 
 /// Why a backend operation failed.
@@ -181,7 +181,7 @@ pub trait Instance: Send + Sync {
     fn max_sessions(&self) -> usize;
 
     /// Turns `Some` when the machine process has exited.
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>>;
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>>;
 
     /// Kills the machine at once, as a power cut would.
     async fn crash(&self) -> Result<(), BackendError>;
@@ -230,7 +230,7 @@ pub fn boot_timeout(node: &NodeConfig, backend: &dyn Backend) -> Duration {
 pub async fn poll_until<T, F, Fut>(
     what: &str,
     deadline: Instant,
-    exit: &watch::Receiver<Option<ExitInfo>>,
+    exit: &watch::Receiver<Option<Exit>>,
     mut attempt: F,
 ) -> Result<T, BackendError>
 where

@@ -22,7 +22,7 @@ use crate::config::{BackendKind, ImageManifest, NspawnConfig};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::{plan, Network};
-use crate::process::{require_binary, spawn_watched, Exit, ExitInfo, Watched};
+use crate::process::{require_binary, spawn_watched, Exit, Watched};
 
 /// Where systemd-nspawn keeps per-container runtime dirs.
 const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
@@ -59,7 +59,7 @@ impl NspawnBackend {
 pub struct NspawnInstance {
     process: Watched,
     /// How the container ended, as nspawn tells it (see [`container_exit`]).
-    exit: watch::Receiver<Option<ExitInfo>>,
+    exit: watch::Receiver<Option<Exit>>,
     socket: PathBuf,
     network: Option<Arc<Network>>,
     host_links: Vec<String>,
@@ -447,7 +447,7 @@ impl Instance for NspawnInstance {
         16
     }
 
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.exit.clone()
     }
 

@@ -43,9 +43,7 @@ use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::{BackendKind, KnownHostsPolicy, SshConfig};
 use crate::console::ConsoleLog;
 use crate::guest::{GuestStream, BANNER};
-use crate::process::{
-    pump_lines, require_binary, spawn_watched, supervise, Exit, ExitInfo, Watched,
-};
+use crate::process::{pump_lines, require_binary, spawn_watched, supervise, Exit, Watched};
 
 /// Connects to existing hosts over ssh.
 pub struct SshBackend {
@@ -86,7 +84,7 @@ pub struct SshInstance {
     /// The master connection process.
     master: Watched,
     /// The master's exit, told as the end of the connection to the host.
-    exit: watch::Receiver<Option<ExitInfo>>,
+    exit: watch::Receiver<Option<Exit>>,
     console: ConsoleLog,
     owned: bool,
     /// Keeps a short private directory for the control socket alive when the
@@ -444,7 +442,7 @@ impl Backend for SshBackend {
 
 enum MasterState {
     Up,
-    Exited(ExitInfo),
+    Exited(Exit),
     TimedOut,
 }
 
@@ -681,7 +679,7 @@ impl Instance for SshInstance {
         8
     }
 
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.exit.clone()
     }
 

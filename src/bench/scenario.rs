@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendOp;
+use crate::backend::{BackendError, BackendOp};
 use crate::config::{BackendKind, TestConfig};
 use crate::driver::{self, Driver, DriverOptions, Outcome, RunOptions};
 use crate::guest::agent::Protocol;
@@ -400,14 +400,11 @@ fn single_run(
         {
             // Refused by the capability table before anything is sent, or
             // by the backend itself: either way a figure this backend lacks.
-            Err(
-                MachineError::Unsupported { message, .. }
-                | MachineError::Backend {
-                    unsupported: true,
-                    message,
-                    ..
-                },
-            ) => Ok(Err(message)),
+            Err(MachineError::Unsupported { message, .. }) => Ok(Err(message)),
+            Err(MachineError::Backend {
+                error: e @ BackendError::Unsupported { .. },
+                ..
+            }) => Ok(Err(e.to_string())),
             Err(e) => Err(e),
             Ok(_) => {
                 let t = Instant::now();

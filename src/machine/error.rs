@@ -1,5 +1,12 @@
 //! [`MachineError`]: why a machine operation failed, with the context a user
 //! needs (machine, command, status, output, console or journal).
+//!
+//! Each message is complete on its own (the reporter and the script print
+//! `Display` only); a variant that wraps a typed cause also exposes it as
+//! `source()`, so callers match on the cause instead of reading the text.
+
+use crate::backend::BackendError;
+use crate::process::Exit;
 
 /// Why a machine operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,7 +68,7 @@ pub enum MachineError {
         /// The machine.
         machine: String,
         /// How it exited.
-        exit: String,
+        exit: Exit,
         /// What was going on.
         during: String,
         /// Its last console lines.
@@ -77,17 +84,17 @@ pub enum MachineError {
         /// What failed.
         message: String,
     },
-    /// The backend failed or lacks the operation.
-    #[error("{machine}: {op}: {message}")]
+    /// The backend failed or lacks the operation
+    /// ([`BackendError::Unsupported`]).
+    #[error("{machine}: {op}: {error}")]
     Backend {
         /// The machine.
         machine: String,
         /// The operation.
         op: String,
         /// What failed.
-        message: String,
-        /// Whether the backend lacks the operation.
-        unsupported: bool,
+        #[source]
+        error: BackendError,
     },
     /// The node's backend cannot do what the call needs (the capability
     /// table, [`crate::backend::capability`], says why and what to do).
@@ -124,7 +131,7 @@ pub enum MachineError {
         /// Its state.
         state: &'static str,
         /// How it ended, when it ended on its own.
-        cause: Option<String>,
+        cause: Option<Exit>,
     },
     /// The run is being torn down (signal, global timeout, failure elsewhere).
     #[error("{machine}: cancelled: the test is being torn down")]

@@ -90,7 +90,7 @@ struct Inner {
     console_cursor: Mutex<usize>,
     state: watch::Sender<MachineState>,
     /// How the machine last ended on its own, for the error of the next call.
-    last_exit: Mutex<Option<String>>,
+    last_exit: Mutex<Option<Exit>>,
     /// NixOS `start(allow_reboot)` of the running (or last) boot: without
     /// it, a reboot ends the machine (QEMU's `-no-reboot`).
     allow_reboot: std::sync::atomic::AtomicBool,
@@ -374,7 +374,7 @@ impl Machine {
                 me.ended_by_itself();
                 me.set_state(MachineState::Off, Some("powered off from inside".into()));
             } else {
-                *me.inner.last_exit.lock().expect("last exit") = Some(exit.to_string());
+                *me.inner.last_exit.lock().expect("last exit") = Some(exit.clone());
                 me.set_state(MachineState::Died, Some(exit.to_string()));
             }
             drop(g);
@@ -385,8 +385,7 @@ impl Machine {
         MachineError::Backend {
             machine: self.inner.name.clone(),
             op: op.to_owned(),
-            message: e.to_string(),
-            unsupported: matches!(e, crate::backend::BackendError::Unsupported { .. }),
+            error: e,
         }
     }
 
@@ -399,7 +398,7 @@ impl Machine {
     fn died(&self, exit: &Exit, during: &str) -> MachineError {
         MachineError::Died {
             machine: self.inner.name.clone(),
-            exit: exit.to_string(),
+            exit: exit.clone(),
             during: during.to_owned(),
             console_tail: self.inner.console.last_lines(20).join("\n"),
         }
@@ -574,8 +573,7 @@ impl Machine {
             r.instance.terminate(Duration::from_secs(3)).await;
             let exit = r.instance.exit_watch().borrow().clone();
             if state == MachineState::Died {
-                *self.inner.last_exit.lock().expect("last exit") =
-                    exit.as_ref().map(|e| e.to_string());
+                *self.inner.last_exit.lock().expect("last exit") = exit.clone();
             }
             // A clean exit needs no detail: "off", not "off (exited with status 0)".
             let detail = exit.filter(|e| !(state == MachineState::Off && e.is_clean()));

@@ -21,7 +21,7 @@ use crate::backend::{BackendError, BackendOp, Instance, StartContext};
 use crate::config::BackendKind;
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
-use crate::process::{spawn_watched, Exit, ExitInfo, Watched};
+use crate::process::{spawn_watched, Exit, Watched};
 use crate::report::Reporter;
 
 /// Files of one VM in its state directory.
@@ -537,7 +537,7 @@ impl Instance for MicroVmInstance {
         8
     }
 
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.vmm.exit_watch()
     }
 

@@ -28,7 +28,7 @@ use super::kvm::KvmFacts;
 use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::{BackendKind, ImageManifest, MicroVmConfig};
 use crate::net::{plan, Network};
-use crate::process::{poll, Exit, ExitInfo, PollEnd, Watched};
+use crate::process::{poll, Exit, PollEnd, Watched};
 
 /// The vsock port the guest's backdoor listens on.
 pub const BACKDOOR_VSOCK_PORT: u32 = 1234;
@@ -472,8 +472,8 @@ pub async fn copy_disk(from: &Path, to: &Path) -> Result<(), BackendError> {
 pub struct VmmProcess {
     current: Mutex<Option<Watched>>,
     generation: Arc<AtomicU64>,
-    exit_tx: Arc<watch::Sender<Option<ExitInfo>>>,
-    exit_rx: watch::Receiver<Option<ExitInfo>>,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+    exit_rx: watch::Receiver<Option<Exit>>,
 }
 
 impl VmmProcess {
@@ -519,13 +519,13 @@ impl VmmProcess {
 
     /// Reports that the machine is gone without a process exit to show for
     /// it (a failed restore after the old VMM was retired).
-    pub fn mark_exited(&self, info: ExitInfo) {
+    pub fn mark_exited(&self, info: Exit) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         let _ = self.exit_tx.send(Some(info));
     }
 
     /// The machine's exit watch.
-    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.exit_rx.clone()
     }
 
@@ -535,7 +535,7 @@ impl VmmProcess {
     }
 
     /// SIGKILL to the current process group, then waits for the reap.
-    pub async fn kill(&self) -> ExitInfo {
+    pub async fn kill(&self) -> Exit {
         match self.current() {
             Some(w) => {
                 w.signal_group(nix::sys::signal::Signal::SIGKILL);
@@ -550,7 +550,7 @@ impl VmmProcess {
     }
 
     /// SIGTERM, SIGKILL after `grace`, reap.
-    pub async fn terminate(&self, grace: Duration) -> ExitInfo {
+    pub async fn terminate(&self, grace: Duration) -> Exit {
         match self.current() {
             Some(w) => {
                 let info = w.terminate(grace).await;
@@ -564,7 +564,7 @@ impl VmmProcess {
     /// Publishes the exit of `w` now if it is still the current process, so
     /// that callers see it as soon as `kill`/`terminate` return (the
     /// forwarding task may not have run yet).
-    fn publish(&self, w: &Watched, info: &ExitInfo) {
+    fn publish(&self, w: &Watched, info: &Exit) {
         let current = self.current().map(|c| c.pid);
         if current == Some(w.pid) && w.has_exited() {
             self.exit_tx.send_if_modified(|v| {
@@ -579,7 +579,7 @@ impl VmmProcess {
     }
 
     /// Waits for the current process to exit, at most `limit`.
-    pub async fn wait(&self, limit: Duration) -> Option<ExitInfo> {
+    pub async fn wait(&self, limit: Duration) -> Option<Exit> {
         let w = self.current()?;
         tokio::time::timeout(limit, w.wait()).await.ok()
     }
@@ -631,7 +631,7 @@ pub async fn connect_hybrid_vsock(
     port: u32,
     since: Instant,
     deadline: Instant,
-    exit: &watch::Receiver<Option<ExitInfo>>,
+    exit: &watch::Receiver<Option<Exit>>,
     hint: &str,
 ) -> Result<VsockStream, BackendError> {
     poll(deadline, HANDSHAKE_RETRY, exit, || handshake_once(uds, port))

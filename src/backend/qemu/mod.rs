@@ -46,7 +46,7 @@ use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::{GuestStream, BANNER};
 use crate::net::{plan, VdeSwitches};
-use crate::process::{require_binary, spawn_watched, ExitInfo, Watched};
+use crate::process::{require_binary, spawn_watched, Exit, Watched};
 use crate::shell;
 
 /// Starts QEMU VMs.
@@ -92,8 +92,8 @@ pub struct QemuInstance {
     /// Bumped when attest replaces the process on purpose (restore), so the
     /// old one's exit is not reported as the machine's.
     generation: Arc<AtomicU64>,
-    exit_tx: Arc<watch::Sender<Option<ExitInfo>>>,
-    exit_rx: watch::Receiver<Option<ExitInfo>>,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+    exit_rx: watch::Receiver<Option<Exit>>,
     shell: ShellRelay,
     serial: SerialRelay,
     netdevs: Vec<String>,
@@ -705,7 +705,7 @@ impl Instance for QemuInstance {
         1
     }
 
-    fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+    fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.exit_rx.clone()
     }
 
