@@ -7,8 +7,8 @@ use rhai::Dynamic;
 
 use super::{CancelReason, Driver, DriverOptions};
 use crate::config::TestConfig;
-use crate::report::{failure, EventKind, ReportOptions, Reporter};
-use crate::script::{self, Script, ScriptContext};
+use crate::report::{failure, EventKind, FailureCause, ReportOptions, Reporter};
+use crate::script::{self, thrown, Script, ScriptContext};
 
 /// How a run ended; maps to the exit status (see [`crate::exit_code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,7 +128,7 @@ pub fn run_test(
     driver.spawn_watchers();
     // A panic in a binding must still tear the machines down before it
     // propagates.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let (outcome, cause) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_script(&driver, &script, opts.interactive)
     }))
     .unwrap_or_else(|panic| {
@@ -137,13 +137,17 @@ pub fn run_test(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Outcome::Error(format!("attest panicked (a bug; please report it): {what}"))
+        let e = format!("attest panicked (a bug; please report it): {what}");
+        (Outcome::Error(e), None)
     });
     // A cancelled run did not pass, even if its last step happened to return.
-    let outcome = match (outcome, driver.cancel_reason()) {
-        (Outcome::Passed, Some(reason)) => Outcome::Failed(reason.to_string()),
-        (Outcome::Failed(e), Some(reason)) => Outcome::Failed(format!("{reason}\n{e}")),
-        (o, _) => o,
+    let (outcome, cause) = match (outcome, driver.cancel_reason()) {
+        (Outcome::Passed, Some(reason)) => (
+            Outcome::Failed(reason.to_string()),
+            Some(FailureCause::Cancelled),
+        ),
+        (Outcome::Failed(e), Some(reason)) => (Outcome::Failed(format!("{reason}\n{e}")), cause),
+        (o, _) => (o, cause),
     };
     let outcome = match outcome {
         Outcome::Failed(e) => {
@@ -157,10 +161,16 @@ pub fn run_test(
         (o, _) => o,
     };
     driver.teardown();
-    finish(&reporter, outcome, opts.interactive)
+    finish_with(&reporter, outcome, cause, opts.interactive)
 }
 
-fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
+/// Runs the script; a failure comes with its cause, read from the type of
+/// the error that ended the script.
+fn run_script(
+    driver: &Driver,
+    script: &Script,
+    interactive: bool,
+) -> (Outcome, Option<FailureCause>) {
     let ctx = Arc::new(ScriptContext {
         machines: driver.machines().values().cloned().collect(),
         reporter: driver.reporter().clone(),
@@ -177,7 +187,7 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
     let mut scope = script::scope_for(&nodes, &script::test_vlans(driver.config()));
     if interactive {
         script::repl::run(&engine, &mut scope, &driver.cancel_token());
-        return Outcome::Passed;
+        return (Outcome::Passed, None);
     }
     let backends = script::node_backends(driver.config());
     let ast = match script::check::check_with_backends(
@@ -188,13 +198,18 @@ fn run_script(driver: &Driver, script: &Script, interactive: bool) -> Outcome {
         &backends,
     ) {
         Ok(ast) => Arc::new(ast),
-        Err(e) => return Outcome::Error(e.rendered),
+        Err(e) => return (Outcome::Error(e.rendered), None),
     };
     let _ = ctx.ast.set(ast.clone());
     let mut scope = script::run_scope(&script::test_vlans(driver.config()));
     match engine.run_ast_with_scope(&mut scope, &ast) {
-        Ok(()) => Outcome::Passed,
-        Err(e) => Outcome::Failed(failure::script_error(&script.path, &script.source, &e)),
+        Ok(()) => (Outcome::Passed, None),
+        Err(mut e) => {
+            let text = thrown::with_text(&mut e, |e| {
+                failure::script_error(&script.path, &script.source, e)
+            });
+            (Outcome::Failed(text), Some(thrown::failure_cause(&e)))
+        }
     }
 }
 
@@ -223,6 +238,16 @@ fn console_tails(driver: &Driver) -> Vec<(String, Vec<String>)> {
 /// Reports the end of the run; a REPL session that ends is `closed`, not a
 /// test that passed.
 fn finish(reporter: &Reporter, outcome: Outcome, interactive: bool) -> Outcome {
+    finish_with(reporter, outcome, None, interactive)
+}
+
+/// [`finish`], naming what kind of failure ended the run.
+fn finish_with(
+    reporter: &Reporter,
+    outcome: Outcome,
+    cause: Option<FailureCause>,
+    interactive: bool,
+) -> Outcome {
     let (name, error) = match &outcome {
         Outcome::Passed if interactive => ("closed", None),
         Outcome::Passed => ("passed", None),
@@ -233,6 +258,7 @@ fn finish(reporter: &Reporter, outcome: Outcome, interactive: bool) -> Outcome {
     reporter.emit(EventKind::TestFinished {
         outcome: name.to_owned(),
         error,
+        cause: cause.filter(|_| matches!(outcome, Outcome::Failed(_) | Outcome::Interrupted(..))),
         duration: reporter.elapsed().as_secs_f64(),
     });
     if let Err(e) = reporter.finish() {

@@ -7,6 +7,7 @@
 
 use crate::backend::BackendError;
 use crate::process::Exit;
+use crate::report::FailureCause;
 
 /// Why a machine operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -147,6 +148,29 @@ pub enum MachineError {
         /// What failed.
         message: String,
     },
+}
+
+impl MachineError {
+    /// What kind of failure this is, for the run's outcome.
+    pub fn cause(&self) -> FailureCause {
+        match self {
+            MachineError::CommandFailed { .. } => FailureCause::CommandFailed,
+            MachineError::Timeout { .. } => FailureCause::Timeout,
+            MachineError::WaitFailed { .. } => FailureCause::WaitFailed,
+            MachineError::Died { .. }
+            | MachineError::WentDown { .. }
+            | MachineError::NotRunning { .. } => FailureCause::MachineDown,
+            MachineError::Unsupported { .. }
+            | MachineError::Backend {
+                error: BackendError::Unsupported { .. },
+                ..
+            } => FailureCause::Unsupported,
+            MachineError::Cancelled { .. } => FailureCause::Cancelled,
+            MachineError::Guest { .. }
+            | MachineError::Backend { .. }
+            | MachineError::Internal { .. } => FailureCause::Machine,
+        }
+    }
 }
 
 fn block(title: &str, text: &str) -> String {

@@ -106,9 +106,51 @@ pub enum EventKind {
         outcome: String,
         /// The error that ended it.
         error: Option<String>,
+        /// What kind of failure ended it, read from the error's type.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<FailureCause>,
         /// Seconds the run took.
         duration: f64,
     },
+}
+
+/// What kind of failure ended a run: the typed error that left the script,
+/// as JSON (`"cause": "command-failed"`) and as the JUnit failure's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureCause {
+    /// A command's exit status was not what the call requires.
+    CommandFailed,
+    /// A wait ran out of time.
+    Timeout,
+    /// A wait ended in a state that can never succeed.
+    WaitFailed,
+    /// A machine died, went down by itself, or was not running.
+    MachineDown,
+    /// The node's backend lacks the operation.
+    Unsupported,
+    /// The run was cancelled (signal, global timeout) while a call waited.
+    Cancelled,
+    /// The guest channel or the backend failed.
+    Machine,
+    /// The script's own error (`throw`, an assertion, a bad argument).
+    Script,
+}
+
+impl FailureCause {
+    /// The name in the JSON event log.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureCause::CommandFailed => "command-failed",
+            FailureCause::Timeout => "timeout",
+            FailureCause::WaitFailed => "wait-failed",
+            FailureCause::MachineDown => "machine-down",
+            FailureCause::Unsupported => "unsupported",
+            FailureCause::Cancelled => "cancelled",
+            FailureCause::Machine => "machine",
+            FailureCause::Script => "script",
+        }
+    }
 }
 
 /// An event at time zero, for renderer tests.

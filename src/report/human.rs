@@ -142,6 +142,7 @@ impl HumanReporter {
                 outcome,
                 error,
                 duration,
+                ..
             } => {
                 let mut s = match outcome.as_str() {
                     "passed" => {
@@ -200,6 +201,7 @@ mod tests {
             ev(EventKind::TestFinished {
                 outcome: "failed".into(),
                 error: Some("boom".into()),
+                cause: None,
                 duration: 3.0,
             }),
         ]

@@ -83,6 +83,7 @@ impl JunitAggregator {
             EventKind::TestFinished {
                 outcome,
                 error,
+                cause,
                 duration,
             } => {
                 // The whole script is a case too, so a failure outside any
@@ -95,6 +96,9 @@ impl JunitAggregator {
                         let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
                         if let Some(e) = e {
                             s.set_message(e.clone());
+                        }
+                        if let Some(c) = cause {
+                            s.set_type(c.name());
                         }
                         s
                     }
@@ -154,6 +158,7 @@ mod tests {
             ev(EventKind::TestFinished {
                 outcome: "failed".into(),
                 error: Some("boom".into()),
+                cause: Some(crate::report::FailureCause::CommandFailed),
                 duration: 2.0,
             }),
         ] {
@@ -163,6 +168,7 @@ mod tests {
         assert!(xml.contains(r#"name="outer / inner""#), "{xml}");
         assert!(xml.contains(r#"<failure message="boom""#), "{xml}");
         assert!(xml.contains(r#"name="outer""#), "{xml}");
+        assert!(xml.contains(r#"type="command-failed""#), "{xml}");
         assert!(xml.contains(r#"tests="3""#), "{xml}");
     }
 }

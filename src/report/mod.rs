@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-pub use events::{Event, EventKind};
+pub use events::{Event, EventKind, FailureCause};
 
 /// Options for the reporters.
 #[derive(Debug, Clone, Default)]

@@ -178,6 +178,7 @@ mod tests {
             &ev(EventKind::TestFinished {
                 outcome: "passed".into(),
                 error: None,
+                cause: None,
                 duration: 1.0,
             }),
             Some("test passed"),

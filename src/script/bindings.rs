@@ -12,6 +12,7 @@ use rhai::{
     Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position,
 };
 
+use super::thrown::{error_text, thrown};
 use super::ScriptContext;
 use crate::backend::BackendOp;
 use crate::machine::{Machine, MachineError, DEFAULT_TIMEOUT};
@@ -37,7 +38,7 @@ pub(super) fn op<T: Send + 'static>(
     super::polling::check_due()?;
     m.reporter()
         .section(&label, Some(m.name()), false, || m.block_on(fut))
-        .map_err(err)
+        .map_err(thrown)
 }
 
 pub(super) fn secs(v: &Dynamic, what: &str) -> R<f64> {
@@ -376,7 +377,7 @@ fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
             () = cancel.cancelled() => Err(MachineError::Cancelled { machine: name }),
         }
     })
-    .map_err(err)
+    .map_err(thrown)
 }
 
 fn register_waits(engine: &mut Engine) {
@@ -702,7 +703,7 @@ fn register_backend_ops(engine: &mut Engine) {
         if log {
             op(m, format!("sending key {key:?}"), send)?;
         } else {
-            m.block_on(send).map_err(err)?;
+            m.block_on(send).map_err(thrown)?;
         }
         sleep_cancellable(m, delay)
     }
@@ -736,7 +737,7 @@ fn register_backend_ops(engine: &mut Engine) {
                 let mm = m.clone();
                 let o = BackendOp::SendChars(c.to_string());
                 m.block_on(async move { mm.backend_op(o).await })
-                    .map_err(err)?;
+                    .map_err(thrown)?;
                 sleep_cancellable(m, delay)?;
             }
             Ok(())
@@ -778,7 +779,7 @@ fn register_backend_ops(engine: &mut Engine) {
         Ok(screen_texts(m, false)?.swap_remove(0))
     });
     fn wait_for_text(m: &Machine, re: &str, opts: &Map) -> R<()> {
-        m.require("wait_for_text").map_err(err)?;
+        m.require("wait_for_text").map_err(thrown)?;
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let re =
             regex::Regex::new(re).map_err(|e| err(format!("wait_for_text: bad regex: {e}")))?;
@@ -810,7 +811,7 @@ fn register_backend_ops(engine: &mut Engine) {
 
     // Virtual terminals and X are read through the guest, as the NixOS driver does.
     fn tty_text(m: &Machine, tty: &Dynamic, method: &str) -> R<String> {
-        m.require(method).map_err(err)?;
+        m.require(method).map_err(thrown)?;
         let tty: u32 = number_arg(tty, "tty")?;
         let mm = m.clone();
         op(m, format!("reading tty{tty}"), async move {
@@ -827,7 +828,7 @@ fn register_backend_ops(engine: &mut Engine) {
         tty_text(m, &tty, "get_tty_text")
     });
     engine.register_fn("dump_tty_contents", |m: &mut Machine, tty: Dynamic| {
-        m.require("dump_tty_contents").map_err(err)?;
+        m.require("dump_tty_contents").map_err(thrown)?;
         let tty: u32 = number_arg(&tty, "tty")?;
         let mm = m.clone();
         op(m, format!("dumping tty{tty} to the journal"), async move {
@@ -939,7 +940,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                     first_err.map_or(Ok(()), Err)
                 })
             })
-            .map_err(err)
+            .map_err(thrown)
     });
     let c = ctx.clone();
     engine.register_fn("join_all", move || -> R<()> {
@@ -996,7 +997,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
             for attempt in 1..=attempts {
                 match f.call_within_context::<Dynamic>(&nc, ()) {
                     Ok(v) => return Ok(v),
-                    Err(e) => {
+                    Err(mut e) => {
                         if c.cancel.is_cancelled() {
                             return Err(e);
                         }
@@ -1004,7 +1005,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                             None,
                             format!(
                                 "attempt {attempt}/{attempts} failed: {}",
-                                first_line(&e.to_string())
+                                first_line(&error_text(&mut e))
                             ),
                         );
                         last = Some(e);
@@ -1061,7 +1062,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
             for (m, r) in machines.iter().zip(results) {
                 match r {
                     Ok(v) => out.push(v),
-                    Err(e) => failures.push(format!("{}: {e}", m.name())),
+                    Err(mut e) => failures.push(format!("{}: {}", m.name(), error_text(&mut e))),
                 }
             }
             if failures.is_empty() {
@@ -1117,7 +1118,7 @@ pub(super) fn in_section(
     reporter
         .section(name, machine, subtest, || {
             f.call_within_context::<Dynamic>(nc, ())
-                .map_err(|e| SubtestError(e.to_string(), e))
+                .map_err(|mut e| SubtestError(error_text(&mut e), e))
         })
         .map_err(|e| e.1)
 }

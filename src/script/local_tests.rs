@@ -10,6 +10,14 @@ use crate::report::{ReportOptions, Reporter};
 /// Runs `source` with one local machine `machine`; returns the script's
 /// error text, and the JSON events when `events` is given.
 fn run(source: &str, events: Option<&std::path::Path>) -> Result<(), String> {
+    run_raw(source, events)?.map_err(|mut e| super::thrown::error_text(&mut e))
+}
+
+/// [`run`], the error as the script threw it; `Err` when the check fails.
+fn run_raw(
+    source: &str,
+    events: Option<&std::path::Path>,
+) -> Result<Result<(), Box<rhai::EvalAltResult>>, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,11 +44,9 @@ fn run(source: &str, events: Option<&std::path::Path>) -> Result<(), String> {
     let ast = Arc::new(ast);
     let _ = ctx.ast.set(ast.clone());
     let mut scope = scope_for(&nodes, &[]);
-    let r = engine
-        .run_ast_with_scope(&mut scope, &ast)
-        .map_err(|e| e.to_string());
+    let r = engine.run_ast_with_scope(&mut scope, &ast);
     rt.block_on(m.terminate());
-    r
+    Ok(r)
 }
 
 #[test]
@@ -117,5 +123,61 @@ subtest("outer", || {
     for i in inner {
         assert_eq!(i["parent"], outer[0]["id"], "{i}");
         assert_eq!(i["depth"], 1, "{i}");
+    }
+}
+
+/// A machine error reaches `catch` as itself and still reads as its message.
+#[test]
+fn a_caught_machine_error_reads_as_its_message() {
+    run(
+        r#"
+try {
+    machine.succeed("exit 3");
+    throw "succeed did not fail";
+} catch (e) {
+    assert_contains(`${e}`, "machine: succeed `exit 3` failed (exit status 3)");
+    assert_contains(e.to_string(), "exit status 3");
+    assert_contains("caught: " + e, "caught: machine: succeed");
+    if !e.contains("exit status 3") { throw "contains"; }
+}
+"#,
+        None,
+    )
+    .unwrap();
+    let e = run(
+        "try { machine.succeed(\"exit 4\"); } catch (e) { throw e; }",
+        None,
+    )
+    .unwrap_err();
+    assert!(e.contains("succeed `exit 4` failed (exit status 4)"), "{e}");
+    assert!(!e.contains("MachineError"), "{e}");
+}
+
+/// The error that ends a script keeps its type through rethrows and
+/// function calls: the driver reads the failure's cause from it.
+#[test]
+fn the_failure_cause_is_read_from_the_errors_type() {
+    use crate::report::FailureCause;
+    for (source, cause) in [
+        ("machine.succeed(\"exit 3\");", FailureCause::CommandFailed),
+        (
+            "fn f() { machine.fail(\"true\") } f();",
+            FailureCause::CommandFailed,
+        ),
+        (
+            "try { machine.succeed(\"false\"); } catch (e) { throw e; }",
+            FailureCause::CommandFailed,
+        ),
+        (
+            "machine.wait_until_succeeds(\"false\", #{ timeout: 1 });",
+            FailureCause::Timeout,
+        ),
+        ("machine.screenshot(\"x\");", FailureCause::Unsupported),
+        ("start_all(); machine.block();", FailureCause::Unsupported),
+        ("throw \"mine\";", FailureCause::Script),
+        ("assert_eq(1, 2);", FailureCause::Script),
+    ] {
+        let e = run_raw(source, None).unwrap().unwrap_err();
+        assert_eq!(super::thrown::failure_cause(&e), cause, "{source}: {e:?}");
     }
 }

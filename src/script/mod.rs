@@ -8,6 +8,7 @@ pub mod nixos;
 pub mod polling;
 pub mod registry;
 pub mod repl;
+pub mod thrown;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -81,6 +82,7 @@ pub fn engine(ctx: Arc<ScriptContext>) -> Engine {
     // nothing measurable from constant folding.
     engine.set_optimization_level(rhai::OptimizationLevel::None);
     resolve_nodes_in_functions(&mut engine, &ctx);
+    thrown::register(&mut engine);
     bindings::register(&mut engine, ctx);
     engine
 }

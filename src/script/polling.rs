@@ -94,9 +94,12 @@ impl PollingCondition {
         };
         let (holds, why) = match result {
             Ok(v) => (v.as_bool().unwrap_or(true), String::new()),
-            Err(e) => (
+            Err(mut e) => (
                 false,
-                format!(": {}", super::bindings::first_line(&e.to_string())),
+                format!(
+                    ": {}",
+                    super::bindings::first_line(&super::thrown::error_text(&mut e))
+                ),
             ),
         };
         {

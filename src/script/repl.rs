@@ -56,7 +56,7 @@ pub fn run(engine: &Engine, scope: &mut Scope, cancel: &tokio_util::sync::Cancel
         match engine.eval_with_scope::<rhai::Dynamic>(scope, line) {
             Ok(v) if v.is_unit() => {}
             Ok(v) => println!("{v}"),
-            Err(e) => eprintln!("error: {e}"),
+            Err(mut e) => eprintln!("error: {}", super::thrown::error_text(&mut e)),
         }
     }
     if let Some(p) = &history {
