@@ -17,6 +17,29 @@ fn run(dir: &TestDir) -> harness::Run {
     )
 }
 
+/// Runs with the JSON event log; returns the run and the failure cause of
+/// its `test_finished` event.
+fn run_logged(dir: &TestDir) -> (harness::Run, serde_json::Value) {
+    let events = dir.path("events.jsonl");
+    let r = attest(
+        &[
+            "run",
+            "--quiet-console",
+            "--log-json",
+            events.to_str().unwrap(),
+            dir.config().to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    let events = std::fs::read_to_string(&events).unwrap();
+    let finished = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "test_finished")
+        .expect("a test_finished event");
+    (r, finished["cause"].clone())
+}
+
 #[test]
 fn the_examples_pass() {
     harness::image_manifest();
@@ -187,8 +210,9 @@ fn a_failing_command_fails_the_test_with_context() {
         "",
         "machine.start();\nmachine.succeed(\"echo some-output; echo some-error >&2; exit 3\");\n",
     );
-    let r = run(&dir);
+    let (r, cause) = run_logged(&dir);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(cause, "command-failed");
     for needle in [
         "test.rhai:2:",
         "machine: succeed `echo some-output; echo some-error >&2; exit 3` failed (exit status 3)",
@@ -325,8 +349,9 @@ fn the_global_timeout_ends_the_test() {
         r#""global_timeout": 8"#,
         "machine.start();\nmachine.succeed(\"sleep 120\");\n",
     );
-    let r = run(&dir);
+    let (r, cause) = run_logged(&dir);
     assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(cause, "cancelled");
     assert!(
         r.stderr.contains("`global_timeout` of 8 seconds"),
         "{}",
