@@ -1,5 +1,8 @@
 //! The exit statuses of `attest run`, `check` and `repl`: one table, used by
-//! `main` and the tests (the README shows the same table).
+//! `main` and the tests (the README shows the same table). `attest convert`
+//! and `attest bench` use the same three: 0 complete, 1 some statement needs
+//! a hand / some figure failed, 2 nothing could be written / the bench could
+//! not start.
 //!
 //! | status  | meaning |
 //! |---------|---------|

@@ -235,14 +235,14 @@ fn main() -> ExitCode {
                     Ok(v) => v,
                     Err(e) => {
                         eprintln!("attest bench: --scaling: {e}");
-                        return ExitCode::from(2);
+                        return ExitCode::from(exit_code::INVALID);
                     }
                 },
                 big_data: match attest::bench::big_data::parse_sizes(&big_data) {
                     Ok(v) => v,
                     Err(e) => {
                         eprintln!("attest bench: --big-data: {e}");
-                        return ExitCode::from(2);
+                        return ExitCode::from(exit_code::INVALID);
                     }
                 },
                 colour: std::io::stderr().is_terminal(),
@@ -269,14 +269,14 @@ fn convert(
                 print!("{}", s.render(&source));
             }
             ExitCode::from(if summaries.iter().all(|s| s.complete()) {
-                0
+                exit_code::PASSED
             } else {
-                1
+                exit_code::FAILED
             })
         }
         Err(e) => {
             eprintln!("attest convert: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code::INVALID)
         }
     }
 }
@@ -291,27 +291,31 @@ fn bench(opts: &attest::bench::BenchOptions, json: Option<&std::path::Path>) -> 
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit_code::INVALID);
         }
     };
     let report = match attest::bench::run(opts, &runtime) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("attest bench: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit_code::INVALID);
         }
     };
     print!("{}", attest::bench::output::table(&report));
     if let Some(path) = json {
         if let Err(e) = attest::bench::output::write_json(&report, path) {
             eprintln!("attest bench: cannot write {}: {e}", path.display());
-            return ExitCode::from(2);
+            return ExitCode::from(exit_code::INVALID);
         }
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     let failed =
         report.interrupted.is_some() || report.backends.iter().any(|b| !b.errors.is_empty());
-    ExitCode::from(if failed { 1 } else { 0 })
+    ExitCode::from(if failed {
+        exit_code::FAILED
+    } else {
+        exit_code::PASSED
+    })
 }
 
 fn run(config: &std::path::Path, opts: &RunOptions) -> Outcome {

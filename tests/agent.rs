@@ -6,6 +6,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use attest::exit_code::{FAILED, PASSED};
 use harness::{assert_nothing_left, attest, TestDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -33,7 +34,7 @@ victim.succeed("kill -9 $PPID; sleep 120");
 "#,
     );
     let r = run_with(&dir, &["--protocol", "agent"]);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     assert!(
         r.stderr
@@ -84,7 +85,7 @@ if t.elapsed > 5.0 { throw "a background process held the reply"; }
 "#,
     );
     let r = run_with(&dir, &["--protocol", "agent"]);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(r.stderr.contains("(agent protocol)"), "{}", r.stderr);
     assert_nothing_left(&r, "agentlimits");
 }
@@ -104,7 +105,7 @@ fn a_guest_where_the_agent_cannot_run_falls_back_to_bash_with_the_reason() {
         "machine.start();\nassert_eq(machine.succeed(\"echo via-bash\"), \"via-bash\\n\");\n",
     );
     let r = run_with(&dir, &[]);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     for needle in [
         "machine: using the bash protocol: the agent cannot run in the guest",
         "Permission denied",
@@ -118,7 +119,7 @@ fn a_guest_where_the_agent_cannot_run_falls_back_to_bash_with_the_reason() {
     }
     // Forced, the same guest is an error that names the machine.
     let r = run_with(&dir, &["--protocol", "agent"]);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("machine: (starting the guest agent): the agent cannot run"),
@@ -158,7 +159,7 @@ fn a_broken_agent_binary_falls_back_to_bash() {
         true,
     );
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("machine: using the bash protocol: the agent cannot run in the guest"),
@@ -195,7 +196,7 @@ machine.succeed("echo one; sleep 2; echo two >&2; printf three");
                 log.to_str().unwrap(),
             ],
         );
-        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
         for shown in [
             "machine stdout> one",
             "machine stderr> two",

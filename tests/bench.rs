@@ -4,6 +4,7 @@
 
 mod harness;
 
+use attest::exit_code::{FAILED, PASSED};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -109,7 +110,11 @@ fn nspawn_figures_are_all_there_and_unavailable_backends_say_why() {
         &json,
     );
     let (code, stdout, stderr) = run(cmd, Duration::from_secs(400));
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        code,
+        Some(PASSED.into()),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let report = read_json(&json);
     // One report per protocol, side by side; the agent's own figures.
     let protocols: Vec<&str> = report["backends"]
@@ -225,7 +230,11 @@ fn unknown_and_unusable_backends_are_listed_not_dropped() {
         "none",
     ];
     let (code, stdout, stderr) = run(bench_command(&args, &json), Duration::from_secs(30));
-    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        code,
+        Some(PASSED.into()),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let report = read_json(&json);
     for name in ["cloud-hypervisor", "ssh", "nosuch"] {
         let b = backend(&report, name);
@@ -288,7 +297,7 @@ fn ctrl_c_tears_everything_down_and_keeps_partial_figures() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let (rest, out) = (rest.join().unwrap(), out.join().unwrap());
-    assert_eq!(status.code(), Some(1), "{seen}{rest}");
+    assert_eq!(status.code(), Some(FAILED.into()), "{seen}{rest}");
     let left = leftover_containers(pid);
     assert!(left.is_empty(), "{left:?}");
     assert!(out.contains("bench incomplete: "), "{out}");

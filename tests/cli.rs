@@ -5,6 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
+use attest::exit_code::{INVALID, PASSED};
 use harness::{attest, check, TestDir, UNBOOTABLE_NODES as NODES};
 
 #[test]
@@ -16,7 +17,7 @@ fn a_valid_test_checks_without_booting() {
         "start_all();\nclient_1.succeed(\"curl -sf http://server\");\n",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(r.stderr.contains("ok (2 nodes)"), "{}", r.stderr);
 }
 
@@ -29,7 +30,7 @@ fn script_errors_exit_2_with_file_line_col_and_underline() {
         "start_all();\nserver.succeed(\"true\");\nclinet.succeed(\"curl server\");\n",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     let shown = r.stderr.replace(dir.dir.path().to_str().unwrap(), "<dir>");
     insta::assert_snapshot!(shown, @r#"
     <dir>/test.rhai:3:1: error: undefined variable `clinet`; did you mean `client_1`? (the nodes are `client_1`, `server`)
@@ -48,7 +49,7 @@ fn unknown_methods_and_arity_are_caught_before_boot() {
         "server.wait_for_unitt(\"x\");\nserver.succeed();\n",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(2));
+    assert_eq!(r.code, Some(INVALID.into()));
     assert!(
         r.stderr.contains(
             "test.rhai:1:8: error: unknown method `wait_for_unitt`; did you mean `wait_for_unit`?"
@@ -72,7 +73,7 @@ fn run_refuses_a_bad_script_before_anything_boots() {
         &["run", dir.config().to_str().unwrap()],
         Duration::from_secs(30),
     );
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     assert!(r.stderr.contains("test.rhai:1:"), "{}", r.stderr);
     assert!(!r.stderr.contains("booting"), "{}", r.stderr);
 }
@@ -86,13 +87,13 @@ fn config_errors_exit_2_with_file_line_col() {
         "start_all();",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(2));
+    assert_eq!(r.code, Some(INVALID.into()));
     assert!(r.stderr.contains("test.json:1:"), "{}", r.stderr);
     assert!(r.stderr.contains("unknown variant `vbox`, expected one of `nspawn`, `qemu`, `firecracker`, `cloud-hypervisor`, `ssh`"), "{}", r.stderr);
 
     let dir = TestDir::new("cfg2", NODES, r#""global_timeout": -1"#, "start_all();");
     let r = check(&dir);
-    assert_eq!(r.code, Some(2));
+    assert_eq!(r.code, Some(INVALID.into()));
     assert!(
         r.stderr
             .contains("`global_timeout` is -1: it must be a positive number of seconds"),
@@ -107,7 +108,7 @@ fn missing_files_are_named() {
         &["check", "/nonexistent/test.json"],
         Duration::from_secs(30),
     );
-    assert_eq!(r.code, Some(2));
+    assert_eq!(r.code, Some(INVALID.into()));
     assert!(
         r.stderr
             .contains("/nonexistent/test.json: cannot read file: No such file or directory"),
@@ -135,7 +136,7 @@ fn missing_files_named_by_the_config_are_config_errors() {
         check(&dir),
         attest(&["run", config], Duration::from_secs(30)),
     ] {
-        assert_eq!(r.code, Some(2), "{}", r.stderr);
+        assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
         for needle in [
             "node `m` (nspawn): `image` /nonexistent/manifest.json: No such file or directory (the Debian test image: build it with images/debian/build)",
             "node `q` (qemu): `kernel` /nonexistent/vmlinuz: No such file or directory",
@@ -147,7 +148,7 @@ fn missing_files_named_by_the_config_are_config_errors() {
     }
     // A check before the nodes are built (Nix's script check) skips them.
     let r = attest(&["check", "--no-files", config], Duration::from_secs(30));
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
 }
 
 /// microVM `options` are typed: a misspelt knob is a config error with file,
@@ -161,7 +162,7 @@ fn a_typo_in_microvm_options_is_a_config_error_with_its_line() {
         "m.start();",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     let config = dir.config();
     let at = format!("{}:3:", config.display());
     assert!(r.stderr.contains(&at), "no {at} in:\n{}", r.stderr);

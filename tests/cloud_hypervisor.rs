@@ -18,6 +18,7 @@ use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
+use attest::exit_code::{FAILED, PASSED};
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
 use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
@@ -257,7 +258,7 @@ fn vm_cloud_hypervisor_start_without_a_backdoor_fails_clearly() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("no backdoor on vsock port 1234 within 3s"),
@@ -282,7 +283,7 @@ fn vm_cloud_hypervisor_errors_carry_the_vmm_message() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(r.stderr.contains("cloud-hypervisor"), "{}", r.stderr);
     let e = attest(
         &[
@@ -322,7 +323,7 @@ fn vm_cloud_hypervisor_missing_binary_is_explained() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains(
             "the configured cloud-hypervisor binary /nonexistent/cloud-hypervisor does not exist"
@@ -379,7 +380,7 @@ client.succeed("curl -sf http://server");
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(300),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
 }
 
 /// attest's side of the cloud-hypervisor protocol, against

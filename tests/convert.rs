@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use attest::convert::{self, nix::PythonSource, ConvertOptions};
+use attest::exit_code::{FAILED, INVALID, PASSED};
 
 fn py(src: &str, nodes: &[&str]) -> String {
     let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
@@ -381,7 +382,7 @@ fn cli_converts_a_bare_python_script() {
     )
     .unwrap();
     let (code, stdout, stderr) = run(&["ok.py", "--nodes", "web-1,client", "-o", "ok"]);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(code, Some(PASSED.into()), "{stdout}{stderr}");
     assert!(stdout.contains("converted completely"), "{stdout}");
     let json = std::fs::read_to_string(dir.path().join("ok/test.json")).unwrap();
     assert!(json.contains("\"web-1\""), "{json}");
@@ -397,7 +398,7 @@ fn cli_converts_a_bare_python_script() {
     )
     .unwrap();
     let (code, stdout, _) = run(&["todo.py", "-o", "todo"]);
-    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(code, Some(FAILED.into()), "{stdout}");
     assert!(
         stdout.contains("todo.py:1: host-side Python (module `subprocess`)"),
         "{stdout}"
@@ -420,20 +421,20 @@ fn cli_converts_a_bare_python_script() {
         "--image",
         image.to_str().unwrap(),
     ]);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(code, Some(PASSED.into()), "{stdout}{stderr}");
     let json = std::fs::read_to_string(dir.path().join("qemu/test.json")).unwrap();
     assert!(json.contains("\"qemu\""), "{json}");
     attest::driver::check_test(&dir.path().join("qemu/test.json"))
         .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, stderr) = run(&["ok.py", "-o", "ssh", "--backend", "ssh"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(INVALID.into()));
     assert!(
         stderr.contains("write other backends' settings by hand"),
         "{stderr}"
     );
 
     let (code, _, stderr) = run(&["missing.nix", "-o", "x"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(INVALID.into()));
     assert!(stderr.contains("missing.nix: cannot read"), "{stderr}");
 }
 

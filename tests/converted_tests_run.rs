@@ -11,6 +11,7 @@ mod harness;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use attest::exit_code::{FAILED, PASSED};
 use harness::{assert_nothing_left, attest, image_manifest};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -42,7 +43,13 @@ fn convert(tmp: &Path, name: &str) -> PathBuf {
         ],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(0), "convert {name}:\n{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code,
+        Some(PASSED.into()),
+        "convert {name}:\n{}{}",
+        r.stdout,
+        r.stderr
+    );
     assert!(r.stdout.contains("converted completely"), "{}", r.stdout);
     out
 }
@@ -167,7 +174,7 @@ fn a_converted_test_fails_when_the_service_fails() {
     std::fs::write(&unit, "[Service]\nExecStart=/bin/false\n").unwrap();
     let config = out.join("test.json");
     let r = attest(&["run", "--quiet-console", config.to_str().unwrap()], LIMIT);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(r.stderr.contains("gotenberg.service"), "{}", r.stderr);
     assert_nothing_left(&r, "gotenberg");
 }

@@ -20,6 +20,7 @@ use attest::backend::microvm::instance::MicroVmInstance;
 use attest::backend::microvm::CACHE_BIN_DIR;
 use attest::backend::{BackendOp, Instance};
 use attest::config::BackendConfig;
+use attest::exit_code::{FAILED, INVALID, PASSED};
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
 use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
@@ -329,7 +330,7 @@ fn vm_firecracker_start_without_a_backdoor_fails_clearly() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("no backdoor on vsock port 1234 within 3s"),
@@ -364,7 +365,7 @@ m.wait_for_console_text("{TINY_GUEST_TICK}");
         &["run", "--quiet-console", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_no_vmm_left(r.pid);
 }
 
@@ -387,7 +388,7 @@ fn vm_firecracker_api_errors_carry_the_vmm_message() {
             std::fs::write(t.config(), config.replace(r#","memory_mib":64,"memory_mib":0"#, r#","memory_mib":0"#)).unwrap();
         }
         let r = attest(&["run", t.config().to_str().unwrap()], Duration::from_secs(60));
-        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
         assert!(
             r.stderr
                 .contains(&format!("firecracker rejected the VM configuration: {vmm_says}")),
@@ -410,7 +411,7 @@ fn vm_firecracker_api_errors_carry_the_vmm_message() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains("PUT /actions failed with HTTP 400"),
         "{}",
@@ -447,7 +448,7 @@ fn vm_firecracker_prerequisites_and_options_are_explained() {
             &["run", t.config().to_str().unwrap()],
             Duration::from_secs(60),
         );
-        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
         assert!(
             r.stderr.contains(message),
             "want {message:?} in:\n{}",
@@ -467,7 +468,7 @@ fn vm_firecracker_prerequisites_and_options_are_explained() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("unknown field `balloon`, expected one of `enable_pci`"),
@@ -526,7 +527,7 @@ fn vm_firecracker_sigterm_of_attest_leaves_nothing_behind() {
     )
     .unwrap();
     let r = harness::finish(child, started, Duration::from_secs(60));
-    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert_ne!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(r.elapsed < Duration::from_secs(30), "took {:?}", r.elapsed);
     assert_no_vmm_left(pid);
     harness::assert_nothing_left(&r, "fc-sigterm");
@@ -584,7 +585,7 @@ client.succeed("curl -sf http://server");
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(300),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_no_vmm_left(r.pid);
 }
 
@@ -611,7 +612,7 @@ fn vm_firecracker_a_vmm_that_dies_at_start_is_reported_with_its_last_words() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(30),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("firecracker exited with status 3 before its API socket"),
@@ -660,7 +661,7 @@ assert_contains(b.get_console_log(), "{TINY_GUEST_HELLO}");
         &["run", "--quiet-console", t.config().to_str().unwrap()],
         Duration::from_secs(60),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     // Both booted in parallel: well under two boot timeouts.
     assert!(r.elapsed < Duration::from_secs(6), "took {:?}", r.elapsed);
     assert_no_vmm_left(r.pid);
@@ -686,7 +687,7 @@ fn vm_firecracker_a_state_dir_too_deep_for_unix_sockets_is_explained() {
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(30),
     );
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("is too deep for the VMM's unix sockets (at most 107 bytes per path)"),
@@ -855,7 +856,7 @@ a.shutdown();
         &["run", t.config().to_str().unwrap()],
         Duration::from_secs(90),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains("a: up (backdoor up after"),
         "{}",
@@ -939,7 +940,7 @@ a.wait_for_console_text("frame from node 2", #{ timeout: 10 });
         &["run", "--quiet-console", t.config().to_str().unwrap()],
         Duration::from_secs(90),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_no_vmm_left(r.pid);
     harness::assert_nothing_left(&r, "fc-frames");
 }
@@ -988,7 +989,7 @@ fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
     )
     .unwrap();
     let r = harness::finish(child, started, Duration::from_secs(60));
-    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert_ne!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(r.stderr.contains("all up"), "{}", r.stderr);
     assert!(
         r.stderr.contains("a # vsock-guest: ctrl-alt-del")

@@ -8,6 +8,7 @@ mod harness;
 
 use std::time::Duration;
 
+use attest::exit_code::PASSED;
 use harness::{assert_nothing_left, attest, image_manifest, TestDir};
 
 /// Nodes a (1, vlan 1), b (2, vlans 1 and 2), c (3, vlan 2).
@@ -83,6 +84,6 @@ subtest("vlans stay apart", || {
         &["run", "--quiet-console", dir.config().to_str().unwrap()],
         Duration::from_secs(180),
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_nothing_left(&r, "ipv6");
 }

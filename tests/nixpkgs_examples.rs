@@ -7,6 +7,7 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
+use attest::exit_code::PASSED;
 use harness::{assert_nothing_left, attest, image_manifest};
 
 fn passes(name: &str) {
@@ -19,7 +20,7 @@ fn passes(name: &str) {
         &["run", "--quiet-console", config.to_str().unwrap()],
         Duration::from_secs(180),
     );
-    assert_eq!(r.code, Some(0), "{name}:\n{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{name}:\n{}", r.stderr);
     assert!(r.stderr.contains("test passed"), "{}", r.stderr);
     assert_nothing_left(&r, name);
 }

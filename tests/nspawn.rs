@@ -6,6 +6,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
+use attest::exit_code::{interrupted, FAILED, PASSED};
 use harness::{assert_nothing_left, attest, TestDir};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -49,7 +50,12 @@ fn the_examples_pass() {
             env!("CARGO_MANIFEST_DIR")
         );
         let r = attest(&["run", "--quiet-console", &config], LIMIT);
-        assert_eq!(r.code, Some(0), "example {example} failed:\n{}", r.stderr);
+        assert_eq!(
+            r.code,
+            Some(PASSED.into()),
+            "example {example} failed:\n{}",
+            r.stderr
+        );
         assert!(r.stderr.contains("test passed"), "{}", r.stderr);
         assert_nothing_left(&r, example);
     }
@@ -175,7 +181,7 @@ subtest("lifecycle", || {
         ],
         LIMIT,
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("({protocol} protocol)")),
         "{}",
@@ -211,7 +217,7 @@ fn a_failing_command_fails_the_test_with_context() {
         "machine.start();\nmachine.succeed(\"echo some-output; echo some-error >&2; exit 3\");\n",
     );
     let (r, cause) = run_logged(&dir);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert_eq!(cause, "command-failed");
     for needle in [
         "test.rhai:2:",
@@ -238,7 +244,7 @@ fn wait_for_unit_fails_at_once_on_a_failed_unit_with_diagnostics() {
         "machine.start();\nmachine.succeed(\"systemd-run --unit=doomed.service false\");\nmachine.wait_for_unit(\"doomed.service\", #{ timeout: 120 });\n",
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("unit \"doomed.service\" reached state \"failed\""),
@@ -276,7 +282,7 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
     )
     .expect("SIGKILL the container's PID 1");
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         killed_at.elapsed() < Duration::from_secs(20),
         "took {:?}",
@@ -318,7 +324,12 @@ fn sigterm_during(name: &str, script: &str) {
     )
     .unwrap();
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(143), "128 + SIGTERM: {}", r.stderr);
+    assert_eq!(
+        r.code,
+        Some(interrupted(nix::sys::signal::Signal::SIGTERM as i32).into()),
+        "128 + SIGTERM: {}",
+        r.stderr
+    );
     assert!(r.stderr.contains("interrupted by SIGTERM"), "{}", r.stderr);
     assert!(
         signalled.elapsed() < Duration::from_secs(30),
@@ -350,7 +361,7 @@ fn the_global_timeout_ends_the_test() {
         "machine.start();\nmachine.succeed(\"sleep 120\");\n",
     );
     let (r, cause) = run_logged(&dir);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert_eq!(cause, "cancelled");
     assert!(
         r.stderr.contains("`global_timeout` of 8 seconds"),
@@ -378,7 +389,7 @@ fn kept_state_survives_the_next_run() {
         ],
         LIMIT,
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     let kept = r
         .stderr
         .lines()
@@ -389,7 +400,7 @@ fn kept_state_survives_the_next_run() {
     // The next run's janitor must leave it alone.
     let next = TestDir::nspawn("afterkeep", &["machine"], "", NO_BOOT);
     let r = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         std::path::Path::new(&kept).join("machine").is_dir(),
         "the kept state dir {kept} was removed by the next run"
@@ -457,7 +468,7 @@ fn a_live_run_of_a_renamed_binary_keeps_its_state() {
         false,
     );
     let rb = harness::finish(b, Instant::now(), LIMIT);
-    assert_eq!(rb.code, Some(0), "{}", rb.stderr);
+    assert_eq!(rb.code, Some(PASSED.into()), "{}", rb.stderr);
     assert!(
         state.join("machine").is_dir(),
         "the second run removed the live first run's state dir {}",
@@ -466,7 +477,7 @@ fn a_live_run_of_a_renamed_binary_keeps_its_state() {
     // Let the first run go on: a new backdoor connection needs the socket.
     std::fs::write(state.join("machine/backdoor/go"), "").unwrap();
     let ra = harness::finish(a, started, LIMIT);
-    assert_eq!(ra.code, Some(0), "{}", ra.stderr);
+    assert_eq!(ra.code, Some(PASSED.into()), "{}", ra.stderr);
     assert_nothing_left(&ra, "renamed");
 }
 
@@ -479,7 +490,7 @@ fn a_crashed_machine_leaves_nothing_behind() {
         "machine.start();\nmachine.crash();\n",
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_nothing_left(&r, "crashclean");
 }
 
@@ -509,7 +520,7 @@ fn after_sigkill_the_next_run_sweeps_everything() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
-        assert_eq!(n.code, Some(0), "{}", n.stderr);
+        assert_eq!(n.code, Some(PASSED.into()), "{}", n.stderr);
         if harness::host_leftovers(pid).is_empty() || Instant::now() > deadline {
             break;
         }
@@ -524,7 +535,7 @@ fn a_passing_run_prints_nothing_that_looks_like_an_error() {
     harness::image_manifest();
     let config = format!("{}/examples/nginx/test.json", env!("CARGO_MANIFEST_DIR"));
     let r = attest(&["run", &config], LIMIT);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     let alarming: Vec<&str> = r
         .stderr
         .lines()
@@ -598,7 +609,7 @@ fn an_idle_machine_that_dies_is_reported_at_once() {
     )
     .expect("SIGKILL the container's PID 1");
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     let died = r
         .stderr
         .find("victim: died (killed by signal 9 (SIGKILL))")
@@ -630,7 +641,7 @@ fn states_say_what_happened() {
         "machine.start();\nmachine.shutdown();\n",
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr.lines().any(|l| l == "machine: off"),
         "{}",
@@ -689,12 +700,17 @@ fn a_double_signal_exits_128_plus_signal_and_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let r = harness::finish(child, started, LIMIT);
-    assert_eq!(r.code, Some(130), "128 + SIGINT: {}", r.stderr);
+    assert_eq!(
+        r.code,
+        Some(interrupted(nix::sys::signal::Signal::SIGINT as i32).into()),
+        "128 + SIGINT: {}",
+        r.stderr
+    );
     let next = TestDir::nspawn("sweeper", &["machine"], "", NO_BOOT);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n = harness::attest_in(tmp.path(), &["run", next.config().to_str().unwrap()], LIMIT);
-        assert_eq!(n.code, Some(0), "{}", n.stderr);
+        assert_eq!(n.code, Some(PASSED.into()), "{}", n.stderr);
         if harness::host_leftovers(pid).is_empty() || Instant::now() > deadline {
             break;
         }

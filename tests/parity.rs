@@ -6,6 +6,7 @@ mod harness;
 
 use std::time::Duration;
 
+use attest::exit_code::{FAILED, INVALID, PASSED};
 use harness::{assert_nothing_left, attest, TestDir};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -20,7 +21,7 @@ fn run(dir: &TestDir) -> harness::Run {
 fn passes(name: &str, nodes: &[&str], script: &str) {
     let dir = TestDir::nspawn(name, nodes, "", script);
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_nothing_left(&r, name);
 }
 
@@ -174,7 +175,7 @@ machine.wait_for_unit("doomed.service", "alice", #{ timeout: 600 });
 "#,
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains(
             "wait_for_unit doomed.service (user alice): unit \"doomed.service\" reached state \"failed\""
@@ -217,7 +218,7 @@ assert_eq(vlans, []);
 "#,
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("node `default` is `default_` in the script"),
@@ -240,7 +241,7 @@ assert_eq(vlans, [1]);
 "#,
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_nothing_left(&r, "parity-names2");
     let bad = TestDir::nspawn(
         "parity-names3",
@@ -249,7 +250,7 @@ assert_eq(vlans, [1]);
         "fn f() { machine.succeed(\"true\") }\nf();\n",
     );
     let r = attest(&["check", bad.config().to_str().unwrap()], LIMIT);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     assert!(r.stderr.contains("machine"), "{}", r.stderr);
 }
 
@@ -350,7 +351,7 @@ for m in machines { m.get_tty_text(1); }
         &["check", "--no-files", dir.config().to_str().unwrap()],
         LIMIT,
     );
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     for expected in [
         "test.rhai:2:8: error: screenshot is not supported by the nspawn backend of node `server`: \
          a container has no display; run this node on the qemu backend, or capture the screen \
@@ -377,7 +378,7 @@ for m in machines { m.get_tty_text(1); }
         "for m in machines { m.screenshot(\"a.png\"); }\n",
     );
     let r = run(&dir);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(
         r.stderr.contains(
             "screenshot is not supported by the nspawn backend of node `server`: a container has \

@@ -7,6 +7,7 @@ mod harness;
 
 use std::time::Duration;
 
+use attest::exit_code::PASSED;
 use harness::{assert_nothing_left, attest, bytes, TestDir};
 use sha2::{Digest as _, Sha256};
 
@@ -70,7 +71,12 @@ assert_eq(machine.succeed("ls -A /root | grep -c attest-upload || true"), "0\n")
     std::fs::write(dir.path("b.bin"), &b).unwrap();
     for protocol in ["bash", "auto"] {
         let r = run_on(&dir, protocol);
-        assert_eq!(r.code, Some(0), "--protocol {protocol}: {}", r.stderr);
+        assert_eq!(
+            r.code,
+            Some(PASSED.into()),
+            "--protocol {protocol}: {}",
+            r.stderr
+        );
         assert_nothing_left(&r, "xfer-concurrent");
     }
 }
@@ -119,7 +125,12 @@ catch (e) { assert_contains(`${e}`, "missing.bin: No such file or directory"); }
         let _ = std::fs::remove_dir_all(dir.path("back"));
         let _ = std::fs::remove_dir_all(dir.path("fromvm"));
         let r = run_on(&dir, protocol);
-        assert_eq!(r.code, Some(0), "--protocol {protocol}: {}", r.stderr);
+        assert_eq!(
+            r.code,
+            Some(PASSED.into()),
+            "--protocol {protocol}: {}",
+            r.stderr
+        );
         for (i, d) in data.iter().enumerate() {
             let back = std::fs::read(dir.path(&format!("back/f{i}"))).unwrap();
             assert!(
@@ -170,7 +181,7 @@ machine.copy_from_host("payload.bin", "/root/payload.bin");
     let dir = TestDir::nspawn("xfer-corrupt", &["machine"], "", script);
     std::fs::write(dir.path("payload.bin"), bytes(1 << 20, 7)).unwrap();
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         !dir.path("growing").exists(),
         "a failed copy left a file under the target's name"
@@ -197,7 +208,7 @@ assert_eq(machine.succeed("ls -A /dev/shm | grep -c '^\\.attest-'"), "2\n");
 "#;
     let dir = TestDir::nspawn("xfer-output", &["machine"], "", script);
     let r = run(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert_nothing_left(&r, "xfer-output");
 }
 
@@ -236,7 +247,12 @@ assert_eq(machine.succeed("stat -c %s /root/payload.bin"), "1048576\n");
             &[(attest::guest::CORRUPT_ENV, direction)],
             LIMIT,
         );
-        assert_eq!(r.code, Some(0), "corrupting the {direction}: {}", r.stderr);
+        assert_eq!(
+            r.code,
+            Some(PASSED.into()),
+            "corrupting the {direction}: {}",
+            r.stderr
+        );
         assert_eq!(dir.path("src.bin").exists(), arrives, "{direction}");
         let temporaries: Vec<_> = std::fs::read_dir(dir.dir.path())
             .unwrap()

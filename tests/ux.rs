@@ -5,6 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
+use attest::exit_code::{FAILED, INVALID, PASSED};
 use harness::{attest, check, TestDir, UNBOOTABLE_NODES as NODES};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -18,7 +19,7 @@ fn check_reports_every_error_in_a_script() {
         "start_all();\nserver.succeed(\"true\");\nlet x = 1;\nserver.wait_for_unitt(\"a\");\nclinet.succeed(\"b\");\nstrat_all();\ncp(\"a\");\n",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
     for needle in [
         "test.rhai:4:8: error: unknown method `wait_for_unitt`; did you mean `wait_for_unit`?",
         "test.rhai:5:1: error: undefined variable `clinet`; did you mean `client_1`? (the nodes are `client_1`, `server`)",
@@ -39,7 +40,7 @@ fn check_counts_one_node_in_the_singular() {
         "start_all();\n",
     );
     let r = check(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(r.stderr.contains(": ok (1 node)\n"), "{}", r.stderr);
 }
 
@@ -59,7 +60,7 @@ fn unwritable_report_files_are_named_before_anything_boots() {
             ],
             LIMIT,
         );
-        assert_eq!(r.code, Some(2), "{}", r.stderr);
+        assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
         assert!(
             r.stderr.contains(&format!(
                 "cannot write the {what} file /nonexistent/report: No such file or directory"
@@ -82,7 +83,7 @@ fn a_failure_shows_the_script_line_first_and_console_lines_once() {
         "start_all();\nmachine.succeed(\"true\");\nmachine.succeed(\"echo hi; false\");\n",
     );
     let r = attest(&["run", dir.config().to_str().unwrap()], LIMIT);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
     assert!(!r.stderr.contains("machine machine"), "{}", r.stderr);
     let summary = &r.stderr[r.stderr.find("\nerror: ").expect("an error") + 1..];
     let order = [
@@ -127,7 +128,7 @@ fn a_failed_nspawn_start_shows_nspawns_error_line() {
             &["run", "--quiet-console", dir.config().to_str().unwrap()],
             LIMIT,
         );
-        assert_eq!(r.code, Some(1), "{}", r.stderr);
+        assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
         let summary = &r.stderr[r.stderr.find("\nerror: ").expect("an error") + 1..];
         assert!(
             summary.contains("Failed to stat /nonexistent-bind-source: No such file or directory"),
@@ -200,7 +201,7 @@ fn boots_show_progress_in_place_on_a_terminal_only() {
         "server.start();\nserver.succeed(\"true\");\n",
     );
     let (code, tty) = attest_on_a_tty(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{tty}");
+    assert_eq!(code, Some(PASSED.into()), "{tty}");
     let progress = regex::Regex::new(r"server: booting +\d+s \S").unwrap();
     assert!(progress.is_match(&tty), "no progress line in:\n{tty:?}");
     // Redrawn in place: the line is cleared, not scrolled.
@@ -211,7 +212,7 @@ fn boots_show_progress_in_place_on_a_terminal_only() {
         &["run", "--quiet-console", dir.config().to_str().unwrap()],
         LIMIT,
     );
-    assert_eq!(piped.code, Some(0), "{}", piped.stderr);
+    assert_eq!(piped.code, Some(PASSED.into()), "{}", piped.stderr);
     assert!(!progress.is_match(&piped.stderr), "{}", piped.stderr);
     assert!(!piped.stderr.contains('\x1b'), "{:?}", piped.stderr);
 }
@@ -247,7 +248,7 @@ fn the_repl_suggests_helps_keeps_history_and_does_not_claim_a_pass() {
         state.path(),
         "server.succed(\"true\");\nhelp()\n:help\nlet x = 40 + 2;\nx\n",
     );
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     assert!(
         r.stderr
             .contains("<repl>:1:8: error: unknown method `succed`; did you mean `succeed`?"),
@@ -271,7 +272,7 @@ fn the_repl_suggests_helps_keeps_history_and_does_not_claim_a_pass() {
 
     // The next session finds the first one's history and adds to it.
     let r = repl(&dir, state.path(), "let y = 1;\n");
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
     let history = std::fs::read_to_string(state.path().join("attest/repl_history")).unwrap();
     assert!(history.contains("let x = 40 + 2;"), "{history}");
     assert!(history.contains("let y = 1;"), "{history}");
