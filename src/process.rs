@@ -241,13 +241,17 @@ where
 }
 
 /// Finds a binary on PATH, or explains how to get it.
-pub fn require_binary(name: &str, package: &str) -> Result<std::path::PathBuf, String> {
+pub fn require_binary(
+    name: &str,
+    package: &str,
+) -> Result<std::path::PathBuf, crate::errors::MissingBinary> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("`{name}` is not installed or not on PATH: install it (apt-get install {package}, or run .ci/install-deps)")
+        .ok_or_else(|| crate::errors::MissingBinary {
+            name: name.to_owned(),
+            package: package.to_owned(),
         })
 }
 
@@ -279,6 +283,6 @@ mod tests {
     #[test]
     fn missing_binaries_name_the_package() {
         let e = require_binary("no-such-binary-attest", "some-pkg").unwrap_err();
-        assert!(e.contains("apt-get install some-pkg"));
+        assert!(e.to_string().contains("apt-get install some-pkg"), "{e}");
     }
 }

@@ -50,6 +50,15 @@ pub enum BackendError {
     /// The operation failed.
     #[error("{0}")]
     Failed(String),
+    /// A binary the backend runs is missing.
+    #[error(transparent)]
+    Missing(#[from] crate::errors::MissingBinary),
+    /// The screen could not be read (QEMU OCR).
+    #[error(transparent)]
+    Ocr(#[from] qemu::ocr::OcrError),
+    /// The test's network could not be set up or changed.
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
 }
 
 /// Everything a backend needs to start one machine.

@@ -174,8 +174,7 @@ impl Backend for NspawnBackend {
     }
 
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
-        let nspawn = require_binary("systemd-nspawn", "systemd-container")
-            .map_err(BackendError::Prerequisite)?;
+        let nspawn = require_binary("systemd-nspawn", "systemd-container")?;
         if !nix::unistd::Uid::effective().is_root() {
             return Err(BackendError::Prerequisite(
                 "systemd-nspawn needs root: run attest as root".into(),
@@ -221,7 +220,7 @@ impl Backend for NspawnBackend {
         // the private tmpfs vanishes with the namespace, however nspawn ends.
         let mut cmd = match (&ctx.network, interfaces.is_empty()) {
             (Some(net), false) => {
-                let ns = net.netns_path().map_err(BackendError::Start)?;
+                let ns = net.netns_path()?;
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net={}", ns.display()))
                     .arg("--")
@@ -294,12 +293,12 @@ impl Backend for NspawnBackend {
         if let Some(net) = &ctx.network {
             for (link, i) in host_links.iter().zip(&interfaces) {
                 let attached = tokio::select! {
-                    r = net.attach(link, i.vlan, Duration::from_secs(15)) => r,
-                    info = process.wait() => Err(format!("systemd-nspawn {info}")),
+                    r = net.attach(link, i.vlan, Duration::from_secs(15)) => r.map_err(Into::into),
+                    info = process.wait() => Err(BackendError::Start(format!("systemd-nspawn {info}"))),
                 };
                 if let Err(e) = attached {
                     process.terminate(Duration::from_secs(3)).await;
-                    return Err(BackendError::Start(e));
+                    return Err(e);
                 }
             }
         }
@@ -473,7 +472,7 @@ impl Instance for NspawnInstance {
                 })?;
                 let up = matches!(op, BackendOp::Unblock);
                 for link in &self.host_links {
-                    net.set_link(link, up).map_err(BackendError::Failed)?;
+                    net.set_link(link, up)?;
                 }
                 Ok(String::new())
             }

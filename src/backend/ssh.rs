@@ -330,7 +330,7 @@ impl Backend for SshBackend {
     }
 
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
-        let ssh = require_binary("ssh", "openssh-client").map_err(BackendError::Prerequisite)?;
+        let ssh = require_binary("ssh", "openssh-client")?;
         let c = &self.settings;
         if let Some(key) = &c.identity_file {
             let key = ctx.config.resolve(key);

@@ -4,6 +4,7 @@
 //! one Linux bridge per vlan inside a private network namespace
 //! ([`SwitchNamespace`]) that dies with attest, so no bridge or veth can leak.
 
+mod error;
 pub mod plan;
 mod switch_ns;
 mod vde;
@@ -13,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+pub use error::NetError;
 pub use switch_ns::SwitchNamespace;
 pub use vde::VdeSwitches;
 
@@ -39,8 +41,8 @@ impl Network {
     }
 
     /// The bridge namespace, with one bridge `br<vlan>` per vlan.
-    pub fn switch(&self) -> Result<std::sync::Arc<SwitchNamespace>, String> {
-        let mut g = self.switch.lock().map_err(|_| "network lock poisoned")?;
+    pub fn switch(&self) -> Result<std::sync::Arc<SwitchNamespace>, NetError> {
+        let mut g = self.switch.lock().map_err(|_| NetError::Poisoned)?;
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
@@ -68,7 +70,7 @@ impl Network {
     pub async fn vde_switches(
         &self,
         dir: &std::path::Path,
-    ) -> Result<std::sync::Arc<VdeSwitches>, String> {
+    ) -> Result<std::sync::Arc<VdeSwitches>, NetError> {
         let mut g = self.vde.lock().await;
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
@@ -79,13 +81,13 @@ impl Network {
     }
 
     /// The namespace path machines' helpers enter (`nsenter --net=…`).
-    pub fn netns_path(&self) -> Result<PathBuf, String> {
+    pub fn netns_path(&self) -> Result<PathBuf, NetError> {
         Ok(self.switch()?.path().to_owned())
     }
 
     /// Attaches the host end `ifname` (made by a machine's process, so it may
     /// not exist yet) to the vlan's bridge and brings it up.
-    pub async fn attach(&self, ifname: &str, vlan: u8, timeout: Duration) -> Result<(), String> {
+    pub async fn attach(&self, ifname: &str, vlan: u8, timeout: Duration) -> Result<(), NetError> {
         let switch = self.switch()?;
         let deadline = Instant::now() + timeout;
         loop {
@@ -95,7 +97,11 @@ impl Network {
             match r {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("cannot attach {ifname} to vlan {vlan}: {e}"))
+                    return Err(NetError::Attach {
+                        ifname: ifname.to_owned(),
+                        vlan,
+                        source: Box::new(e),
+                    })
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -103,7 +109,7 @@ impl Network {
     }
 
     /// Sets a host end down (`block`) or up (`unblock`).
-    pub fn set_link(&self, ifname: &str, up: bool) -> Result<(), String> {
+    pub fn set_link(&self, ifname: &str, up: bool) -> Result<(), NetError> {
         self.switch()?
             .ip(&["link", "set", ifname, if up { "up" } else { "down" }])
     }

@@ -9,6 +9,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::NetError;
+
 /// A private network namespace and the thread that holds it.
 pub struct SwitchNamespace {
     path: PathBuf,
@@ -18,7 +20,7 @@ pub struct SwitchNamespace {
 
 impl SwitchNamespace {
     /// Creates the namespace (needs CAP_SYS_ADMIN: run attest as root).
-    pub fn create() -> Result<SwitchNamespace, String> {
+    pub fn create() -> Result<SwitchNamespace, NetError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let stop2 = stop.clone();
@@ -26,8 +28,7 @@ impl SwitchNamespace {
             .name("attest-netns".into())
             .spawn(move || {
                 let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map(|()| nix::unistd::gettid().as_raw())
-                    .map_err(|e| e.to_string());
+                    .map(|()| nix::unistd::gettid().as_raw());
                 let ok = r.is_ok();
                 let _ = tx.send(r);
                 if ok {
@@ -36,13 +37,13 @@ impl SwitchNamespace {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the network namespace thread: {e}"))?;
+            .map_err(|e| NetError::Thread {
+                source: Arc::new(e),
+            })?;
         let tid = rx
             .recv()
-            .map_err(|_| "network namespace thread died".to_owned())?
-            .map_err(|e| {
-                format!("cannot create a network namespace ({e}): vlans need root (CAP_SYS_ADMIN)")
-            })?;
+            .map_err(|_| NetError::ThreadDied)?
+            .map_err(|source| NetError::Namespace { source })?;
         let ns = SwitchNamespace {
             path: PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())),
             stop,
@@ -59,7 +60,7 @@ impl SwitchNamespace {
 
     /// [`SwitchNamespace::ip`] on a blocking thread, for async callers: `ip`
     /// must not stall a runtime worker.
-    pub async fn ip_async(self: &std::sync::Arc<Self>, args: &[&str]) -> Result<(), String> {
+    pub async fn ip_async(self: &Arc<Self>, args: &[&str]) -> Result<(), NetError> {
         let ns = self.clone();
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         tokio::task::spawn_blocking(move || {
@@ -67,28 +68,29 @@ impl SwitchNamespace {
             ns.ip(&args)
         })
         .await
-        .map_err(|e| format!("the ip task failed: {e}"))?
+        .map_err(|e| NetError::IpTask {
+            reason: e.to_string(),
+        })?
     }
 
     /// Runs `ip ARGS` inside the namespace.
-    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+    pub fn ip(&self, args: &[&str]) -> Result<(), NetError> {
         let out = Command::new("nsenter")
             .arg(format!("--net={}", self.path.display()))
             .arg("--")
             .arg("ip")
             .args(args)
             .output()
-            .map_err(|e| {
-                format!("cannot run nsenter/ip (apt-get install util-linux iproute2): {e}")
+            .map_err(|e| NetError::RunIp {
+                source: Arc::new(e),
             })?;
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(NetError::Ip {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
         }
     }
 }

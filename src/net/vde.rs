@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
+use super::NetError;
 use crate::process::{poll, require_binary, spawn_watched, PollEnd, Watched};
 
 /// The running switches of a test, by vlan.
@@ -23,10 +24,12 @@ impl VdeSwitches {
     pub async fn start(
         dir: &Path,
         vlans: impl IntoIterator<Item = u8>,
-    ) -> Result<VdeSwitches, String> {
+    ) -> Result<VdeSwitches, NetError> {
         let bin = require_binary("vde_switch", "vde2")?;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| NetError::Create {
+            path: dir.to_owned(),
+            source: std::sync::Arc::new(e),
+        })?;
         let mut switches = VdeSwitches {
             switches: BTreeMap::new(),
         };
@@ -34,8 +37,12 @@ impl VdeSwitches {
             let sock = dir.join(format!("vde{vlan}.ctl"));
             let fifo = dir.join(format!("vde{vlan}.stdin"));
             let _ = std::fs::remove_file(&fifo);
-            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .map_err(|e| format!("cannot create {}: {e}", fifo.display()))?;
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(
+                |source| NetError::Fifo {
+                    path: fifo.clone(),
+                    source,
+                },
+            )?;
             let mut cmd = Command::new("bash");
             cmd.arg("-c")
                 .arg("exec \"$0\" --sock \"$1\" --dirmode 0700 <>\"$2\"")
@@ -44,8 +51,9 @@ impl VdeSwitches {
                 .arg(&fifo)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
-            let w =
-                spawn_watched(&mut cmd, None).map_err(|e| format!("cannot run vde_switch: {e}"))?;
+            let w = spawn_watched(&mut cmd, None).map_err(|e| NetError::RunVde {
+                source: std::sync::Arc::new(e),
+            })?;
             switches.switches.insert(vlan, (sock.clone(), w.clone()));
             let deadline = Instant::now() + Duration::from_secs(10);
             let ctl = sock.join("ctl");
@@ -58,11 +66,11 @@ impl VdeSwitches {
             })
             .await
             .map_err(|e| match e {
-                PollEnd::Exited(info) => format!("vde_switch for vlan {vlan} {info}"),
-                PollEnd::TimedOut(()) => format!(
-                    "vde_switch for vlan {vlan} did not create {}",
-                    sock.display()
-                ),
+                PollEnd::Exited(exit) => NetError::VdeExited { vlan, exit },
+                PollEnd::TimedOut(()) => NetError::VdeNoSocket {
+                    vlan,
+                    sock: sock.clone(),
+                },
             })?;
         }
         Ok(switches)

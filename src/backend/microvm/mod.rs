@@ -380,7 +380,7 @@ impl Taps {
 
     /// Creates and attaches the TAPs of `spec`'s vlans.
     pub async fn create(network: &Arc<Network>, spec: &MicroVmSpec) -> Result<Taps, BackendError> {
-        let switch = network.switch().map_err(BackendError::Start)?;
+        let switch = network.switch()?;
         let mut taps = Taps {
             network: Some(network.clone()),
             links: Vec::new(),
@@ -402,7 +402,7 @@ impl Taps {
                 .push((name.clone(), *vlan, plan::mac(*vlan, spec.number)));
             if let Err(e) = network.attach(&name, *vlan, Duration::from_secs(5)).await {
                 taps.remove();
-                return Err(BackendError::Start(e));
+                return Err(e.into());
             }
         }
         Ok(taps)
@@ -411,7 +411,7 @@ impl Taps {
     /// The namespace the VMM must run in to open the TAPs.
     pub fn netns(&self) -> Result<Option<PathBuf>, BackendError> {
         match (&self.network, self.links.is_empty()) {
-            (Some(n), false) => n.netns_path().map(Some).map_err(BackendError::Start),
+            (Some(n), false) => Ok(Some(n.netns_path()?)),
             _ => Ok(None),
         }
     }
@@ -424,7 +424,7 @@ impl Taps {
             .filter(|_| !self.links.is_empty())
             .ok_or_else(|| BackendError::Failed("the machine has no network to block".into()))?;
         for (name, _, _) in &self.links {
-            net.set_link(name, up).map_err(BackendError::Failed)?;
+            net.set_link(name, up)?;
         }
         Ok(())
     }

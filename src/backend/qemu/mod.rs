@@ -152,7 +152,7 @@ fn find_user_netdev(extra: &[String]) -> Option<String> {
 
 /// Creates the VM's qcow2 overlay over `base`.
 async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError> {
-    let qemu_img = require_binary("qemu-img", "qemu-utils").map_err(BackendError::Prerequisite)?;
+    let qemu_img = require_binary("qemu-img", "qemu-utils")?;
     let format = if base.extension().is_some_and(|e| e == "qcow2") {
         "qcow2"
     } else {
@@ -293,7 +293,7 @@ impl Backend for QemuBackend {
                 .as_ref()
                 .ok_or_else(|| start_err("the node has vlans but the test has no network"))?;
             let dir = state_dir.parent().unwrap_or(&state_dir).join("vde");
-            let switches = net.vde_switches(&dir).await.map_err(start_err)?;
+            let switches = net.vde_switches(&dir).await?;
             for iface in interfaces {
                 let socket = switches
                     .socket(iface.vlan)
@@ -423,8 +423,7 @@ async fn plain_launch(
     }
     let program = match &c.qemu_binary {
         Some(b) => b.clone(),
-        None => require_binary("qemu-system-x86_64", "qemu-system-x86")
-            .map_err(BackendError::Prerequisite)?,
+        None => require_binary("qemu-system-x86_64", "qemu-system-x86")?,
     };
     let spec = PlainSpec {
         accel,
@@ -785,13 +784,11 @@ impl Instance for QemuInstance {
                 Ok(String::new())
             }
             BackendOp::ScreenText { variants } => {
-                ocr::check_available(self.enable_ocr).map_err(BackendError::Prerequisite)?;
+                ocr::check_available(self.enable_ocr)?;
                 let n = self.screenshots.fetch_add(1, Ordering::Relaxed);
                 let png = self.state_dir.join(format!("ocr-{n}.png"));
                 self.screenshot(&png).await?;
-                let texts = ocr::screen_text_variants(&png, variants)
-                    .await
-                    .map_err(failed)?;
+                let texts = ocr::screen_text_variants(&png, variants).await?;
                 serde_json::to_string(&texts).map_err(failed)
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,

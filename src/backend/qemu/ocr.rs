@@ -4,10 +4,42 @@
 //! variant's text, one after another, so a regex can match any of them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::process::Command;
 
+use crate::errors::MissingBinary;
 use crate::process::require_binary;
+
+/// Why the screen could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OcrError {
+    /// The machine's config does not enable OCR.
+    #[error("OCR is not enabled for this machine: set `enable_ocr: true` in its qemu settings")]
+    Disabled,
+    /// `tesseract` or ImageMagick is missing.
+    #[error(transparent)]
+    Missing(#[from] MissingBinary),
+    /// A tool could not be started.
+    #[error("cannot run {tool}: {source}")]
+    Run {
+        /// `tesseract` or `ImageMagick`.
+        tool: &'static str,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A tool failed.
+    #[error("{tool} failed ({status}): {stderr}")]
+    Failed {
+        /// `tesseract` or `ImageMagick`.
+        tool: &'static str,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        stderr: String,
+    },
+}
 
 /// The ImageMagick arguments of the NixOS driver's `_preprocess_screenshot`.
 fn preprocess_args(negate: bool) -> Vec<&'static str> {
@@ -36,7 +68,7 @@ fn preprocess_args(negate: bool) -> Vec<&'static str> {
 }
 
 /// `magick` (ImageMagick 7) or `convert` (6).
-fn imagemagick() -> Result<(PathBuf, bool), String> {
+fn imagemagick() -> Result<(PathBuf, bool), MissingBinary> {
     if let Ok(m) = require_binary("magick", "imagemagick") {
         return Ok((m, true));
     }
@@ -44,30 +76,30 @@ fn imagemagick() -> Result<(PathBuf, bool), String> {
 }
 
 /// Checks OCR can run: enabled in the config and tesseract installed.
-pub fn check_available(enabled: bool) -> Result<(), String> {
+pub fn check_available(enabled: bool) -> Result<(), OcrError> {
     if !enabled {
-        return Err(
-            "OCR is not enabled for this machine: set `enable_ocr: true` in its qemu settings"
-                .into(),
-        );
+        return Err(OcrError::Disabled);
     }
     require_binary("tesseract", "tesseract-ocr")?;
     imagemagick()?;
     Ok(())
 }
 
-async fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, String> {
+async fn run(cmd: &mut Command, tool: &'static str) -> Result<Vec<u8>, OcrError> {
     let out = cmd
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
+        .map_err(|e| OcrError::Run {
+            tool,
+            source: Arc::new(e),
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(OcrError::Failed {
+            tool,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(out.stdout)
 }
@@ -76,7 +108,7 @@ async fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>, String> {
 /// the screenshot itself, then (with `processed`) its two preprocessed
 /// variants (enhanced, enhanced + negated); one text per image, the raw
 /// reading first.
-pub async fn screen_text_variants(png: &Path, processed: bool) -> Result<Vec<String>, String> {
+pub async fn screen_text_variants(png: &Path, processed: bool) -> Result<Vec<String>, OcrError> {
     let tesseract = require_binary("tesseract", "tesseract-ocr")?;
     let mut images = vec![png.to_owned()];
     if processed {
@@ -120,7 +152,8 @@ mod tests {
     #[test]
     fn disabled_ocr_says_how_to_enable_it() {
         let e = check_available(false).unwrap_err();
-        assert!(e.contains("enable_ocr"), "{e}");
+        assert!(matches!(e, OcrError::Disabled));
+        assert!(e.to_string().contains("enable_ocr"), "{e}");
     }
 
     #[test]
