@@ -53,6 +53,15 @@ pub enum BackendError {
     /// A binary the backend runs is missing.
     #[error(transparent)]
     Missing(#[from] crate::errors::MissingBinary),
+    /// A QEMU monitor (QMP) command failed.
+    #[error(transparent)]
+    Qmp(#[from] qemu::qmp::QmpError),
+    /// A QEMU chardev socket (backdoor, serial console) failed.
+    #[error(transparent)]
+    Relay(#[from] qemu::relay::RelayError),
+    /// A key or text cannot be typed (QEMU `send-key`).
+    #[error(transparent)]
+    Key(#[from] qemu::keys::KeyError),
     /// The screen could not be read (QEMU OCR).
     #[error(transparent)]
     Ocr(#[from] qemu::ocr::OcrError),
@@ -236,7 +245,7 @@ pub fn boot_timeout(node: &NodeConfig, backend: &dyn Backend) -> Duration {
 
 /// Polls `attempt` until it succeeds, `deadline` passes, or `exit` shows the
 /// machine died. Used by transports that appear some time after start.
-pub async fn poll_until<T, F, Fut>(
+pub async fn poll_until<T, E, F, Fut>(
     what: &str,
     deadline: Instant,
     exit: &watch::Receiver<Option<Exit>>,
@@ -244,7 +253,8 @@ pub async fn poll_until<T, F, Fut>(
 ) -> Result<T, BackendError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
 {
     use crate::process::{poll, PollEnd};
     poll(deadline, Duration::from_millis(20), exit, &mut attempt)

@@ -174,11 +174,37 @@ fn alias(name: &str) -> &str {
     }
 }
 
+/// Why a key cannot be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// `0x…` that is not hexadecimal.
+    #[error("`{part}` is not a hexadecimal scancode")]
+    BadScancode {
+        /// The part of the combination.
+        part: String,
+    },
+    /// Neither a qcode nor an alias of one.
+    #[error(
+        "unknown key `{part}`: use QEMU qcodes such as ret, spc, esc, ctrl, alt, shift, f1, a, 1, delete"
+    )]
+    Unknown {
+        /// The part of the combination.
+        part: String,
+    },
+    /// An empty combination.
+    #[error("no key given")]
+    Empty,
+    /// A character no US-layout key combination types.
+    #[error("cannot type {0:?} with a US keyboard")]
+    Untypeable(char),
+}
+
 /// One part of a combination as a QMP `KeyValue`.
-fn key_value(part: &str) -> Result<Value, String> {
+fn key_value(part: &str) -> Result<Value, KeyError> {
     if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
-        let n = u32::from_str_radix(hex, 16)
-            .map_err(|_| format!("`{part}` is not a hexadecimal scancode"))?;
+        let n = u32::from_str_radix(hex, 16).map_err(|_| KeyError::BadScancode {
+            part: part.to_owned(),
+        })?;
         return Ok(json!({ "type": "number", "data": n }));
     }
     let lower = part.to_ascii_lowercase();
@@ -186,17 +212,17 @@ fn key_value(part: &str) -> Result<Value, String> {
     if QCODES.contains(&name) {
         Ok(json!({ "type": "qcode", "data": name }))
     } else {
-        Err(format!(
-            "unknown key `{part}`: use QEMU qcodes such as ret, spc, esc, ctrl, alt, shift, f1, a, 1, delete"
-        ))
+        Err(KeyError::Unknown {
+            part: part.to_owned(),
+        })
     }
 }
 
 /// The `keys` argument of `send-key` for a combination like `ctrl-alt-delete`.
-pub fn combination(keys: &str) -> Result<Vec<Value>, String> {
+pub fn combination(keys: &str) -> Result<Vec<Value>, KeyError> {
     let keys = keys.trim();
     if keys.is_empty() {
-        return Err("no key given".into());
+        return Err(KeyError::Empty);
     }
     // A lone "-" would split into nothing; it is the minus key.
     if keys == "-" {
@@ -206,7 +232,7 @@ pub fn combination(keys: &str) -> Result<Vec<Value>, String> {
 }
 
 /// The key combination that types `c` (US layout), as the NixOS driver does.
-pub fn for_char(c: char) -> Result<String, String> {
+pub fn for_char(c: char) -> Result<String, KeyError> {
     let k = match c {
         'a'..='z' | '0'..='9' => c.to_string(),
         'A'..='Z' => format!("shift-{}", c.to_ascii_lowercase()),
@@ -245,7 +271,7 @@ pub fn for_char(c: char) -> Result<String, String> {
         '*' => "shift-8".into(),
         '(' => "shift-9".into(),
         ')' => "shift-0".into(),
-        other => return Err(format!("cannot type {other:?} with a US keyboard")),
+        other => return Err(KeyError::Untypeable(other)),
     };
     Ok(k)
 }
@@ -277,8 +303,14 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let e = combination("ctrl-bogus").unwrap_err();
-        assert!(e.contains("`bogus`"), "{e}");
-        assert!(combination("").is_err());
+        assert_eq!(
+            e,
+            KeyError::Unknown {
+                part: "bogus".into()
+            }
+        );
+        assert!(e.to_string().contains("`bogus`"), "{e}");
+        assert_eq!(combination(""), Err(KeyError::Empty));
     }
 
     #[test]
@@ -288,6 +320,6 @@ mod tests {
             combination(&k).unwrap_or_else(|e| panic!("{c:?} -> {k}: {e}"));
         }
         assert_eq!(for_char('A').unwrap(), "shift-a");
-        assert!(for_char('é').is_err());
+        assert_eq!(for_char('é'), Err(KeyError::Untypeable('é')));
     }
 }

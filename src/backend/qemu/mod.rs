@@ -341,9 +341,8 @@ impl Backend for QemuBackend {
             format!("{} {}\n", launch.program.display(), launch.args.join(" ")),
         );
 
-        let shell = ShellRelay::listen(&sockets.shell).map_err(start_err)?;
-        let serial =
-            SerialRelay::listen(&sockets.serial, ctx.console.clone()).map_err(start_err)?;
+        let shell = ShellRelay::listen(&sockets.shell)?;
+        let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone())?;
         let proc_ = launch.spawn(false).await?;
         let (exit_tx, exit_rx) = watch::channel(None);
         let instance = QemuInstance {
@@ -471,11 +470,15 @@ impl QemuInstance {
         if let Some(info) = self.exit_rx.borrow().clone() {
             return Err(failed(format!("QEMU {info}")));
         }
-        self.qmp().await.execute(cmd, args).await.map_err(failed)
+        self.qmp()
+            .await
+            .execute(cmd, args)
+            .await
+            .map_err(BackendError::from)
     }
 
     async fn send_key(&self, combo: &str) -> Result<(), BackendError> {
-        let keys = keys::combination(combo).map_err(failed)?;
+        let keys = keys::combination(combo)?;
         self.command("send-key", Some(json!({ "keys": keys })))
             .await
             .map(drop)
@@ -501,7 +504,7 @@ impl QemuInstance {
     async fn wait_migration(&self, qmp: &Qmp, what: &str) -> Result<(), BackendError> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            let st = qmp.execute("query-migrate", None).await.map_err(failed)?;
+            let st = qmp.execute("query-migrate", None).await?;
             match st.get("status").and_then(Value::as_str).unwrap_or("") {
                 "completed" => return Ok(()),
                 "failed" | "cancelled" => {
@@ -524,7 +527,7 @@ impl QemuInstance {
     /// The VM's writable disk images (they must live in the state dir, so a
     /// restore can put them back).
     async fn writable_disks(&self, qmp: &Qmp) -> Result<Vec<PathBuf>, BackendError> {
-        let blocks = qmp.execute("query-block", None).await.map_err(failed)?;
+        let blocks = qmp.execute("query-block", None).await?;
         let mut out = Vec::new();
         for b in blocks.as_array().into_iter().flatten() {
             let Some(ins) = b.get("inserted") else {
@@ -555,7 +558,7 @@ impl QemuInstance {
         std::fs::create_dir_all(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
         let qmp = self.qmp().await;
         let started = Instant::now();
-        qmp.execute("stop", None).await.map_err(failed)?;
+        qmp.execute("stop", None).await?;
         let result = async {
             let _ = qmp
                 .execute(
@@ -565,9 +568,7 @@ impl QemuInstance {
                 .await;
             let state = dir.join("vm.state");
             let uri = format!("exec:cat > {}", shell::quote(&state.display().to_string()));
-            qmp.execute("migrate", Some(json!({ "uri": uri })))
-                .await
-                .map_err(failed)?;
+            qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
             self.wait_migration(&qmp, "saving the VM state").await?;
             // The migration flushed and released the disks; copy them now,
             // before the guest writes again.
@@ -586,7 +587,7 @@ impl QemuInstance {
         }
         .await;
         // The VM keeps running whatever happened.
-        let cont = qmp.execute("cont", None).await.map_err(failed);
+        let cont = qmp.execute("cont", None).await.map_err(BackendError::from);
         result?;
         cont?;
         Ok(format!(
@@ -640,17 +641,12 @@ impl QemuInstance {
         fresh
             .qmp
             .execute("migrate-incoming", Some(json!({ "uri": uri })))
-            .await
-            .map_err(failed)?;
+            .await?;
         self.wait_migration(&fresh.qmp, "loading the VM state")
             .await?;
-        let status = fresh
-            .qmp
-            .execute("query-status", None)
-            .await
-            .map_err(failed)?;
+        let status = fresh.qmp.execute("query-status", None).await?;
         if status.get("status").and_then(Value::as_str) != Some("running") {
-            fresh.qmp.execute("cont", None).await.map_err(failed)?;
+            fresh.qmp.execute("cont", None).await?;
         }
         // QEMU connects its chardevs at start; make sure the backdoor did.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -688,14 +684,13 @@ impl Instance for QemuInstance {
             },
         )
         .await?;
-        let session = self.shell.session().map_err(start_err)?;
+        let session = self.shell.session()?;
         if self.banner_on_connect.swap(false, Ordering::SeqCst) {
             // Restored: the same shell as at snapshot time, idle; it
             // announces itself again (a newline first ends any partial line).
             self.shell
                 .write_raw(format!("\necho '{BANNER}'\n").as_bytes())
-                .await
-                .map_err(start_err)?;
+                .await?;
         }
         Ok(Box::new(session))
     }
@@ -744,14 +739,14 @@ impl Instance for QemuInstance {
             BackendOp::SendKey(k) => self.send_key(&k).await.map(|()| String::new()),
             BackendOp::SendChars(text) => {
                 for c in text.chars() {
-                    let combo = keys::for_char(c).map_err(failed)?;
+                    let combo = keys::for_char(c)?;
                     self.send_key(&combo).await?;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Ok(String::new())
             }
             BackendOp::SendConsole(text) => {
-                self.serial.send(&text).await.map_err(failed)?;
+                self.serial.send(&text).await?;
                 Ok(String::new())
             }
             BackendOp::Block | BackendOp::Unblock => {
@@ -776,8 +771,7 @@ impl Instance for QemuInstance {
                     .qmp()
                     .await
                     .hmp(&format!("hostfwd_add {id} tcp::{host}-:{guest}"))
-                    .await
-                    .map_err(failed)?;
+                    .await?;
                 if !reply.trim().is_empty() {
                     return Err(failed(format!("hostfwd_add: {}", reply.trim())));
                 }
@@ -793,14 +787,19 @@ impl Instance for QemuInstance {
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
             BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,
-            BackendOp::MonitorCommand(line) => self.qmp().await.hmp(&line).await.map_err(failed),
+            BackendOp::MonitorCommand(line) => self
+                .qmp()
+                .await
+                .hmp(&line)
+                .await
+                .map_err(BackendError::from),
             BackendOp::QmpEvent(timeout) => {
                 let events = self.current.lock().await.events.clone();
                 let mut events = events.lock().await;
                 qmp::next_event(&mut events, timeout)
                     .await
                     .map(|v| v.to_string())
-                    .map_err(failed)
+                    .map_err(BackendError::from)
             }
             BackendOp::Reboot => {
                 // A clean reboot, as the NixOS driver does it. QEMU resets

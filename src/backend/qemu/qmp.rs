@@ -14,7 +14,104 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 
-type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Value, String>>>>>>;
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Value, ReplyError>>>>>>;
+
+/// Why a QMP operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum QmpError {
+    /// The socket could not be connected.
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        /// The QMP socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// QEMU sent no greeting.
+    #[error("no QMP greeting within 30 s")]
+    NoGreeting,
+    /// Reading the greeting failed.
+    #[error("reading the QMP greeting: {source}")]
+    ReadGreeting {
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// QEMU closed the socket before greeting.
+    #[error("QMP closed before its greeting")]
+    ClosedBeforeGreeting,
+    /// The greeting is not JSON.
+    #[error("bad QMP greeting {greeting:?}: {source}")]
+    BadGreeting {
+        /// The line.
+        greeting: String,
+        /// Why.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The greeting is JSON but not QMP's.
+    #[error("not a QMP greeting: {greeting}")]
+    NotQmp {
+        /// The line.
+        greeting: String,
+    },
+    /// A thread panicked while holding the table of waiting callers.
+    #[error("QMP lock poisoned")]
+    Poisoned,
+    /// The connection closed before the command was sent.
+    #[error("the QMP connection is closed")]
+    Closed,
+    /// The connection closed while the command waited for its reply.
+    #[error("the QMP connection closed")]
+    ClosedWaiting,
+    /// Sending the command failed.
+    #[error("QMP {command}: {source}")]
+    Write {
+        /// The command.
+        command: String,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// QEMU answered the command with an error.
+    #[error("QMP {command}: {reply}")]
+    Command {
+        /// The command.
+        command: String,
+        /// QEMU's answer.
+        #[source]
+        reply: ReplyError,
+    },
+    /// No event came in time.
+    #[error("no QMP event within {seconds} seconds")]
+    NoEvent {
+        /// How long it waited.
+        seconds: f64,
+    },
+}
+
+/// A reply that is not a `return`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// QEMU's `error` (its `desc`).
+    #[error("{desc}")]
+    Error {
+        /// QEMU's error class (`GenericError`, `CommandNotFound`, …).
+        class: String,
+        /// QEMU's description.
+        desc: String,
+    },
+    /// A reply with neither `return` nor `error`.
+    #[error("unexpected QMP reply: {line}")]
+    Unexpected {
+        /// The line.
+        line: String,
+    },
+    /// The connection closed before the reply.
+    #[error("the QMP connection closed")]
+    Closed,
+}
 
 /// A connected QMP session.
 pub struct Qmp {
@@ -33,21 +130,33 @@ impl Drop for Qmp {
 
 impl Qmp {
     /// Connects to a QMP socket, reads the greeting and enters command mode.
-    pub async fn connect(path: &Path) -> Result<Qmp, String> {
+    pub async fn connect(path: &Path) -> Result<Qmp, QmpError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", path.display()))?;
+            .map_err(|e| QmpError::Connect {
+                path: path.to_owned(),
+                source: Arc::new(e),
+            })?;
         let (r, w) = stream.into_split();
         let mut lines = BufReader::new(r).lines();
         let greeting = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await
-            .map_err(|_| "no QMP greeting within 30 s".to_owned())?
-            .map_err(|e| format!("reading the QMP greeting: {e}"))?
-            .ok_or("QMP closed before its greeting")?;
-        let g: Value = serde_json::from_str(&greeting)
-            .map_err(|e| format!("bad QMP greeting {greeting:?}: {e}"))?;
+            .map_err(|_| QmpError::NoGreeting)?
+            .map_err(|e| QmpError::ReadGreeting {
+                source: Arc::new(e),
+            })?
+            .ok_or(QmpError::ClosedBeforeGreeting)?;
+        let g: Value = match serde_json::from_str(&greeting) {
+            Ok(g) => g,
+            Err(e) => {
+                return Err(QmpError::BadGreeting {
+                    greeting,
+                    source: Arc::new(e),
+                })
+            }
+        };
         if g.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
+            return Err(QmpError::NotQmp { greeting });
         }
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (events, _) = broadcast::channel(256);
@@ -69,13 +178,13 @@ impl Qmp {
                     let reply = if let Some(ret) = v.get("return") {
                         Ok(ret.clone())
                     } else if let Some(err) = v.get("error") {
-                        Err(err
-                            .get("desc")
-                            .and_then(Value::as_str)
-                            .unwrap_or("unknown QMP error")
-                            .to_owned())
+                        let field = |k: &str| err.get(k).and_then(Value::as_str).map(str::to_owned);
+                        Err(ReplyError::Error {
+                            class: field("class").unwrap_or_default(),
+                            desc: field("desc").unwrap_or_else(|| "unknown QMP error".to_owned()),
+                        })
                     } else {
-                        Err(format!("unexpected QMP reply: {line}"))
+                        Err(ReplyError::Unexpected { line })
                     };
                     let tx = pending
                         .lock()
@@ -89,7 +198,7 @@ impl Qmp {
                 if let Ok(mut g) = pending.lock() {
                     if let Some(map) = g.take() {
                         for (_, tx) in map {
-                            let _ = tx.send(Err("the QMP connection closed".into()));
+                            let _ = tx.send(Err(ReplyError::Closed));
                         }
                     }
                 }
@@ -112,12 +221,16 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, String> {
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut g = self.pending.lock().map_err(|_| "QMP lock poisoned")?;
-            let map = g.as_mut().ok_or("the QMP connection is closed")?;
+            let mut g = self.pending.lock().map_err(|_| QmpError::Poisoned)?;
+            let map = g.as_mut().ok_or(QmpError::Closed)?;
             map.insert(id, tx);
         }
         let mut msg = json!({ "execute": command, "id": id });
@@ -134,17 +247,23 @@ impl Qmp {
                         m.remove(&id);
                     }
                 }
-                return Err(format!("QMP {command}: {e}"));
+                return Err(QmpError::Write {
+                    command: command.to_owned(),
+                    source: Arc::new(e),
+                });
             }
         }
         rx.await
-            .map_err(|_| "the QMP connection closed".to_owned())?
-            .map_err(|e| format!("QMP {command}: {e}"))
+            .map_err(|_| QmpError::ClosedWaiting)?
+            .map_err(|reply| QmpError::Command {
+                command: command.to_owned(),
+                reply,
+            })
     }
 
     /// An HMP command through `human-monitor-command` (only where QMP has no
     /// equivalent). Returns HMP's text output.
-    pub async fn hmp(&self, command_line: &str) -> Result<String, String> {
+    pub async fn hmp(&self, command_line: &str) -> Result<String, QmpError> {
         let v = self
             .execute(
                 "human-monitor-command",
@@ -161,21 +280,18 @@ impl Qmp {
 pub async fn next_event(
     events: &mut broadcast::Receiver<Value>,
     timeout: Duration,
-) -> Result<Value, String> {
+) -> Result<Value, QmpError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Err(_) => {
-                return Err(format!(
-                    "no QMP event within {} seconds",
-                    timeout.as_secs_f64()
-                ))
+                return Err(QmpError::NoEvent {
+                    seconds: timeout.as_secs_f64(),
+                })
             }
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(broadcast::error::RecvError::Closed)) => {
-                return Err("the QMP connection closed".into())
-            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Err(QmpError::ClosedWaiting),
         }
     }
 }
@@ -231,9 +347,16 @@ mod tests {
         let e = next_event(&mut events, Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert!(e.contains("no QMP event within 0.05 seconds"), "{e}");
+        assert!(
+            e.to_string().contains("no QMP event within 0.05 seconds"),
+            "{e}"
+        );
         let e = qmp.execute("bogus", None).await.unwrap_err();
-        assert!(e.contains("nope"), "{e}");
+        assert_eq!(e.to_string(), "QMP bogus: nope");
+        assert!(
+            matches!(&e, QmpError::Command { reply: ReplyError::Error { class, .. }, .. } if class == "CommandNotFound"),
+            "{e:?}"
+        );
         drop(qmp);
         server.abort();
     }

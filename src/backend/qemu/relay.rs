@@ -55,14 +55,49 @@ impl Drop for ShellRelay {
     }
 }
 
-fn bind(path: &Path) -> Result<UnixListener, String> {
+/// Why a relay failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    /// The socket could not be bound.
+    #[error("cannot listen on {}: {source}", path.display())]
+    Listen {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// QEMU is not connected to the socket (not yet, or no longer).
+    #[error("the {socket} is not connected")]
+    NotConnected {
+        /// `backdoor socket` or `serial console`.
+        socket: &'static str,
+    },
+    /// Writing to QEMU failed.
+    #[error("cannot write to the {socket}: {source}")]
+    Write {
+        /// `backdoor socket` or `serial console`.
+        socket: &'static str,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+const BACKDOOR: &str = "backdoor socket";
+const SERIAL: &str = "serial console";
+
+fn bind(path: &Path) -> Result<UnixListener, RelayError> {
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+    UnixListener::bind(path).map_err(|e| RelayError::Listen {
+        path: path.to_owned(),
+        source: Arc::new(e),
+    })
 }
 
 impl ShellRelay {
     /// Listens on `path` (before QEMU starts, which connects to it).
-    pub fn listen(path: &Path) -> Result<ShellRelay, String> {
+    pub fn listen(path: &Path) -> Result<ShellRelay, RelayError> {
         let listener = bind(path)?;
         let state: Arc<Mutex<State>> = Arc::default();
         let (tx, rx) = watch::channel(0u64);
@@ -133,27 +168,30 @@ impl ShellRelay {
     }
 
     /// Writes to the current connection directly (not through a session).
-    pub async fn write_raw(&self, bytes: &[u8]) -> Result<(), String> {
+    pub async fn write_raw(&self, bytes: &[u8]) -> Result<(), RelayError> {
         let w = self
             .state
             .lock()
             .expect("relay lock")
             .writer
             .clone()
-            .ok_or("the backdoor socket is not connected")?;
+            .ok_or(RelayError::NotConnected { socket: BACKDOOR })?;
         let mut w = w.lock().await;
-        w.write_all(bytes).await.map_err(|e| e.to_string())
+        w.write_all(bytes).await.map_err(|e| RelayError::Write {
+            socket: BACKDOOR,
+            source: Arc::new(e),
+        })
     }
 
     /// A new session on the current connection; detaches the previous one.
-    pub fn session(&self) -> Result<DuplexStream, String> {
+    pub fn session(&self) -> Result<DuplexStream, RelayError> {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (mut sr, mut sw) = tokio::io::split(server);
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let (generation, session) = {
             let mut g = self.state.lock().expect("relay lock");
             if g.writer.is_none() {
-                return Err("the backdoor socket is not connected".into());
+                return Err(RelayError::NotConnected { socket: BACKDOOR });
             }
             let pending = std::mem::take(&mut g.pending);
             if !pending.is_empty() {
@@ -227,7 +265,7 @@ impl Drop for SerialRelay {
 
 impl SerialRelay {
     /// Listens on `path`; every connection is drained into `console`.
-    pub fn listen(path: &Path, console: ConsoleLog) -> Result<SerialRelay, String> {
+    pub fn listen(path: &Path, console: ConsoleLog) -> Result<SerialRelay, RelayError> {
         let listener = bind(path)?;
         let writer: Arc<Mutex<Option<Writer>>> = Arc::default();
         let acceptor = {
@@ -246,17 +284,20 @@ impl SerialRelay {
     }
 
     /// Writes text to the serial console.
-    pub async fn send(&self, text: &str) -> Result<(), String> {
+    pub async fn send(&self, text: &str) -> Result<(), RelayError> {
         let w = self
             .writer
             .lock()
             .expect("serial lock")
             .clone()
-            .ok_or("the serial console is not connected")?;
+            .ok_or(RelayError::NotConnected { socket: SERIAL })?;
         let mut w = w.lock().await;
         w.write_all(text.as_bytes())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| RelayError::Write {
+                socket: SERIAL,
+                source: Arc::new(e),
+            })
     }
 }
 
