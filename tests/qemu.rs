@@ -4,8 +4,9 @@
 //!
 //! Boots: two-node test 2, lifecycle test 3, kill test 1. Tests that boot
 //! are named `vm_*`: nextest runs them one at a time (.config/nextest.toml).
-//! Every test here uses the bash protocol, `auto`'s choice on QEMU (the
-//! agent over hvc0 is opt-in there; see `AGENT_BY_DEFAULT`).
+//! The lifecycle and kill tests use the default protocol (the agent over
+//! hvc0, bootstrapped again after a restore and a reboot), the two-node test
+//! the bash protocol, so both stay tested on QEMU.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -302,7 +303,11 @@ fn vm_lifecycle_screens_keys_ocr_links_snapshots_reboot_shutdown_crash() {
 machine.start(#{ allow_reboot: true });
 machine.wait_for_unit("multi-user.target");
 
-// A big output arrives whole through hvc0, and files travel both ways.
+// The agent runs the commands (auto's choice on QEMU): it is their parent.
+let agent = machine.succeed("cat /proc/$PPID/comm");
+assert_contains(agent, "agent-");
+// A big output arrives whole through hvc0 (the agent keeps its window of
+// unacknowledged bytes), and files travel both ways as raw frames.
 let out = machine.succeed("head -c 4194304 /dev/zero | tr '\\0' x");
 assert_eq(out.len, 4194304);
 machine.succeed("head -c 1048576 /dev/urandom > /root/blob");
@@ -352,12 +357,16 @@ assert_contains(machine.succeed("cat /run/mem-marker"), "in-memory");
 machine.fail("test -e /root/after");
 log("snapshot restored");
 
-// After a restore the backdoor still answers; outputs still arrive whole.
+// After a restore the agent hands hvc0 back to a shell and is started
+// again; its outputs still arrive whole, and waits still work.
+assert_eq(machine.succeed("cat /proc/$PPID/comm"), agent);
 assert_eq(machine.succeed("head -c 1048576 /dev/zero | tr '\\0' y").len, 1048576);
+machine.wait_for_unit("multi-user.target");
 
 // Reboot: /run is fresh, the disk is kept, the backdoor comes back.
 machine.reboot();
 machine.fail("test -e /run/mem-marker");
+assert_eq(machine.succeed("cat /proc/$PPID/comm"), agent);
 assert_contains(machine.succeed("cat /root/marker"), "before");
 log("rebooted");
 
@@ -380,9 +389,16 @@ log("crashed");
     for step in ["snapshot restored", "rebooted", "started again", "crashed"] {
         assert!(o.stderr.contains(step), "missing {step:?}:\n{}", o.stderr);
     }
-    // auto is the bash protocol on QEMU (see AGENT_BY_DEFAULT).
+    // Both starts, the restore and the reboot used the agent; nothing
+    // fell back to bash.
+    assert_eq!(
+        o.stderr.matches("(agent protocol)").count(),
+        4,
+        "{}",
+        o.stderr
+    );
     assert!(
-        o.stderr.contains("(bash protocol)") && !o.stderr.contains("(agent protocol)"),
+        !o.stderr.contains("using the bash protocol") && !o.stderr.contains("(bash protocol)"),
         "{}",
         o.stderr
     );

@@ -64,8 +64,8 @@ pub fn main() {
             Ended::Closed
         }
     };
-    if let (Ended::Broken(why), true) = (&ended, on_tty) {
-        become_shell(why);
+    if let (Ended::Broken(why, seen), true) = (&ended, on_tty) {
+        become_shell(why, seen);
     }
     std::process::exit(0);
 }
@@ -75,8 +75,10 @@ pub fn main() {
 pub enum Ended {
     /// The host closed the stream between frames.
     Closed,
-    /// The stream stopped making sense (not a frame, read error).
-    Broken(String),
+    /// The stream stopped making sense (not a frame, read error): why, and
+    /// the bytes read from where it stopped (those taken for the bad frame
+    /// and the rest of the input buffer).
+    Broken(String, Vec<u8>),
 }
 
 /// On a terminal the agent is the machine's only backdoor (hvc0 has one
@@ -84,15 +86,70 @@ pub enum Ended {
 /// speaks the protocol on it: a VM restored from a snapshot, whose new host
 /// connection asks for the shell's banner. The agent hands the terminal back
 /// to a backdoor shell, which the host bootstraps again.
-fn become_shell(why: &str) -> ! {
+///
+/// The host's line arrives on the terminal in pieces of any size: what the
+/// agent read of it is gone, what it did not would reach the shell. A piece
+/// cut inside the line's quotes left the shell in an open quote, taking
+/// the bootstrap's commands as text, and the host waited for answers that
+/// never came. So the agent reads through the line's end ([`wire::WAKE_MARK`])
+/// first, and only then prints the banner the host waits for.
+fn become_shell(why: &str, seen: &[u8]) -> ! {
     use std::os::unix::process::CommandExt;
     eprintln!("attest-agent: {why}; handing the terminal back to a backdoor shell");
+    if !swallow_wake_line(seen.to_vec(), WAKE_WAIT) {
+        eprintln!(
+            "attest-agent: no `{}` line within {} s; the shell gets what follows",
+            wire::WAKE_MARK,
+            WAKE_WAIT.as_secs()
+        );
+    }
     let mut out = std::io::stdout();
     let _ = out.write_all(format!("\n{}\n", BACKDOOR_BANNER).as_bytes());
     let _ = out.flush();
     let e = std::process::Command::new("bash").arg("--norc").exec();
     eprintln!("attest-agent: cannot start bash: {e}");
     std::process::exit(1);
+}
+
+/// How long [`become_shell`] waits for the rest of the host's wake-up line.
+const WAKE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads stdin until what was read holds [`wire::WAKE_MARK`] and its line's
+/// end, or `within` passes; `false` then.
+fn swallow_wake_line(mut seen: Vec<u8>, within: std::time::Duration) -> bool {
+    let needle = format!("{}\n", wire::WAKE_MARK).into_bytes();
+    let found = |seen: &[u8]| seen.windows(needle.len()).any(|w| w == needle.as_slice());
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return found(&seen);
+    };
+    let mut input = std::fs::File::from(fd);
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while !found(&seen) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [sys::PollFd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&input),
+            events: sys::POLLIN,
+            revents: 0,
+        }];
+        match sys::wait_ready(&mut fds, left.as_millis().min(i32::MAX as u128) as i32) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        match input.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+        // Only the tail can still hold the start of the mark.
+        if seen.len() > 2 * buf.len() {
+            seen.drain(..seen.len() - needle.len());
+        }
+    }
+    true
 }
 
 /// `guest::BANNER`, which the std-only agent cannot import.
@@ -134,7 +191,10 @@ pub fn serve_with(
         let frame = match read_frame(&mut input) {
             Ok(Some(f)) => f,
             Ok(None) => break Ended::Closed,
-            Err(e) => break Ended::Broken(e),
+            Err((e, mut seen)) => {
+                seen.extend_from_slice(input.buffer());
+                break Ended::Broken(e, seen);
+            }
         };
         match frame.kind {
             EXEC => match Exec::decode(&frame.payload) {
@@ -165,7 +225,7 @@ pub fn serve_with(
             ACK => match (wire::decode_ack(&frame.payload), &credit) {
                 (Ok(n), Some(c)) => c.acked(n),
                 (Ok(_), None) => {}
-                (Err(e), _) => break Ended::Broken(format!("bad ack: {e}")),
+                (Err(e), _) => break Ended::Broken(format!("bad ack: {e}"), Vec::new()),
             },
             KILL => {
                 // Removed: a retried command stops between tries too.
@@ -226,7 +286,7 @@ pub fn serve_with(
             other => reply_error(frame.id, format!("unknown request kind {other}")),
         }
     };
-    if let Ended::Broken(e) = &ended {
+    if let Ended::Broken(e, _) = &ended {
         eprintln!("attest-agent: {e}");
     }
     // The host is gone: nothing it started may outlive the connection.
@@ -311,19 +371,23 @@ fn error_frame(id: u32, msg: &str) -> Vec<u8> {
     .encode()
 }
 
-/// `Ok(None)` at a clean end of the stream (between frames).
-fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, String> {
+/// `Ok(None)` at a clean end of the stream (between frames); for a bad
+/// frame, why and the bytes it took (a length that is not one: the input
+/// is not frames).
+fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, (String, Vec<u8>)> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(format!("reading a frame: {e}")),
+        Err(e) => return Err((format!("reading a frame: {e}"), Vec::new())),
     }
-    let n = wire::body_len(len)?;
+    let n = wire::body_len(len).map_err(|e| (e, len.to_vec()))?;
     let mut body = vec![0u8; n];
     r.read_exact(&mut body)
-        .map_err(|e| format!("reading a frame body: {e}"))?;
-    wire::decode_body(body).map(Some)
+        .map_err(|e| (format!("reading a frame body: {e}"), Vec::new()))?;
+    wire::decode_body(body)
+        .map(Some)
+        .map_err(|e| (e, Vec::new()))
 }
 
 /// Writes the greeting, then queued frames, flushing whenever the queue

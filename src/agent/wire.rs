@@ -21,6 +21,14 @@ pub const HELLO: &str = "ATTEST-AGENT";
 /// The protocol version; host and agent must agree exactly.
 pub const VERSION: u32 = 4;
 
+/// Ends the line a host writes to a backdoor terminal whose agent it no
+/// longer speaks to (a VM restored from a snapshot):
+/// `echo 'Spawning backdoor root shell...' #attest-wake`. A shell prints
+/// the banner (the rest is a comment); an agent takes the bytes for a bad
+/// frame, swallows input through this mark so no part of the line reaches
+/// the shell it hands the terminal to, and prints the banner itself.
+pub const WAKE_MARK: &str = "#attest-wake";
+
 /// Largest payload either side sends or accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 

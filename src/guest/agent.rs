@@ -36,6 +36,14 @@ const BUILD_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/attest-agent.e
 /// guest) before it declares the agent unresponsive.
 const REPLY_GRACE: Duration = Duration::from_secs(15);
 
+/// Longest wait for the guest's answer to one bootstrap step after the
+/// banner (a loaded TCG guest answers in well under a second).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest wait for the agent's upload (about 2 MB of base64 through a
+/// tty; some seconds under TCG).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// Which command protocol a machine speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Protocol {
@@ -185,11 +193,7 @@ pub async fn bootstrap(
     stream: Box<dyn GuestStream>,
     deadline: Instant,
 ) -> Result<AgentClient, Fallback> {
-    let (r, w) = tokio::io::split(stream);
-    let mut boot = Boot {
-        reader: BufReader::new(r),
-        writer: w,
-    };
+    let mut boot = Boot::new(stream, deadline);
     match tokio::time::timeout_at(deadline.into(), boot.run()).await {
         Ok(Ok(())) => Ok(AgentClient::start(boot.reader, boot.writer)),
         Ok(Err(BootError::ShellUsable(reason))) => {
@@ -207,7 +211,10 @@ pub async fn bootstrap(
             stream: None,
         }),
         Err(_) => Err(Fallback {
-            reason: "the agent's bootstrap did not finish in time".into(),
+            reason: format!(
+                "the agent's bootstrap did not finish in time (it was {})",
+                boot.step
+            ),
             stream: None,
         }),
     }
@@ -218,26 +225,63 @@ enum BootError {
     ShellLost(String),
 }
 
+/// The bootstrap's conversation with the backdoor shell. Every step has its
+/// own time limit, so a guest that stops answering is an error naming the
+/// step, never a wait until the machine's boot deadline.
 struct Boot {
     reader: Reader,
     writer: Writer,
+    /// What the bootstrap is doing, for errors.
+    step: &'static str,
+    /// When the current step gives up.
+    limit: Instant,
+    /// When the whole bootstrap gives up.
+    deadline: Instant,
 }
 
 impl Boot {
+    fn new(stream: Box<dyn GuestStream>, deadline: Instant) -> Boot {
+        let (r, w) = tokio::io::split(stream);
+        Boot {
+            reader: BufReader::new(r),
+            writer: w,
+            step: "waiting for the backdoor shell's banner",
+            limit: deadline,
+            deadline,
+        }
+    }
+
+    /// Starts a step that may take up to `within` (the banner: until the
+    /// deadline, which covers the boot).
+    fn begin(&mut self, step: &'static str, within: Duration) {
+        self.step = step;
+        self.limit = self.deadline.min(Instant::now() + within);
+    }
+
+    fn timed_out(&self) -> BootError {
+        BootError::ShellLost(format!(
+            "the guest did not answer in time while {} (the agent's bootstrap over the backdoor shell)",
+            self.step
+        ))
+    }
+
     async fn run(&mut self) -> Result<(), BootError> {
         let lost = |e: std::io::Error| BootError::ShellLost(format!("backdoor stream: {e}"));
         self.read_line_with(BANNER).await?;
         let binary = agent_binary().map_err(BootError::ShellUsable)?;
         let hash = hex(&Sha256::digest(&binary));
         let path = format!("/run/attest/agent-{}", &hash[..16]);
+        self.begin("checking for the agent under /run/attest", STEP_TIMEOUT);
         self.send(&format!(
             "__af={path}; [ -x \"$__af\" ] && echo ATTEST-BOOT-HAVE || echo ATTEST-BOOT-NEED\n"
         ))
         .await
         .map_err(lost)?;
         if self.read_line_with("ATTEST-BOOT-").await? == "ATTEST-BOOT-NEED" {
+            self.begin("uploading the agent", UPLOAD_TIMEOUT);
             self.upload(&binary, &hash).await?;
         }
+        self.begin("running `attest-agent --version`", STEP_TIMEOUT);
         self.send(
             "__av=$(\"$__af\" --version 2>&1); echo \"ATTEST-BOOT-PROBE $? ${__av//[$'\\n\\r']/ }\"\n",
         )
@@ -251,6 +295,7 @@ impl Boot {
                 "the agent cannot run in the guest (exit status and output of `{path} --version`: {detail})"
             )));
         }
+        self.begin("waiting for the agent's greeting", STEP_TIMEOUT);
         self.send("exec \"$__af\"\n").await.map_err(lost)?;
         self.read_greeting().await
     }
@@ -296,12 +341,31 @@ impl Boot {
     }
 
     async fn send(&mut self, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(text.as_bytes()).await?;
-        self.writer.flush().await
+        let w = &mut self.writer;
+        let sent = tokio::time::timeout_at(self.limit.into(), async {
+            w.write_all(text.as_bytes()).await?;
+            w.flush().await
+        })
+        .await;
+        sent.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the guest took no input in time while {}", self.step),
+            ))
+        })
     }
 
-    /// The next line that starts with `prefix` (others are noise or echo).
+    /// The next line that starts with `prefix` (others are noise or echo),
+    /// within the current step's limit.
     async fn read_line_with(&mut self, prefix: &str) -> Result<String, BootError> {
+        let limit = self.limit;
+        match tokio::time::timeout_at(limit.into(), self.next_line_with(prefix)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    async fn next_line_with(&mut self, prefix: &str) -> Result<String, BootError> {
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -360,11 +424,7 @@ impl AgentClient {
         stream: Box<dyn GuestStream>,
         deadline: Instant,
     ) -> Result<AgentClient, GuestError> {
-        let (r, w) = tokio::io::split(stream);
-        let mut boot = Boot {
-            reader: BufReader::new(r),
-            writer: w,
-        };
+        let mut boot = Boot::new(stream, deadline);
         let greeting = tokio::time::timeout_at(deadline.into(), boot.read_greeting())
             .await
             .map_err(|_| {
@@ -1018,6 +1078,29 @@ pub(super) mod tests {
         assert_eq!(n, later, "tries went on after the host gave up");
     }
 
+    #[tokio::test]
+    async fn a_shell_that_stops_answering_fails_the_bootstrap_naming_the_step() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_shell_reads, mut shell_writes) = theirs.into_split();
+        shell_writes
+            .write_all(format!("noise\n{BANNER}\n").as_bytes())
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let Err(f) = bootstrap(Box::new(ours), Instant::now() + Duration::from_secs(2)).await
+        else {
+            panic!("bootstrapped an agent that never answered");
+        };
+        assert!(
+            f.reason
+                .contains("while checking for the agent under /run/attest"),
+            "{}",
+            f.reason
+        );
+        assert!(f.stream.is_none(), "the shell's state is unknown");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
     /// The built agent on a real terminal (a pty in raw mode, as hvc0).
     #[test]
     fn on_a_terminal_bytes_that_are_not_frames_hand_it_back_to_a_shell() {
@@ -1064,10 +1147,15 @@ pub(super) mod tests {
             }
         };
         wait_for(&format!("{} {}", wire::HELLO, wire::VERSION));
-        // What a restored VM's new host connection sends first.
-        master
-            .write_all(format!("\necho '{BANNER}'\n").as_bytes())
-            .unwrap();
+        // What a restored VM's new host connection sends first, cut inside
+        // its quotes (a terminal delivers it in pieces of any size): no part
+        // of it may reach the shell, or the shell sits in an open quote.
+        let wake = crate::guest::wake_line();
+        let (first, rest) = wake.split_at(wake.find("backdoor").unwrap());
+        master.write_all(first.as_bytes()).unwrap();
+        master.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        master.write_all(rest.as_bytes()).unwrap();
         wait_for(BANNER);
         master.write_all(b"echo shell-$((6*7))\n").unwrap();
         wait_for("shell-42");

@@ -13,3 +13,11 @@ pub use session::{GuestError, GuestStream, Session, Transfer};
 
 /// The line every backdoor shell prints before it reads commands.
 pub const BANNER: &str = "Spawning backdoor root shell...";
+
+/// What a host writes to a backdoor terminal it reconnects to (a VM restored
+/// from a snapshot): a shell prints the banner again; an agent hands the
+/// terminal to a shell that does (see `agent::wire::WAKE_MARK`). The newline
+/// first ends any partial line.
+pub fn wake_line() -> String {
+    format!("\necho '{BANNER}' {}\n", crate::agent::wire::WAKE_MARK)
+}

@@ -748,9 +748,18 @@ impl Machine {
     /// Replaces the channel (it talks to a guest that no longer exists) by
     /// one to the new backdoor.
     async fn reconnect(&self, instance: &dyn Instance) -> Result<(), MachineError> {
+        let started = Instant::now();
         let channel = self
-            .open_channel(instance, Instant::now() + self.boot_timeout())
+            .open_channel(instance, started + self.boot_timeout())
             .await?;
+        self.inner.reporter.log(
+            Some(&self.inner.name),
+            format!(
+                "backdoor back after {:.2} s ({} protocol)",
+                started.elapsed().as_secs_f64(),
+                channel.protocol()
+            ),
+        );
         if let Some(r) = self.inner.running.lock().await.as_mut() {
             r.channel = channel;
         }

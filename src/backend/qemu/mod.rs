@@ -44,7 +44,7 @@ use self::relay::{SerialRelay, ShellRelay};
 use super::kvm::KvmFacts;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
-use crate::guest::{GuestStream, BANNER};
+use crate::guest::GuestStream;
 use crate::net::{plan, VdeSwitches};
 use crate::process::{require_binary, spawn_watched, Exit, Watched};
 use crate::shell;
@@ -686,10 +686,10 @@ impl Instance for QemuInstance {
         .await?;
         let session = self.shell.session()?;
         if self.banner_on_connect.swap(false, Ordering::SeqCst) {
-            // Restored: the same shell as at snapshot time, idle; it
-            // announces itself again (a newline first ends any partial line).
+            // Restored: the same shell (or agent) as at snapshot time, idle;
+            // it announces itself again.
             self.shell
-                .write_raw(format!("\necho '{BANNER}'\n").as_bytes())
+                .write_raw(crate::guest::wake_line().as_bytes())
                 .await?;
         }
         Ok(Box::new(session))
