@@ -1117,12 +1117,23 @@ pub(super) mod tests {
         cfmakeraw(&mut t);
         tcsetattr(&pty.slave, SetArg::TCSANOW, &t).unwrap();
         let slave = std::fs::File::from(pty.slave);
-        let mut child = std::process::Command::new(&path)
-            .stdin(slave.try_clone().unwrap())
-            .stdout(slave.try_clone().unwrap())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // A child another test thread forks meanwhile holds the binary's
+        // write descriptor until it execs: ETXTBSY for a moment.
+        let mut tries = 0;
+        let mut child = loop {
+            let spawned = std::process::Command::new(&path)
+                .stdin(slave.try_clone().unwrap())
+                .stdout(slave.try_clone().unwrap())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match spawned {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => break r.unwrap(),
+            }
+        };
         drop(slave);
         let mut master = std::fs::File::from(pty.master);
         let mut reader = master.try_clone().unwrap();
