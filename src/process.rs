@@ -3,6 +3,8 @@
 //! exit, and terminated by one escalating function.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -81,12 +83,59 @@ pub fn describe_exit(status: std::process::ExitStatus) -> Exit {
 }
 
 /// A supervised child: its pid and a watch that turns `Some` when it exits.
+///
+/// Clones share one kill-on-drop guard: when the last clone goes (a `start`
+/// future cancelled right after the spawn, an instance dropped without
+/// `terminate`), the child's whole process group gets SIGKILL, and its
+/// watcher task reaps it. Tasks that only wait for the exit hold
+/// [`Watched::exit`] (see [`wait_for_exit`]), not a clone, so they do not
+/// keep the child alive.
 #[derive(Clone, Debug)]
 pub struct Watched {
     /// Process id (also its process group id).
     pub pid: u32,
     /// `None` while running; how it ended afterwards.
     pub exit: watch::Receiver<Option<Exit>>,
+    guard: Arc<GroupGuard>,
+}
+
+/// Kills a child's process group when dropped, unless the child was reaped.
+#[derive(Debug)]
+struct GroupGuard {
+    pid: u32,
+    /// Set by the watcher task the moment it reaps the child: from then on
+    /// the pid may belong to another process, so nothing signals it.
+    reaped: Arc<AtomicBool>,
+}
+
+impl GroupGuard {
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        // A pid of 0 or 1 would signal our own group or init's.
+        if self.pid > 1 && !self.reaped.load(Ordering::SeqCst) {
+            let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::killpg(pgid, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Waits until the exit watch of a [`Watched`] turns `Some`; returns how the
+/// child ended.
+pub async fn wait_for_exit(exit: &watch::Receiver<Option<Exit>>) -> Exit {
+    let mut rx = exit.clone();
+    loop {
+        if let Some(info) = rx.borrow_and_update().clone() {
+            return info;
+        }
+        if rx.changed().await.is_err() {
+            return Exit::WaitFailed("exit watcher stopped".to_owned());
+        }
+    }
 }
 
 impl Watched {
@@ -97,23 +146,13 @@ impl Watched {
 
     /// Waits until it exits; returns how.
     pub async fn wait(&self) -> Exit {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(info) = rx.borrow_and_update().clone() {
-                return info;
-            }
-            if rx.changed().await.is_err() {
-                return Exit::WaitFailed("exit watcher stopped".to_owned());
-            }
-        }
+        wait_for_exit(&self.exit).await
     }
 
-    /// Sends `signal` to the child's whole process group.
+    /// Sends `signal` to the child's whole process group (nothing once the
+    /// child is reaped).
     pub fn signal_group(&self, signal: nix::sys::signal::Signal) {
-        if !self.has_exited() {
-            let pgid = nix::unistd::Pid::from_raw(self.pid as i32);
-            let _ = nix::sys::signal::killpg(pgid, signal);
-        }
+        self.guard.signal(signal);
     }
 
     /// Ends the child: SIGTERM to its group, then SIGKILL after `grace`, then
@@ -137,6 +176,127 @@ impl Watched {
         tokio::time::timeout(Duration::from_secs(10), self.wait())
             .await
             .unwrap_or_else(|_| Exit::WaitFailed("did not exit after SIGKILL".to_owned()))
+    }
+}
+
+/// A machine's process that attest may replace on purpose (a snapshot
+/// restore starts a fresh VMM or QEMU). The machine's exit watch
+/// ([`ReplaceableProcess::exit_watch`]) reports only the exit of the
+/// *current* process, so a planned replacement is not taken for a crash.
+pub struct ReplaceableProcess {
+    current: std::sync::Mutex<Option<Watched>>,
+    generation: Arc<AtomicU64>,
+    exit_tx: Arc<watch::Sender<Option<Exit>>>,
+    exit_rx: watch::Receiver<Option<Exit>>,
+}
+
+impl ReplaceableProcess {
+    /// Watches `first`.
+    pub fn new(first: Watched) -> ReplaceableProcess {
+        let (tx, rx) = watch::channel(None);
+        let p = ReplaceableProcess {
+            current: std::sync::Mutex::new(None),
+            generation: Arc::new(AtomicU64::new(0)),
+            exit_tx: Arc::new(tx),
+            exit_rx: rx,
+        };
+        p.adopt(first);
+        p
+    }
+
+    /// Makes `w` the current process and forwards its exit. The machine
+    /// runs again: an exit reported before (a retired process that failed
+    /// to come back) is cleared.
+    pub fn adopt(&self, w: Watched) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let gen = self.generation.clone();
+        let tx = self.exit_tx.clone();
+        // The exit watch only: a clone of `w` would keep it alive.
+        let exit = w.exit.clone();
+        *self.current.lock().expect("process lock") = Some(w);
+        self.exit_tx.send_replace(None);
+        tokio::spawn(async move {
+            let info = wait_for_exit(&exit).await;
+            if gen.load(Ordering::SeqCst) == generation {
+                tx.send_replace(Some(info));
+            }
+        });
+    }
+
+    /// Detaches the current process (its exit is no longer reported) and
+    /// returns it, for a planned replacement.
+    pub fn retire(&self) -> Option<Watched> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.current.lock().expect("process lock").take()
+    }
+
+    /// The current process.
+    pub fn current(&self) -> Option<Watched> {
+        self.current.lock().expect("process lock").clone()
+    }
+
+    /// Reports that the machine is gone without a process exit to show for
+    /// it (a failed restore after the old process was retired).
+    pub fn mark_exited(&self, info: Exit) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let _ = self.exit_tx.send(Some(info));
+    }
+
+    /// The machine's exit watch.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit_rx.clone()
+    }
+
+    /// Whether the machine has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit_rx.borrow().is_some() || self.current().is_none_or(|w| w.has_exited())
+    }
+
+    /// SIGKILL to the current process group, then waits for the reap.
+    pub async fn kill(&self) -> Exit {
+        match self.current() {
+            Some(w) => {
+                let info = w.kill().await;
+                self.publish(&w, &info);
+                info
+            }
+            None => Exit::Other("not running".to_owned()),
+        }
+    }
+
+    /// SIGTERM, SIGKILL after `grace`, reap.
+    pub async fn terminate(&self, grace: Duration) -> Exit {
+        match self.current() {
+            Some(w) => {
+                let info = w.terminate(grace).await;
+                self.publish(&w, &info);
+                info
+            }
+            None => Exit::Other("not running".to_owned()),
+        }
+    }
+
+    /// Publishes the exit of `w` now if it is still the current process, so
+    /// that callers see it as soon as `kill`/`terminate` return (the
+    /// forwarding task may not have run yet).
+    fn publish(&self, w: &Watched, info: &Exit) {
+        let current = self.current().map(|c| c.pid);
+        if current == Some(w.pid) && w.has_exited() {
+            self.exit_tx.send_if_modified(|v| {
+                if v.is_none() {
+                    *v = Some(info.clone());
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+
+    /// Waits for the current process to exit, at most `limit`.
+    pub async fn wait(&self, limit: Duration) -> Option<Exit> {
+        let w = self.current()?;
+        tokio::time::timeout(limit, w.wait()).await.ok()
     }
 }
 
@@ -199,9 +359,14 @@ pub fn spawn_watched(
     }
     let pid = child.id().unwrap_or(0);
     let (tx, rx) = watch::channel(None);
+    let reaped = Arc::new(AtomicBool::new(false));
+    let reaped_by_watcher = reaped.clone();
     tokio::spawn(async move {
         let info = match child.wait().await {
-            Ok(status) => describe_exit(status),
+            Ok(status) => {
+                reaped_by_watcher.store(true, Ordering::SeqCst);
+                describe_exit(status)
+            }
             Err(e) => Exit::WaitFailed(e.to_string()),
         };
         // The child's last words (nspawn's reason for failing) must be in
@@ -215,7 +380,11 @@ pub fn spawn_watched(
         .await;
         let _ = tx.send(Some(info));
     });
-    Ok(Watched { pid, exit: rx })
+    Ok(Watched {
+        pid,
+        exit: rx,
+        guard: Arc::new(GroupGuard { pid, reaped }),
+    })
 }
 
 /// Reads `stream` line by line into `sink` until it closes.
@@ -271,6 +440,61 @@ mod tests {
         assert_eq!(info, Exit::Signal(9));
         assert_eq!(info.to_string(), "killed by signal 9 (SIGKILL)");
         assert!(w.has_exited());
+    }
+
+    /// Processes of group `pgid` that are alive (not zombies).
+    fn live_members(pgid: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid pgrp …; comm may hold spaces.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields[0] != "Z" {
+                out.push(stat);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_start_kills_the_group_it_spawned() {
+        // A backend's start: spawn, then wait for a socket that never comes.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = async move {
+            let w = spawn_watched(
+                Command::new("bash").args(["-c", "sleep 300 & sleep 300; wait"]),
+                None,
+            )
+            .unwrap();
+            tx.send((w.pid, w.exit.clone())).unwrap();
+            std::future::pending::<()>().await
+        };
+        // The caller gives up (cancellation, boot timeout): the future is dropped.
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), start).await;
+        assert!(cancelled.is_err());
+        let (pid, exit) = rx.await.unwrap();
+        assert!(pid > 1);
+        let info = tokio::time::timeout(Duration::from_secs(5), wait_for_exit(&exit))
+            .await
+            .expect("the child outlived the dropped start");
+        assert_eq!(info, Exit::Signal(9));
+        // The leader is reaped, and its background `sleep` is gone too.
+        let leader = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None);
+        assert_eq!(leader, Err(nix::errno::Errno::ESRCH));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !live_members(pid).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left in the group: {:?}",
+                live_members(pid)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]

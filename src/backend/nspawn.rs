@@ -22,7 +22,7 @@ use crate::config::{BackendKind, ImageManifest, NspawnConfig};
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
 use crate::net::{plan, Network};
-use crate::process::{require_binary, spawn_watched, Exit, Watched};
+use crate::process::{require_binary, spawn_watched, wait_for_exit, Exit, Watched};
 
 /// Where systemd-nspawn keeps per-container runtime dirs.
 const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
@@ -304,9 +304,10 @@ impl Backend for NspawnBackend {
         }
         let (exit_tx, exit) = watch::channel(None);
         {
-            let (process, console) = (process.clone(), ctx.console.clone());
+            // The exit watch only: a clone of `process` would keep it alive.
+            let (process_exit, console) = (process.exit.clone(), ctx.console.clone());
             tokio::spawn(async move {
-                let raw = process.wait().await;
+                let raw = wait_for_exit(&process_exit).await;
                 let _ = exit_tx.send(Some(container_exit(raw, &console, &machine_name).await));
             });
         }

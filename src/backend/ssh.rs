@@ -43,7 +43,9 @@ use super::{Backend, BackendError, Instance, StartContext};
 use crate::config::{BackendKind, KnownHostsPolicy, SshConfig};
 use crate::console::ConsoleLog;
 use crate::guest::{GuestStream, BANNER};
-use crate::process::{pump_lines, require_binary, spawn_watched, supervise, Exit, Watched};
+use crate::process::{
+    pump_lines, require_binary, spawn_watched, supervise, wait_for_exit, Exit, Watched,
+};
 
 /// Connects to existing hosts over ssh.
 pub struct SshBackend {
@@ -411,10 +413,11 @@ impl Backend for SshBackend {
 
         let (exit_tx, exit) = watch::channel(None);
         {
-            let master = master.clone();
+            // The exit watch only: a clone of `master` would keep it alive.
+            let master_exit = master.exit.clone();
             let display = display.clone();
             tokio::spawn(async move {
-                let info = master.wait().await;
+                let info = wait_for_exit(&master_exit).await;
                 let _ = exit_tx.send(Some(Exit::Other(format!(
                     "lost the ssh connection to {display} (ssh {info})"
                 ))));

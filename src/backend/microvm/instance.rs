@@ -14,14 +14,14 @@ use tokio::sync::watch;
 use super::api::{ApiClient, ApiError};
 use super::{
     cgroup_v1_warning, connect_hybrid_vsock, copy_disk, remove_socket, wait_for_api, MicroVmSpec,
-    Taps, VmmProcess, BACKDOOR_VSOCK_PORT,
+    Taps, BACKDOOR_VSOCK_PORT,
 };
 use crate::backend::kvm::KvmFacts;
 use crate::backend::{BackendError, BackendOp, Instance, StartContext};
 use crate::config::BackendKind;
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
-use crate::process::{spawn_watched, Exit, Watched};
+use crate::process::{spawn_watched, Exit, ReplaceableProcess, Watched};
 use crate::report::Reporter;
 
 /// Files of one VM in its state directory.
@@ -94,7 +94,7 @@ pub struct MicroVmInstance {
     netns: Option<PathBuf>,
     paths: VmmPaths,
     api: ApiClient,
-    vmm: VmmProcess,
+    vmm: ReplaceableProcess,
     taps: Mutex<Taps>,
     started: Mutex<Instant>,
     backdoor_seen: AtomicBool,
@@ -210,7 +210,7 @@ pub async fn start(
         binary,
         netns,
         api,
-        vmm: VmmProcess::new(process.clone()),
+        vmm: ReplaceableProcess::new(process.clone()),
         taps: Mutex::new(taps),
         started: Mutex::new(Instant::now()),
         backdoor_seen: AtomicBool::new(false),

@@ -4,7 +4,8 @@
 //! ([`connect_hybrid_vsock`]), drain the serial console from the VMM's stdout,
 //! and put each NIC on a TAP attached to the vlan's bridge in attest's private
 //! switch namespace ([`Taps`]). Snapshots are taken by the VMM and restored by
-//! a fresh VMM process ([`VmmProcess`] keeps one exit watch across both).
+//! a fresh VMM process ([`crate::process::ReplaceableProcess`] keeps one exit
+//! watch across both).
 //!
 //! See `docs/microvm.md` for what was verified where and what a snapshot
 //! contains.
@@ -15,8 +16,7 @@ pub mod firecracker;
 pub mod instance;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -462,126 +462,6 @@ pub async fn copy_disk(from: &Path, to: &Path) -> Result<(), BackendError> {
             to.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
-    }
-}
-
-/// The current VMM process of a machine. A snapshot restore replaces the
-/// process; the machine's exit watch ([`VmmProcess::exit_watch`]) reports only
-/// the exit of the *current* one, so the driver does not take a planned
-/// replacement for a crash.
-pub struct VmmProcess {
-    current: Mutex<Option<Watched>>,
-    generation: Arc<AtomicU64>,
-    exit_tx: Arc<watch::Sender<Option<Exit>>>,
-    exit_rx: watch::Receiver<Option<Exit>>,
-}
-
-impl VmmProcess {
-    /// Watches `first`.
-    pub fn new(first: Watched) -> VmmProcess {
-        let (tx, rx) = watch::channel(None);
-        let p = VmmProcess {
-            current: Mutex::new(None),
-            generation: Arc::new(AtomicU64::new(0)),
-            exit_tx: Arc::new(tx),
-            exit_rx: rx,
-        };
-        p.adopt(first);
-        p
-    }
-
-    /// Makes `w` the current process and forwards its exit.
-    pub fn adopt(&self, w: Watched) {
-        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let gen = self.generation.clone();
-        let tx = self.exit_tx.clone();
-        let watched = w.clone();
-        tokio::spawn(async move {
-            let info = watched.wait().await;
-            if gen.load(Ordering::SeqCst) == generation {
-                let _ = tx.send(Some(info));
-            }
-        });
-        *self.current.lock().expect("vmm lock") = Some(w);
-    }
-
-    /// Detaches the current process (its exit is no longer reported) and
-    /// returns it, for a planned replacement.
-    pub fn retire(&self) -> Option<Watched> {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.current.lock().expect("vmm lock").take()
-    }
-
-    /// The current process.
-    pub fn current(&self) -> Option<Watched> {
-        self.current.lock().expect("vmm lock").clone()
-    }
-
-    /// Reports that the machine is gone without a process exit to show for
-    /// it (a failed restore after the old VMM was retired).
-    pub fn mark_exited(&self, info: Exit) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        let _ = self.exit_tx.send(Some(info));
-    }
-
-    /// The machine's exit watch.
-    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
-        self.exit_rx.clone()
-    }
-
-    /// Whether the machine has exited.
-    pub fn has_exited(&self) -> bool {
-        self.exit_rx.borrow().is_some() || self.current().is_none_or(|w| w.has_exited())
-    }
-
-    /// SIGKILL to the current process group, then waits for the reap.
-    pub async fn kill(&self) -> Exit {
-        match self.current() {
-            Some(w) => {
-                w.signal_group(nix::sys::signal::Signal::SIGKILL);
-                let info = tokio::time::timeout(Duration::from_secs(10), w.wait())
-                    .await
-                    .unwrap_or_else(|_| Exit::WaitFailed("did not exit after SIGKILL".to_owned()));
-                self.publish(&w, &info);
-                info
-            }
-            None => Exit::Other("not running".to_owned()),
-        }
-    }
-
-    /// SIGTERM, SIGKILL after `grace`, reap.
-    pub async fn terminate(&self, grace: Duration) -> Exit {
-        match self.current() {
-            Some(w) => {
-                let info = w.terminate(grace).await;
-                self.publish(&w, &info);
-                info
-            }
-            None => Exit::Other("not running".to_owned()),
-        }
-    }
-
-    /// Publishes the exit of `w` now if it is still the current process, so
-    /// that callers see it as soon as `kill`/`terminate` return (the
-    /// forwarding task may not have run yet).
-    fn publish(&self, w: &Watched, info: &Exit) {
-        let current = self.current().map(|c| c.pid);
-        if current == Some(w.pid) && w.has_exited() {
-            self.exit_tx.send_if_modified(|v| {
-                if v.is_none() {
-                    *v = Some(info.clone());
-                    true
-                } else {
-                    false
-                }
-            });
-        }
-    }
-
-    /// Waits for the current process to exit, at most `limit`.
-    pub async fn wait(&self, limit: Duration) -> Option<Exit> {
-        let w = self.current()?;
-        tokio::time::timeout(limit, w.wait()).await.ok()
     }
 }
 

@@ -46,7 +46,7 @@ use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::GuestStream;
 use crate::net::{plan, VdeSwitches};
-use crate::process::{require_binary, spawn_watched, Exit, Watched};
+use crate::process::{require_binary, spawn_watched, Exit, ReplaceableProcess, Watched};
 use crate::shell;
 
 /// Starts QEMU VMs.
@@ -78,6 +78,12 @@ struct Launch {
 /// One QEMU process and its QMP session.
 struct Proc {
     process: Watched,
+    session: Session,
+}
+
+/// The QMP session of one QEMU process.
+#[derive(Clone)]
+struct Session {
     qmp: Arc<Qmp>,
     /// QMP events since this process started, for `wait_for_qmp_event`.
     events: Arc<tokio::sync::Mutex<tokio::sync::broadcast::Receiver<Value>>>,
@@ -88,12 +94,12 @@ pub struct QemuInstance {
     machine: String,
     state_dir: PathBuf,
     launch: Launch,
-    current: tokio::sync::Mutex<Proc>,
-    /// Bumped when attest replaces the process on purpose (restore), so the
-    /// old one's exit is not reported as the machine's.
-    generation: Arc<AtomicU64>,
-    exit_tx: Arc<watch::Sender<Option<Exit>>>,
-    exit_rx: watch::Receiver<Option<Exit>>,
+    /// The current QMP session; its lock also orders restore, crash and
+    /// terminate.
+    current: tokio::sync::Mutex<Session>,
+    /// The QEMU process, replaced on purpose by a restore (whose old
+    /// process's exit is not the machine's).
+    process: ReplaceableProcess,
     shell: ShellRelay,
     serial: SerialRelay,
     netdevs: Vec<String>,
@@ -208,8 +214,10 @@ impl Launch {
         match qmp {
             Ok(q) => Ok(Proc {
                 process,
-                events: Arc::new(tokio::sync::Mutex::new(q.subscribe())),
-                qmp: Arc::new(q),
+                session: Session {
+                    events: Arc::new(tokio::sync::Mutex::new(q.subscribe())),
+                    qmp: Arc::new(q),
+                },
             }),
             Err(e) => {
                 let exited = process.exit.borrow().clone();
@@ -344,19 +352,12 @@ impl Backend for QemuBackend {
         let shell = ShellRelay::listen(&sockets.shell)?;
         let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone())?;
         let proc_ = launch.spawn(false).await?;
-        let (exit_tx, exit_rx) = watch::channel(None);
         let instance = QemuInstance {
             machine: name.to_owned(),
             state_dir,
             launch,
-            current: tokio::sync::Mutex::new(Proc {
-                process: proc_.process.clone(),
-                qmp: proc_.qmp.clone(),
-                events: proc_.events.clone(),
-            }),
-            generation: Arc::new(AtomicU64::new(0)),
-            exit_tx: Arc::new(exit_tx),
-            exit_rx,
+            current: tokio::sync::Mutex::new(proc_.session),
+            process: ReplaceableProcess::new(proc_.process),
             shell,
             serial,
             netdevs: nics.iter().map(|n| n.iface.netdev_id.clone()).collect(),
@@ -366,7 +367,6 @@ impl Backend for QemuBackend {
             screenshots: AtomicU64::new(0),
             _vde: vde,
         };
-        instance.forward_exit(&proc_.process);
         Ok(Box::new(instance))
     }
 }
@@ -446,28 +446,13 @@ async fn plain_launch(
 }
 
 impl QemuInstance {
-    /// Publishes `process`'s exit as the machine's, unless attest replaced
-    /// it on purpose meanwhile.
-    fn forward_exit(&self, process: &Watched) {
-        let generation = self.generation.load(Ordering::SeqCst);
-        let current = self.generation.clone();
-        let tx = self.exit_tx.clone();
-        let process = process.clone();
-        tokio::spawn(async move {
-            let info = process.wait().await;
-            if current.load(Ordering::SeqCst) == generation {
-                tx.send_replace(Some(info));
-            }
-        });
-    }
-
     async fn qmp(&self) -> Arc<Qmp> {
         self.current.lock().await.qmp.clone()
     }
 
     /// Runs a QMP command, failing at once if QEMU is gone.
     async fn command(&self, cmd: &str, args: Option<Value>) -> Result<Value, BackendError> {
-        if let Some(info) = self.exit_rx.borrow().clone() {
+        if let Some(info) = self.process.exit_watch().borrow().clone() {
             return Err(failed(format!("QEMU {info}")));
         }
         self.qmp()
@@ -610,14 +595,16 @@ impl QemuInstance {
         let started = Instant::now();
         let mut current = self.current.lock().await;
         // Replace the process: its exit is not the machine's.
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let old = self.process.retire();
         let _ =
             tokio::time::timeout(Duration::from_secs(2), current.qmp.execute("quit", None)).await;
-        if tokio::time::timeout(Duration::from_secs(5), current.process.wait())
-            .await
-            .is_err()
-        {
-            current.process.terminate(Duration::from_secs(2)).await;
+        if let Some(old) = old {
+            if tokio::time::timeout(Duration::from_secs(5), old.wait())
+                .await
+                .is_err()
+            {
+                old.terminate(Duration::from_secs(2)).await;
+            }
         }
         for d in meta["disks"].as_array().into_iter().flatten() {
             let Some(d) = d.as_str().map(PathBuf::from) else {
@@ -629,13 +616,9 @@ impl QemuInstance {
         }
         let connections = self.shell.connections();
         let fresh = self.launch.spawn(true).await.map_err(failed)?;
-        self.exit_tx.send_replace(None);
-        self.forward_exit(&fresh.process);
-        *current = Proc {
-            process: fresh.process.clone(),
-            qmp: fresh.qmp.clone(),
-            events: fresh.events.clone(),
-        };
+        self.process.adopt(fresh.process);
+        let fresh = fresh.session;
+        *current = fresh.clone();
         drop(current);
         let uri = format!("exec:cat {}", shell::quote(&state.display().to_string()));
         fresh
@@ -674,7 +657,7 @@ impl Instance for QemuInstance {
         poll_until(
             "QEMU's virtconsole connection",
             deadline,
-            &self.exit_rx,
+            &self.process.exit_watch(),
             || async {
                 if shell.is_connected() {
                     Ok(())
@@ -700,33 +683,27 @@ impl Instance for QemuInstance {
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
-        self.exit_rx.clone()
+        self.process.exit_watch()
     }
 
     async fn crash(&self) -> Result<(), BackendError> {
-        let current = self.current.lock().await;
+        let _current = self.current.lock().await;
         // A power cut: no chance for QEMU to flush or the guest to notice.
-        current
-            .process
-            .signal_group(nix::sys::signal::Signal::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(10), current.process.wait()).await;
+        self.process.kill().await;
         Ok(())
     }
 
     async fn terminate(&self, grace: Duration) {
         let current = self.current.lock().await;
-        if current.process.has_exited() {
+        if self.process.has_exited() {
             return;
         }
         // The disk is a throw-away overlay, so QMP `quit` is a clean end for
         // everything attest keeps; a guest poweroff would cost seconds.
         let _ =
             tokio::time::timeout(Duration::from_secs(2), current.qmp.execute("quit", None)).await;
-        if tokio::time::timeout(grace, current.process.wait())
-            .await
-            .is_err()
-        {
-            current.process.terminate(Duration::from_secs(2)).await;
+        if self.process.wait(grace).await.is_none() {
+            self.process.terminate(Duration::from_secs(2)).await;
         }
     }
 
