@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 /// How a machine's process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,17 +189,19 @@ pub struct ReplaceableProcess {
     generation: Arc<AtomicU64>,
     exit_tx: Arc<watch::Sender<Option<Exit>>>,
     exit_rx: watch::Receiver<Option<Exit>>,
+    tasks: TaskTracker,
 }
 
 impl ReplaceableProcess {
-    /// Watches `first`.
-    pub fn new(first: Watched) -> ReplaceableProcess {
+    /// Watches `first`; the exit forwarders run on `tasks`.
+    pub fn new(first: Watched, tasks: &TaskTracker) -> ReplaceableProcess {
         let (tx, rx) = watch::channel(None);
         let p = ReplaceableProcess {
             current: std::sync::Mutex::new(None),
             generation: Arc::new(AtomicU64::new(0)),
             exit_tx: Arc::new(tx),
             exit_rx: rx,
+            tasks: tasks.clone(),
         };
         p.adopt(first);
         p
@@ -215,7 +218,7 @@ impl ReplaceableProcess {
         let exit = w.exit.clone();
         *self.current.lock().expect("process lock") = Some(w);
         self.exit_tx.send_replace(None);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let info = wait_for_exit(&exit).await;
             if gen.load(Ordering::SeqCst) == generation {
                 tx.send_replace(Some(info));
@@ -228,6 +231,11 @@ impl ReplaceableProcess {
     pub fn retire(&self) -> Option<Watched> {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.current.lock().expect("process lock").take()
+    }
+
+    /// The tracker its tasks run on, for the replacement's watcher.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// The current process.
@@ -340,28 +348,30 @@ where
 /// How long an exit report waits for the child's output to be read.
 const PUMP_DRAIN: Duration = Duration::from_secs(1);
 
-/// Spawns the supervised child and a task that reaps it and publishes the
-/// exit. Piped stdout and stderr are pumped line by line into `output`.
+/// Spawns the supervised child and a task on `tasks` that reaps it and
+/// publishes the exit. Piped stdout and stderr are pumped line by line into
+/// `output`.
 pub fn spawn_watched(
     cmd: &mut Command,
     output: Option<crate::console::ConsoleLog>,
+    tasks: &TaskTracker,
 ) -> std::io::Result<Watched> {
     let mut child: Child = supervise(cmd).spawn()?;
     let mut pumps = Vec::new();
     if let Some(log) = output {
         if let Some(out) = child.stdout.take() {
             let log = log.clone();
-            pumps.push(pump_lines(out, move |l| log.push_line(&l)));
+            pumps.push(pump_lines(out, move |l| log.push_line(&l), tasks));
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(pump_lines(err, move |l| log.push_line(&l)));
+            pumps.push(pump_lines(err, move |l| log.push_line(&l), tasks));
         }
     }
     let pid = child.id().unwrap_or(0);
     let (tx, rx) = watch::channel(None);
     let reaped = Arc::new(AtomicBool::new(false));
     let reaped_by_watcher = reaped.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let info = match child.wait().await {
             Ok(status) => {
                 reaped_by_watcher.store(true, Ordering::SeqCst);
@@ -387,13 +397,13 @@ pub fn spawn_watched(
     })
 }
 
-/// Reads `stream` line by line into `sink` until it closes.
-pub fn pump_lines<R, F>(stream: R, mut sink: F) -> tokio::task::JoinHandle<()>
+/// Reads `stream` line by line into `sink` until it closes, on `tasks`.
+pub fn pump_lines<R, F>(stream: R, mut sink: F, tasks: &TaskTracker) -> tokio::task::JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
     F: FnMut(String) + Send + 'static,
 {
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut buf = Vec::new();
         loop {
@@ -433,6 +443,7 @@ mod tests {
         let w = spawn_watched(
             Command::new("bash").args(["-c", "trap '' TERM; sleep 30"]),
             None,
+            &TaskTracker::new(),
         )
         .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -469,6 +480,7 @@ mod tests {
             let w = spawn_watched(
                 Command::new("bash").args(["-c", "sleep 300 & sleep 300; wait"]),
                 None,
+                &TaskTracker::new(),
             )
             .unwrap();
             tx.send((w.pid, w.exit.clone())).unwrap();
@@ -499,7 +511,12 @@ mod tests {
 
     #[tokio::test]
     async fn exit_is_published() {
-        let w = spawn_watched(Command::new("bash").args(["-c", "exit 7"]), None).unwrap();
+        let w = spawn_watched(
+            Command::new("bash").args(["-c", "exit 7"]),
+            None,
+            &TaskTracker::new(),
+        )
+        .unwrap();
         assert_eq!(w.wait().await, Exit::Code(7));
         assert_eq!(Exit::Code(7).to_string(), "exited with status 7");
     }

@@ -496,6 +496,7 @@ fn ssh_sessions_are_concurrent_over_one_connection() {
                 network: None,
                 reporter: Reporter::new("ssh-concurrent", &ReportOptions::default())
                     .expect("reporter"),
+                tasks: tokio_util::task::TaskTracker::new(),
             };
             let instance = backend.start(&ctx).await.expect("start");
             assert!(instance.max_sessions() > 1);

@@ -43,7 +43,7 @@ impl Backend for LocalBackend {
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
         let mut cmd = Command::new("sleep");
         cmd.arg("infinity");
-        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()))
+        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
             .map_err(|e| BackendError::Start(format!("cannot run sleep: {e}")))?;
         Ok(Box::new(LocalInstance {
             process,

@@ -87,6 +87,10 @@ pub struct StartContext {
     pub network: Option<Arc<Network>>,
     /// For backend log lines (accelerator choice, warnings).
     pub reporter: Reporter,
+    /// Where the machine's background tasks run (process watchers, output
+    /// pumps, relays): the driver waits for them before it exits, so no
+    /// child is left unreaped.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl StartContext {

@@ -287,7 +287,7 @@ impl Backend for NspawnBackend {
 
         let cgroup = PrivateCgroup::create(&machine_name);
         cgroup.enter_on_spawn(&mut cmd);
-        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()))
+        let process = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
             .map_err(|e| BackendError::Start(format!("cannot run systemd-nspawn: {e}")))?;
 
         if let Some(net) = &ctx.network {
@@ -306,7 +306,7 @@ impl Backend for NspawnBackend {
         {
             // The exit watch only: a clone of `process` would keep it alive.
             let (process_exit, console) = (process.exit.clone(), ctx.console.clone());
-            tokio::spawn(async move {
+            ctx.tasks.spawn(async move {
                 let raw = wait_for_exit(&process_exit).await;
                 let _ = exit_tx.send(Some(container_exit(raw, &console, &machine_name).await));
             });

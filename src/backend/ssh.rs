@@ -88,6 +88,8 @@ pub struct SshInstance {
     /// The master's exit, told as the end of the connection to the host.
     exit: watch::Receiver<Option<Exit>>,
     console: ConsoleLog,
+    /// Where its stderr pumps run.
+    tasks: tokio_util::task::TaskTracker,
     owned: bool,
     /// Keeps a short private directory for the control socket alive when the
     /// state directory path is too long for a unix socket.
@@ -371,7 +373,7 @@ impl Backend for SshBackend {
                 .arg(&c.host)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
-            let master = spawn_watched(&mut cmd, Some(ctx.console.clone()))
+            let master = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
                 .map_err(|e| BackendError::Start(format!("cannot run ssh: {e}")))?;
             let failure = match wait_master_up(&ssh, &control, &c.host, &master, deadline).await {
                 MasterState::Up => break master,
@@ -416,7 +418,7 @@ impl Backend for SshBackend {
             // The exit watch only: a clone of `master` would keep it alive.
             let master_exit = master.exit.clone();
             let display = display.clone();
-            tokio::spawn(async move {
+            ctx.tasks.spawn(async move {
                 let info = wait_for_exit(&master_exit).await;
                 let _ = exit_tx.send(Some(Exit::Other(format!(
                     "lost the ssh connection to {display} (ssh {info})"
@@ -432,6 +434,7 @@ impl Backend for SshBackend {
             destination: c.host.clone(),
             master,
             console: ctx.console.clone(),
+            tasks: ctx.tasks.clone(),
             owned: c.owned,
             _control_dir: control_dir,
         };
@@ -668,7 +671,7 @@ impl Instance for SshInstance {
             return Err(BackendError::Failed("ssh pipes missing".into()));
         };
         let console = self.console.clone();
-        pump_lines(stderr, move |l| console.push_line(&l));
+        pump_lines(stderr, move |l| console.push_line(&l), &self.tasks);
         debug_assert!(SESSION_COMMAND.contains(BANNER));
         Ok(Box::new(SshStream {
             stdin,

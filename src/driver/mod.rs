@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::backend;
 use crate::config::TestConfig;
@@ -27,6 +28,10 @@ use crate::net::Network;
 use crate::report::Reporter;
 
 pub use run::{check_files, check_test, run_test, Outcome, RunOptions};
+
+/// How long teardown waits for the background tasks once every machine
+/// has ended (their children are dead by then; this only covers the reaps).
+const TASKS_LIMIT: Duration = Duration::from_secs(5);
 
 /// Why a run was cancelled; the highest reason wins.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -71,7 +76,11 @@ pub struct Driver {
     /// state it can lock.
     _lock: janitor::RunLock,
     runtime: tokio::runtime::Handle,
-    _network: Option<Arc<Network>>,
+    network: Option<Arc<Network>>,
+    /// Every background task of the run's machines (process watchers,
+    /// output pumps, relays): closed and awaited at teardown, so each child
+    /// is reaped before attest exits.
+    tasks: TaskTracker,
 }
 
 impl Driver {
@@ -110,6 +119,7 @@ impl Driver {
             .collect();
         let network = (!vlans.is_empty()).then(|| Arc::new(Network::new(vlans)));
         let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
         let mut machines = BTreeMap::new();
         for (name, node) in &config.nodes {
             let backend = backend::for_node(node);
@@ -125,6 +135,7 @@ impl Driver {
                     cancel.clone(),
                     runtime.clone(),
                     opts.protocol,
+                    tasks.clone(),
                 ),
             );
         }
@@ -138,7 +149,8 @@ impl Driver {
             state_path,
             _lock: lock,
             runtime,
-            _network: network,
+            network,
+            tasks,
         })
     }
 
@@ -225,17 +237,40 @@ impl Driver {
         });
     }
 
-    /// Ends every machine (in parallel) and removes the state directory.
+    /// Ends every machine (in parallel), waits for the run's background
+    /// tasks, and removes the state directory.
     pub fn teardown(&mut self) {
         let machines: Vec<Machine> = self.machines.values().cloned().collect();
         let reporter = self.reporter.clone();
+        let network = self.network.clone();
+        let tasks = self.tasks.clone();
         let _ = self.reporter.section("tearing down", None, false, || {
+            let task_reporter = reporter.clone();
             let handle = self.runtime.spawn(async move {
                 let mut set = tokio::task::JoinSet::new();
                 for m in machines {
                     set.spawn(async move { m.terminate().await });
                 }
                 while set.join_next().await.is_some() {}
+                if let Some(net) = network {
+                    net.release_switches().await;
+                }
+                // The machines are gone, so their watchers see the exits and
+                // end; what is still running after the bound is reported.
+                tasks.close();
+                if tokio::time::timeout(TASKS_LIMIT, tasks.wait())
+                    .await
+                    .is_err()
+                {
+                    task_reporter.log(
+                        None,
+                        format!(
+                            "{} background task(s) still running {} s after teardown",
+                            tasks.len(),
+                            TASKS_LIMIT.as_secs()
+                        ),
+                    );
+                }
             });
             let r = self.runtime.block_on(handle);
             r.map_err(|e| {

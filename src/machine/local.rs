@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::task::TaskTracker;
+
 use super::Machine;
 use crate::config::TestConfig;
 use crate::report::{ReportOptions, Reporter};
@@ -20,6 +22,25 @@ pub fn machine_reporting_to(
     name: &str,
     runtime: &tokio::runtime::Runtime,
     reporter: Reporter,
+) -> (Machine, tempfile::TempDir) {
+    machine_on(name, runtime, reporter, TaskTracker::new())
+}
+
+/// [`machine`], its background tasks on `tasks` (as a driver's machines).
+pub fn machine_with_tasks(
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    tasks: TaskTracker,
+) -> (Machine, tempfile::TempDir) {
+    let reporter = Reporter::new("local", &ReportOptions::default()).expect("a reporter");
+    machine_on(name, runtime, reporter, tasks)
+}
+
+fn machine_on(
+    name: &str,
+    runtime: &tokio::runtime::Runtime,
+    reporter: Reporter,
+    tasks: TaskTracker,
 ) -> (Machine, tempfile::TempDir) {
     let mut config: TestConfig = serde_json::from_value(serde_json::json!({
         "version": 1,
@@ -40,6 +61,7 @@ pub fn machine_reporting_to(
         tokio_util::sync::CancellationToken::new(),
         runtime.handle().clone(),
         crate::guest::agent::Protocol::Bash,
+        tasks,
     );
     (m, state)
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use copy::copy_from_vm_target;
 pub use error::MachineError;
@@ -102,6 +103,8 @@ struct Inner {
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
     protocol: Protocol,
+    /// The run's background tasks (the driver waits for them at the end).
+    tasks: TaskTracker,
 }
 
 /// The future [`Machine::with_session`] runs on a session.
@@ -131,6 +134,7 @@ impl Machine {
         cancel: CancellationToken,
         runtime: tokio::runtime::Handle,
         protocol: Protocol,
+        tasks: TaskTracker,
     ) -> Machine {
         let forward_reporter = reporter.clone();
         let forward_name = name.to_owned();
@@ -160,6 +164,7 @@ impl Machine {
                 cancel,
                 runtime,
                 protocol,
+                tasks,
             }),
         }
     }
@@ -293,6 +298,7 @@ impl Machine {
             console: self.inner.console.clone(),
             network: self.inner.network.clone(),
             reporter: self.inner.reporter.clone(),
+            tasks: self.inner.tasks.clone(),
         };
         let _ = std::fs::create_dir_all(&self.inner.state_dir);
         let instance: Arc<dyn Instance> = tokio::select! {
@@ -349,7 +355,7 @@ impl Machine {
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) {
         let me = self.clone();
-        self.inner.runtime.spawn(async move {
+        let watch = async move {
             let mut rx = instance.exit_watch();
             let exit = wait_exit(&mut rx).await;
             if stopping.load(std::sync::atomic::Ordering::SeqCst) {
@@ -378,7 +384,8 @@ impl Machine {
                 me.set_state(MachineState::Died, Some(exit.to_string()));
             }
             drop(g);
-        });
+        };
+        self.inner.tasks.spawn_on(watch, &self.inner.runtime);
     }
 
     fn backend_error(&self, op: &str, e: crate::backend::BackendError) -> MachineError {

@@ -29,6 +29,35 @@ fn on_machine<Fut: std::future::Future<Output = ()>>(test: impl FnOnce(Machine, 
     });
 }
 
+#[test]
+fn teardown_leaves_no_task_and_no_process() {
+    let rt = runtime();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let (m, _state) = local::machine_with_tasks("local", &rt, tasks.clone());
+    rt.block_on(async {
+        m.start().await.unwrap();
+        // The machine's process group (the backdoor shell is a member).
+        let pgid: i32 = m
+            .succeed(&cmds("ps -o pgid= -p $$"), T)
+            .await
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(pgid > 1);
+        tasks.close();
+        // While the machine is up its watchers run, and the tracker knows.
+        let early = tokio::time::timeout(Duration::from_millis(300), tasks.wait()).await;
+        assert!(early.is_err(), "no task tracked while the machine is up");
+        m.terminate().await;
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("tasks still running after the machine ended");
+        let group = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None);
+        assert_eq!(group, Err(nix::errno::Errno::ESRCH));
+    });
+}
+
 fn cmds(c: &str) -> Vec<String> {
     vec![c.to_owned()]
 }

@@ -66,18 +66,27 @@ impl Network {
         Ok(ns)
     }
 
-    /// The VDE switches (one per vlan, for QEMU), started in `dir` on first use.
+    /// The VDE switches (one per vlan, for QEMU), started in `dir` on first
+    /// use, watched by tasks on `tasks`.
     pub async fn vde_switches(
         &self,
         dir: &std::path::Path,
+        tasks: &tokio_util::task::TaskTracker,
     ) -> Result<std::sync::Arc<VdeSwitches>, NetError> {
         let mut g = self.vde.lock().await;
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
-        let s = std::sync::Arc::new(VdeSwitches::start(dir, self.vlans.iter().copied()).await?);
+        let s =
+            std::sync::Arc::new(VdeSwitches::start(dir, self.vlans.iter().copied(), tasks).await?);
         *g = Some(s.clone());
         Ok(s)
+    }
+
+    /// Lets the VDE switches go: they end when the last machine holding
+    /// them is gone (at teardown, once every machine has ended).
+    pub async fn release_switches(&self) {
+        self.vde.lock().await.take();
     }
 
     /// The namespace path machines' helpers enter (`nsenter --net=…`).

@@ -2,13 +2,15 @@
 //! Each switch runs in the foreground under [`spawn_watched`] (own process
 //! group, parent-death signal). `vde_switch` exits on EOF on its stdin
 //! console, so its stdin is a FIFO opened read-write (never EOF) by the shell
-//! that execs it. Dropping [`VdeSwitches`] kills them.
+//! that execs it. Dropping [`VdeSwitches`] kills them ([`Watched`]'s guard);
+//! their watcher tasks, which the driver awaits, reap them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
+use tokio_util::task::TaskTracker;
 
 use super::NetError;
 use crate::process::{poll, require_binary, spawn_watched, PollEnd, Watched};
@@ -24,6 +26,7 @@ impl VdeSwitches {
     pub async fn start(
         dir: &Path,
         vlans: impl IntoIterator<Item = u8>,
+        tasks: &TaskTracker,
     ) -> Result<VdeSwitches, NetError> {
         let bin = require_binary("vde_switch", "vde2")?;
         std::fs::create_dir_all(dir).map_err(|e| NetError::Create {
@@ -51,7 +54,7 @@ impl VdeSwitches {
                 .arg(&fifo)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
-            let w = spawn_watched(&mut cmd, None).map_err(|e| NetError::RunVde {
+            let w = spawn_watched(&mut cmd, None, tasks).map_err(|e| NetError::RunVde {
                 source: std::sync::Arc::new(e),
             })?;
             switches.switches.insert(vlan, (sock.clone(), w.clone()));
@@ -89,33 +92,6 @@ impl VdeSwitches {
     }
 }
 
-impl Drop for VdeSwitches {
-    fn drop(&mut self) {
-        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-        for (_, w) in self.switches.values() {
-            w.signal_group(nix::sys::signal::Signal::SIGKILL);
-        }
-        // Reap them here: the network is dropped at the very end of a run,
-        // when the runtime may no longer poll the watcher tasks, and a zombie
-        // handed to an init that does not reap would stay.
-        for (_, w) in self.switches.values() {
-            let pid = nix::unistd::Pid::from_raw(w.pid as i32);
-            for _ in 0..400 {
-                if w.has_exited() {
-                    break;
-                }
-                match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => {
-                        std::thread::sleep(std::time::Duration::from_millis(5))
-                    }
-                    // Reaped, or already reaped by the watcher (ECHILD).
-                    _ => break,
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,25 +102,24 @@ mod tests {
             panic!("vde_switch is missing: apt-get install vde2");
         }
         let dir = tempfile::tempdir().unwrap();
-        let s = VdeSwitches::start(dir.path(), [1, 3]).await.unwrap();
+        let tasks = TaskTracker::new();
+        let s = VdeSwitches::start(dir.path(), [1, 3], &tasks)
+            .await
+            .unwrap();
         let sock = s.socket(3).unwrap().to_owned();
         assert!(sock.join("ctl").exists());
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(s.dead().is_none(), "a switch died: {:?}", s.dead());
-        let w = s.switches[&1].1.clone();
+        let pids: Vec<u32> = s.switches.values().map(|(_, w)| w.pid).collect();
         drop(s);
-        let info = tokio::time::timeout(Duration::from_secs(5), w.wait())
+        // The run's teardown: every watcher ends, having reaped its switch.
+        tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
             .await
-            .unwrap();
-        // Reaped by Drop or by the watcher, whichever came first: gone either way.
-        assert!(
-            matches!(
-                info,
-                crate::process::Exit::Signal(9) | crate::process::Exit::WaitFailed(_)
-            ),
-            "{info}"
-        );
-        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), None);
-        assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+            .expect("the switches outlived their handle");
+        for pid in pids {
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None);
+            assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+        }
     }
 }

@@ -44,6 +44,7 @@ impl LibMachine {
             console: self.console.clone(),
             network: self.network.clone(),
             reporter: Reporter::new("lib", &ReportOptions::default()).unwrap(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         std::fs::create_dir_all(&ctx.state_dir).unwrap();
         ctx

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::api::{ApiClient, ApiError};
 use super::{
@@ -114,6 +115,7 @@ fn spawn_vmm(
     netns: Option<&Path>,
     args: &[String],
     console: &ConsoleLog,
+    tasks: &TaskTracker,
 ) -> Result<Watched, String> {
     let mut cmd = match netns {
         Some(ns) => {
@@ -128,7 +130,7 @@ fn spawn_vmm(
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    spawn_watched(&mut cmd, Some(console.clone())).map_err(|e| e.to_string())
+    spawn_watched(&mut cmd, Some(console.clone()), tasks).map_err(|e| e.to_string())
 }
 
 /// Starts a microVM: private disk copy, TAPs, the VMM process, its
@@ -193,6 +195,7 @@ pub async fn start(
         netns.as_deref(),
         &flavor.args(&paths, true),
         &ctx.console,
+        &ctx.tasks,
     ) {
         Ok(p) => p,
         Err(e) => {
@@ -210,7 +213,7 @@ pub async fn start(
         binary,
         netns,
         api,
-        vmm: ReplaceableProcess::new(process.clone()),
+        vmm: ReplaceableProcess::new(process.clone(), &ctx.tasks),
         taps: Mutex::new(taps),
         started: Mutex::new(Instant::now()),
         backdoor_seen: AtomicBool::new(false),
@@ -411,6 +414,7 @@ impl MicroVmInstance {
             self.netns.as_deref(),
             &self.flavor.args(&self.paths, boot),
             &self.console,
+            self.vmm.tasks(),
         )
         .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
         self.vmm.adopt(process.clone());

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use tokio::process::Command;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use self::accel::{decide, Accel};
 use self::args::{Nic, PlainSpec, Sockets};
@@ -184,7 +185,7 @@ async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError>
 impl Launch {
     /// Starts QEMU and connects QMP. A QEMU that exits meanwhile (bad flag,
     /// missing file) fails at once with its own output.
-    async fn spawn(&self, incoming: bool) -> Result<Proc, BackendError> {
+    async fn spawn(&self, incoming: bool, tasks: &TaskTracker) -> Result<Proc, BackendError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -202,7 +203,7 @@ impl Launch {
         if incoming {
             cmd.args(["-incoming", "defer"]);
         }
-        let process = spawn_watched(&mut cmd, None)
+        let process = spawn_watched(&mut cmd, None, tasks)
             .map_err(|e| start_err(format!("cannot run {}: {e}", self.program.display())))?;
         let qmp_path = self.qmp.clone();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -301,7 +302,7 @@ impl Backend for QemuBackend {
                 .as_ref()
                 .ok_or_else(|| start_err("the node has vlans but the test has no network"))?;
             let dir = state_dir.parent().unwrap_or(&state_dir).join("vde");
-            let switches = net.vde_switches(&dir).await?;
+            let switches = net.vde_switches(&dir, &ctx.tasks).await?;
             for iface in interfaces {
                 let socket = switches
                     .socket(iface.vlan)
@@ -349,15 +350,15 @@ impl Backend for QemuBackend {
             format!("{} {}\n", launch.program.display(), launch.args.join(" ")),
         );
 
-        let shell = ShellRelay::listen(&sockets.shell)?;
-        let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone())?;
-        let proc_ = launch.spawn(false).await?;
+        let shell = ShellRelay::listen(&sockets.shell, &ctx.tasks)?;
+        let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone(), &ctx.tasks)?;
+        let proc_ = launch.spawn(false, &ctx.tasks).await?;
         let instance = QemuInstance {
             machine: name.to_owned(),
             state_dir,
             launch,
             current: tokio::sync::Mutex::new(proc_.session),
-            process: ReplaceableProcess::new(proc_.process),
+            process: ReplaceableProcess::new(proc_.process, &ctx.tasks),
             shell,
             serial,
             netdevs: nics.iter().map(|n| n.iface.netdev_id.clone()).collect(),
@@ -615,7 +616,11 @@ impl QemuInstance {
                 .map_err(|e| failed(format!("cannot restore {}: {e}", d.display())))?;
         }
         let connections = self.shell.connections();
-        let fresh = self.launch.spawn(true).await.map_err(failed)?;
+        let fresh = self
+            .launch
+            .spawn(true, self.process.tasks())
+            .await
+            .map_err(failed)?;
         self.process.adopt(fresh.process);
         let fresh = fresh.session;
         *current = fresh.clone();

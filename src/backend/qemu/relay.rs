@@ -19,6 +19,7 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::console::ConsoleLog;
 use crate::process::pump_lines;
@@ -97,13 +98,15 @@ fn bind(path: &Path) -> Result<UnixListener, RelayError> {
 
 impl ShellRelay {
     /// Listens on `path` (before QEMU starts, which connects to it).
-    pub fn listen(path: &Path) -> Result<ShellRelay, RelayError> {
+    /// Its tasks run on `tasks`.
+    pub fn listen(path: &Path, tasks: &TaskTracker) -> Result<ShellRelay, RelayError> {
         let listener = bind(path)?;
         let state: Arc<Mutex<State>> = Arc::default();
         let (tx, rx) = watch::channel(0u64);
         let acceptor = {
             let state = state.clone();
-            tokio::spawn(async move {
+            let tasks = tasks.clone();
+            tasks.clone().spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let (mut r, w) = stream.into_split();
                     let generation = {
@@ -117,7 +120,7 @@ impl ShellRelay {
                     };
                     tx.send_modify(|n| *n += 1);
                     let state = state.clone();
-                    tokio::spawn(async move {
+                    tasks.spawn(async move {
                         let mut buf = vec![0u8; 16 << 10];
                         loop {
                             let n = match r.read(&mut buf).await {
@@ -264,19 +267,25 @@ impl Drop for SerialRelay {
 }
 
 impl SerialRelay {
-    /// Listens on `path`; every connection is drained into `console`.
-    pub fn listen(path: &Path, console: ConsoleLog) -> Result<SerialRelay, RelayError> {
+    /// Listens on `path`; every connection is drained into `console` by a
+    /// task on `tasks`.
+    pub fn listen(
+        path: &Path,
+        console: ConsoleLog,
+        tasks: &TaskTracker,
+    ) -> Result<SerialRelay, RelayError> {
         let listener = bind(path)?;
         let writer: Arc<Mutex<Option<Writer>>> = Arc::default();
         let acceptor = {
             let writer = writer.clone();
-            tokio::spawn(async move {
+            let tasks = tasks.clone();
+            tasks.clone().spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let (r, w) = stream.into_split();
                     *writer.lock().expect("serial lock") =
                         Some(Arc::new(tokio::sync::Mutex::new(w)));
                     let console = console.clone();
-                    pump_lines(r, move |l| console.push_line(&l));
+                    pump_lines(r, move |l| console.push_line(&l), &tasks);
                 }
             })
         };
@@ -311,7 +320,7 @@ mod tests {
     async fn sessions_come_and_go_but_the_connection_stays() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shell.sock");
-        let relay = ShellRelay::listen(&path).unwrap();
+        let relay = ShellRelay::listen(&path, &TaskTracker::new()).unwrap();
         // "QEMU" connects and the guest prints its banner before anyone listens.
         let guest = UnixStream::connect(&path).await.unwrap();
         let (gr, mut gw) = guest.into_split();
