@@ -214,7 +214,7 @@ async fn vm_cloud_hypervisor_taps_join_the_vlan_bridge_and_go_away() {
     lib.network = Some(network.clone());
     let vm = lib.start().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
-    let ns = network.netns_path().unwrap();
+    let ns = network.netns_path().await.unwrap();
     let show = || {
         let out = std::process::Command::new("nsenter")
             .arg(format!("--net={}", ns.display()))

@@ -289,7 +289,7 @@ async fn vm_firecracker_taps_join_the_vlan_bridge_and_go_away() {
     lib.network = Some(network.clone());
     let vm = lib.start().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
-    let ns = network.netns_path().unwrap();
+    let ns = network.netns_path().await.unwrap();
     let link = ip_in(&ns, &["-o", "link", "show", "tap1v1"]);
     assert!(link.contains("master br1"), "{link}");
     // firecracker holds the TAP open: the carrier is up.

@@ -220,7 +220,7 @@ impl Backend for NspawnBackend {
         // the private tmpfs vanishes with the namespace, however nspawn ends.
         let mut cmd = match (&ctx.network, interfaces.is_empty()) {
             (Some(net), false) => {
-                let ns = net.netns_path()?;
+                let ns = net.netns_path().await?;
                 let mut c = Command::new("nsenter");
                 c.arg(format!("--net={}", ns.display()))
                     .arg("--")
@@ -255,7 +255,7 @@ impl Backend for NspawnBackend {
                 let link = host_link(number, i.vlan);
                 // A container killed a moment ago may still own this name:
                 // the kernel destroys its network namespace asynchronously.
-                if let Ok(switch) = net.switch() {
+                if let Ok(switch) = net.switch_async().await {
                     let _ = switch.ip_async(&["link", "del", &link]).await;
                 }
                 cmd.arg(format!("--network-veth-extra={link}:{}", i.name));
@@ -473,7 +473,7 @@ impl Instance for NspawnInstance {
                 })?;
                 let up = matches!(op, BackendOp::Unblock);
                 for link in &self.host_links {
-                    net.set_link(link, up)?;
+                    net.set_link(link, up).await?;
                 }
                 Ok(String::new())
             }

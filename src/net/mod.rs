@@ -11,7 +11,7 @@ mod vde;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use error::NetError;
@@ -21,8 +21,8 @@ pub use vde::VdeSwitches;
 /// The vlans of a test and their switches, created on first use.
 pub struct Network {
     vlans: BTreeSet<u8>,
-    switch: Mutex<Option<std::sync::Arc<SwitchNamespace>>>,
-    vde: tokio::sync::Mutex<Option<std::sync::Arc<VdeSwitches>>>,
+    switch: Mutex<Option<Arc<SwitchNamespace>>>,
+    vde: tokio::sync::Mutex<Option<Arc<VdeSwitches>>>,
 }
 
 impl Network {
@@ -41,12 +41,12 @@ impl Network {
     }
 
     /// The bridge namespace, with one bridge `br<vlan>` per vlan.
-    pub fn switch(&self) -> Result<std::sync::Arc<SwitchNamespace>, NetError> {
+    pub fn switch(&self) -> Result<Arc<SwitchNamespace>, NetError> {
         let mut g = self.switch.lock().map_err(|_| NetError::Poisoned)?;
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
-        let ns = std::sync::Arc::new(SwitchNamespace::create()?);
+        let ns = Arc::new(SwitchNamespace::create()?);
         for v in &self.vlans {
             // No multicast snooping: without an MLD querier a bridge can
             // stop forwarding IPv6 neighbour discovery to a port it has not
@@ -72,13 +72,12 @@ impl Network {
         &self,
         dir: &std::path::Path,
         tasks: &tokio_util::task::TaskTracker,
-    ) -> Result<std::sync::Arc<VdeSwitches>, NetError> {
+    ) -> Result<Arc<VdeSwitches>, NetError> {
         let mut g = self.vde.lock().await;
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
-        let s =
-            std::sync::Arc::new(VdeSwitches::start(dir, self.vlans.iter().copied(), tasks).await?);
+        let s = Arc::new(VdeSwitches::start(dir, self.vlans.iter().copied(), tasks).await?);
         *g = Some(s.clone());
         Ok(s)
     }
@@ -89,15 +88,31 @@ impl Network {
         self.vde.lock().await.take();
     }
 
+    /// [`Network::switch`] on a blocking thread, for async callers: the
+    /// first call creates the namespace and its bridges with `ip`.
+    pub async fn switch_async(self: &Arc<Self>) -> Result<Arc<SwitchNamespace>, NetError> {
+        let net = self.clone();
+        tokio::task::spawn_blocking(move || net.switch())
+            .await
+            .map_err(|e| NetError::IpTask {
+                reason: e.to_string(),
+            })?
+    }
+
     /// The namespace path machines' helpers enter (`nsenter --net=…`).
-    pub fn netns_path(&self) -> Result<PathBuf, NetError> {
-        Ok(self.switch()?.path().to_owned())
+    pub async fn netns_path(self: &Arc<Self>) -> Result<PathBuf, NetError> {
+        Ok(self.switch_async().await?.path().to_owned())
     }
 
     /// Attaches the host end `ifname` (made by a machine's process, so it may
     /// not exist yet) to the vlan's bridge and brings it up.
-    pub async fn attach(&self, ifname: &str, vlan: u8, timeout: Duration) -> Result<(), NetError> {
-        let switch = self.switch()?;
+    pub async fn attach(
+        self: &Arc<Self>,
+        ifname: &str,
+        vlan: u8,
+        timeout: Duration,
+    ) -> Result<(), NetError> {
+        let switch = self.switch_async().await?;
         let deadline = Instant::now() + timeout;
         loop {
             let r = switch
@@ -118,9 +133,11 @@ impl Network {
     }
 
     /// Sets a host end down (`block`) or up (`unblock`).
-    pub fn set_link(&self, ifname: &str, up: bool) -> Result<(), NetError> {
-        self.switch()?
-            .ip(&["link", "set", ifname, if up { "up" } else { "down" }])
+    pub async fn set_link(self: &Arc<Self>, ifname: &str, up: bool) -> Result<(), NetError> {
+        self.switch_async()
+            .await?
+            .ip_async(&["link", "set", ifname, if up { "up" } else { "down" }])
+            .await
     }
 }
 

@@ -182,12 +182,8 @@ pub async fn start(
         disk,
         taps: taps.links.clone(),
     };
-    let netns = taps.netns()?;
+    let netns = taps.netns().await?;
     let mut taps = taps;
-    let fail = |taps: &mut Taps, e: BackendError| {
-        taps.remove();
-        e
-    };
     remove_socket(&paths.api_socket);
     remove_socket(&paths.vsock);
     let process = match spawn_vmm(
@@ -199,10 +195,11 @@ pub async fn start(
     ) {
         Ok(p) => p,
         Err(e) => {
-            return Err(fail(
-                &mut taps,
-                BackendError::Start(format!("cannot run {}: {e}", binary.display())),
-            ))
+            taps.remove_async().await;
+            return Err(BackendError::Start(format!(
+                "cannot run {}: {e}",
+                binary.display()
+            )));
         }
     };
     let api = ApiClient::new(&paths.api_socket, API_TIMEOUT);
@@ -289,7 +286,16 @@ impl MicroVmInstance {
     /// Kills the VMM, reaps it and removes the TAPs.
     async fn stop_now(&self) {
         self.vmm.kill().await;
-        self.remove_taps();
+        self.remove_taps_async().await;
+    }
+
+    async fn remove_taps_async(&self) {
+        let taps = match self.taps.lock() {
+            Ok(mut t) => t.take(),
+            Err(_) => return,
+        };
+        let mut taps = taps;
+        taps.remove_async().await;
     }
 
     fn remove_taps(&self) {
@@ -566,7 +572,7 @@ impl Instance for MicroVmInstance {
                 self.vmm.terminate(Duration::from_secs(2)).await;
             }
         }
-        self.remove_taps();
+        self.remove_taps_async().await;
         remove_socket(&self.paths.api_socket);
         remove_socket(&self.paths.vsock);
     }
@@ -576,7 +582,8 @@ impl Instance for MicroVmInstance {
         match op {
             BackendOp::Block | BackendOp::Unblock => {
                 let up = matches!(op, BackendOp::Unblock);
-                self.taps.lock().expect("taps lock").set_up(up)?;
+                let links = self.taps.lock().expect("taps lock").links_to_set()?;
+                Taps::set_up(links, up).await?;
                 Ok(String::new())
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,

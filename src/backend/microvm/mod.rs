@@ -380,7 +380,7 @@ impl Taps {
 
     /// Creates and attaches the TAPs of `spec`'s vlans.
     pub async fn create(network: &Arc<Network>, spec: &MicroVmSpec) -> Result<Taps, BackendError> {
-        let switch = network.switch()?;
+        let switch = network.switch_async().await?;
         let mut taps = Taps {
             network: Some(network.clone()),
             links: Vec::new(),
@@ -393,7 +393,7 @@ impl Taps {
                 .ip_async(&["tuntap", "add", "dev", &name, "mode", "tap"])
                 .await
             {
-                taps.remove();
+                taps.remove_async().await;
                 return Err(BackendError::Start(format!(
                     "cannot create TAP {name}: {e}"
                 )));
@@ -401,7 +401,7 @@ impl Taps {
             taps.links
                 .push((name.clone(), *vlan, plan::mac(*vlan, spec.number)));
             if let Err(e) = network.attach(&name, *vlan, Duration::from_secs(5)).await {
-                taps.remove();
+                taps.remove_async().await;
                 return Err(e.into());
             }
         }
@@ -409,27 +409,41 @@ impl Taps {
     }
 
     /// The namespace the VMM must run in to open the TAPs.
-    pub fn netns(&self) -> Result<Option<PathBuf>, BackendError> {
+    pub async fn netns(&self) -> Result<Option<PathBuf>, BackendError> {
         match (&self.network, self.links.is_empty()) {
-            (Some(n), false) => Ok(Some(n.netns_path()?)),
+            (Some(n), false) => Ok(Some(n.netns_path().await?)),
             _ => Ok(None),
         }
     }
 
-    /// Takes the links down (`block`) or up (`unblock`).
-    pub fn set_up(&self, up: bool) -> Result<(), BackendError> {
+    /// The network and TAP names, for taking the links down (`block`) or up
+    /// (`unblock`) with [`Taps::set_up`] without holding the taps.
+    pub fn links_to_set(&self) -> Result<(Arc<Network>, Vec<String>), BackendError> {
         let net = self
             .network
             .as_ref()
             .filter(|_| !self.links.is_empty())
             .ok_or_else(|| BackendError::Failed("the machine has no network to block".into()))?;
-        for (name, _, _) in &self.links {
-            net.set_link(name, up)?;
+        Ok((
+            net.clone(),
+            self.links.iter().map(|l| l.0.clone()).collect(),
+        ))
+    }
+
+    /// Takes the links down (`block`) or up (`unblock`).
+    pub async fn set_up(
+        (net, names): (Arc<Network>, Vec<String>),
+        up: bool,
+    ) -> Result<(), BackendError> {
+        for name in &names {
+            net.set_link(name, up).await?;
         }
         Ok(())
     }
 
-    /// Deletes the TAPs (best effort; the namespace dies with attest anyway).
+    /// Deletes the TAPs (best effort; the namespace dies with attest
+    /// anyway). Blocks on `ip`: for `Drop`; async code uses
+    /// [`Taps::remove_async`].
     pub fn remove(&mut self) {
         if let Some(net) = &self.network {
             if let Ok(switch) = net.switch() {
@@ -437,6 +451,26 @@ impl Taps {
                     let _ = switch.ip(&["link", "del", &name]);
                 }
             }
+        }
+    }
+
+    /// [`Taps::remove`] without blocking a runtime worker.
+    pub async fn remove_async(&mut self) {
+        if let Some(net) = &self.network {
+            if let Ok(switch) = net.switch_async().await {
+                for (name, _, _) in self.links.drain(..) {
+                    let _ = switch.ip_async(&["link", "del", &name]).await;
+                }
+            }
+        }
+    }
+
+    /// Moves the TAPs out (this one is left with none), so they can be
+    /// removed without holding a lock on their owner.
+    pub fn take(&mut self) -> Taps {
+        Taps {
+            network: self.network.clone(),
+            links: std::mem::take(&mut self.links),
         }
     }
 }

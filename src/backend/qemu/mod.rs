@@ -47,8 +47,13 @@ use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::GuestStream;
 use crate::net::{plan, VdeSwitches};
-use crate::process::{require_binary, spawn_watched, Exit, ReplaceableProcess, Watched};
+use crate::process::{
+    poll, require_binary, spawn_watched, Exit, PollEnd, ReplaceableProcess, Watched,
+};
 use crate::shell;
+
+/// How long saving or loading the VM state may take.
+const MIGRATION_LIMIT: Duration = Duration::from_secs(600);
 
 /// Starts QEMU VMs.
 pub struct QemuBackend {
@@ -136,8 +141,8 @@ fn absolute(p: &Path) -> Result<PathBuf, BackendError> {
 }
 
 /// The last lines of QEMU's own output, for start errors.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+async fn log_tail(log: &Path) -> String {
+    let text = tokio::fs::read_to_string(log).await.unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     if tail.trim().is_empty() {
@@ -229,7 +234,7 @@ impl Launch {
                 };
                 Err(start_err(format!(
                     "{what}; QEMU said:\n{}",
-                    log_tail(&self.log)
+                    log_tail(&self.log).await
                 )))
             }
         }
@@ -488,25 +493,32 @@ impl QemuInstance {
 
     /// Polls `query-migrate` until the migration ends.
     async fn wait_migration(&self, qmp: &Qmp, what: &str) -> Result<(), BackendError> {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        loop {
-            let st = qmp.execute("query-migrate", None).await?;
+        let deadline = Instant::now() + MIGRATION_LIMIT;
+        // Ok(outcome) ends the wait; Err(status) polls again.
+        let attempt = || async {
+            let st = match qmp.execute("query-migrate", None).await {
+                Ok(st) => st,
+                Err(e) => return Ok(Err(e.into())),
+            };
             match st.get("status").and_then(Value::as_str).unwrap_or("") {
-                "completed" => return Ok(()),
-                "failed" | "cancelled" => {
-                    return Err(failed(format!(
-                        "{what} failed: {}",
-                        st.get("error-desc")
-                            .and_then(Value::as_str)
-                            .unwrap_or("no reason given")
-                    )))
-                }
-                _ => {}
+                "completed" => Ok(Ok(())),
+                "failed" | "cancelled" => Ok(Err(failed(format!(
+                    "{what} failed: {}",
+                    st.get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
+                )))),
+                other => Err(other.to_owned()),
             }
-            if Instant::now() > deadline {
-                return Err(failed(format!("{what} did not finish in 600 s")));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let exit = self.process.exit_watch();
+        match poll(deadline, Duration::from_millis(50), &exit, attempt).await {
+            Ok(outcome) => outcome,
+            Err(PollEnd::Exited(info)) => Err(failed(format!("QEMU {info} while {what}"))),
+            Err(PollEnd::TimedOut(status)) => Err(failed(format!(
+                "{what} did not finish in {} s (migration status {status:?})",
+                MIGRATION_LIMIT.as_secs()
+            ))),
         }
     }
 
@@ -541,7 +553,9 @@ impl QemuInstance {
 
     async fn snapshot_create(&self, dir: &Path) -> Result<String, BackendError> {
         let dir = absolute(dir)?;
-        std::fs::create_dir_all(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
         let qmp = self.qmp().await;
         let started = Instant::now();
         qmp.execute("stop", None).await?;
@@ -562,12 +576,14 @@ impl QemuInstance {
             let mut names = Vec::new();
             for d in &disks {
                 let base = d.file_name().unwrap_or_default();
-                std::fs::copy(d, dir.join(base))
+                tokio::fs::copy(d, dir.join(base))
+                    .await
                     .map_err(|e| failed(format!("cannot copy {}: {e}", d.display())))?;
                 names.push(d.display().to_string());
             }
             let meta = json!({ "machine": self.machine, "disks": names });
-            std::fs::write(dir.join("attest-snapshot.json"), meta.to_string())
+            tokio::fs::write(dir.join("attest-snapshot.json"), meta.to_string())
+                .await
                 .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
             Ok::<_, BackendError>(())
         }
@@ -585,7 +601,8 @@ impl QemuInstance {
 
     async fn snapshot_restore(&self, dir: &Path) -> Result<String, BackendError> {
         let dir = absolute(dir)?;
-        let meta: Value = std::fs::read_to_string(dir.join("attest-snapshot.json"))
+        let meta: Value = tokio::fs::read_to_string(dir.join("attest-snapshot.json"))
+            .await
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .ok_or_else(|| failed(format!("{} holds no attest snapshot", dir.display())))?;
@@ -607,20 +624,33 @@ impl QemuInstance {
                 old.terminate(Duration::from_secs(2)).await;
             }
         }
-        for d in meta["disks"].as_array().into_iter().flatten() {
-            let Some(d) = d.as_str().map(PathBuf::from) else {
-                continue;
-            };
-            let saved = dir.join(d.file_name().unwrap_or_default());
-            std::fs::copy(&saved, &d)
-                .map_err(|e| failed(format!("cannot restore {}: {e}", d.display())))?;
-        }
         let connections = self.shell.connections();
-        let fresh = self
-            .launch
-            .spawn(true, self.process.tasks())
-            .await
-            .map_err(failed)?;
+        let fresh = async {
+            for d in meta["disks"].as_array().into_iter().flatten() {
+                let Some(d) = d.as_str().map(PathBuf::from) else {
+                    continue;
+                };
+                let saved = dir.join(d.file_name().unwrap_or_default());
+                tokio::fs::copy(&saved, &d)
+                    .await
+                    .map_err(|e| failed(format!("cannot restore {}: {e}", d.display())))?;
+            }
+            self.launch
+                .spawn(true, self.process.tasks())
+                .await
+                .map_err(failed)
+        }
+        .await;
+        let fresh = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                // The old QEMU is gone and no new one runs: the machine is down.
+                self.process.mark_exited(Exit::Other(format!(
+                    "did not come back from the snapshot: {e}"
+                )));
+                return Err(e);
+            }
+        };
         self.process.adopt(fresh.process);
         let fresh = fresh.session;
         *current = fresh.clone();
@@ -637,15 +667,25 @@ impl QemuInstance {
             fresh.qmp.execute("cont", None).await?;
         }
         // QEMU connects its chardevs at start; make sure the backdoor did.
+        let shell = &self.shell;
+        let exit = self.process.exit_watch();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.shell.connections() == connections || !self.shell.is_connected() {
-            if Instant::now() > deadline {
-                return Err(failed(
-                    "the restored QEMU did not connect the backdoor socket",
-                ));
+        poll(deadline, Duration::from_millis(20), &exit, || async {
+            if shell.connections() != connections && shell.is_connected() {
+                Ok(())
+            } else {
+                Err(())
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
+        .map_err(|e| match e {
+            PollEnd::Exited(info) => failed(format!(
+                "the restored QEMU {info} before it connected the backdoor socket"
+            )),
+            PollEnd::TimedOut(()) => {
+                failed("the restored QEMU did not connect the backdoor socket")
+            }
+        })?;
         self.banner_on_connect.store(true, Ordering::SeqCst);
         Ok(format!(
             "restored from {} in {:.2} s",
