@@ -381,13 +381,13 @@ fn read_frame(r: &mut impl Read) -> Result<Option<Frame>, (String, Vec<u8>)> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err((format!("reading a frame: {e}"), Vec::new())),
     }
-    let n = wire::body_len(len).map_err(|e| (e, len.to_vec()))?;
+    let n = wire::body_len(len).map_err(|e| (e.to_string(), len.to_vec()))?;
     let mut body = vec![0u8; n];
     r.read_exact(&mut body)
         .map_err(|e| (format!("reading a frame body: {e}"), Vec::new()))?;
     wire::decode_body(body)
         .map(Some)
-        .map_err(|e| (e, Vec::new()))
+        .map_err(|e| (e.to_string(), Vec::new()))
 }
 
 /// Writes the greeting, then queued frames, flushing whenever the queue

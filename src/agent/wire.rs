@@ -117,16 +117,16 @@ impl Transfer {
     }
 
     /// Parses the payload.
-    pub fn decode(p: &[u8]) -> Result<Transfer, String> {
+    pub fn decode(p: &[u8]) -> Result<Transfer, WireError> {
         let mut r = Reader(p);
         let shape = match r.take(1)?[0] {
             0 => Shape::File,
             1 => Shape::Tar,
-            other => return Err(format!("unknown transfer shape {other}")),
+            other => return Err(WireError::UnknownShape(other)),
         };
         let mode = r.u32()?;
         if r.0.is_empty() || r.0.contains(&0) {
-            return Err("a transfer needs a path without NUL bytes".into());
+            return Err(WireError::BadPath);
         }
         Ok(Transfer {
             shape,
@@ -155,7 +155,7 @@ impl Digest {
     }
 
     /// Parses the payload.
-    pub fn decode(p: &[u8]) -> Result<Digest, String> {
+    pub fn decode(p: &[u8]) -> Result<Digest, WireError> {
         let mut r = Reader(p);
         let size = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
         let sha256 = r.take(32)?.try_into().expect("32 bytes");
@@ -197,18 +197,18 @@ pub fn encode_head(out: &mut Vec<u8>, kind: u8, id: u32, len: usize) {
 }
 
 /// Checks a frame's length field (the 4 bytes before the rest).
-pub fn body_len(prefix: [u8; 4]) -> Result<usize, String> {
+pub fn body_len(prefix: [u8; 4]) -> Result<usize, WireError> {
     let n = u32::from_le_bytes(prefix) as usize;
     if !(HEAD..=HEAD + MAX_PAYLOAD).contains(&n) {
-        return Err(format!("bad frame length {n}"));
+        return Err(WireError::BadLength(n));
     }
     Ok(n)
 }
 
 /// Decodes a frame's body (everything after the length field).
-pub fn decode_body(body: Vec<u8>) -> Result<Frame, String> {
+pub fn decode_body(body: Vec<u8>) -> Result<Frame, WireError> {
     if body.len() < HEAD {
-        return Err(format!("frame of {} bytes is too short", body.len()));
+        return Err(WireError::TooShort(body.len()));
     }
     let kind = body[0];
     let id = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
@@ -263,7 +263,7 @@ impl Exec {
     }
 
     /// Parses the payload.
-    pub fn decode(p: &[u8]) -> Result<Exec, String> {
+    pub fn decode(p: &[u8]) -> Result<Exec, WireError> {
         let mut r = Reader(p);
         let timeout_ms = r.u64()?;
         let stdin = r.take(1)?[0] != 0;
@@ -343,7 +343,7 @@ impl Exit {
     }
 
     /// Parses the payload.
-    pub fn decode(p: &[u8]) -> Result<Exit, String> {
+    pub fn decode(p: &[u8]) -> Result<Exit, WireError> {
         let mut r = Reader(p);
         let status = r.u32()? as i32;
         let signal = r.u32()? as i32;
@@ -356,32 +356,65 @@ impl Exit {
     }
 }
 
+/// Why a frame or payload does not parse. (`Display` by hand: the agent
+/// is std only.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// A transfer's shape byte is neither file nor tar.
+    UnknownShape(u8),
+    /// A transfer's path is empty or has NUL bytes.
+    BadPath,
+    /// A length field outside what a frame may be.
+    BadLength(usize),
+    /// A body shorter than a frame header.
+    TooShort(usize),
+    /// A payload shorter than its fields.
+    EndsEarly(usize),
+    /// A text field is not UTF-8.
+    NotUtf8,
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::UnknownShape(s) => write!(f, "unknown transfer shape {s}"),
+            WireError::BadPath => f.write_str("a transfer needs a path without NUL bytes"),
+            WireError::BadLength(n) => write!(f, "bad frame length {n}"),
+            WireError::TooShort(n) => write!(f, "frame of {n} bytes is too short"),
+            WireError::EndsEarly(n) => write!(f, "payload ends early: need {n} more bytes"),
+            WireError::NotUtf8 => f.write_str("text is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.0.len() < n {
-            return Err(format!("payload ends early: need {n} more bytes"));
+            return Err(WireError::EndsEarly(n));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, WireError> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
 
-    fn text(&mut self, n: usize) -> Result<String, String> {
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "text is not UTF-8".to_owned())
+    fn text(&mut self, n: usize) -> Result<String, WireError> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| WireError::NotUtf8)
     }
 }
 
@@ -391,7 +424,7 @@ pub fn encode_ack(consumed: u64) -> Vec<u8> {
 }
 
 /// Parses an [`ACK`] payload.
-pub fn decode_ack(p: &[u8]) -> Result<u64, String> {
+pub fn decode_ack(p: &[u8]) -> Result<u64, WireError> {
     Reader(p).u64()
 }
 

@@ -218,8 +218,13 @@ impl Interrupt {
     }
 }
 
+/// A `--scaling` entry that is not a node count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a node count from 1 to 64")]
+pub struct BadCount(pub String);
+
 /// Parses `1,4,8,16` (or `none` / empty: no scaling figure).
-pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_counts(s: &str) -> Result<Vec<usize>, BadCount> {
     let s = s.trim();
     if s.is_empty() || s == "none" {
         return Ok(Vec::new());
@@ -227,7 +232,7 @@ pub fn parse_counts(s: &str) -> Result<Vec<usize>, String> {
     s.split(',')
         .map(|p| match p.trim().parse::<usize>() {
             Ok(n) if (1..=64).contains(&n) => Ok(n),
-            _ => Err(format!("{p:?} is not a node count from 1 to 64")),
+            _ => Err(BadCount(p.to_owned())),
         })
         .collect()
 }
@@ -270,46 +275,73 @@ pub fn backend_version(backend: BackendKind) -> Option<String> {
         .map(|l| l.trim().to_owned())
 }
 
+/// Why a backend cannot be measured here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// ssh measures a host the user brings, not one bench boots.
+    #[error(
+        "needs an existing host; bench boots its own guests (measure ssh with a test config of your own)"
+    )]
+    NeedsHost,
+    /// A microVM backend without usable KVM.
+    #[error("needs KVM; {0}")]
+    NoKvm(String),
+    /// The backend's binary (or `qemu-img`) is missing.
+    #[error("`{binary}` is not installed{hint}")]
+    NotInstalled {
+        /// The binary.
+        binary: &'static str,
+        /// How to install it, when known.
+        hint: &'static str,
+    },
+    /// nspawn without root.
+    #[error("systemd-nspawn needs root")]
+    NotRoot,
+    /// The image's root tree is not built.
+    #[error("{} is not a root tree: run images/debian/build", .0.display())]
+    NoRootTree(PathBuf),
+    /// The image's kernel or disk is not built.
+    #[error("{} is missing: run images/debian/build", .0.display())]
+    Missing(PathBuf),
+}
+
 /// Why `backend` cannot run here with `image`, or `Ok` when it can.
-pub fn availability(backend: BackendKind, image: &ImageManifest) -> Result<(), String> {
+pub fn availability(backend: BackendKind, image: &ImageManifest) -> Result<(), Unavailable> {
     if backend == BackendKind::Ssh {
-        return Err(
-            "needs an existing host; bench boots its own guests (measure ssh with a test config of your own)"
-                .into(),
-        );
+        return Err(Unavailable::NeedsHost);
     }
     if matches!(
         backend,
         BackendKind::Firecracker | BackendKind::CloudHypervisor
     ) {
-        kvm_state().map_err(|e| format!("needs KVM; {e}"))?;
+        kvm_state().map_err(Unavailable::NoKvm)?;
     }
     let bin = backend_binary(backend);
     if binary(bin).is_none() {
-        return Err(format!("`{bin}` is not installed"));
+        return Err(Unavailable::NotInstalled {
+            binary: bin,
+            hint: "",
+        });
     }
     if backend == BackendKind::Qemu && binary("qemu-img").is_none() {
-        return Err("`qemu-img` is not installed (apt-get install qemu-utils)".into());
+        return Err(Unavailable::NotInstalled {
+            binary: "qemu-img",
+            hint: " (apt-get install qemu-utils)",
+        });
     }
     match backend {
         BackendKind::Nspawn => {
             if !nix::unistd::Uid::effective().is_root() {
-                return Err("systemd-nspawn needs root".into());
+                return Err(Unavailable::NotRoot);
             }
             if !image.rootfs.join("usr").is_dir() {
-                return Err(format!(
-                    "{} is not a root tree: run images/debian/build",
-                    image.rootfs.display()
-                ));
+                return Err(Unavailable::NoRootTree(image.rootfs.clone()));
             }
         }
         _ => {
             for p in [&image.kernel, &image.disk] {
                 if !p.is_file() {
-                    return Err(format!(
-                        "{} is missing: run images/debian/build",
-                        p.display()
-                    ));
+                    return Err(Unavailable::Missing(p.clone()));
                 }
             }
         }
@@ -462,7 +494,7 @@ pub fn run(
                     ..Default::default()
                 };
                 if let Err(reason) = availability(backend, &image) {
-                    b.reason = Some(reason);
+                    b.reason = Some(reason.to_string());
                     report.backends.push(b);
                     break;
                 }

@@ -577,7 +577,7 @@ impl AgentClient {
                         out.stderr.clear();
                     }
                     wire::EXIT => {
-                        let exit = Exit::decode(&f.payload).map_err(GuestError::Protocol)?;
+                        let exit = Exit::decode(&f.payload).map_err(GuestError::Wire)?;
                         return Ok(exit.status);
                     }
                     wire::ERROR => {

@@ -102,7 +102,7 @@ impl AgentClient {
             let f = events.recv().await.ok_or(GuestError::Closed)?;
             match f.kind {
                 wire::DONE => {
-                    let got = Digest::decode(&f.payload).map_err(GuestError::Protocol)?;
+                    let got = Digest::decode(&f.payload).map_err(GuestError::Wire)?;
                     if got != sent {
                         return Err(GuestError::Transfer(format!(
                             "{dest} arrived different from what was sent: {} bytes with SHA-256 {} in the guest, {} bytes with SHA-256 {} sent",
@@ -174,7 +174,7 @@ impl AgentClient {
                         out.flush()
                             .await
                             .map_err(|e| GuestError::HostFile(e.to_string()))?;
-                        let sent = Digest::decode(&f.payload).map_err(GuestError::Protocol)?;
+                        let sent = Digest::decode(&f.payload).map_err(GuestError::Wire)?;
                         let got = digest_of(hasher, size);
                         if got != sent {
                             return Err(GuestError::Transfer(format!(

@@ -86,6 +86,43 @@ pub enum Request<'a> {
     },
 }
 
+/// Why a command cannot be framed or its reply cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A bash word cannot hold NUL.
+    #[error("a command cannot contain a NUL byte")]
+    NulInCommand,
+    /// The header of this command's reply has non-ASCII bytes.
+    #[error("reply header is not ASCII")]
+    HeaderNotAscii,
+    /// The header's sequence number is not a number.
+    #[error("bad sequence number {0:?}")]
+    BadSequence(String),
+    /// The header's exit status is not a number.
+    #[error("bad exit status {0:?}")]
+    BadStatus(String),
+    /// A line that starts like a header goes on with something else.
+    #[error("malformed reply header: {0:?}")]
+    BadHeader(String),
+    /// A field ended in the middle of a base64 quantum.
+    #[error("{0:?} field is truncated base64")]
+    TruncatedField(Field),
+    /// A field holds a byte that is neither base64 nor its separator.
+    #[error("malformed reply: byte {byte:#04x} in the {field:?} field")]
+    FieldByte {
+        /// The byte.
+        byte: u8,
+        /// The field.
+        field: Field,
+    },
+    /// The reply does not end with ` .` and a newline.
+    #[error("malformed reply end: byte {0:#04x} after the data field")]
+    BadEnd(u8),
+    /// A field's base64 does not decode.
+    #[error("reply is not valid base64: {0}")]
+    Base64(#[source] base64::DecodeSliceError),
+}
+
 /// Where an upload leaves `sha256sum`'s line for the bytes it wrote to
 /// `dest` (the command of the upload reads and removes it).
 pub fn upload_hash_file(dest: &str) -> String {
@@ -95,9 +132,9 @@ pub fn upload_hash_file(dest: &str) -> String {
 /// Quotes `s` as a bash ANSI-C string (`$'…'`): every byte outside a safe
 /// set becomes `\xHH`, so no quoting bug can reach the shell and no process
 /// is needed to decode it. NUL cannot be part of a bash word: an error.
-pub fn ansi_c_quote(s: &str) -> Result<String, String> {
+pub fn ansi_c_quote(s: &str) -> Result<String, ProtocolError> {
     if s.contains('\0') {
-        return Err("a command cannot contain a NUL byte".into());
+        return Err(ProtocolError::NulInCommand);
     }
     let mut out = String::with_capacity(s.len() + 3);
     out.push_str("$'");
@@ -179,7 +216,11 @@ impl Framer {
     /// Encodes one command; returns the line to send and its sequence number.
     /// The command runs as the NixOS driver runs it: `bash -c 'set -euo
     /// pipefail; <command>'`, so `false; true` fails here as it does there.
-    pub fn encode(&mut self, command: &str, timeout_secs: u64) -> Result<(String, u64), String> {
+    pub fn encode(
+        &mut self,
+        command: &str,
+        timeout_secs: u64,
+    ) -> Result<(String, u64), ProtocolError> {
         self.encode_request(command, timeout_secs, Request::Command)
     }
 
@@ -189,7 +230,7 @@ impl Framer {
         command: &str,
         timeout_secs: u64,
         request: Request<'_>,
-    ) -> Result<(String, u64), String> {
+    ) -> Result<(String, u64), ProtocolError> {
         let quoted = ansi_c_quote(&format!("set -euo pipefail; {command}"))?;
         self.seq += 1;
         let seq = self.seq;
@@ -309,7 +350,7 @@ impl ReplyParser {
 
     /// Consumes a prefix of `input`; returns how much and what came of it.
     /// Call again with the rest (or more input) until [`Step::Done`].
-    pub fn step(&mut self, input: &[u8]) -> Result<(usize, Step<'_>), String> {
+    pub fn step(&mut self, input: &[u8]) -> Result<(usize, Step<'_>), ProtocolError> {
         let mut used = 0;
         loop {
             let rest = &input[used..];
@@ -338,11 +379,7 @@ impl ReplyParser {
                     match rest[0] {
                         b'.' | b'\r' => {}
                         b'\n' => self.state = State::Done,
-                        other => {
-                            return Err(format!(
-                                "malformed reply end: byte {other:#04x} after the data field"
-                            ))
-                        }
+                        other => return Err(ProtocolError::BadEnd(other)),
                     }
                 }
             }
@@ -350,7 +387,7 @@ impl ReplyParser {
     }
 
     /// One byte at a line start; returns bytes consumed (always 1).
-    fn header_byte(&mut self, b: u8) -> Result<usize, String> {
+    fn header_byte(&mut self, b: u8) -> Result<usize, ProtocolError> {
         if b == b'\n' {
             self.header.clear();
             return Ok(1);
@@ -371,15 +408,15 @@ impl ReplyParser {
         let after = &h[m.len()..];
         let spaces = after.iter().filter(|&&c| c == b' ').count();
         if b == b' ' && spaces == 2 {
-            let text = std::str::from_utf8(after).map_err(|_| "reply header is not ASCII")?;
+            let text = std::str::from_utf8(after).map_err(|_| ProtocolError::HeaderNotAscii)?;
             let mut parts = text.split(' ');
             let (seq, status) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let seq: u64 = seq
                 .parse()
-                .map_err(|_| format!("bad sequence number {seq:?}"))?;
-            let status: Result<i32, String> = status
+                .map_err(|_| ProtocolError::BadSequence(seq.to_owned()))?;
+            let status: Result<i32, ProtocolError> = status
                 .parse()
-                .map_err(|_| format!("bad exit status {status:?}"));
+                .map_err(|_| ProtocolError::BadStatus(status.to_owned()));
             self.header.clear();
             if seq != self.seq {
                 // The reply of an older command that was abandoned.
@@ -389,9 +426,8 @@ impl ReplyParser {
             self.status = status?;
             self.state = State::Field(0);
         } else if h.len() > HEADER_MAX || !(b.is_ascii_digit() || b == b' ' || b == b'-') {
-            return Err(format!(
-                "malformed reply header: {:?}",
-                String::from_utf8_lossy(h)
+            return Err(ProtocolError::BadHeader(
+                String::from_utf8_lossy(h).into_owned(),
             ));
         }
         Ok(1)
@@ -399,7 +435,7 @@ impl ReplyParser {
 
     /// Decodes base64 of field `n` from `rest`; returns (consumed, decoded
     /// bytes now in scratch).
-    fn field_bytes(&mut self, n: usize, rest: &[u8]) -> Result<(usize, usize), String> {
+    fn field_bytes(&mut self, n: usize, rest: &[u8]) -> Result<(usize, usize), ProtocolError> {
         let run = rest
             .iter()
             .take(SCRATCH / 3 * 4)
@@ -428,13 +464,13 @@ impl ReplyParser {
         took = run;
         if run < rest.len() && !is_b64(rest[run]) {
             if self.carry_len != 0 {
-                return Err(format!("{:?} field is truncated base64", FIELDS[n]));
+                return Err(ProtocolError::TruncatedField(FIELDS[n]));
             }
             if rest[run] != b' ' {
-                return Err(format!(
-                    "malformed reply: byte {:#04x} in the {:?} field",
-                    rest[run], FIELDS[n]
-                ));
+                return Err(ProtocolError::FieldByte {
+                    byte: rest[run],
+                    field: FIELDS[n],
+                });
             }
             took += 1;
             self.state = if n + 1 < FIELDS.len() {
@@ -451,16 +487,15 @@ fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
-fn decode_into(b64: &[u8], out: &mut [u8]) -> Result<usize, String> {
-    B64.decode_slice(b64, out)
-        .map_err(|e| format!("reply is not valid base64: {e}"))
+fn decode_into(b64: &[u8], out: &mut [u8]) -> Result<usize, ProtocolError> {
+    B64.decode_slice(b64, out).map_err(ProtocolError::Base64)
 }
 
 /// Drives a parser over a complete reply held in memory (tests, small replies).
 pub fn parse_all(
     parser: &mut ReplyParser,
     mut input: &[u8],
-) -> Result<Option<CommandOutput>, String> {
+) -> Result<Option<CommandOutput>, ProtocolError> {
     let mut out = CommandOutput {
         status: 0,
         stdout: Vec::new(),
@@ -521,9 +556,18 @@ mod tests {
         let out = parse_all(&mut f.parser(seq), &input).unwrap().unwrap();
         assert_eq!(out.stdout, b"new");
         let bad = format!("\n{} {seq} 0 !!! \n", f.marker());
-        assert!(parse_all(&mut f.parser(seq), bad.as_bytes()).is_err());
+        assert_eq!(
+            parse_all(&mut f.parser(seq), bad.as_bytes()),
+            Err(ProtocolError::FieldByte {
+                byte: b'!',
+                field: Field::Stdout
+            })
+        );
         let truncated = format!("\n{} {seq} 0 QUJ  .\n", f.marker());
-        assert!(parse_all(&mut f.parser(seq), truncated.as_bytes()).is_err());
+        assert_eq!(
+            parse_all(&mut f.parser(seq), truncated.as_bytes()),
+            Err(ProtocolError::TruncatedField(Field::Stdout))
+        );
     }
 
     #[test]
@@ -536,7 +580,7 @@ mod tests {
         assert!(line.contains("</dev/null"));
         assert!(line.contains("timeout -k 5 5 bash -c"));
         assert_eq!(line.matches('\n').count(), 1, "exactly one line: {line}");
-        assert!(f.encode("a\0b", 5).is_err());
+        assert_eq!(f.encode("a\0b", 5), Err(ProtocolError::NulInCommand));
     }
 
     #[test]

@@ -28,9 +28,16 @@ pub enum GuestError {
     /// No reply arrived in time (the guest-side timeout should have fired first).
     #[error("no reply within {0:?}: the guest shell is unresponsive")]
     ReplyTimeout(Duration),
-    /// The guest sent something that is not a valid reply.
+    /// The session cannot be used (abandoned by an earlier call).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A command cannot be framed, or the guest sent something that is not
+    /// a valid reply.
+    #[error("protocol error: {0}")]
+    Reply(#[source] protocol::ProtocolError),
+    /// The agent sent a frame that does not parse.
+    #[error("protocol error: {0}")]
+    Wire(#[source] crate::agent::wire::WireError),
     /// A file transfer failed in the guest, or arrived different from what
     /// was sent (size or SHA-256); the session itself is still usable.
     #[error("{0}")]
@@ -38,6 +45,10 @@ pub enum GuestError {
     /// Reading or writing the host side of a transfer failed.
     #[error("{0}")]
     HostFile(String),
+    /// The guest agent could not be started or restarted (the bootstrap's
+    /// reason).
+    #[error("{0}")]
+    AgentStart(String),
 }
 
 impl From<std::io::Error> for GuestError {
@@ -305,7 +316,7 @@ impl Session {
         let (line, seq) = self
             .framer
             .encode_request(command, secs, request)
-            .map_err(GuestError::Protocol)?;
+            .map_err(GuestError::Reply)?;
         // Poisoned until the reply is read: if this future is dropped midway
         // (cancellation, host timeout) the stream is out of step.
         self.poisoned = true;
@@ -384,7 +395,7 @@ impl Session {
             if buf.is_empty() {
                 return Err(GuestError::Closed);
             }
-            let (used, step) = parser.step(buf).map_err(GuestError::Protocol)?;
+            let (used, step) = parser.step(buf).map_err(GuestError::Reply)?;
             match step {
                 Step::Continue => {}
                 Step::Bytes(Field::Stdout, b) => out.stdout.extend_from_slice(b),

@@ -88,7 +88,10 @@ impl Machine {
             Err(f) => f,
         };
         if protocol == Protocol::Agent {
-            return Err(self.guest_error("(starting the guest agent)", fallback.reason));
+            return Err(self.guest_error(
+                "(starting the guest agent)",
+                GuestError::AgentStart(fallback.reason),
+            ));
         }
         self.inner.reporter.log(
             Some(&self.inner.name),
@@ -156,14 +159,14 @@ impl Machine {
         let left = deadline.saturating_duration_since(Instant::now());
         Session::establish(stream, left.max(Duration::from_secs(1)))
             .await
-            .map_err(|e| self.guest_error("(waiting for the backdoor shell)", e.to_string()))
+            .map_err(|e| self.guest_error("(waiting for the backdoor shell)", e))
     }
 
-    fn guest_error(&self, command: &str, message: String) -> MachineError {
+    fn guest_error(&self, command: &str, error: GuestError) -> MachineError {
         MachineError::Guest {
             machine: self.inner.name.clone(),
             command: command.to_owned(),
-            message,
+            error,
         }
     }
 
@@ -176,7 +179,7 @@ impl Machine {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, MachineError> {
-        let guest_error = |e: GuestError| self.guest_error(command, e.to_string());
+        let guest_error = |e: GuestError| self.guest_error(command, e);
         match channel {
             Channel::Agent(slot) => {
                 let client = self.live_agent(slot, instance).await?;
@@ -237,7 +240,12 @@ impl Machine {
                 |s| async move { Ok(agent::bootstrap(s, deadline).await) },
             )
             .await?
-            .map_err(|f| self.guest_error("(restarting the guest agent)", f.reason))?;
+            .map_err(|f| {
+                self.guest_error(
+                    "(restarting the guest agent)",
+                    GuestError::AgentStart(f.reason),
+                )
+            })?;
         *current = Arc::new(client);
         Ok(current.clone())
     }
@@ -271,7 +279,7 @@ impl Machine {
                 .await
                 .map_err(|e| (e, false))?;
             let r = work(client.clone()).await;
-            r.map_err(|e| (self.guest_error(what, e.to_string()), !client.is_usable()))
+            r.map_err(|e| (self.guest_error(what, e), !client.is_usable()))
         };
         self.race_and_settle(&instance, what, run).await.map(Some)
     }
@@ -288,7 +296,7 @@ impl Machine {
         let stream = client
             .open_shell()
             .await
-            .map_err(|e| self.guest_error("(opening a shell through the agent)", e.to_string()))?;
+            .map_err(|e| self.guest_error("(opening a shell through the agent)", e))?;
         self.establish_session(Box::new(stream), Instant::now() + Duration::from_secs(30))
             .await
     }

@@ -6,6 +6,7 @@
 //! `source()`, so callers match on the cause instead of reading the text.
 
 use crate::backend::BackendError;
+use crate::guest::GuestError;
 use crate::process::Exit;
 use crate::report::FailureCause;
 
@@ -76,14 +77,27 @@ pub enum MachineError {
         console_tail: String,
     },
     /// The guest channel failed.
-    #[error("{machine}: {command}: {message}")]
+    #[error("{machine}: {command}: {error}")]
     Guest {
         /// The machine.
         machine: String,
         /// The command.
         command: String,
         /// What failed.
-        message: String,
+        #[source]
+        error: GuestError,
+    },
+    /// A command to run in the background could not be started.
+    #[error("{machine}: {command}: could not start it detached (exit status {status}): {stderr}")]
+    Detach {
+        /// The machine.
+        machine: String,
+        /// The command.
+        command: String,
+        /// The exit status of the `setsid` wrapper.
+        status: i32,
+        /// What it printed.
+        stderr: String,
     },
     /// The backend failed or lacks the operation
     /// ([`BackendError::Unsupported`]).
@@ -167,6 +181,7 @@ impl MachineError {
             } => FailureCause::Unsupported,
             MachineError::Cancelled { .. } => FailureCause::Cancelled,
             MachineError::Guest { .. }
+            | MachineError::Detach { .. }
             | MachineError::Backend { .. }
             | MachineError::Internal { .. } => FailureCause::Machine,
         }

@@ -510,7 +510,7 @@ impl Machine {
                 let e = MachineError::Guest {
                     machine: self.inner.name.clone(),
                     command: what.to_owned(),
-                    message: e.to_string(),
+                    error: e,
                 };
                 (e, broken)
             })
@@ -611,14 +611,11 @@ impl Machine {
         );
         let out = self.execute(&detached, Duration::from_secs(30)).await?;
         if out.status != 0 {
-            return Err(MachineError::Guest {
+            return Err(MachineError::Detach {
                 machine: self.inner.name.clone(),
                 command: command.to_owned(),
-                message: format!(
-                    "could not start it detached (exit status {}): {}",
-                    out.status,
-                    out.stderr_text().trim()
-                ),
+                status: out.status,
+                stderr: out.stderr_text().trim().to_owned(),
             });
         }
         Ok(())
