@@ -310,28 +310,31 @@ impl ReplaceableProcess {
 
 /// Why [`poll`] gave up.
 #[derive(Debug)]
-pub enum PollEnd<E> {
+pub enum PollEnd<E, S = Exit> {
     /// The process being waited on ended first.
-    Exited(Exit),
+    Exited(S),
     /// The deadline passed; the last attempt's error.
     TimedOut(E),
 }
 
 /// Tries `attempt` every `interval` until it succeeds, `deadline` passes, or
-/// `exit` shows the process it waits on has ended: the one loop for
-/// sockets, APIs and handshakes that appear some time after a start.
-pub async fn poll<T, E, F, Fut>(
+/// `exit` shows the process it waits on has ended (a pause ends early when
+/// it does): the one loop for sockets, APIs and handshakes that appear some
+/// time after a start.
+pub async fn poll<T, E, S, F, Fut>(
     deadline: std::time::Instant,
     interval: Duration,
-    exit: &watch::Receiver<Option<Exit>>,
+    exit: &watch::Receiver<Option<S>>,
     mut attempt: F,
-) -> Result<T, PollEnd<E>>
+) -> Result<T, PollEnd<E, S>>
 where
+    S: Clone,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
+    let mut exit = exit.clone();
     loop {
-        if let Some(info) = exit.borrow().clone() {
+        if let Some(info) = exit.borrow_and_update().clone() {
             return Err(PollEnd::Exited(info));
         }
         let last = match attempt().await {
@@ -341,8 +344,32 @@ where
         if std::time::Instant::now() >= deadline {
             return Err(PollEnd::TimedOut(last));
         }
-        tokio::time::sleep(interval).await;
+        // A closed watch can change no more: then only the pause counts.
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            Ok(()) = exit.changed() => {}
+        }
     }
+}
+
+/// [`poll`] for work no process can cut short: tries `attempt` every
+/// `interval` until it succeeds or `deadline` passes (then its last error).
+pub async fn retry<T, E, F, Fut>(
+    deadline: std::time::Instant,
+    interval: Duration,
+    attempt: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let (_never_sent, nothing) = watch::channel::<Option<std::convert::Infallible>>(None);
+    poll(deadline, interval, &nothing, attempt)
+        .await
+        .map_err(|end| match end {
+            PollEnd::TimedOut(e) => e,
+            PollEnd::Exited(never) => match never {},
+        })
 }
 
 /// How long an exit report waits for the child's output to be read.
@@ -438,14 +465,19 @@ pub fn require_binary(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn terminate_escalates_to_sigkill_and_reaps() {
-        let w = spawn_watched(
-            Command::new("bash").args(["-c", "trap '' TERM; sleep 30"]),
+    /// `bash -c script`, supervised, on a tracker of its own.
+    fn bash(script: &str) -> Watched {
+        spawn_watched(
+            Command::new("bash").args(["-c", script]),
             None,
             &TaskTracker::new(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn terminate_escalates_to_sigkill_and_reaps() {
+        let w = bash("trap '' TERM; sleep 30");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let info = w.terminate(Duration::from_millis(300)).await;
         assert_eq!(info, Exit::Signal(9));
@@ -477,12 +509,7 @@ mod tests {
         // A backend's start: spawn, then wait for a socket that never comes.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start = async move {
-            let w = spawn_watched(
-                Command::new("bash").args(["-c", "sleep 300 & sleep 300; wait"]),
-                None,
-                &TaskTracker::new(),
-            )
-            .unwrap();
+            let w = bash("sleep 300 & sleep 300; wait");
             tx.send((w.pid, w.exit.clone())).unwrap();
             std::future::pending::<()>().await
         };
@@ -510,13 +537,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn exit_is_published() {
-        let w = spawn_watched(
-            Command::new("bash").args(["-c", "exit 7"]),
-            None,
-            &TaskTracker::new(),
+    async fn poll_stops_at_an_exit_during_its_pause() {
+        let w = bash("sleep 0.2; exit 3");
+        let started = std::time::Instant::now();
+        let end = poll(
+            started + Duration::from_secs(30),
+            Duration::from_secs(10),
+            &w.exit,
+            || async { Err::<(), _>("not yet") },
         )
-        .unwrap();
+        .await;
+        assert!(
+            matches!(end, Err(PollEnd::Exited(Exit::Code(3)))),
+            "{end:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn retry_gives_the_last_error_at_the_deadline() {
+        let mut tries = 0;
+        let started = std::time::Instant::now();
+        let end = retry(
+            started + Duration::from_millis(200),
+            Duration::from_millis(20),
+            || {
+                tries += 1;
+                let n = tries;
+                async move { Err::<(), _>(n) }
+            },
+        )
+        .await;
+        assert_eq!(end, Err(tries));
+        assert!(tries > 2, "{tries}");
+        let ok = retry(started, Duration::from_millis(20), || async {
+            Ok::<_, ()>(7)
+        })
+        .await;
+        assert_eq!(ok, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn exit_is_published() {
+        let w = bash("exit 7");
         assert_eq!(w.wait().await, Exit::Code(7));
         assert_eq!(Exit::Code(7).to_string(), "exited with status 7");
     }

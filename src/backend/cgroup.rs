@@ -116,16 +116,19 @@ impl PrivateCgroup {
     /// stay busy for a moment after the container's supervisor was reaped.
     /// Gives up after `limit` (the next run's janitor sweeps what is left).
     pub async fn remove_when_empty(&self, limit: std::time::Duration) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
+        let deadline = std::time::Instant::now() + limit;
+        let interval = std::time::Duration::from_millis(25);
+        let _ = crate::process::retry(deadline, interval, || async {
             for d in &self.dirs {
                 remove_tree(d);
             }
-            if self.dirs.iter().all(|d| !d.exists()) || tokio::time::Instant::now() >= deadline {
-                return;
+            if self.dirs.iter().all(|d| !d.exists()) {
+                Ok(())
+            } else {
+                Err(())
             }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+        })
+        .await;
     }
 }
 

@@ -44,7 +44,8 @@ use crate::config::{BackendKind, KnownHostsPolicy, SshConfig};
 use crate::console::ConsoleLog;
 use crate::guest::{GuestStream, BANNER};
 use crate::process::{
-    pump_lines, require_binary, spawn_watched, supervise, wait_for_exit, Exit, Watched,
+    poll, pump_lines, require_binary, spawn_watched, supervise, wait_for_exit, Exit, PollEnd,
+    Watched,
 };
 
 /// Connects to existing hosts over ssh.
@@ -460,35 +461,33 @@ async fn wait_master_up(
     master: &Watched,
     deadline: Instant,
 ) -> MasterState {
-    loop {
-        if let Some(info) = master.exit.borrow().clone() {
-            return MasterState::Exited(info);
+    let check = || async {
+        if !control.exists() {
+            return Err(());
         }
-        if control.exists() {
-            let ok = Command::new(ssh)
-                .arg("-S")
-                .arg(control)
-                .args(["-O", "check"])
-                .arg(host)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if ok {
-                return MasterState::Up;
-            }
+        let ok = Command::new(ssh)
+            .arg("-S")
+            .arg(control)
+            .args(["-O", "check"])
+            .arg(host)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(())
         }
-        if Instant::now() >= deadline {
-            return MasterState::TimedOut;
-        }
-        tokio::select! {
-            info = master.wait() => return MasterState::Exited(info),
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
+    };
+    match poll(deadline, Duration::from_millis(50), &master.exit, check).await {
+        Ok(()) => MasterState::Up,
+        Err(PollEnd::Exited(info)) => MasterState::Exited(info),
+        Err(PollEnd::TimedOut(())) => MasterState::TimedOut,
     }
 }
 

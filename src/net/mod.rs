@@ -113,23 +113,17 @@ impl Network {
         timeout: Duration,
     ) -> Result<(), NetError> {
         let switch = self.switch_async().await?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let r = switch
-                .ip_async(&["link", "set", ifname, "master", &bridge_name(vlan), "up"])
-                .await;
-            match r {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(NetError::Attach {
-                        ifname: ifname.to_owned(),
-                        vlan,
-                        source: Box::new(e),
-                    })
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        let bridge = bridge_name(vlan);
+        let args = ["link", "set", ifname, "master", &bridge, "up"];
+        crate::process::retry(Instant::now() + timeout, Duration::from_millis(20), || {
+            switch.ip_async(&args)
+        })
+        .await
+        .map_err(|e| NetError::Attach {
+            ifname: ifname.to_owned(),
+            vlan,
+            source: Box::new(e),
+        })
     }
 
     /// Sets a host end down (`block`) or up (`unblock`).
