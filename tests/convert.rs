@@ -337,7 +337,10 @@ fn corpus_converts_and_passes_check() {
                     s.todos.len() + usize::from(s.fatal.is_some())
                 )
             } else if let Err(e) = &check {
-                format!("check failed: {}", e.lines().next().unwrap_or(""))
+                format!(
+                    "check failed: {}",
+                    e.to_string().lines().next().unwrap_or("")
+                )
             } else {
                 good += 1;
                 "ok".to_owned()

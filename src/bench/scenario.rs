@@ -101,6 +101,72 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Why one measured run failed; the bench records it and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A file the bench reads or writes.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The test config to rewrite is not JSON.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The test config to rewrite lacks a field.
+    #[error("{}: no {field}", path.display())]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// `script` or `nodes`.
+        field: &'static str,
+    },
+    /// The generated config does not load.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The run's report files cannot be written.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+    /// The driver could not prepare the run.
+    #[error("{0}")]
+    Driver(anyhow::Error),
+    /// A machine operation failed.
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    /// A measurement task panicked or was cancelled.
+    #[error("measurement task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// The generated config has no node.
+    #[error("the generated config has no node")]
+    NoNode,
+    /// The 1 MiB output came back short or long.
+    #[error("1 MiB output arrived as {0} bytes")]
+    OutputSize(usize),
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
+    std::fs::write(path, text).map_err(|source| RunError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn to_json(path: &Path, v: &serde_json::Value) -> Result<String, RunError> {
+    serde_json::to_string_pretty(v).map_err(|source| RunError::Json {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Writes a config with `nodes` nodes of `backend` on the test image.
 fn write_config(
     ctx: &BenchContext<'_>,
@@ -108,7 +174,7 @@ fn write_config(
     backend: BackendKind,
     nodes: usize,
     network: bool,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, RunError> {
     let mut map = serde_json::Map::new();
     for i in 1..=nodes {
         map.insert(
@@ -126,12 +192,8 @@ fn write_config(
     });
     let script = ctx.dir.join("bench.rhai");
     let path = ctx.dir.join(format!("{name}.json"));
-    std::fs::write(&script, "start_all();\n").map_err(|e| e.to_string())?;
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    write_file(&script, "start_all();\n")?;
+    write_file(&path, &to_json(&path, &config)?)?;
     Ok(path)
 }
 
@@ -140,20 +202,19 @@ fn write_config(
 fn with_driver<T>(
     ctx: &BenchContext<'_>,
     config: &Path,
-    f: impl FnOnce(&Driver) -> Result<T, String>,
-) -> Result<Result<T, String>, BenchError> {
+    f: impl FnOnce(&Driver) -> Result<T, RunError>,
+) -> Result<Result<T, RunError>, BenchError> {
     ctx.check_interrupt()?;
-    let setup = || -> Result<Driver, String> {
-        let config = Arc::new(TestConfig::load(config).map_err(|e| e.to_string())?);
-        let reporter =
-            Reporter::new(&config.name, &ctx.report_options()).map_err(|e| e.to_string())?;
+    let setup = || -> Result<Driver, RunError> {
+        let config = Arc::new(TestConfig::load(config)?);
+        let reporter = Reporter::new(&config.name, &ctx.report_options())?;
         Driver::new(
             config,
             reporter,
             &ctx.driver_options(),
             ctx.runtime.handle().clone(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(RunError::Driver)
     };
     let mut driver = match setup() {
         Ok(d) => d,
@@ -175,10 +236,10 @@ fn with_driver<T>(
 fn block<T: Send + 'static>(
     rt: &tokio::runtime::Runtime,
     fut: impl std::future::Future<Output = Result<T, MachineError>> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, RunError> {
     match rt.block_on(rt.spawn(fut)) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("measurement task failed: {e}")),
+        Ok(r) => Ok(r?),
+        Err(e) => Err(RunError::Task(e)),
     }
 }
 
@@ -237,14 +298,14 @@ fn single_run(
     ctx: &BenchContext<'_>,
     driver: &Driver,
     snapshot: PathBuf,
-) -> Result<SingleRun, String> {
+) -> Result<SingleRun, RunError> {
     let rt = ctx.runtime;
     let m = driver
         .machines()
         .values()
         .next()
         .cloned()
-        .ok_or("the generated config has no node")?;
+        .ok_or(RunError::NoNode)?;
     let vm = m.backend_kind().is_vm();
     let mut run = SingleRun::default();
 
@@ -286,20 +347,17 @@ fn single_run(
         m.block_on({
             let m = m.clone();
             async move { m.execute("true", timeout).await }
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     }
     let u0 = Usage::now();
     for _ in 0..ctx.opts.commands {
         let t = Instant::now();
-        let out = m
-            .block_on({
-                let m = m.clone();
-                async move { m.execute("true", timeout).await }
-            })
-            .map_err(|e| e.to_string())?;
+        let out = m.block_on({
+            let m = m.clone();
+            async move { m.execute("true", timeout).await }
+        })?;
         run.round_trips.push(ms(t.elapsed()));
-        expect_ok(&m, &out, "true").map_err(|e| e.to_string())?;
+        expect_ok(&m, &out, "true")?;
     }
     run.attest_cpu_per_command =
         Usage::now().since(&u0).self_cpu_s() * 1000.0 / ctx.opts.commands.max(1) as f64;
@@ -307,24 +365,19 @@ fn single_run(
     let u0 = Usage::now();
     for _ in 0..MIB_REPEATS {
         let t = Instant::now();
-        let out = m
-            .block_on({
-                let m = m.clone();
-                async move {
-                    m.execute(
-                        &format!("head -c {MIB} /dev/zero"),
-                        Duration::from_secs(120),
-                    )
-                    .await
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let out = m.block_on({
+            let m = m.clone();
+            async move {
+                m.execute(
+                    &format!("head -c {MIB} /dev/zero"),
+                    Duration::from_secs(120),
+                )
+                .await
+            }
+        })?;
         run.mib.push(ms(t.elapsed()));
         if out.stdout.len() != MIB {
-            return Err(format!(
-                "1 MiB output arrived as {} bytes",
-                out.stdout.len()
-            ));
+            return Err(RunError::OutputSize(out.stdout.len()));
         }
     }
 
@@ -332,14 +385,12 @@ fn single_run(
 
     for _ in 0..PIPELINES {
         let t = Instant::now();
-        let out = m
-            .block_on({
-                let m = m.clone();
-                async move { m.execute(PIPELINE, timeout).await }
-            })
-            .map_err(|e| e.to_string())?;
+        let out = m.block_on({
+            let m = m.clone();
+            async move { m.execute(PIPELINE, timeout).await }
+        })?;
         run.pipelines.push(ms(t.elapsed()));
-        expect_ok(&m, &out, PIPELINE).map_err(|e| e.to_string())?;
+        expect_ok(&m, &out, PIPELINE)?;
     }
 
     let mm = m.clone();
@@ -428,20 +479,30 @@ fn single_run(
 }
 
 /// The test config rewritten so every node runs on `backend` with the image.
-fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf, String> {
+fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf, RunError> {
     let src = &ctx.opts.test_config;
-    let text = std::fs::read_to_string(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    let file_error = |source| RunError::File {
+        path: src.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(src).map_err(file_error)?;
     let mut v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", src.display()))?;
+        serde_json::from_str(&text).map_err(|source| RunError::Json {
+            path: src.clone(),
+            source,
+        })?;
     let base = std::path::absolute(src)
-        .map_err(|e| e.to_string())?
+        .map_err(file_error)?
         .parent()
         .map(Path::to_owned)
         .unwrap_or_default();
     let script = v
         .get("script")
         .and_then(|s| s.as_str())
-        .ok_or_else(|| format!("{}: no script", src.display()))?;
+        .ok_or_else(|| RunError::Field {
+            path: src.clone(),
+            field: "script",
+        })?;
     v["script"] = serde_json::json!(base.join(script));
     let name = v
         .get("name")
@@ -455,16 +516,15 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf,
     let nodes = v
         .get_mut("nodes")
         .and_then(|n| n.as_object_mut())
-        .ok_or_else(|| format!("{}: no nodes", src.display()))?;
+        .ok_or_else(|| RunError::Field {
+            path: src.clone(),
+            field: "nodes",
+        })?;
     for node in nodes.values_mut() {
         node["backend"] = serde_json::json!({ backend.name(): { "image": ctx.image } });
     }
     let path = ctx.dir.join(format!("whole-{backend}.json"));
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+    write_file(&path, &to_json(&path, &v)?)?;
     Ok(path)
 }
 
@@ -486,7 +546,7 @@ pub fn measure_backend(
         let config = match write_config(ctx, &format!("bench-{backend}"), backend, 1, false) {
             Ok(c) => c,
             Err(e) => {
-                b.errors.push(e);
+                b.errors.push(e.to_string());
                 break;
             }
         };
@@ -609,7 +669,7 @@ pub fn measure_scaling(
         let config = match write_config(ctx, &format!("scale-{backend}-{n}"), backend, n, true) {
             Ok(c) => c,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 continue;
             }
         };

@@ -27,7 +27,7 @@ use crate::machine::Machine;
 use crate::net::Network;
 use crate::report::Reporter;
 
-pub use run::{check_files, check_test, run_test, Outcome, RunOptions};
+pub use run::{check_files, check_test, run_test, CheckError, Outcome, RunOptions};
 
 /// How long teardown waits for the background tasks once every machine
 /// has ended (their children are dead by then; this only covers the reaps).

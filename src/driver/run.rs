@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::Dynamic;
 
 use super::{CancelReason, Driver, DriverOptions};
-use crate::config::TestConfig;
+use crate::config::{ConfigError, TestConfig};
 use crate::report::{failure, EventKind, FailureCause, ReportOptions, Reporter};
 use crate::script::{self, thrown, Script, ScriptContext};
 
@@ -49,16 +49,41 @@ pub struct RunOptions {
     pub interactive: bool,
 }
 
+/// Why a test is invalid before anything boots (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The config does not load or validate.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The script file cannot be read.
+    #[error("{}: cannot read script: {}", path.display(), crate::errors::os_reason(source))]
+    ReadScript {
+        /// The script.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A report file cannot be written.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+    /// The script does not pass the static check.
+    #[error(transparent)]
+    Script(#[from] crate::script::ScriptCheckError),
+    /// Files the config names do not exist (one line each).
+    #[error("{}", .0.join("\n"))]
+    MissingFiles(Vec<String>),
+}
+
 /// Loads the config and the script and checks both; nothing boots.
-pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
-    let config = TestConfig::load(config_path).map_err(|e| e.to_string())?;
+pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), CheckError> {
+    let config = TestConfig::load(config_path)?;
     let script_path = config.script_path();
-    let script = Script::load(&script_path).map_err(|e| {
-        let reason = crate::errors::os_reason(&e);
-        format!("{}: cannot read script: {reason}", script_path.display())
+    let script = Script::load(&script_path).map_err(|source| CheckError::ReadScript {
+        path: script_path.clone(),
+        source,
     })?;
-    let reporter =
-        Reporter::new(&config.name, &ReportOptions::default()).map_err(|e| e.to_string())?;
+    let reporter = Reporter::new(&config.name, &ReportOptions::default())?;
     let ctx = Arc::new(ScriptContext {
         machines: vec![],
         reporter,
@@ -74,20 +99,19 @@ pub fn check_test(config_path: &Path) -> Result<(TestConfig, Script), String> {
         .collect();
     let scope = script::scope_for(&nodes, &script::test_vlans(&config));
     let backends = script::node_backends(&config);
-    script::check::check_with_backends(&engine, &scope, &script.path, &script.source, &backends)
-        .map_err(|e| e.rendered)?;
+    script::check::check_with_backends(&engine, &scope, &script.path, &script.source, &backends)?;
     Ok((config, script))
 }
 
 /// Checks that every file the config names exists (images, kernels, root
 /// trees, start scripts, keys): a missing one is a config error, reported
 /// before anything boots.
-pub fn check_files(config: &TestConfig) -> Result<(), String> {
+pub fn check_files(config: &TestConfig) -> Result<(), CheckError> {
     let missing = config.missing_files();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(missing.join("\n"))
+        Err(CheckError::MissingFiles(missing))
     }
 }
 
@@ -102,7 +126,7 @@ pub fn run_test(
         Ok((c, s))
     }) {
         Ok(v) => v,
-        Err(e) => return Outcome::Error(e),
+        Err(e) => return Outcome::Error(e.to_string()),
     };
     let reporter = match Reporter::new(&config.name, &opts.report) {
         Ok(r) => r,
