@@ -60,6 +60,11 @@ assert_eq(r.status, 124);
 if t.elapsed > 10.0 { throw `the timeout took ${t.elapsed} s`; }
 machine.fail("pgrep -x sleep");
 
+// On nspawn the agent serves a socket of its own in the bind-mounted
+// /run/backdoor, not the backdoor's relayed stream.
+let args = machine.succeed("tr '\\0' ' ' </proc/$PPID/cmdline");
+if !args.contains("--connect /run/backdoor/agent-") { throw `the agent runs as: ${args}`; }
+
 // A flood arrives whole.
 let out = machine.succeed("head -c 200000000 /dev/zero | tr '\\0' x");
 assert_eq(out.len, 200000000);

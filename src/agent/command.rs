@@ -10,7 +10,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use super::sys::{self, PollFd, POLLIN};
-use super::wire::{encode_head, Exec, Exit, AGAIN, ERROR, EXIT, STDERR, STDOUT};
+use super::wire::{
+    encode_head, header, Exec, Exit, AGAIN, DATA_CHUNK, ERROR, EXIT, HEADER, STDERR, STDOUT,
+};
 use super::Registry;
 
 /// How long a command may ignore SIGTERM after its timeout before the whole
@@ -21,19 +23,38 @@ const KILL_AFTER: Duration = Duration::from_secs(5);
 /// background process keeps its pipes open.
 const EXIT_TICK_MS: i32 = 20;
 
-/// Bytes read from a pipe at once: one frame each. The pipes are grown to
-/// this size too, so a fast writer fills a frame per wake-up.
-const CHUNK: usize = 1024 * 1024;
+/// The size stdout pipes are grown to, so a fast writer fills several
+/// frames per wake-up.
+const PIPE: usize = 1024 * 1024;
 
 /// Frames, encoded, on their way to the writer thread.
 pub type Out = SyncSender<Vec<u8>>;
 
 /// One encoded frame.
 pub fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(9 + payload.len());
+    let mut v = Vec::with_capacity(HEADER + payload.len());
     encode_head(&mut v, kind, id, payload.len());
     v.extend_from_slice(payload);
     v
+}
+
+/// Reads what `r` has, up to [`DATA_CHUNK`] bytes, straight into a new
+/// frame of `kind` (header filled in: the bytes are not copied again on
+/// their way out). `Ok(None)` at end of file.
+pub fn read_into_frame(r: &mut impl Read, kind: u8, id: u32) -> std::io::Result<Option<Vec<u8>>> {
+    let mut v = vec![0u8; HEADER + DATA_CHUNK];
+    let n = loop {
+        match r.read(&mut v[HEADER..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => break other?,
+        }
+    };
+    if n == 0 {
+        return Ok(None);
+    }
+    v.truncate(HEADER + n);
+    v[..HEADER].copy_from_slice(&header(kind, id, n));
+    Ok(Some(v))
 }
 
 fn spawn(argv: &[String], piped_stdin: bool) -> std::io::Result<Child> {
@@ -153,7 +174,7 @@ struct Pipes {
 
 impl Pipes {
     /// Forwards what is available on the ready pipes; `forward` false
-    /// discards it (after the reply, for background processes).
+    /// discards it into `buf` (after the reply, for background processes).
     fn pump(&mut self, ready: &[bool; 2], id: u32, out: &Out, forward: bool, buf: &mut [u8]) {
         if ready[0] {
             pump_one(&mut self.stdout, STDOUT, id, out, forward, buf);
@@ -191,13 +212,17 @@ fn pump_one<R: Read>(
 ) {
     let Some(p) = pipe else { return };
     loop {
-        match p.read(buf) {
-            Ok(0) => {
+        let read = match forward {
+            true => read_into_frame(p, kind, id),
+            false => p.read(buf).map(|n| (n > 0).then(Vec::new)),
+        };
+        match read {
+            Ok(None) => {
                 *pipe = None;
                 return;
             }
-            Ok(n) => {
-                if forward && out.send(frame(kind, id, &buf[..n])).is_err() {
+            Ok(Some(f)) => {
+                if forward && out.send(f).is_err() {
                     *pipe = None;
                     return;
                 }
@@ -229,13 +254,12 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
     };
     if let Some(p) = &pipes.stdout {
         let _ = sys::set_nonblocking(p);
-        sys::grow_pipe(p, CHUNK);
+        sys::grow_pipe(p, PIPE);
     }
     if let Some(p) = &pipes.stderr {
         let _ = sys::set_nonblocking(p);
     }
     let pidfd = sys::pidfd_open(pgid);
-    let mut buf = vec![0u8; CHUNK];
     let started = Instant::now();
     let mut term_at = timeout.map(|t| started + t);
     let mut kill_at: Option<Instant> = None;
@@ -258,7 +282,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
             std::thread::sleep(Duration::from_millis(EXIT_TICK_MS as u64));
         }
         let ready = [fds[0].revents != 0, fds[1].revents != 0];
-        pipes.pump(&ready, id, out, true, &mut buf);
+        pipes.pump(&ready, id, out, true, &mut []);
         if let Ok(Some(status)) = child.try_wait() {
             break status;
         }
@@ -275,7 +299,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
         }
     };
     // What the child wrote before it exited is in the pipes now.
-    pipes.pump(&[true, true], id, out, true, &mut buf);
+    pipes.pump(&[true, true], id, out, true, &mut []);
     if timed_out {
         // Nothing of a timed-out command survives it.
         sys::kill_group(pgid, sys::SIGKILL);

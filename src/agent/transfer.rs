@@ -15,12 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use super::command::{frame, Out};
+use super::command::{frame, read_into_frame, Out};
 use super::sha256::Sha256;
-use super::wire::{Digest, Shape, Transfer, DATA, DONE, ERROR};
-
-/// Bytes per [`DATA`] frame of a download.
-const CHUNK: usize = 256 * 1024;
+use super::wire::{Digest, Shape, Transfer, DATA, DONE, ERROR, HEADER};
 
 /// Frames of one upload queued between the connection's reader and the
 /// thread writing the file: the reader waits (and so does the host) rather
@@ -216,19 +213,17 @@ fn stream(
     cancelled: &AtomicBool,
 ) -> Result<Option<Digest>, String> {
     let mut hash = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
     loop {
         if cancelled.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+        let f = match read_into_frame(&mut r, DATA, id) {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
             Err(e) => return Err(format!("reading: {e}")),
         };
-        hash.update(&buf[..n]);
-        if out.send(frame(DATA, id, &buf[..n])).is_err() {
+        hash.update(&f[HEADER..]);
+        if out.send(f).is_err() {
             return Ok(None);
         }
     }

@@ -3,8 +3,9 @@
 //! without any crate.
 //!
 //! After `exec`, the agent prints one text line, [`HELLO`] followed by the
-//! protocol version, so a host can tell it from shell noise. Everything after
-//! that line is frames, in both directions:
+//! protocol version (and [`ACKS`] when it wants them), so a host can tell
+//! it from shell noise. Everything after that line is frames, in both
+//! directions:
 //!
 //! ```text
 //! u32 LE  length of what follows (kind + id + payload)
@@ -19,7 +20,11 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
+
+/// The word that ends the greeting (`ATTEST-AGENT 5 acks`) of an agent that
+/// keeps a window (see [`ACK`]); the host sends acks only to such an agent.
+pub const ACKS: &str = "acks";
 
 /// Ends the line a host writes to a backdoor terminal whose agent it no
 /// longer speaks to (a VM restored from a snapshot):
@@ -31,6 +36,13 @@ pub const WAKE_MARK: &str = "#attest-wake";
 
 /// Largest payload either side sends or accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Largest payload of the output and download frames the agent sends.
+/// Below glibc's mmap threshold as attest sets it (256 KiB): each frame's
+/// buffer is then reused from malloc's arena, where a bigger one would be
+/// mapped and faulted in afresh (page faults are most of the cost of a
+/// byte on a paravirtualized host).
+pub const DATA_CHUNK: usize = 128 * 1024;
 
 /// Bytes of kind + id.
 const HEAD: usize = 5;
@@ -189,32 +201,51 @@ impl Frame {
     }
 }
 
-/// Appends a frame header for a payload of `len` bytes.
-pub fn encode_head(out: &mut Vec<u8>, kind: u8, id: u32, len: usize) {
-    out.extend_from_slice(&((HEAD + len) as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(&id.to_le_bytes());
+/// Bytes of a frame before its payload: length, kind, id.
+pub const HEADER: usize = 4 + HEAD;
+
+/// A frame's header for a payload of `len` bytes.
+pub fn header(kind: u8, id: u32, len: usize) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(&((HEAD + len) as u32).to_le_bytes());
+    h[4] = kind;
+    h[5..].copy_from_slice(&id.to_le_bytes());
+    h
 }
 
-/// Checks a frame's length field (the 4 bytes before the rest).
-pub fn body_len(prefix: [u8; 4]) -> Result<usize, WireError> {
-    let n = u32::from_le_bytes(prefix) as usize;
+/// Appends a frame header for a payload of `len` bytes.
+pub fn encode_head(out: &mut Vec<u8>, kind: u8, id: u32, len: usize) {
+    out.extend_from_slice(&header(kind, id, len));
+}
+
+/// What a frame's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// What the frame is.
+    pub kind: u8,
+    /// The request it belongs to.
+    pub id: u32,
+    /// Bytes of payload that follow.
+    pub payload_len: usize,
+}
+
+/// Parses and checks a frame's header; the payload is read straight into
+/// a buffer of its own size (no copy, no zeroing).
+pub fn decode_header(h: [u8; HEADER]) -> Result<Header, WireError> {
+    Ok(Header {
+        kind: h[4],
+        id: u32::from_le_bytes([h[5], h[6], h[7], h[8]]),
+        payload_len: check_len(&h)?,
+    })
+}
+
+/// Checks the length field (the first 4 bytes of `h`); the payload's length.
+pub fn check_len(h: &[u8]) -> Result<usize, WireError> {
+    let n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     if !(HEAD..=HEAD + MAX_PAYLOAD).contains(&n) {
         return Err(WireError::BadLength(n));
     }
-    Ok(n)
-}
-
-/// Decodes a frame's body (everything after the length field).
-pub fn decode_body(body: Vec<u8>) -> Result<Frame, WireError> {
-    if body.len() < HEAD {
-        return Err(WireError::TooShort(body.len()));
-    }
-    let kind = body[0];
-    let id = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-    let mut payload = body;
-    payload.drain(..HEAD);
-    Ok(Frame { kind, id, payload })
+    Ok(n - HEAD)
 }
 
 /// What to run. `words` non-empty: exec them directly (a plain word list);
@@ -366,8 +397,6 @@ pub enum WireError {
     BadPath,
     /// A length field outside what a frame may be.
     BadLength(usize),
-    /// A body shorter than a frame header.
-    TooShort(usize),
     /// A payload shorter than its fields.
     EndsEarly(usize),
     /// A text field is not UTF-8.
@@ -380,7 +409,6 @@ impl std::fmt::Display for WireError {
             WireError::UnknownShape(s) => write!(f, "unknown transfer shape {s}"),
             WireError::BadPath => f.write_str("a transfer needs a path without NUL bytes"),
             WireError::BadLength(n) => write!(f, "bad frame length {n}"),
-            WireError::TooShort(n) => write!(f, "frame of {n} bytes is too short"),
             WireError::EndsEarly(n) => write!(f, "payload ends early: need {n} more bytes"),
             WireError::NotUtf8 => f.write_str("text is not UTF-8"),
         }
@@ -440,9 +468,10 @@ mod tests {
             payload: b"\0\xffhello".to_vec(),
         };
         let bytes = f.encode();
-        let n = body_len(bytes[..4].try_into().unwrap()).unwrap();
-        assert_eq!(n, bytes.len() - 4);
-        assert_eq!(decode_body(bytes[4..].to_vec()).unwrap(), f);
+        let h = decode_header(bytes[..HEADER].try_into().unwrap()).unwrap();
+        assert_eq!((h.kind, h.id), (f.kind, f.id));
+        assert_eq!(&bytes[HEADER..], &f.payload[..]);
+        assert_eq!(h.payload_len, f.payload.len());
     }
 
     #[test]
@@ -482,8 +511,10 @@ mod tests {
 
     #[test]
     fn bad_lengths_and_short_payloads_are_errors() {
-        assert!(body_len(0u32.to_le_bytes()).is_err());
-        assert!(body_len(((HEAD + MAX_PAYLOAD + 1) as u32).to_le_bytes()).is_err());
+        assert!(decode_header([0; HEADER]).is_err());
+        let too_long = header(STDOUT, 1, MAX_PAYLOAD + 1);
+        assert!(decode_header(too_long).is_err());
+        assert!(decode_header(header(STDOUT, 1, MAX_PAYLOAD)).is_ok());
         assert!(Exec::decode(&[1, 2, 3]).is_err());
         assert!(Exit::decode(&[0; 8]).is_err());
         assert!(Transfer::decode(&[0, 0, 0, 0, 0]).is_err(), "no path");

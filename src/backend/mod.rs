@@ -202,6 +202,13 @@ pub trait Instance: Send + Sync {
     /// How many backdoor sessions may be open at once (1 for hvc0).
     fn max_sessions(&self) -> usize;
 
+    /// A fresh unix socket path the guest agent can connect to itself, so
+    /// its bytes skip the backdoor's relay (nspawn: a host directory
+    /// bind-mounted into the container); `None` where there is none.
+    fn agent_socket(&self) -> Option<crate::guest::agent::DirectSocket> {
+        None
+    }
+
     /// Turns `Some` when the machine process has exited.
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>>;
 

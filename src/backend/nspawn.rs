@@ -9,6 +9,7 @@
 //! addresses come from networkd files bind-mounted at `/run/systemd/network`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,9 +21,13 @@ use super::cgroup::PrivateCgroup;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
 use crate::config::{BackendKind, ImageManifest, NspawnConfig};
 use crate::console::ConsoleLog;
+use crate::guest::agent::DirectSocket;
 use crate::guest::GuestStream;
 use crate::net::{plan, Network};
 use crate::process::{require_binary, spawn_watched, wait_for_exit, Exit, Watched};
+
+/// Where the container sees the host's backdoor directory.
+const GUEST_BACKDOOR_DIR: &str = "/run/backdoor";
 
 /// Where systemd-nspawn keeps per-container runtime dirs.
 const NSPAWN_RUN_DIR: &str = "/run/systemd/nspawn";
@@ -61,6 +66,8 @@ pub struct NspawnInstance {
     /// How the container ended, as nspawn tells it (see [`container_exit`]).
     exit: watch::Receiver<Option<Exit>>,
     socket: PathBuf,
+    /// Direct agent sockets handed out (see [`Instance::agent_socket`]).
+    agent_sockets: AtomicU32,
     network: Option<Arc<Network>>,
     host_links: Vec<String>,
     /// Declared last: removed after the process fields are dropped.
@@ -161,7 +168,7 @@ impl RootOverlay {
 }
 
 /// Containers started by this process, for unique machine names.
-static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STARTS: AtomicU64 = AtomicU64::new(0);
 
 #[async_trait]
 impl Backend for NspawnBackend {
@@ -198,7 +205,7 @@ impl Backend for NspawnBackend {
         // container (after crash() or reboot()) never shares a cgroup with
         // the remains of its previous boot, which the kernel may still be
         // tearing down.
-        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = STARTS.fetch_add(1, Ordering::Relaxed);
         let machine_name = format!(
             "attest-{}-{}-{}-{start}",
             std::process::id(),
@@ -274,7 +281,10 @@ impl Backend for NspawnBackend {
         .arg(format!("--directory={}", root.merged.display()))
         .arg(format!("--machine={machine_name}"))
         .arg(format!("--hostname={}", ctx.machine))
-        .arg(format!("--bind={}:/run/backdoor", backdoor_dir.display()))
+        .arg(format!(
+            "--bind={}:{GUEST_BACKDOOR_DIR}",
+            backdoor_dir.display()
+        ))
         .arg(format!(
             "--bind-ro={}:/run/systemd/network",
             network_dir.display()
@@ -315,6 +325,7 @@ impl Backend for NspawnBackend {
             process,
             exit,
             socket: backdoor_dir.join("shell.sock"),
+            agent_sockets: AtomicU32::new(0),
             network: ctx.network.clone(),
             host_links,
             cgroup,
@@ -445,6 +456,17 @@ impl Instance for NspawnInstance {
 
     fn max_sessions(&self) -> usize {
         16
+    }
+
+    fn agent_socket(&self) -> Option<DirectSocket> {
+        // Fresh per agent start: a restarted agent never meets the socket
+        // (or a late connection) of the previous one.
+        let n = self.agent_sockets.fetch_add(1, Ordering::Relaxed);
+        let name = format!("agent-{n}.sock");
+        Some(DirectSocket {
+            host: self.socket.with_file_name(&name),
+            guest: format!("{GUEST_BACKDOOR_DIR}/{name}"),
+        })
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {

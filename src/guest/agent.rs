@@ -188,14 +188,34 @@ pub struct Fallback {
 type Reader = BufReader<ReadHalf<Box<dyn GuestStream>>>;
 type Writer = WriteHalf<Box<dyn GuestStream>>;
 
-/// Starts the agent on a fresh backdoor stream (see the module docs).
+/// A unix socket the agent connects to instead of serving the backdoor
+/// stream it was started on (`attest-agent --connect`): the host listens at
+/// `host`, which the guest sees at `guest`.
+#[derive(Debug, Clone)]
+pub struct DirectSocket {
+    /// The path the host binds.
+    pub host: std::path::PathBuf,
+    /// The same socket as the guest names it.
+    pub guest: String,
+}
+
+/// Starts the agent on a fresh backdoor stream (see the module docs). With
+/// `direct`, the agent serves that socket instead, and the backdoor stream
+/// stays open beside it until the client is dropped; when the agent cannot
+/// connect there, it serves the backdoor stream as without it.
 pub async fn bootstrap(
     stream: Box<dyn GuestStream>,
     deadline: Instant,
+    direct: Option<DirectSocket>,
 ) -> Result<AgentClient, Fallback> {
     let mut boot = Boot::new(stream, deadline);
-    match tokio::time::timeout_at(deadline.into(), boot.run()).await {
-        Ok(Ok(())) => Ok(AgentClient::start(boot.reader, boot.writer)),
+    match tokio::time::timeout_at(deadline.into(), boot.run(direct.as_ref())).await {
+        Ok(Ok(None)) => Ok(AgentClient::start(boot)),
+        Ok(Ok(Some(connected))) => {
+            let mut client = AgentClient::start(connected);
+            client._lifeline = Some(Mutex::new(boot));
+            Ok(client)
+        }
         Ok(Err(BootError::ShellUsable(reason))) => {
             let banner = format!("echo '{BANNER}'\n");
             let sent = boot.writer.write_all(banner.as_bytes()).await;
@@ -237,17 +257,31 @@ struct Boot {
     limit: Instant,
     /// When the whole bootstrap gives up.
     deadline: Instant,
+    /// The agent's greeting asked for acks ([`wire::ACKS`]).
+    acks: bool,
+}
+
+/// Removes a socket path when dropped.
+struct Unlink(std::path::PathBuf);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl Boot {
     fn new(stream: Box<dyn GuestStream>, deadline: Instant) -> Boot {
         let (r, w) = tokio::io::split(stream);
         Boot {
-            reader: BufReader::new(r),
+            // Small frames come several per read; a payload bigger than
+            // this goes from the socket straight into its own buffer.
+            reader: BufReader::with_capacity(64 << 10, r),
             writer: w,
             step: "waiting for the backdoor shell's banner",
             limit: deadline,
             deadline,
+            acks: false,
         }
     }
 
@@ -265,7 +299,9 @@ impl Boot {
         ))
     }
 
-    async fn run(&mut self) -> Result<(), BootError> {
+    /// Bootstraps the agent; `Some` when it serves `direct` (then that
+    /// connection, greeted), `None` when it serves this stream.
+    async fn run(&mut self, direct: Option<&DirectSocket>) -> Result<Option<Boot>, BootError> {
         let lost = |e: std::io::Error| BootError::ShellLost(format!("backdoor stream: {e}"));
         self.read_line_with(BANNER).await?;
         let binary = agent_binary().map_err(BootError::ShellUsable)?;
@@ -296,18 +332,57 @@ impl Boot {
             )));
         }
         self.begin("waiting for the agent's greeting", STEP_TIMEOUT);
+        if let Some(d) = direct {
+            return self.exec_connected(d).await;
+        }
         self.send("exec \"$__af\"\n").await.map_err(lost)?;
-        self.read_greeting().await
+        self.read_greeting().await.map(|()| None)
+    }
+
+    /// Execs the agent with `--connect`, listening at `d` for it; its
+    /// greeting on either stream says which one it serves.
+    async fn exec_connected(&mut self, d: &DirectSocket) -> Result<Option<Boot>, BootError> {
+        let lost = |e: std::io::Error| BootError::ShellLost(format!("backdoor stream: {e}"));
+        let _ = std::fs::remove_file(&d.host);
+        let Ok(listener) = tokio::net::UnixListener::bind(&d.host) else {
+            // (A path too long for a socket, say.) The relayed stream works.
+            self.send("exec \"$__af\"\n").await.map_err(lost)?;
+            return self.read_greeting().await.map(|()| None);
+        };
+        let _unlink = Unlink(d.host.clone());
+        self.send(&format!(
+            "exec \"$__af\" --connect {}\n",
+            crate::shell::quote(&d.guest)
+        ))
+        .await
+        .map_err(lost)?;
+        let limit = self.limit;
+        let accepted = tokio::select! {
+            accepted = tokio::time::timeout_at(limit.into(), listener.accept()) => accepted,
+            greeted = self.read_greeting() => return greeted.map(|()| None),
+        };
+        let (socket, _) = accepted.map_err(|_| self.timed_out())?.map_err(|e| {
+            BootError::ShellLost(format!("accepting the agent at {}: {e}", d.host.display()))
+        })?;
+        let mut connected = Boot::new(Box::new(socket), limit);
+        connected.step = "waiting for the agent's greeting on its socket";
+        connected.read_greeting().await?;
+        Ok(Some(connected))
     }
 
     async fn read_greeting(&mut self) -> Result<(), BootError> {
         let hello = self.read_line_with(wire::HELLO).await?;
-        if hello != format!("{} {}", wire::HELLO, wire::VERSION) {
-            return Err(BootError::ShellLost(format!(
-                "the agent greets with {hello:?}, this attest speaks version {}",
-                wire::VERSION
-            )));
-        }
+        let ours = format!("{} {}", wire::HELLO, wire::VERSION);
+        self.acks = match hello.strip_prefix(&ours) {
+            Some("") => false,
+            Some(rest) if rest == format!(" {}", wire::ACKS) => true,
+            _ => {
+                return Err(BootError::ShellLost(format!(
+                    "the agent greets with {hello:?}, this attest speaks version {}",
+                    wire::VERSION
+                )))
+            }
+        };
         Ok(())
     }
 
@@ -407,13 +482,18 @@ pub struct AgentClient {
     shared: Arc<Shared>,
     next_id: AtomicU32,
     reader_task: tokio::task::JoinHandle<()>,
-    ack_task: tokio::task::JoinHandle<()>,
+    ack_task: Option<tokio::task::JoinHandle<()>>,
+    /// The backdoor stream the agent was started on, when it serves a
+    /// [`DirectSocket`]: held open (unused) as long as the client lives.
+    _lifeline: Option<Mutex<Boot>>,
 }
 
 impl Drop for AgentClient {
     fn drop(&mut self) {
         self.reader_task.abort();
-        self.ack_task.abort();
+        if let Some(t) = &self.ack_task {
+            t.abort();
+        }
     }
 }
 
@@ -433,23 +513,37 @@ impl AgentClient {
         greeting.map_err(|e| match e {
             BootError::ShellUsable(m) | BootError::ShellLost(m) => GuestError::Protocol(m),
         })?;
-        Ok(AgentClient::start(boot.reader, boot.writer))
+        Ok(AgentClient::start(boot))
     }
 
-    fn start(reader: Reader, writer: Writer) -> AgentClient {
+    fn start(boot: Boot) -> AgentClient {
+        let Boot {
+            reader,
+            writer,
+            acks,
+            ..
+        } = boot;
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             closed: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(writer),
         });
-        let (consumed_tx, consumed_rx) = tokio::sync::watch::channel(0u64);
-        let reader_task = tokio::spawn(read_frames(reader, shared.clone(), consumed_tx));
-        let ack_task = tokio::spawn(send_acks(consumed_rx, shared.clone()));
+        // Acks cost a write per 16 KiB read: only for an agent that waits
+        // for them.
+        let (consumed, ack_task) = match acks {
+            true => {
+                let (tx, rx) = tokio::sync::watch::channel(0u64);
+                (Some(tx), Some(tokio::spawn(send_acks(rx, shared.clone()))))
+            }
+            false => (None, None),
+        };
+        let reader_task = tokio::spawn(read_frames(reader, shared.clone(), consumed));
         AgentClient {
             shared,
             next_id: AtomicU32::new(1),
             reader_task,
             ack_task,
+            _lifeline: None,
         }
     }
 
@@ -470,9 +564,21 @@ impl AgentClient {
     }
 
     pub(super) async fn send(&self, frame: Frame) -> Result<(), GuestError> {
-        let bytes = frame.encode();
+        self.send_data(frame.kind, frame.id, &frame.payload).await
+    }
+
+    /// Sends one frame without assembling it (a data frame's payload is
+    /// written from the caller's buffer, not copied into a new one).
+    pub(super) async fn send_data(
+        &self,
+        kind: u8,
+        id: u32,
+        payload: &[u8],
+    ) -> Result<(), GuestError> {
+        let head = wire::header(kind, id, payload.len());
         let mut w = self.shared.writer.lock().await;
-        w.write_all(&bytes).await?;
+        w.write_all(&head).await?;
+        w.write_all(payload).await?;
         w.flush().await?;
         Ok(())
     }
@@ -742,38 +848,44 @@ async fn send_acks(mut consumed: tokio::sync::watch::Receiver<u64>, shared: Arc<
 async fn read_frames(
     mut reader: Reader,
     shared: Arc<Shared>,
-    consumed: tokio::sync::watch::Sender<u64>,
+    consumed: Option<tokio::sync::watch::Sender<u64>>,
 ) {
     // Counted as bytes arrive, not per frame: a frame may be bigger than
     // the agent's window, which then waits for acks mid-frame.
     let (mut total, mut acked) = (0u64, 0u64);
     let mut count = |k: usize| {
+        let Some(consumed) = &consumed else { return };
         total += k as u64;
         if total - acked >= wire::ACK_EVERY {
             acked = total;
             consumed.send_replace(total);
         }
     };
-    'frames: loop {
-        let mut len = [0u8; 4];
-        if reader.read_exact(&mut len).await.is_err() {
+    loop {
+        let mut head = [0u8; wire::HEADER];
+        if reader.read_exact(&mut head).await.is_err() {
             break;
         }
-        count(4);
-        let Ok(n) = wire::body_len(len) else { break };
-        let mut body = vec![0u8; n];
-        let mut got = 0;
-        while got < n {
-            match reader.read(&mut body[got..]).await {
-                Ok(0) | Err(_) => break 'frames,
-                Ok(k) => {
-                    got += k;
-                    count(k);
-                }
+        count(head.len());
+        let Ok(h) = wire::decode_header(head) else {
+            break;
+        };
+        // Read into spare capacity: neither zeroed nor copied again.
+        let mut payload = Vec::with_capacity(h.payload_len);
+        while payload.len() < h.payload_len {
+            let want = (h.payload_len - payload.len()) as u64;
+            match (&mut reader).take(want).read_buf(&mut payload).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => count(k),
             }
         }
-        let Ok(frame) = wire::decode_body(body) else {
+        if payload.len() < h.payload_len {
             break;
+        }
+        let frame = Frame {
+            kind: h.kind,
+            id: h.id,
+            payload,
         };
         let last = matches!(frame.kind, wire::EXIT | wire::ERROR | wire::DONE);
         let mut pending = shared.pending.lock().expect("pending lock");
@@ -943,7 +1055,7 @@ pub(super) mod tests {
         let (mut host, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let theirs2 = theirs.try_clone().unwrap();
         std::thread::spawn(move || crate::agent::serve_with(theirs, theirs2, Some(8192)));
-        let greeting = format!("{} {}\n", wire::HELLO, wire::VERSION);
+        let greeting = format!("{} {} {}\n", wire::HELLO, wire::VERSION, wire::ACKS);
         let got = read_for(&mut host, greeting.len(), Duration::from_secs(5));
         assert_eq!(got, greeting.as_bytes());
         let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T, None);
@@ -1087,7 +1199,12 @@ pub(super) mod tests {
             .await
             .unwrap();
         let t = Instant::now();
-        let Err(f) = bootstrap(Box::new(ours), Instant::now() + Duration::from_secs(2)).await
+        let Err(f) = bootstrap(
+            Box::new(ours),
+            Instant::now() + Duration::from_secs(2),
+            None,
+        )
+        .await
         else {
             panic!("bootstrapped an agent that never answered");
         };
@@ -1101,39 +1218,123 @@ pub(super) mod tests {
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
+    /// The built agent, written into `dir`.
+    fn built_agent(dir: &std::path::Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("attest-agent");
+        std::fs::write(&path, agent_binary().expect("this build has its agent")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        path
+    }
+
+    /// Starts the built agent with `args`, its stdin/stdout one end of a
+    /// socketpair; the other end is returned.
+    fn spawn_agent(
+        agent: &std::path::Path,
+        args: &[&str],
+    ) -> (std::process::Child, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let child = spawn_fresh_binary(|| {
+            std::process::Command::new(agent)
+                .args(args)
+                .stdin(std::os::fd::OwnedFd::from(theirs.try_clone().unwrap()))
+                .stdout(std::os::fd::OwnedFd::from(theirs.try_clone().unwrap()))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+        });
+        (child, ours)
+    }
+
+    /// Spawns a binary this test just wrote. A child another test thread
+    /// forks meanwhile holds its write descriptor until it execs: ETXTBSY
+    /// for a moment.
+    fn spawn_fresh_binary(
+        mut spawn: impl FnMut() -> std::io::Result<std::process::Child>,
+    ) -> std::process::Child {
+        let mut tries = 0;
+        loop {
+            match spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r.unwrap(),
+            }
+        }
+    }
+
+    fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn with_connect_the_agent_serves_that_socket_else_its_stdin_and_stdout() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = built_agent(dir.path());
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (mut child, mut stdio) = spawn_agent(&agent, &["--connect", path.to_str().unwrap()]);
+        let (socket, _) = tokio::time::timeout(T, listener.accept())
+            .await
+            .expect("the agent connects")
+            .unwrap();
+        let a = AgentClient::attach(Box::new(socket), Instant::now() + T)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.execute("echo direct", T).await.unwrap().stdout,
+            b"direct\n"
+        );
+        let on_stdio =
+            tokio::task::block_in_place(|| read_for(&mut stdio, 1, Duration::from_millis(300)));
+        assert!(on_stdio.is_empty(), "{on_stdio:?} on stdout");
+        drop(a);
+        assert!(wait_exit(&mut child).success(), "ends with its socket");
+
+        // Nothing listens there: it greets and serves on stdin/stdout.
+        let gone = dir.path().join("no-such-dir/agent.sock");
+        let (mut child, stdio) = spawn_agent(&agent, &["--connect", gone.to_str().unwrap()]);
+        stdio.set_nonblocking(true).unwrap();
+        let a = AgentClient::attach(
+            Box::new(tokio::net::UnixStream::from_std(stdio).unwrap()),
+            Instant::now() + T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.execute("echo relayed", T).await.unwrap().stdout,
+            b"relayed\n"
+        );
+        drop(a);
+        assert!(wait_exit(&mut child).success(), "ends with its stdin");
+    }
+
     /// The built agent on a real terminal (a pty in raw mode, as hvc0).
     #[test]
     fn on_a_terminal_bytes_that_are_not_frames_hand_it_back_to_a_shell() {
         use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
         use std::io::{Read, Write};
-        use std::os::unix::fs::PermissionsExt;
-        let binary = agent_binary().expect("this build has its agent");
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("attest-agent");
-        std::fs::write(&path, binary).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let path = built_agent(dir.path());
         let pty = nix::pty::openpty(None, None).unwrap();
         let mut t = tcgetattr(&pty.slave).unwrap();
         cfmakeraw(&mut t);
         tcsetattr(&pty.slave, SetArg::TCSANOW, &t).unwrap();
         let slave = std::fs::File::from(pty.slave);
-        // A child another test thread forks meanwhile holds the binary's
-        // write descriptor until it execs: ETXTBSY for a moment.
-        let mut tries = 0;
-        let mut child = loop {
-            let spawned = std::process::Command::new(&path)
+        let mut child = spawn_fresh_binary(|| {
+            std::process::Command::new(&path)
                 .stdin(slave.try_clone().unwrap())
                 .stdout(slave.try_clone().unwrap())
                 .stderr(std::process::Stdio::null())
-                .spawn();
-            match spawned {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                r => break r.unwrap(),
-            }
-        };
+                .spawn()
+        });
         drop(slave);
         let mut master = std::fs::File::from(pty.master);
         let mut reader = master.try_clone().unwrap();

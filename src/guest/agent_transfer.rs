@@ -66,14 +66,16 @@ impl AgentClient {
             let mut hasher = Sha256::new();
             let mut size = 0u64;
             let mut flip = corrupt("upload");
+            // One buffer for the whole upload: a fresh one per chunk would
+            // be mapped and faulted in anew each time.
+            let mut chunk = vec![0u8; CHUNK];
             loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = read_full(data, &mut buf).await?;
+                let n = read_full(data, &mut chunk).await?;
                 if n == 0 {
                     break;
                 }
-                buf.truncate(n);
-                hasher.update(&buf);
+                let buf = &mut chunk[..n];
+                hasher.update(&*buf);
                 size += n as u64;
                 if std::mem::take(&mut flip) {
                     buf[0] ^= 0xff;
@@ -85,12 +87,7 @@ impl AgentClient {
                         other => GuestError::Protocol(format!("unexpected frame kind {other}")),
                     });
                 }
-                self.send(Frame {
-                    kind: wire::DATA,
-                    id,
-                    payload: buf,
-                })
-                .await?;
+                self.send_data(wire::DATA, id, buf).await?;
             }
             let sent = digest_of(hasher, size);
             self.send(Frame {

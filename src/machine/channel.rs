@@ -76,7 +76,9 @@ impl Machine {
                 instance,
                 deadline,
                 "starting the guest agent",
-                |stream| async move { Ok(agent::bootstrap(stream, deadline).await) },
+                |stream| async move {
+                    Ok(agent::bootstrap(stream, deadline, instance.agent_socket()).await)
+                },
             )
             .await?;
         let fallback = match booted {
@@ -237,7 +239,7 @@ impl Machine {
                 instance,
                 deadline,
                 "restarting the guest agent",
-                |s| async move { Ok(agent::bootstrap(s, deadline).await) },
+                |s| async move { Ok(agent::bootstrap(s, deadline, instance.agent_socket()).await) },
             )
             .await?
             .map_err(|f| {
