@@ -246,10 +246,17 @@ pub fn finish(mut child: Child, started: Instant, limit: Duration) -> Run {
     });
     loop {
         if let Some(status) = child.try_wait().unwrap() {
+            let stderr = t_err.join().unwrap();
+            // Teardown waits for every background task; one still running
+            // means a child or a pump outlived its machine.
+            assert!(
+                !stderr.contains("background task(s) still running"),
+                "attest's teardown left tasks running; stderr:\n{stderr}"
+            );
             return Run {
                 code: status.code(),
                 stdout: t_out.join().unwrap(),
-                stderr: t_err.join().unwrap(),
+                stderr,
                 pid,
                 elapsed: started.elapsed(),
                 tmpdir: tmpdir_of(pid),

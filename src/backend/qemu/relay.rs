@@ -48,6 +48,8 @@ pub struct ShellRelay {
     /// Counts accepted connections (0: QEMU has not connected yet).
     connected: watch::Receiver<u64>,
     acceptor: JoinHandle<()>,
+    /// Where the connection readers and the session pumps run.
+    tasks: TaskTracker,
 }
 
 impl Drop for ShellRelay {
@@ -157,6 +159,7 @@ impl ShellRelay {
             state,
             connected: rx,
             acceptor,
+            tasks: tasks.clone(),
         })
     }
 
@@ -206,7 +209,7 @@ impl ShellRelay {
         };
         // guest -> session
         let state = self.state.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             while let Some(chunk) = rx.recv().await {
                 if sw.write_all(&chunk).await.is_err() {
                     // The session was dropped: if nobody replaced it, keep
@@ -230,7 +233,7 @@ impl ShellRelay {
         });
         // session -> guest
         let state = self.state.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut buf = vec![0u8; 16 << 10];
             loop {
                 let n = match sr.read(&mut buf).await {
