@@ -209,17 +209,19 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-impl std::str::FromStr for BackendKind {
-    type Err = String;
+/// A backend name attest does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend `{0}` (known: {known})", known = BackendKind::ALL.map(BackendKind::name).join(", "))]
+pub struct UnknownBackend(pub String);
 
-    fn from_str(s: &str) -> Result<BackendKind, String> {
+impl std::str::FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<BackendKind, UnknownBackend> {
         BackendKind::ALL
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let known: Vec<&str> = BackendKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown backend `{s}` (known: {})", known.join(", "))
-            })
+            .ok_or_else(|| UnknownBackend(s.to_owned()))
     }
 }
 
@@ -756,7 +758,7 @@ mod tests {
         }
         assert_eq!(BackendKind::value_variants(), BackendKind::ALL);
         let e = "vbox".parse::<BackendKind>().unwrap_err();
-        assert!(e.contains("unknown backend `vbox`"), "{e}");
+        assert!(e.to_string().contains("unknown backend `vbox`"), "{e}");
         let c: BackendConfig =
             serde_json::from_str(r#"{"cloud-hypervisor": {"kernel": "k"}}"#).unwrap();
         assert_eq!(c.kind(), BackendKind::CloudHypervisor);

@@ -53,21 +53,20 @@ impl Backend for LocalBackend {
 }
 
 impl LocalInstance {
-    fn shell(&self) -> Result<tokio::net::UnixStream, String> {
-        let (ours, theirs) = StdUnixStream::pair().map_err(|e| e.to_string())?;
+    fn shell(&self) -> std::io::Result<tokio::net::UnixStream> {
+        let (ours, theirs) = StdUnixStream::pair()?;
         let theirs: std::os::fd::OwnedFd = theirs.into();
-        let stdout = theirs.try_clone().map_err(|e| e.to_string())?;
+        let stdout = theirs.try_clone()?;
         let child = Command::new("bash")
             .args(["-c", &format!("echo '{BANNER}'; exec bash --norc")])
             .stdin(theirs)
             .stdout(stdout)
             .process_group(self.process.pid as i32)
             .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run bash: {e}"))?;
+            .spawn()?;
         self.shells.lock().expect("shells").push(child);
-        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
-        tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())
+        ours.set_nonblocking(true)?;
+        tokio::net::UnixStream::from_std(ours)
     }
 }
 
@@ -77,7 +76,10 @@ impl Instance for LocalInstance {
         if let Some(info) = self.process.exit.borrow().clone() {
             return Err(BackendError::Start(format!("machine {info}")));
         }
-        Ok(Box::new(self.shell().map_err(BackendError::Start)?))
+        let shell = self
+            .shell()
+            .map_err(|e| BackendError::Start(format!("cannot start a local bash: {e}")))?;
+        Ok(Box::new(shell))
     }
 
     fn max_sessions(&self) -> usize {

@@ -53,6 +53,9 @@ pub enum BackendError {
     /// A binary the backend runs is missing.
     #[error(transparent)]
     Missing(#[from] crate::errors::MissingBinary),
+    /// QEMU's accelerator cannot be used.
+    #[error(transparent)]
+    Accel(#[from] qemu::accel::AccelError),
     /// A QEMU monitor (QMP) command failed.
     #[error(transparent)]
     Qmp(#[from] qemu::qmp::QmpError),

@@ -479,7 +479,7 @@ pub fn run(
                 Err(reason) => {
                     report.backends.push(BackendReport {
                         name: name.clone(),
-                        reason: Some(reason),
+                        reason: Some(reason.to_string()),
                         ..Default::default()
                     });
                     continue;

@@ -34,8 +34,22 @@ pub struct Decision {
     pub warning: Option<String>,
 }
 
+/// Why the requested accelerator cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccelError {
+    /// `kvm` was asked for on a host where KVM does not run stock guests.
+    #[error("accel is `kvm` but {why}; use `accel: \"tcg\"` or `\"auto\"`")]
+    NoKvm {
+        /// Why KVM does not work here.
+        why: String,
+    },
+    /// Neither `auto`, `kvm` nor `tcg`.
+    #[error("unknown accel `{0}`; use auto, kvm or tcg")]
+    Unknown(String),
+}
+
 /// Decides the accelerator for `requested` (`auto`, `kvm`, `tcg`).
-pub fn decide(requested: &str, facts: &KvmFacts) -> Result<Decision, String> {
+pub fn decide(requested: &str, facts: &KvmFacts) -> Result<Decision, AccelError> {
     match requested {
         "tcg" => Ok(Decision {
             accel: Accel::Tcg,
@@ -46,9 +60,7 @@ pub fn decide(requested: &str, facts: &KvmFacts) -> Result<Decision, String> {
                 accel: Accel::Kvm,
                 warning: None,
             }),
-            Some(why) => Err(format!(
-                "accel is `kvm` but {why}; use `accel: \"tcg\"` or `\"auto\"`"
-            )),
+            Some(why) => Err(AccelError::NoKvm { why }),
         },
         "auto" => Ok(match facts.why_not_stock_guests() {
             None => Decision {
@@ -62,7 +74,7 @@ pub fn decide(requested: &str, facts: &KvmFacts) -> Result<Decision, String> {
                 )),
             },
         }),
-        other => Err(format!("unknown accel `{other}`; use auto, kvm or tcg")),
+        other => Err(AccelError::Unknown(other.to_owned())),
     }
 }
 
@@ -103,9 +115,12 @@ mod tests {
     #[test]
     fn explicit_kvm_on_a_pvm_host_is_an_error_naming_the_cause() {
         let e = decide("kvm", &facts(true, true, false)).unwrap_err();
-        assert!(e.contains("KVM-PVM"), "{e}");
+        assert!(e.to_string().contains("KVM-PVM"), "{e}");
         let e = decide("kvm", &facts(false, false, true)).unwrap_err();
-        assert!(e.contains("/dev/kvm"), "{e}");
+        assert!(
+            matches!(&e, AccelError::NoKvm { why } if why.contains("/dev/kvm")),
+            "{e}"
+        );
         assert_eq!(
             decide("kvm", &facts(true, false, true)).unwrap().accel,
             Accel::Kvm
@@ -122,6 +137,9 @@ mod tests {
                 warning: None
             }
         );
-        assert!(decide("hvf", &facts(true, false, true)).is_err());
+        assert_eq!(
+            decide("hvf", &facts(true, false, true)),
+            Err(AccelError::Unknown("hvf".into()))
+        );
     }
 }

@@ -287,8 +287,7 @@ impl Backend for QemuBackend {
         }
 
         let facts = KvmFacts::probe();
-        let decision = decide(c.accel.as_deref().unwrap_or("auto"), &facts)
-            .map_err(BackendError::Prerequisite)?;
+        let decision = decide(c.accel.as_deref().unwrap_or("auto"), &facts)?;
         if let Some(w) = &decision.warning {
             ctx.reporter.log(Some(name), format!("warning: {w}"));
         }
