@@ -154,6 +154,18 @@ fn nspawn_figures_are_all_there_and_unavailable_backends_say_why() {
     assert!(stdout.contains(" MiB ["), "{stdout}");
     assert!(stdout.contains("| nspawn bash (runs: 2)"), "{stdout}");
     assert!(stdout.contains("| nspawn agent (runs: 2)"), "{stdout}");
+    // The per-command figures of both protocols on one machine (the first
+    // protocol's container switched to the agent and back).
+    let bash = &report["backends"].as_array().unwrap()[0];
+    for protocol in ["bash", "agent"] {
+        for key in ["true_round_trip_ms", "pipeline_round_trip_ms"] {
+            assert_summary(&bash["same_machine"][protocol][key], key);
+        }
+    }
+    assert!(
+        stdout.contains("| nspawn: the protocols on one machine (runs: 2)"),
+        "{stdout}"
+    );
 
     let nspawn = backend(&report, "nspawn");
     assert_eq!(nspawn["available"], true, "{nspawn:#}");

@@ -212,6 +212,12 @@ pub trait Instance: Send + Sync {
         None
     }
 
+    /// The next [`Instance::connect`] reaches a backdoor that already
+    /// announced itself (the one terminal of a VM, whose agent or shell is
+    /// idle): ask it to announce itself again. A no-op where every
+    /// connection gets a fresh backdoor.
+    fn wake_on_next_connect(&self) {}
+
     /// Turns `Some` when the machine process has exited.
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>>;
 

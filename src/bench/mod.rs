@@ -138,6 +138,13 @@ pub struct BackendReport {
     pub not_applicable: BTreeMap<String, String>,
     /// Failures while measuring (the figure is then missing).
     pub errors: Vec<String>,
+    /// The per-command figures (`true_round_trip_ms`,
+    /// `pipeline_round_trip_ms`, `output_1mib_ms`, attest's CPU) of every
+    /// protocol measured, by protocol, taken on one machine one after the
+    /// other: a boot per protocol compares two machines, and two VMs under
+    /// TCG differ with the host's load. In the first protocol's report.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub same_machine: BTreeMap<String, BTreeMap<String, Summary>>,
 }
 
 /// `start_all` time by node count.
@@ -464,13 +471,14 @@ pub fn run(
         },
         interrupted: None,
     };
-    let ctx_for = |protocol| scenario::BenchContext {
+    let ctx_for = |protocol, compare_protocols| scenario::BenchContext {
         runtime,
         dir: dir.path(),
         image: &image_path,
         opts,
         interrupt: &interrupt,
         protocol,
+        compare_protocols,
     };
     let result = (|| -> Result<(), BenchError> {
         for name in &opts.backends {
@@ -486,7 +494,7 @@ pub fn run(
                 }
             };
             for (i, protocol) in opts.protocols.iter().enumerate() {
-                let ctx = ctx_for(*protocol);
+                let ctx = ctx_for(*protocol, i == 0 && opts.protocols.len() > 1);
                 let mut b = BackendReport {
                     name: name.clone(),
                     protocol: protocol.name().to_owned(),
@@ -509,7 +517,7 @@ pub fn run(
                 let r = r.and_then(|()| {
                     // Once, with what a test run gets by default.
                     if last && backend == BackendKind::Nspawn && !opts.scaling.is_empty() {
-                        let ctx = ctx_for(Protocol::default());
+                        let ctx = ctx_for(Protocol::default(), false);
                         report.scaling = scenario::measure_scaling(&ctx, backend, &mut b.errors)?;
                     }
                     Ok(())

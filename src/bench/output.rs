@@ -191,6 +191,13 @@ pub fn table(r: &BenchReport) -> String {
         out.push_str(&markdown(&rows));
     }
 
+    for b in &avail {
+        if !b.same_machine.is_empty() {
+            let _ = writeln!(out);
+            out.push_str(&same_machine_table(b));
+        }
+    }
+
     if let Some(s) = &r.scaling {
         let _ = writeln!(out);
         let mut rows = vec![vec![
@@ -233,6 +240,36 @@ pub fn table(r: &BenchReport) -> String {
         let _ = writeln!(out, "bench incomplete: {why}");
     }
     out
+}
+
+/// Per-command figures of every protocol, taken on one machine one after
+/// the other ([`super::BackendReport::same_machine`]).
+fn same_machine_table(b: &super::BackendReport) -> String {
+    const ROWS: &[&str] = &[
+        "true_round_trip_ms",
+        "pipeline_round_trip_ms",
+        "output_1mib_ms",
+        "attest_cpu_per_command_ms",
+        "attest_cpu_per_1mib_ms",
+    ];
+    let mut header = vec![format!(
+        "{}: the protocols on one machine (runs: {})",
+        b.name, b.runs
+    )];
+    header.extend(b.same_machine.keys().cloned());
+    let mut rows = vec![header];
+    for key in ROWS {
+        let label = FIGURES
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(*key, |(_, l)| *l);
+        let mut row = vec![label.to_owned()];
+        for figures in b.same_machine.values() {
+            row.push(figures.get(*key).map_or("-".into(), |s| cell(key, s)));
+        }
+        rows.push(row);
+    }
+    markdown(&rows)
 }
 
 /// Renders rows as a Markdown table (first row is the header).

@@ -2,6 +2,7 @@
 //! (one node, or N nodes for scaling) so it is torn down, and interrupted,
 //! exactly like a test run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,9 @@ pub struct BenchContext<'a> {
     pub interrupt: &'a Interrupt,
     /// The guest protocol measured.
     pub protocol: Protocol,
+    /// Also take the per-command figures of every other protocol in
+    /// [`BenchOptions::protocols`] on the same machine ([`BackendReport::same_machine`]).
+    pub compare_protocols: bool,
 }
 
 impl BenchContext<'_> {
@@ -249,13 +253,11 @@ struct SingleRun {
     boot_backdoor: f64,
     boot_multi_user: f64,
     boot_multi_user_guest: Option<f64>,
-    round_trips: Vec<f64>,
-    mib: Vec<f64>,
-    attest_cpu_per_command: f64,
-    attest_cpu_per_mib: f64,
+    commands: CommandRun,
+    /// Every protocol's per-command figures on this one machine, when compared.
+    same_machine: Vec<(Protocol, CommandRun)>,
     guest_exec_true: f64,
     guest_bash_c_true: f64,
-    pipelines: Vec<f64>,
     guest_bash_c_pipeline: f64,
     output_64mib: f64,
     concurrent: f64,
@@ -340,8 +342,38 @@ fn single_run(
     run.boot_multi_user = ms(multi_user);
     run.boot_multi_user_guest = entered;
 
-    // Round trips as a script makes them: one blocking call per command
-    // from the script thread.
+    run.commands = command_figures(ctx, &m)?;
+    if ctx.compare_protocols {
+        // Every protocol on this machine, one after the other: two boots
+        // compare two machines (two TCG VMs differ with the host's load).
+        run.same_machine.push((ctx.protocol, run.commands.clone()));
+        for &other in ctx.opts.protocols.iter().filter(|p| **p != ctx.protocol) {
+            for p in [other, ctx.protocol] {
+                let mm = m.clone();
+                block(rt, async move { mm.switch_protocol(p).await })?;
+                if p == other {
+                    run.same_machine.push((other, command_figures(ctx, &m)?));
+                }
+            }
+        }
+    }
+    single_run_rest(ctx, m, run, snapshot)
+}
+
+/// Per-command figures of one protocol on one machine.
+#[derive(Debug, Clone, Default)]
+struct CommandRun {
+    round_trips: Vec<f64>,
+    mib: Vec<f64>,
+    pipelines: Vec<f64>,
+    attest_cpu_per_command: f64,
+    attest_cpu_per_mib: f64,
+}
+
+/// Round trips as a script makes them: one blocking call per command from
+/// the script thread (`true`, 1 MiB outputs, shell pipelines).
+fn command_figures(ctx: &BenchContext<'_>, m: &Machine) -> Result<CommandRun, RunError> {
+    let mut run = CommandRun::default();
     let timeout = Duration::from_secs(30);
     for _ in 0..5 {
         m.block_on({
@@ -357,7 +389,7 @@ fn single_run(
             async move { m.execute("true", timeout).await }
         })?;
         run.round_trips.push(ms(t.elapsed()));
-        expect_ok(&m, &out, "true")?;
+        expect_ok(m, &out, "true")?;
     }
     run.attest_cpu_per_command =
         Usage::now().since(&u0).self_cpu_s() * 1000.0 / ctx.opts.commands.max(1) as f64;
@@ -390,9 +422,20 @@ fn single_run(
             async move { m.execute(PIPELINE, timeout).await }
         })?;
         run.pipelines.push(ms(t.elapsed()));
-        expect_ok(&m, &out, PIPELINE)?;
+        expect_ok(m, &out, PIPELINE)?;
     }
+    Ok(run)
+}
 
+/// The figures after the per-command ones, with the machine's own protocol.
+fn single_run_rest(
+    ctx: &BenchContext<'_>,
+    m: Machine,
+    mut run: SingleRun,
+    snapshot: PathBuf,
+) -> Result<SingleRun, RunError> {
+    let rt = ctx.runtime;
+    let vm = m.backend_kind().is_vm();
     let mm = m.clone();
     let (exec_true, bash_c, bash_c_pipeline) = block(rt, async move {
         let a = guest_loop_ms(&mm, "/bin/true").await?;
@@ -529,9 +572,46 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf,
 }
 
 pub(super) fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
+    put_into(&mut b.figures, name, samples, p99);
+}
+
+fn put_into(figures: &mut BTreeMap<String, Summary>, name: &str, samples: &[f64], p99: bool) {
     if let Some(s) = Summary::of(samples, p99) {
-        b.figures.insert(name.to_owned(), s);
+        figures.insert(name.to_owned(), s);
     }
+}
+
+/// The per-command figures of `runs` (all runs pooled).
+fn put_commands(figures: &mut BTreeMap<String, Summary>, runs: &[&CommandRun]) {
+    let pooled = |f: fn(&CommandRun) -> &Vec<f64>| -> Vec<f64> {
+        runs.iter().flat_map(|r| f(r).iter().copied()).collect()
+    };
+    put_into(
+        figures,
+        "true_round_trip_ms",
+        &pooled(|r| &r.round_trips),
+        true,
+    );
+    put_into(figures, "output_1mib_ms", &pooled(|r| &r.mib), false);
+    put_into(
+        figures,
+        "pipeline_round_trip_ms",
+        &pooled(|r| &r.pipelines),
+        true,
+    );
+    let each = |f: fn(&CommandRun) -> f64| runs.iter().map(|r| f(r)).collect::<Vec<f64>>();
+    put_into(
+        figures,
+        "attest_cpu_per_command_ms",
+        &each(|r| r.attest_cpu_per_command),
+        false,
+    );
+    put_into(
+        figures,
+        "attest_cpu_per_1mib_ms",
+        &each(|r| r.attest_cpu_per_mib),
+        false,
+    );
 }
 
 /// Every single-node figure and the whole-test wall time for one backend.
@@ -576,13 +656,24 @@ pub fn measure_backend(
             "the guest has its own monotonic clock".into(),
         );
     }
-    let rtt: Vec<f64> = runs.iter().flat_map(|r| r.round_trips.clone()).collect();
-    put(b, "true_round_trip_ms", &rtt, true);
-    let mib: Vec<f64> = runs.iter().flat_map(|r| r.mib.clone()).collect();
-    put(b, "output_1mib_ms", &mib, false);
+    let own: Vec<&CommandRun> = runs.iter().map(|r| &r.commands).collect();
+    put_commands(&mut b.figures, &own);
+    for protocol in &ctx.opts.protocols {
+        let on_one_machine: Vec<&CommandRun> = runs
+            .iter()
+            .flat_map(|r| &r.same_machine)
+            .filter(|(p, _)| p == protocol)
+            .map(|(_, c)| c)
+            .collect();
+        if !on_one_machine.is_empty() {
+            let figures = b
+                .same_machine
+                .entry(protocol.name().to_owned())
+                .or_default();
+            put_commands(figures, &on_one_machine);
+        }
+    }
     put(b, "output_64mib_ms", &col(|r| r.output_64mib), false);
-    let pipes: Vec<f64> = runs.iter().flat_map(|r| r.pipelines.clone()).collect();
-    put(b, "pipeline_round_trip_ms", &pipes, true);
     put(
         b,
         "guest_bash_c_pipeline_ms",
@@ -598,18 +689,6 @@ pub fn measure_backend(
         b,
         "guest_bash_c_true_ms",
         &col(|r| r.guest_bash_c_true),
-        false,
-    );
-    put(
-        b,
-        "attest_cpu_per_command_ms",
-        &col(|r| r.attest_cpu_per_command),
-        false,
-    );
-    put(
-        b,
-        "attest_cpu_per_1mib_ms",
-        &col(|r| r.attest_cpu_per_mib),
         false,
     );
     let snaps: Vec<f64> = runs

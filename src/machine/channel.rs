@@ -58,7 +58,7 @@ impl Machine {
         instance: &dyn Instance,
         deadline: Instant,
     ) -> Result<Channel, MachineError> {
-        let protocol = self.inner.protocol;
+        let protocol = *self.inner.protocol.lock().expect("protocol lock");
         let use_agent = match protocol {
             Protocol::Bash => false,
             Protocol::Agent => true,

@@ -102,7 +102,8 @@ struct Inner {
     running: tokio::sync::Mutex<Option<Running>>,
     cancel: CancellationToken,
     runtime: tokio::runtime::Handle,
-    protocol: Protocol,
+    /// The protocol the next channel speaks ([`Machine::switch_protocol`]).
+    protocol: Mutex<Protocol>,
     /// The run's background tasks (the driver waits for them at the end).
     tasks: TaskTracker,
 }
@@ -163,7 +164,7 @@ impl Machine {
                 running: tokio::sync::Mutex::new(None),
                 cancel,
                 runtime,
-                protocol,
+                protocol: Mutex::new(protocol),
                 tasks,
             }),
         }
@@ -768,6 +769,18 @@ impl Machine {
             r.channel = channel;
         }
         Ok(())
+    }
+
+    /// Replaces the running machine's command channel by one speaking
+    /// `protocol` (`attest bench` compares the protocols on one VM): an
+    /// agent hands its terminal back to a shell, a shell bootstraps the
+    /// agent. Later reconnects (reboot, restore) keep it. No command may be
+    /// running meanwhile.
+    pub async fn switch_protocol(&self, protocol: Protocol) -> Result<(), MachineError> {
+        let instance = self.running_instance().await?;
+        *self.inner.protocol.lock().expect("protocol lock") = protocol;
+        instance.wake_on_next_connect();
+        self.reconnect(&*instance).await
     }
 
     /// Marks the current instance's end as expected (or not any more).

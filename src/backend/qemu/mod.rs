@@ -726,6 +726,10 @@ impl Instance for QemuInstance {
         1
     }
 
+    fn wake_on_next_connect(&self) {
+        self.banner_on_connect.store(true, Ordering::SeqCst);
+    }
+
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.process.exit_watch()
     }

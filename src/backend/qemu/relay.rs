@@ -242,7 +242,9 @@ impl ShellRelay {
                 };
                 let w = {
                     let g = state.lock().expect("relay lock");
-                    if g.generation != generation {
+                    // A detached session's late writes (an old agent
+                    // client's ack) would reach whoever has the terminal now.
+                    if g.generation != generation || g.session != session {
                         break;
                     }
                     g.writer.clone()
