@@ -904,7 +904,7 @@ async fn read_frames(
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     //! Against the real agent code serving over a socketpair, with real
     //! commands (bash, coreutils) on this host.
     use super::*;
@@ -1171,6 +1171,38 @@ pub(super) mod tests {
             .unwrap();
         assert_eq!((out.status, out.stdout_text().as_str()), (3, "never\n"));
         assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// As with the bash protocol (`machine::tests`), the agent never starts
+    /// the next try sooner than the last one took.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_wait_in_the_guest_never_polls_faster_than_a_try_costs() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tries");
+        let probe = format!("date +%s%N >>{}; sleep 0.3; false", log.display());
+        let out = a
+            .execute_until(&probe, T, retry(0, true, 3000))
+            .await
+            .unwrap();
+        assert_ne!(out.status, 0);
+        assert_tries_apart(&log, 550);
+    }
+
+    /// Asserts that the tries logged in `log` (a `date +%s%N` line each, over
+    /// 3 s) were at least 4 and started at least `ms` apart, but for the last
+    /// one: a pause ends at the deadline, for one last try there.
+    pub(crate) fn assert_tries_apart(log: &std::path::Path, ms: u64) {
+        let starts: Vec<u64> = std::fs::read_to_string(log)
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect();
+        assert!(starts.len() >= 4, "{} tries in 3 s", starts.len());
+        let before_last = &starts[..starts.len() - 1];
+        for gap in before_last.windows(2).map(|w| (w[1] - w[0]) / 1_000_000) {
+            assert!(gap >= ms, "tries {gap} ms apart: {starts:?}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

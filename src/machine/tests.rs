@@ -116,6 +116,25 @@ fn waits_poll_until_the_condition_holds_or_time_runs_out() {
     });
 }
 
+/// With the bash protocol a wait polls from the host, and never faster
+/// than a try costs: under TCG every try is guest forks competing with what
+/// the wait waits for. A try of 300 ms is followed by a pause of at least
+/// as long, so tries start at least ~600 ms apart (the growing pauses alone
+/// would start the first ones 325 and 350 ms apart).
+#[test]
+fn a_bash_protocol_wait_never_polls_faster_than_a_try_costs() {
+    on_machine(|m, state| async move {
+        let log = state.join("tries");
+        let probe = format!("date +%s%N >>{}; sleep 0.3; false", log.display());
+        let e = m
+            .wait_until_succeeds(&probe, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, MachineError::Timeout { .. }), "{e:?}");
+        crate::guest::agent::tests::assert_tries_apart(&log, 550);
+    });
+}
+
 /// A command that outlives its timeout is killed in the guest (status 124)
 /// and the call returns in time; the machine goes on.
 #[test]
