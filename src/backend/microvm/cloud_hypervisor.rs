@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 use super::api::{ApiClient, ApiError};
 use super::instance::{Flavor, VmmPaths};
-use super::{require_files, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID};
+use super::{resolve_option_files, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID};
 use crate::backend::{BackendError, StartContext};
 use crate::config::{BackendKind, CloudHypervisorOptions};
 
@@ -61,17 +61,11 @@ impl Vmm for CloudHypervisor {
         ctx: &StartContext,
     ) -> Result<(MicroVmSpec, Box<dyn Flavor>), BackendError> {
         let mut options = options.clone();
-        options.store_image = options.store_image.map(|p| ctx.config.resolve(&p));
-        for d in &mut options.pmem_devices {
-            d.path = ctx.config.resolve(&d.path);
-        }
-        require_files(
+        resolve_option_files(
             Self::KIND,
-            options
-                .pmem_devices
-                .iter()
-                .map(|p| &p.path)
-                .chain(options.store_image.iter()),
+            ctx,
+            &mut options.store_image,
+            &mut options.pmem_devices,
         )?;
         let flavor = CloudHypervisor {
             spec: spec.clone(),

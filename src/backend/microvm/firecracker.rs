@@ -34,7 +34,9 @@ use serde_json::{json, Value};
 
 use super::api::{ApiClient, ApiError};
 use super::instance::{snapshot_files, Flavor, VmmPaths};
-use super::{require_files, require_version, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID};
+use super::{
+    require_version, resolve_option_files, MicroVmBackend, MicroVmSpec, Version, Vmm, GUEST_CID,
+};
 use crate::backend::{BackendError, StartContext};
 use crate::config::{BackendKind, FirecrackerOptions};
 
@@ -87,17 +89,11 @@ impl Vmm for Firecracker {
         }
         check_version(options, version)?;
         let mut options = options.clone();
-        options.store_image = options.store_image.map(|p| ctx.config.resolve(&p));
-        for d in &mut options.pmem_devices {
-            d.path = ctx.config.resolve(&d.path);
-        }
-        require_files(
+        resolve_option_files(
             Self::KIND,
-            options
-                .pmem_devices
-                .iter()
-                .map(|p| &p.path)
-                .chain(options.store_image.iter()),
+            ctx,
+            &mut options.store_image,
+            &mut options.pmem_devices,
         )?;
         let flavor = Firecracker {
             id: format!("attest-{}-{}", std::process::id(), spec.number),

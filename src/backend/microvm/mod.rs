@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use self::instance::{Flavor, MicroVmInstance};
 use super::kvm::KvmFacts;
 use super::{Backend, BackendError, Instance, StartContext};
-use crate::config::{BackendKind, ImageManifest, MicroVmConfig};
+use crate::config::{BackendKind, ImageManifest, MicroVmConfig, PmemDevice};
 use crate::net::{plan, Network};
 use crate::process::{poll, Exit, PollEnd, Watched};
 
@@ -186,18 +186,33 @@ impl<V: Vmm> Backend for MicroVmBackend<V> {
     }
 }
 
-/// Fails when a file the options name does not exist.
-pub fn require_files<'a>(
+/// Resolves the option files both VMMs take (`store_image`, `pmem_devices`)
+/// against the config's directory and checks they exist, naming the VMM.
+pub fn resolve_option_files(
     vmm: BackendKind,
-    files: impl IntoIterator<Item = &'a PathBuf>,
+    ctx: &StartContext,
+    store_image: &mut Option<PathBuf>,
+    pmem_devices: &mut [PmemDevice],
 ) -> Result<(), BackendError> {
-    match files.into_iter().find(|p| !p.is_file()) {
-        Some(p) => Err(BackendError::Prerequisite(format!(
-            "{} (from the {vmm} options) does not exist",
-            p.display()
-        ))),
-        None => Ok(()),
+    if let Some(p) = store_image.as_mut() {
+        *p = ctx.config.resolve(p);
     }
+    for d in pmem_devices.iter_mut() {
+        d.path = ctx.config.resolve(&d.path);
+    }
+    let files = pmem_devices
+        .iter()
+        .map(|d| &d.path)
+        .chain(store_image.iter());
+    for p in files {
+        if !p.is_file() {
+            return Err(BackendError::Prerequisite(format!(
+                "{} (from the {vmm} options) does not exist",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A node's microVM settings after resolving the image manifest.
