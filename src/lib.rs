@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod backend;
 pub mod bench;
+pub mod cancel;
 pub mod config;
 pub mod console;
 pub mod convert;

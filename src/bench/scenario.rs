@@ -226,9 +226,11 @@ fn with_driver<T>(
     };
     driver.spawn_watchers();
     let result = f(&driver);
-    let reason = driver.cancel_reason();
+    // A cancelled run (signal, global timeout) is not a figure, whatever
+    // error it caused the scenario.
+    let cancelled = driver.cancellation().check();
     driver.teardown();
-    if let Some(reason) = reason {
+    if let Err(reason) = cancelled {
         return Err(BenchError::Interrupted(reason.to_string()));
     }
     ctx.check_interrupt()?;

@@ -1,58 +1,40 @@
 //! [`Driver`]: the supervisor of a run. It owns the machines, the network, the
-//! state directory, the cancellation token (signals, global timeout) and the
-//! ordered teardown.
+//! state directory, the cancellation ([`Cancel`]: signals, global timeout),
+//! the run's [`TaskTracker`] and the ordered teardown.
 //!
 //! Lifecycle ([`run_test`] drives it): [`Driver::new`] claims a state
 //! directory (locked, so another run's janitor leaves it alone) and makes one
 //! [`Machine`] per node, nothing started; [`Driver::spawn_watchers`] arms the
-//! global timeout and SIGINT/SIGTERM/SIGHUP (a first signal cancels the run, a
-//! second exits at once, every child having PDEATHSIG); the script runs;
-//! [`Driver::teardown`] ends every machine in parallel (graceful, then
-//! forced) and removes the state directory unless `--keep-state`.
+//! global timeout and SIGINT/SIGTERM/SIGHUP on the tracker (a first signal
+//! cancels the run, a second exits at once, every child having PDEATHSIG);
+//! the script runs, and whatever the cancellation ends returns its
+//! [`CancelReason`] in its error; [`Driver::teardown`] ends every machine in
+//! parallel (graceful, then forced), stops the watchers, waits for every
+//! tracked task and removes the state directory unless `--keep-state`.
 
 pub(crate) mod janitor;
 mod run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend;
+use crate::cancel::Cancel;
 use crate::config::TestConfig;
 use crate::machine::Machine;
 use crate::net::Network;
 use crate::report::Reporter;
 
+pub use crate::cancel::CancelReason;
 pub use run::{check_files, check_test, run_test, CheckError, Outcome, RunOptions};
 
 /// How long teardown waits for the background tasks once every machine
 /// has ended (their children are dead by then; this only covers the reaps).
 const TASKS_LIMIT: Duration = Duration::from_secs(5);
-
-/// Why a run was cancelled; the highest reason wins.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum CancelReason {
-    /// The global timeout passed.
-    GlobalTimeout(u64),
-    /// A signal arrived (its name and number).
-    Signal(&'static str, i32),
-}
-
-impl std::fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CancelReason::GlobalTimeout(s) => write!(
-                f,
-                "the test ran longer than its `global_timeout` of {s} seconds (raise `global_timeout` in the test config if it needs longer)"
-            ),
-            CancelReason::Signal(s, _) => write!(f, "interrupted by {s}"),
-        }
-    }
-}
 
 /// Options of a run.
 #[derive(Debug, Clone, Default)]
@@ -68,8 +50,7 @@ pub struct Driver {
     config: Arc<TestConfig>,
     machines: BTreeMap<String, Machine>,
     reporter: Reporter,
-    cancel: CancellationToken,
-    reason: Arc<Mutex<Option<CancelReason>>>,
+    cancel: Cancel,
     state_dir: Option<tempfile::TempDir>,
     state_path: PathBuf,
     /// Held for the run's lifetime: the janitor of another run sweeps only
@@ -81,6 +62,9 @@ pub struct Driver {
     /// output pumps, relays): closed and awaited at teardown, so each child
     /// is reaped before attest exits.
     tasks: TaskTracker,
+    /// Ends the global-timeout and signal watchers at teardown (they are on
+    /// `tasks`, which teardown waits for).
+    stop_watchers: tokio_util::sync::CancellationToken,
 }
 
 impl Driver {
@@ -118,7 +102,7 @@ impl Driver {
             .flat_map(|n| config.node_vlans(n))
             .collect();
         let network = (!vlans.is_empty()).then(|| Arc::new(Network::new(vlans)));
-        let cancel = CancellationToken::new();
+        let cancel = Cancel::new();
         let tasks = TaskTracker::new();
         let mut machines = BTreeMap::new();
         for (name, node) in &config.nodes {
@@ -144,13 +128,13 @@ impl Driver {
             machines,
             reporter,
             cancel,
-            reason: Arc::new(Mutex::new(None)),
             state_dir,
             state_path,
             _lock: lock,
             runtime,
             network,
             tasks,
+            stop_watchers: Default::default(),
         })
     }
 
@@ -169,9 +153,9 @@ impl Driver {
         &self.config
     }
 
-    /// The run's cancellation token.
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+    /// The run's cancellation (signals, global timeout), with its reason.
+    pub fn cancellation(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// The state directory (kept with `--keep-state`).
@@ -179,62 +163,67 @@ impl Driver {
         &self.state_path
     }
 
-    /// Why the run was cancelled, if it was.
-    pub fn cancel_reason(&self) -> Option<CancelReason> {
-        self.reason.lock().ok().and_then(|g| g.clone())
-    }
-
-    /// Cancels the run (idempotent; the highest reason is kept).
-    pub fn cancel(&self, reason: CancelReason) {
-        cancel_with(&self.reason, &self.cancel, reason);
-    }
-
-    /// Starts the watchers: the global timeout and SIGINT/SIGTERM/SIGHUP. A
-    /// first signal cancels the run (ordered teardown follows); a second one
-    /// kills every machine's process group at once.
+    /// Starts the watchers, on the run's task tracker: the global timeout
+    /// and SIGINT/SIGTERM/SIGHUP. A first signal cancels the run (ordered
+    /// teardown follows); a second one exits at once, killing every machine.
+    /// Teardown stops them only once the machines are down, so a second
+    /// signal still cuts a slow teardown short.
     pub fn spawn_watchers(&self) {
-        let (reason, cancel) = (self.reason.clone(), self.cancel.clone());
+        let (cancel, stop) = (self.cancel.clone(), self.stop_watchers.clone());
         let secs = self.config.global_timeout;
-        self.runtime.spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-            cancel_with(&reason, &cancel, CancelReason::GlobalTimeout(secs as u64));
-        });
-        let (reason, cancel) = (self.reason.clone(), self.cancel.clone());
-        let reporter = self.reporter.clone();
-        self.runtime.spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-                signal(SignalKind::hangup()),
-            ) else {
-                return;
-            };
-            let mut count = 0;
-            loop {
-                let (name, number) = tokio::select! {
-                    _ = int.recv() => ("SIGINT", libc::SIGINT),
-                    _ = term.recv() => ("SIGTERM", libc::SIGTERM),
-                    _ = hup.recv() => ("SIGHUP", libc::SIGHUP),
-                };
-                count += 1;
-                if count == 1 {
-                    reporter.log(
-                        None,
-                        format!("{name} received: tearing down (send it again to kill at once)"),
-                    );
-                    cancel_with(&reason, &cancel, CancelReason::Signal(name, number));
-                } else {
-                    reporter.log(
-                        None,
-                        format!("{name} received again: killing every machine now"),
-                    );
-                    // Exiting is the fastest sure kill: every child has
-                    // PDEATHSIG=SIGKILL, and the vlan namespace dies with us.
-                    std::process::exit(crate::exit_code::interrupted(number).into());
+        self.tasks.spawn_on(
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs_f64(secs)) => {
+                        cancel.cancel(CancelReason::GlobalTimeout(secs as u64));
+                    }
+                    () = stop.cancelled() => {}
                 }
-            }
-        });
+            },
+            &self.runtime,
+        );
+        let (cancel, stop) = (self.cancel.clone(), self.stop_watchers.clone());
+        let reporter = self.reporter.clone();
+        self.tasks.spawn_on(
+            async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) else {
+                    return;
+                };
+                let mut count = 0;
+                loop {
+                    let (name, number) = tokio::select! {
+                        _ = int.recv() => ("SIGINT", libc::SIGINT),
+                        _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+                        _ = hup.recv() => ("SIGHUP", libc::SIGHUP),
+                        () = stop.cancelled() => return,
+                    };
+                    count += 1;
+                    if count == 1 {
+                        reporter.log(
+                            None,
+                            format!(
+                                "{name} received: tearing down (send it again to kill at once)"
+                            ),
+                        );
+                        cancel.cancel(CancelReason::Signal(name, number));
+                    } else {
+                        reporter.log(
+                            None,
+                            format!("{name} received again: killing every machine now"),
+                        );
+                        // Exiting is the fastest sure kill: every child has
+                        // PDEATHSIG=SIGKILL, and the vlan namespace dies with us.
+                        std::process::exit(crate::exit_code::interrupted(number).into());
+                    }
+                }
+            },
+            &self.runtime,
+        );
     }
 
     /// Ends every machine (in parallel), waits for the run's background
@@ -244,6 +233,7 @@ impl Driver {
         let reporter = self.reporter.clone();
         let network = self.network.clone();
         let tasks = self.tasks.clone();
+        let stop_watchers = self.stop_watchers.clone();
         let _ = self.reporter.section("tearing down", None, false, || {
             let task_reporter = reporter.clone();
             let handle = self.runtime.spawn(async move {
@@ -256,7 +246,9 @@ impl Driver {
                     net.release_switches().await;
                 }
                 // The machines are gone, so their watchers see the exits and
-                // end; what is still running after the bound is reported.
+                // end, and the run's own watchers are told to; what is still
+                // running after the bound is reported.
+                stop_watchers.cancel();
                 tasks.close();
                 if tokio::time::timeout(TASKS_LIMIT, tasks.wait())
                     .await
@@ -286,15 +278,6 @@ impl Driver {
             }
         }
     }
-}
-
-fn cancel_with(reason: &Mutex<Option<CancelReason>>, token: &CancellationToken, new: CancelReason) {
-    if let Ok(mut g) = reason.lock() {
-        if g.as_ref().is_none_or(|old| new > *old) {
-            *g = Some(new);
-        }
-    }
-    token.cancel();
 }
 
 fn sanitize(name: &str) -> String {

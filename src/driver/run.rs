@@ -152,7 +152,7 @@ pub fn run_test(
     driver.spawn_watchers();
     // A panic in a binding must still tear the machines down before it
     // propagates.
-    let (outcome, cause) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_script(&driver, &script, opts.interactive)
     }))
     .unwrap_or_else(|panic| {
@@ -161,44 +161,68 @@ pub fn run_test(
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        let e = format!("attest panicked (a bug; please report it): {what}");
-        (Outcome::Error(e), None)
+        ScriptEnd::Invalid(format!("attest panicked (a bug; please report it): {what}"))
     });
-    // A cancelled run did not pass, even if its last step happened to return.
-    let (outcome, cause) = match (outcome, driver.cancel_reason()) {
-        (Outcome::Passed, Some(reason)) => (
-            Outcome::Failed(reason.to_string()),
+    let (outcome, cause) = match end {
+        ScriptEnd::Passed => (Outcome::Passed, None),
+        ScriptEnd::Invalid(e) => (Outcome::Error(e), None),
+        ScriptEnd::Failed { text, cause } => (failed(&driver, text, None), Some(cause)),
+        // A cancelled run did not pass, even if its last step happened to
+        // return; a signal outranks the failure it caused (CI tells
+        // "cancelled" apart by the exit status).
+        ScriptEnd::Cancelled {
+            reason,
+            error: None,
+        } => (
+            failed(&driver, reason.to_string(), reason.signal()),
             Some(FailureCause::Cancelled),
         ),
-        (Outcome::Failed(e), Some(reason)) => (Outcome::Failed(format!("{reason}\n{e}")), cause),
-        (o, _) => (o, cause),
-    };
-    let outcome = match outcome {
-        Outcome::Failed(e) => {
-            Outcome::Failed(failure::with_console_tails(&e, &console_tails(&driver)))
-        }
-        o => o,
-    };
-    // A signal outranks the failure it caused: CI tells "cancelled" apart.
-    let outcome = match (outcome, driver.cancel_reason()) {
-        (Outcome::Failed(e), Some(CancelReason::Signal(_, n))) => Outcome::Interrupted(n, e),
-        (o, _) => o,
+        ScriptEnd::Cancelled {
+            reason,
+            error: Some((text, cause)),
+        } => (
+            failed(&driver, format!("{reason}\n{text}"), reason.signal()),
+            Some(cause),
+        ),
     };
     driver.teardown();
     finish_with(&reporter, outcome, cause, opts.interactive)
 }
 
-/// Runs the script; a failure comes with its cause, read from the type of
-/// the error that ended the script.
-fn run_script(
-    driver: &Driver,
-    script: &Script,
-    interactive: bool,
-) -> (Outcome, Option<FailureCause>) {
+/// A failed run's outcome: `text` and the failing machines' last console
+/// lines; interrupted when signal `signal` cancelled the run.
+fn failed(driver: &Driver, text: String, signal: Option<i32>) -> Outcome {
+    let text = failure::with_console_tails(&text, &console_tails(driver));
+    match signal {
+        Some(n) => Outcome::Interrupted(n, text),
+        None => Outcome::Failed(text),
+    }
+}
+
+/// How the script ended, as [`run_test`] maps it to an outcome.
+enum ScriptEnd {
+    /// It returned.
+    Passed,
+    /// It failed (the rendered error and its kind).
+    Failed { text: String, cause: FailureCause },
+    /// The run was cancelled; `error` is what the script failed with, if it
+    /// did not return.
+    Cancelled {
+        reason: CancelReason,
+        error: Option<(String, FailureCause)>,
+    },
+    /// The script is invalid (or attest panicked): nothing it did counts.
+    Invalid(String),
+}
+
+/// Runs the script; a failure comes with its cause and a cancellation with
+/// its reason, both read from the type of the error that ended the script.
+fn run_script(driver: &Driver, script: &Script, interactive: bool) -> ScriptEnd {
+    let cancel = driver.cancellation().clone();
     let ctx = Arc::new(ScriptContext {
         machines: driver.machines().values().cloned().collect(),
         reporter: driver.reporter().clone(),
-        cancel: driver.cancel_token(),
+        cancel: cancel.clone(),
         ast: OnceLock::new(),
         base_dir: driver.config().base_dir.clone(),
     });
@@ -209,30 +233,51 @@ fn run_script(
         .map(|(n, m)| (n.clone(), Dynamic::from(m.clone())))
         .collect();
     let mut scope = script::scope_for(&nodes, &script::test_vlans(driver.config()));
-    if interactive {
-        script::repl::run(&engine, &mut scope, &driver.cancel_token());
-        return (Outcome::Passed, None);
-    }
-    let backends = script::node_backends(driver.config());
-    let ast = match script::check::check_with_backends(
-        &engine,
-        &scope,
-        &script.path,
-        &script.source,
-        &backends,
-    ) {
-        Ok(ast) => Arc::new(ast),
-        Err(e) => return (Outcome::Error(e.rendered), None),
+    let result = if interactive {
+        script::repl::run(&engine, &mut scope, &cancel);
+        Ok(())
+    } else {
+        let backends = script::node_backends(driver.config());
+        let ast = match script::check::check_with_backends(
+            &engine,
+            &scope,
+            &script.path,
+            &script.source,
+            &backends,
+        ) {
+            Ok(ast) => Arc::new(ast),
+            Err(e) => return ScriptEnd::Invalid(e.rendered),
+        };
+        let _ = ctx.ast.set(ast.clone());
+        let mut scope = script::run_scope(&script::test_vlans(driver.config()));
+        engine.run_ast_with_scope(&mut scope, &ast)
     };
-    let _ = ctx.ast.set(ast.clone());
-    let mut scope = script::run_scope(&script::test_vlans(driver.config()));
-    match engine.run_ast_with_scope(&mut scope, &ast) {
-        Ok(()) => (Outcome::Passed, None),
+    match result {
+        // The script may have caught the cancellation and returned (a REPL
+        // session ends on it): the run's cancellation still says why.
+        Ok(()) => match cancel.check() {
+            Ok(()) => ScriptEnd::Passed,
+            Err(reason) => ScriptEnd::Cancelled {
+                reason,
+                error: None,
+            },
+        },
         Err(mut e) => {
             let text = thrown::with_text(&mut e, |e| {
                 failure::script_error(&script.path, &script.source, e)
             });
-            (Outcome::Failed(text), Some(thrown::failure_cause(&e)))
+            let cause = thrown::failure_cause(&e);
+            // The error carries the reason when the cancellation ended the
+            // script; one that was caught and turned into another failure
+            // (or folded into a binding's message) leaves it to the run's
+            // cancellation.
+            match thrown::cancel_reason(&e).map_or_else(|| cancel.check(), Err) {
+                Ok(()) => ScriptEnd::Failed { text, cause },
+                Err(reason) => ScriptEnd::Cancelled {
+                    reason,
+                    error: Some((text, cause)),
+                },
+            }
         }
     }
 }

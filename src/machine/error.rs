@@ -153,6 +153,9 @@ pub enum MachineError {
     Cancelled {
         /// The machine.
         machine: String,
+        /// Why the run was cancelled (none when the machine's own work was
+        /// shut down without the run being cancelled).
+        reason: Option<crate::cancel::CancelReason>,
     },
     /// A file transfer or similar host-side step failed.
     #[error("{machine}: {message}")]

@@ -58,7 +58,7 @@ fn machine_on(
         state.path().join(name),
         None,
         reporter,
-        tokio_util::sync::CancellationToken::new(),
+        crate::cancel::Cancel::new(),
         runtime.handle().clone(),
         crate::guest::agent::Protocol::Bash,
         tasks,

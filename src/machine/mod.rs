@@ -23,6 +23,7 @@ pub use error::MachineError;
 
 use crate::backend::capability::{self, Capability};
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
+use crate::cancel::Cancel;
 use crate::config::{BackendKind, TestConfig};
 use crate::console::ConsoleLog;
 use crate::guest::agent::Protocol;
@@ -100,7 +101,7 @@ struct Inner {
     /// `wait_for_shutdown()` or `start()`.
     went_down: Mutex<Option<String>>,
     running: tokio::sync::Mutex<Option<Running>>,
-    cancel: CancellationToken,
+    cancel: Cancel,
     runtime: tokio::runtime::Handle,
     /// The protocol the next channel speaks ([`Machine::switch_protocol`]).
     protocol: Mutex<Protocol>,
@@ -132,7 +133,7 @@ impl Machine {
         state_dir: std::path::PathBuf,
         network: Option<Arc<Network>>,
         reporter: Reporter,
-        cancel: CancellationToken,
+        cancel: Cancel,
         runtime: tokio::runtime::Handle,
         protocol: Protocol,
         tasks: TaskTracker,
@@ -304,7 +305,7 @@ impl Machine {
         let _ = std::fs::create_dir_all(&self.inner.state_dir);
         let instance: Arc<dyn Instance> = tokio::select! {
             r = self.inner.backend.start(&ctx) => Arc::from(r.map_err(|e| self.backend_error("start", e))?),
-            () = self.inner.cancel.cancelled() => {
+            () = self.inner.cancel.token().cancelled() => {
                 self.set_state(MachineState::Interrupted, None);
                 return Err(self.cancelled());
             }
@@ -312,7 +313,7 @@ impl Machine {
         let deadline = started + self.boot_timeout();
         let channel = tokio::select! {
             r = self.open_channel(&*instance, deadline) => r,
-            () = self.inner.cancel.cancelled() => Err(self.cancelled()),
+            () = self.inner.cancel.token().cancelled() => Err(self.cancelled()),
         };
         let channel = match channel {
             Ok(s) => s,
@@ -400,6 +401,7 @@ impl Machine {
     fn cancelled(&self) -> MachineError {
         MachineError::Cancelled {
             machine: self.inner.name.clone(),
+            reason: self.inner.cancel.check().err(),
         }
     }
 
@@ -462,7 +464,7 @@ impl Machine {
         let result = tokio::select! {
             r = work => r,
             info = wait_exit(&mut exit) => Err(self.died(&info, &format!("running `{command}`"))),
-            () = self.inner.cancel.cancelled() => Err(self.cancelled()),
+            () = self.inner.cancel.token().cancelled() => Err(self.cancelled()),
         };
         let broken = matches!(result, Err(MachineError::Guest { .. }));
         self.settle(result, broken, &instance, command).await
@@ -531,7 +533,7 @@ impl Machine {
         let result = tokio::select! {
             r = run => r,
             info = wait_exit(&mut exit) => Err((self.died(&info, &format!("running `{what}`")), false)),
-            () = self.inner.cancel.cancelled() => Err((self.cancelled(), false)),
+            () = self.inner.cancel.token().cancelled() => Err((self.cancelled(), false)),
         };
         let (result, broken) = match result {
             Ok(v) => (Ok(v), false),
@@ -680,7 +682,7 @@ impl Machine {
                     diagnostics: String::new(),
                 })
             }
-            () = self.inner.cancel.cancelled() => return Err(self.cancelled()),
+            () = self.inner.cancel.token().cancelled() => return Err(self.cancelled()),
         }
         self.forget_instance(MachineState::Off).await;
         Ok(())
@@ -844,6 +846,11 @@ impl Machine {
 
     /// The cancellation token of the run.
     pub fn cancel_token(&self) -> &CancellationToken {
+        self.inner.cancel.token()
+    }
+
+    /// The run's cancellation, with its reason.
+    pub fn cancel(&self) -> &Cancel {
         &self.inner.cancel
     }
 }

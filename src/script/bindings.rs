@@ -351,14 +351,11 @@ fn register_commands(engine: &mut Engine) {
 
 /// Sleeps on the calling (script) thread, waking early with an error when
 /// the run is cancelled; needs no machine or runtime.
-pub(super) fn sleep_until_cancelled(
-    cancel: &tokio_util::sync::CancellationToken,
-    seconds: f64,
-) -> R<()> {
+pub(super) fn sleep_until_cancelled(cancel: &crate::cancel::Cancel, seconds: f64) -> R<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
     loop {
-        if cancel.is_cancelled() {
-            return Err(err("cancelled: the test is being torn down"));
+        if let Err(reason) = cancel.check() {
+            return Err(super::thrown::cancelled(reason));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -369,12 +366,12 @@ pub(super) fn sleep_until_cancelled(
 }
 
 fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
-    let cancel = m.cancel_token().clone();
+    let cancel = m.cancel().clone();
     let name = m.name().to_owned();
     m.block_on(async move {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))) => Ok(()),
-            () = cancel.cancelled() => Err(MachineError::Cancelled { machine: name }),
+            reason = cancel.cancelled() => Err(MachineError::Cancelled { machine: name, reason: Some(reason) }),
         }
     })
     .map_err(thrown)
@@ -1062,6 +1059,9 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
             for (m, r) in machines.iter().zip(results) {
                 match r {
                     Ok(v) => out.push(v),
+                    // A cancellation ends the whole call as itself, so the
+                    // driver still reads why the run was cancelled.
+                    Err(e) if super::thrown::cancel_reason(&e).is_some() => return Err(e),
                     Err(mut e) => failures.push(format!("{}: {}", m.name(), error_text(&mut e))),
                 }
             }

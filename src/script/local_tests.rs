@@ -18,6 +18,15 @@ fn run_raw(
     source: &str,
     events: Option<&std::path::Path>,
 ) -> Result<Result<(), Box<rhai::EvalAltResult>>, String> {
+    run_cancelled(source, events, None)
+}
+
+/// [`run_raw`], the run cancelled for `reason` after `after` when given.
+fn run_cancelled(
+    source: &str,
+    events: Option<&std::path::Path>,
+    cancel_after: Option<(std::time::Duration, crate::cancel::CancelReason)>,
+) -> Result<Result<(), Box<rhai::EvalAltResult>>, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -29,10 +38,18 @@ fn run_raw(
     };
     let reporter = Reporter::new("local", &opts).unwrap();
     let (m, state) = local::machine_reporting_to("machine", &rt, reporter.clone());
+    let cancel = m.cancel().clone();
+    if let Some((after, reason)) = cancel_after {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            cancel.cancel(reason);
+        });
+    }
     let ctx = Arc::new(ScriptContext {
         machines: vec![m.clone()],
         reporter,
-        cancel: Default::default(),
+        cancel,
         ast: OnceLock::new(),
         base_dir: state.path().to_owned(),
     });
@@ -180,4 +197,42 @@ fn the_failure_cause_is_read_from_the_errors_type() {
         let e = run_raw(source, None).unwrap().unwrap_err();
         assert_eq!(super::thrown::failure_cause(&e), cause, "{source}: {e:?}");
     }
+}
+
+/// A cancellation reaches the driver as a value: whatever the script was
+/// doing (a machine call, a sleep, a `wait_all`, a step after it caught the
+/// cancellation), the error that ends it carries the reason.
+#[test]
+fn a_cancellation_ends_the_script_with_its_reason() {
+    use crate::cancel::CancelReason;
+    use crate::report::FailureCause;
+    let reason = CancelReason::Signal("SIGTERM", libc::SIGTERM);
+    for source in [
+        "start_all(); machine.succeed(\"sleep 30\");",
+        "sleep(30);",
+        "start_all(); wait_all([machine], |m| m.succeed(\"sleep 30\"));",
+        "subtest(\"s\", || sleep(30));",
+        "try { sleep(30); } catch (e) { assert_contains(`${e}`, \"torn down\"); } sleep(30);",
+    ] {
+        let started = std::time::Instant::now();
+        let after = std::time::Duration::from_millis(700);
+        let e = run_cancelled(source, None, Some((after, reason.clone())))
+            .unwrap()
+            .unwrap_err();
+        assert!(started.elapsed().as_secs() < 10, "{source}");
+        assert_eq!(
+            super::thrown::cancel_reason(&e),
+            Some(reason.clone()),
+            "{source}: {e:?}"
+        );
+        assert_eq!(
+            super::thrown::failure_cause(&e),
+            FailureCause::Cancelled,
+            "{source}"
+        );
+    }
+    let e = run_raw("machine.succeed(\"exit 3\");", None)
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(super::thrown::cancel_reason(&e), None);
 }

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rhai::{Dynamic, Engine, Scope, AST};
-use tokio_util::sync::CancellationToken;
 
 pub use check::{Diagnostic, ScriptCheckError};
 
+use crate::cancel::Cancel;
 use crate::config::script_name;
 use crate::machine::Machine;
 use crate::report::Reporter;
@@ -29,7 +29,7 @@ pub struct ScriptContext {
     /// The reporter.
     pub reporter: Reporter,
     /// The run's cancellation.
-    pub cancel: CancellationToken,
+    pub cancel: Cancel,
     /// The compiled script, for calling closures from other threads (`wait_all`).
     pub ast: OnceLock<Arc<AST>>,
     /// The directory of the config (relative host paths resolve against it).
@@ -70,11 +70,9 @@ pub fn engine(ctx: Arc<ScriptContext>) -> Engine {
     engine.set_strict_variables(true);
     engine.set_max_expr_depths(256, 256);
     let cancel = ctx.cancel.clone();
-    engine.on_progress(move |_| {
-        cancel
-            .is_cancelled()
-            .then(|| Dynamic::from("the test is being torn down"))
-    });
+    // A cancelled run ends the script at its next step, with the reason
+    // as the termination value (see [`thrown::cancel_reason`]).
+    engine.on_progress(move |_| cancel.check().err().map(Dynamic::from));
     // Rhai's optimizer copies the scope's constants (the nodes) into
     // function bodies even where a parameter of the same name shadows them
     // (`fn f(machine) { machine }` would return the node); nodes reach

@@ -13,7 +13,7 @@ use super::check;
 use crate::machine::Machine;
 
 /// Reads statements until EOF (Ctrl-D) or `exit`, printing results and errors.
-pub fn run(engine: &Engine, scope: &mut Scope, cancel: &tokio_util::sync::CancellationToken) {
+pub fn run(engine: &Engine, scope: &mut Scope, cancel: &crate::cancel::Cancel) {
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
