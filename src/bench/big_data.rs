@@ -205,7 +205,7 @@ pub fn put_figures(b: &mut BackendReport, sizes: &[Size], samples: &[Sample]) {
                 continue;
             }
             let column: Vec<f64> = of.iter().map(|v| v[i]).collect();
-            super::scenario::put(b, &key, &column, false);
+            super::stats::put_into(&mut b.figures, &key, &column, false);
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::machine::{Machine, MachineError};
 use crate::report::{ReportOptions, Reporter};
 
 use super::big_data;
+use super::stats::put_into;
 use super::usage::Usage;
 use super::{
     BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary,
@@ -573,14 +574,8 @@ fn rewrite_test(ctx: &BenchContext<'_>, backend: BackendKind) -> Result<PathBuf,
     Ok(path)
 }
 
-pub(super) fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
+fn put(b: &mut BackendReport, name: &str, samples: &[f64], p99: bool) {
     put_into(&mut b.figures, name, samples, p99);
-}
-
-fn put_into(figures: &mut BTreeMap<String, Summary>, name: &str, samples: &[f64], p99: bool) {
-    if let Some(s) = Summary::of(samples, p99) {
-        figures.insert(name.to_owned(), s);
-    }
 }
 
 /// The per-command figures of `runs` (all runs pooled).

@@ -48,6 +48,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// Puts the summary of `samples` into `figures` as `name` (nothing when
+/// there are none).
+pub fn put_into(
+    figures: &mut std::collections::BTreeMap<String, Summary>,
+    name: &str,
+    samples: &[f64],
+    p99: bool,
+) {
+    if let Some(s) = Summary::of(samples, p99) {
+        figures.insert(name.to_owned(), s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,24 +8,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rhai::{
-    Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position,
-};
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext};
 
+use super::common::{err, first_line, opts, secs, sleep_until_cancelled, timeout_of, R};
 use super::thrown::{error_text, thrown};
 use super::ScriptContext;
 use crate::backend::BackendOp;
 use crate::machine::{Machine, MachineError, DEFAULT_TIMEOUT};
 
-pub(super) type R<T> = Result<T, Box<EvalAltResult>>;
-
 /// The most commands one `succeed(…)`/`fail(…)` call takes as arguments
 /// (an array takes any number).
 pub const MAX_COMMANDS: usize = 16;
-
-pub(super) fn err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
-    EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE).into()
-}
 
 /// Runs a machine operation from the script thread as a log section, after
 /// the polling conditions that are due (as NixOS checks them before each
@@ -39,70 +32,6 @@ pub(super) fn op<T: Send + 'static>(
     m.reporter()
         .section(&label, Some(m.name()), false, || m.block_on(fut))
         .map_err(thrown)
-}
-
-pub(super) fn secs(v: &Dynamic, what: &str) -> R<f64> {
-    if let Ok(i) = v.as_int() {
-        return Ok(i as f64);
-    }
-    v.as_float().map_err(|_| {
-        err(format!(
-            "{what} must be a number of seconds, not {}",
-            v.type_name()
-        ))
-    })
-}
-
-/// The `timeout` of an options map (seconds), or the default.
-pub(super) fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
-    for k in opts.keys() {
-        if ![
-            "timeout",
-            "user",
-            "addr",
-            "is_datagram",
-            "lines",
-            "unit",
-            "state",
-            "check_return",
-            "check_output",
-            "allow_reboot",
-            "seconds_interval",
-            "description",
-        ]
-        .contains(&k.as_str())
-        {
-            return Err(err(format!("unknown option `{k}`")));
-        }
-    }
-    let t = match opts.get("timeout") {
-        Some(v) => secs(v, "timeout")?,
-        None => default,
-    };
-    if !(t > 0.0 && t.is_finite()) {
-        return Err(err(format!("timeout must be positive, not {t}")));
-    }
-    Ok(Duration::from_secs_f64(t))
-}
-
-/// The trailing options of a call: a map (`#{ timeout: 30 }`), or, as NixOS
-/// takes `timeout` positionally, a number of seconds; `()` (Python's
-/// `None`) is no options.
-pub(super) fn opts(o: Dynamic) -> R<Map> {
-    if o.is_unit() {
-        return Ok(Map::new());
-    }
-    if o.is_int() || o.is_float() {
-        let mut m = Map::new();
-        m.insert("timeout".into(), o);
-        return Ok(m);
-    }
-    let t = o.type_name();
-    o.try_cast::<Map>().ok_or_else(|| {
-        err(format!(
-            "expected an options map (#{{ timeout: 30 }}) or a timeout in seconds, not {t}"
-        ))
-    })
 }
 
 fn opt_bool(opts: &Map, key: &str, default: bool) -> R<bool> {
@@ -172,8 +101,6 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     register_backend_ops(engine);
     register_globals(engine, ctx.clone());
     super::helpers::register(engine);
-    super::nixos::register(engine, ctx.clone());
-    super::polling::register(engine, ctx.clone());
 }
 
 fn register_lifecycle(engine: &mut Engine) {
@@ -347,22 +274,6 @@ fn register_commands(engine: &mut Engine) {
     engine.register_fn("log", |m: &mut Machine, msg: &str| {
         m.reporter().log(Some(m.name()), msg)
     });
-}
-
-/// Sleeps on the calling (script) thread, waking early with an error when
-/// the run is cancelled; needs no machine or runtime.
-pub(super) fn sleep_until_cancelled(cancel: &crate::cancel::Cancel, seconds: f64) -> R<()> {
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.0));
-    loop {
-        if let Err(reason) = cancel.check() {
-            return Err(super::thrown::cancelled(reason));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(());
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
 }
 
 fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
@@ -1130,8 +1041,4 @@ impl std::fmt::Display for SubtestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-pub(super) fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod check;
+mod common;
 pub mod helpers;
 pub mod nixos;
 pub mod polling;
@@ -81,7 +82,9 @@ pub fn engine(ctx: Arc<ScriptContext>) -> Engine {
     engine.set_optimization_level(rhai::OptimizationLevel::None);
     resolve_nodes_in_functions(&mut engine, &ctx);
     thrown::register(&mut engine);
-    bindings::register(&mut engine, ctx);
+    bindings::register(&mut engine, ctx.clone());
+    nixos::register(&mut engine, ctx.clone());
+    polling::register(&mut engine, ctx);
     engine
 }
 

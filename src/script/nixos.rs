@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext};
 
-use super::bindings::{
-    backend, err, first_line, in_section, op, screen_texts, secs, sleep_until_cancelled,
-    timeout_of, R,
-};
+use super::bindings::{backend, in_section, op, screen_texts};
+use super::common::{err, first_line, opts, secs, sleep_until_cancelled, timeout_of, R};
 use super::ScriptContext;
 use crate::backend::BackendOp;
 use crate::machine::{Machine, DEFAULT_TIMEOUT};
@@ -82,7 +80,7 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
     }
     engine.register_fn("switch_root", |m: &mut Machine| switch_root(m, &Map::new()));
     engine.register_fn("switch_root", |m: &mut Machine, o: Dynamic| {
-        switch_root(m, &super::bindings::opts(o)?)
+        switch_root(m, &opts(o)?)
     });
 
     engine.register_get("state_dir", |m: &mut Machine| {

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, AST};
 
-use super::bindings::{err, secs, sleep_until_cancelled, timeout_of, R};
+use super::common::{err, first_line, secs, sleep_until_cancelled, timeout_of, R};
 use super::ScriptContext;
 use crate::machine::DEFAULT_TIMEOUT;
 use crate::report::Reporter;
@@ -96,10 +96,7 @@ impl PollingCondition {
             Ok(v) => (v.as_bool().unwrap_or(true), String::new()),
             Err(mut e) => (
                 false,
-                format!(
-                    ": {}",
-                    super::bindings::first_line(&super::thrown::error_text(&mut e))
-                ),
+                format!(": {}", first_line(&super::thrown::error_text(&mut e))),
             ),
         };
         {
