@@ -5,8 +5,36 @@
 //! no `vmx`/`svm` CPU flag) a stock guest kernel never executes.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::BackendError;
+use crate::config::BackendKind;
+use crate::errors::os_reason;
+
+/// What is wrong with `/dev/kvm` for a VMM that needs it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KvmProblem {
+    /// There is no `/dev/kvm`.
+    #[error("/dev/kvm, which does not exist: load kvm_intel or kvm_amd, or run on a host with hardware virtualisation")]
+    Missing,
+    /// `/dev/kvm` does not open read-write.
+    #[error("read-write access to /dev/kvm ({}): run attest as root or add the user to the kvm group", os_reason(.0))]
+    NotAccessible(#[source] Arc<std::io::Error>),
+    /// `/dev/kvm` is KVM-PVM: stock guest kernels do not run on it.
+    #[error("a /dev/kvm that runs stock guest kernels, and this one is KVM-PVM")]
+    Pvm,
+}
+
+impl KvmProblem {
+    /// The problem in a few words, for `attest bench`'s host description.
+    pub fn summary(&self) -> String {
+        match self {
+            KvmProblem::Pvm => "/dev/kvm is KVM-PVM (stock guest kernels do not run)".into(),
+            KvmProblem::Missing => "/dev/kvm is missing".into(),
+            KvmProblem::NotAccessible(e) => format!("/dev/kvm is not accessible: {e}"),
+        }
+    }
+}
 
 /// What the host's `/dev/kvm` is.
 #[derive(Debug, Clone)]
@@ -14,7 +42,7 @@ pub struct KvmFacts {
     /// `/dev/kvm` exists.
     pub present: bool,
     /// It opens read-write (an `Err` holds why not).
-    pub usable: Result<(), String>,
+    pub usable: Result<(), Arc<std::io::Error>>,
     /// The `kvm_pvm` module is loaded: stock guest kernels cannot run.
     pub pvm: bool,
     /// `/proc/cpuinfo` lists `vmx` or `svm`.
@@ -32,7 +60,7 @@ impl KvmFacts {
                 .write(true)
                 .open(dev)
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
+                .map_err(Arc::new),
             pvm: Path::new("/sys/module/kvm_pvm").exists(),
             cpu_virt_flag: std::fs::read_to_string("/proc/cpuinfo")
                 .map(|s| cpu_has_virt_flag(&s))
@@ -49,7 +77,7 @@ impl KvmFacts {
     /// `auto` falls back to TCG with this as the warning).
     pub fn why_not_stock_guests(&self) -> Option<String> {
         if let Err(e) = &self.usable {
-            return Some(format!("KVM is not available (/dev/kvm: {e})"));
+            return Some(format!("KVM is not available (/dev/kvm: {})", os_reason(e)));
         }
         if self.pvm {
             return Some(
@@ -65,33 +93,27 @@ impl KvmFacts {
         None
     }
 
-    /// A prerequisite error when a VMM cannot run at all.
-    pub fn require(&self, vmm: &str) -> Result<(), BackendError> {
-        if !self.present {
-            return Err(BackendError::Prerequisite(format!(
-                "{vmm} needs /dev/kvm, which does not exist: load kvm_intel or kvm_amd, or run on a host with hardware virtualisation"
-            )));
-        }
-        if let Err(e) = &self.usable {
-            return Err(BackendError::Prerequisite(format!(
-                "{vmm} needs read-write access to /dev/kvm ({e}): run attest as root or add the user to the kvm group"
-            )));
-        }
-        Ok(())
+    /// Why a VMM cannot run at all here, if it cannot.
+    pub fn require(&self, vmm: BackendKind) -> Result<(), BackendError> {
+        let problem = if !self.present {
+            KvmProblem::Missing
+        } else if let Err(e) = &self.usable {
+            KvmProblem::NotAccessible(e.clone())
+        } else {
+            return Ok(());
+        };
+        Err(BackendError::Kvm { vmm, problem })
     }
 
-    /// The state in words, for `attest bench`: `usable`, or why not.
-    pub fn summary(&self) -> Result<&'static str, String> {
+    /// Whether KVM is usable, for `attest bench`: `Ok`, or why not.
+    pub fn summary(&self) -> Result<(), KvmProblem> {
         if self.pvm {
-            return Err("/dev/kvm is KVM-PVM (stock guest kernels do not run)".into());
+            return Err(KvmProblem::Pvm);
         }
         if !self.present {
-            return Err("/dev/kvm is missing".into());
+            return Err(KvmProblem::Missing);
         }
-        match &self.usable {
-            Ok(()) => Ok("usable"),
-            Err(e) => Err(format!("/dev/kvm is not accessible: {e}")),
-        }
+        self.usable.clone().map_err(KvmProblem::NotAccessible)
     }
 }
 
@@ -110,25 +132,44 @@ mod tests {
     fn kvm_problems_are_explained() {
         let missing = KvmFacts {
             present: false,
-            usable: Err("No such file or directory".into()),
+            usable: Err(Arc::new(std::io::Error::from_raw_os_error(libc::ENOENT))),
             pvm: false,
             cpu_virt_flag: true,
         };
-        let e = missing.require("firecracker").unwrap_err().to_string();
+        let e = missing.require(BackendKind::Firecracker).unwrap_err();
         assert!(
-            e.contains("firecracker needs /dev/kvm, which does not exist"),
+            matches!(
+                &e,
+                BackendError::Kvm {
+                    problem: KvmProblem::Missing,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains(
+                "firecracker needs /dev/kvm, which does not exist: load kvm_intel or kvm_amd"
+            ),
             "{e}"
         );
-        assert_eq!(missing.summary(), Err("/dev/kvm is missing".into()));
+        assert_eq!(
+            missing.summary().unwrap_err().summary(),
+            "/dev/kvm is missing"
+        );
         let denied = KvmFacts {
             present: true,
-            usable: Err("Permission denied (os error 13)".into()),
+            usable: Err(Arc::new(std::io::Error::from_raw_os_error(libc::EACCES))),
             pvm: false,
             cpu_virt_flag: true,
         };
-        let e = denied.require("cloud-hypervisor").unwrap_err().to_string();
+        let e = denied
+            .require(BackendKind::CloudHypervisor)
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("read-write access to /dev/kvm (Permission denied"),
+            e.contains("cloud-hypervisor needs read-write access to /dev/kvm (Permission denied): run attest as root"),
             "{e}"
         );
         let pvm = KvmFacts {
@@ -137,10 +178,11 @@ mod tests {
             pvm: true,
             cpu_virt_flag: false,
         };
-        assert!(pvm.require("firecracker").is_ok());
+        assert!(pvm.require(BackendKind::Firecracker).is_ok());
         assert!(!pvm.runs_linux_guests());
         assert!(pvm.why_not_stock_guests().unwrap().contains("KVM-PVM"));
-        assert!(pvm.summary().unwrap_err().contains("KVM-PVM"));
+        assert!(matches!(pvm.summary(), Err(KvmProblem::Pvm)));
+        assert!(pvm.summary().unwrap_err().summary().contains("KVM-PVM"));
     }
 
     #[test]

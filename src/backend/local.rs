@@ -44,7 +44,7 @@ impl Backend for LocalBackend {
         let mut cmd = Command::new("sleep");
         cmd.arg("infinity");
         let process = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
-            .map_err(|e| BackendError::Start(format!("cannot run sleep: {e}")))?;
+            .map_err(|e| BackendError::spawn("sleep", e))?;
         Ok(Box::new(LocalInstance {
             process,
             shells: Mutex::new(Vec::new()),
@@ -73,12 +73,15 @@ impl LocalInstance {
 #[async_trait]
 impl Instance for LocalInstance {
     async fn connect(&self, _deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError> {
-        if let Some(info) = self.process.exit.borrow().clone() {
-            return Err(BackendError::Start(format!("machine {info}")));
+        if let Some(exit) = self.process.exit.borrow().clone() {
+            return Err(BackendError::Exited {
+                process: "the machine".into(),
+                exit,
+                during: String::new(),
+                output: String::new(),
+            });
         }
-        let shell = self
-            .shell()
-            .map_err(|e| BackendError::Start(format!("cannot start a local bash: {e}")))?;
+        let shell = self.shell().map_err(|e| BackendError::spawn("bash", e))?;
         Ok(Box::new(shell))
     }
 

@@ -5,6 +5,7 @@
 
 pub mod capability;
 pub mod cgroup;
+mod error;
 pub mod kvm;
 #[cfg(test)]
 pub mod local;
@@ -27,51 +28,7 @@ use crate::net::Network;
 use crate::process::Exit;
 use crate::report::Reporter;
 
-/// Why a backend operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
-    /// A prerequisite is missing (a binary, `/dev/kvm`, a file).
-    #[error("{0}")]
-    Prerequisite(String),
-    /// The machine process could not be started or died while starting.
-    #[error("{0}")]
-    Start(String),
-    /// The operation does not exist on this backend.
-    #[error("{op} is not supported by the {backend} backend")]
-    Unsupported {
-        /// The operation.
-        op: String,
-        /// The backend.
-        backend: BackendKind,
-    },
-    /// The operation is not allowed (e.g. powering off a host attest did not start).
-    #[error("{0}")]
-    NotAllowed(String),
-    /// The operation failed.
-    #[error("{0}")]
-    Failed(String),
-    /// A binary the backend runs is missing.
-    #[error(transparent)]
-    Missing(#[from] crate::errors::MissingBinary),
-    /// QEMU's accelerator cannot be used.
-    #[error(transparent)]
-    Accel(#[from] qemu::accel::AccelError),
-    /// A QEMU monitor (QMP) command failed.
-    #[error(transparent)]
-    Qmp(#[from] qemu::qmp::QmpError),
-    /// A QEMU chardev socket (backdoor, serial console) failed.
-    #[error(transparent)]
-    Relay(#[from] qemu::relay::RelayError),
-    /// A key or text cannot be typed (QEMU `send-key`).
-    #[error(transparent)]
-    Key(#[from] qemu::keys::KeyError),
-    /// The screen could not be read (QEMU OCR).
-    #[error(transparent)]
-    Ocr(#[from] qemu::ocr::OcrError),
-    /// The test's network could not be set up or changed.
-    #[error(transparent)]
-    Network(#[from] crate::net::NetError),
-}
+pub use error::{check_file, BackendError, SnapshotError, VmmBinaryProblem, VsockError};
 
 /// Everything a backend needs to start one machine.
 pub struct StartContext {
@@ -279,11 +236,19 @@ where
     use crate::process::{poll, PollEnd};
     poll(deadline, Duration::from_millis(20), exit, &mut attempt)
         .await
-        .map_err(|e| {
-            BackendError::Start(match e {
-                PollEnd::Exited(info) => format!("machine {info} while waiting for {what}"),
-                PollEnd::TimedOut(last) => format!("timed out waiting for {what}: {last}"),
-            })
+        .map_err(|e| match e {
+            PollEnd::Exited(exit) => BackendError::Exited {
+                process: "the machine".into(),
+                exit,
+                during: format!("while waiting for {what}"),
+                output: String::new(),
+            },
+            PollEnd::TimedOut(last) => BackendError::TimedOut {
+                what: what.to_owned(),
+                limit: None,
+                last: last.to_string(),
+                output: String::new(),
+            },
         })
 }
 

@@ -83,18 +83,18 @@ fn rootfs_of(ctx: &StartContext, c: &NspawnConfig) -> Result<PathBuf, BackendErr
     let rootfs = match (&c.rootfs, &c.image) {
         (Some(r), _) => ctx.config.resolve(r),
         (None, Some(image)) => {
-            let m = ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
-                BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
-            })?;
+            let m = ImageManifest::load(&ctx.config.resolve(image)).map_err(BackendError::image)?;
             m.rootfs
         }
-        (None, None) => return Err(BackendError::Start("no rootfs configured".into())),
+        (None, None) => {
+            return Err(BackendError::NotConfigured {
+                what: "rootfs",
+                fix: "set `image` or `rootfs` in the node's nspawn settings",
+            })
+        }
     };
     if !rootfs.join("usr").is_dir() && !rootfs.join("nix").is_dir() {
-        return Err(BackendError::Prerequisite(format!(
-            "{} is not a root file system tree: build the image with images/debian/build",
-            rootfs.display()
-        )));
+        return Err(BackendError::NotARootTree { path: rootfs });
     }
     Ok(rootfs)
 }
@@ -102,14 +102,11 @@ fn rootfs_of(ctx: &StartContext, c: &NspawnConfig) -> Result<PathBuf, BackendErr
 /// Writes the networkd files the container gets: one per vlan interface
 /// (eth1, eth2, … as in NixOS tests), both address families, link-local.
 fn write_network_files(ctx: &StartContext, dir: &Path) -> Result<(), BackendError> {
-    let io = |e: std::io::Error| BackendError::Start(format!("cannot write network files: {e}"));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::create_dir_all(dir).map_err(|e| BackendError::io("create", dir, e))?;
     for i in plan::node_interfaces(&ctx.config, &ctx.machine) {
-        std::fs::write(
-            dir.join(format!("10-attest-{}.network", i.name)),
-            plan::networkd_file(&i),
-        )
-        .map_err(io)?;
+        let file = dir.join(format!("10-attest-{}.network", i.name));
+        std::fs::write(&file, plan::networkd_file(&i))
+            .map_err(|e| BackendError::io("write", file, e))?;
     }
     Ok(())
 }
@@ -143,16 +140,11 @@ impl RootOverlay {
         for p in [&o.lower, &o.upper, &o.work, &o.merged] {
             // overlayfs separates its options with `,` and layers with `:`.
             if p.to_string_lossy().contains([',', ':']) {
-                return Err(BackendError::Prerequisite(format!(
-                    "{}: the container's root overlay cannot use a path with `,` or `:`; \
-                     move it (or TMPDIR) elsewhere",
-                    p.display()
-                )));
+                return Err(BackendError::OverlayPath { path: p.clone() });
             }
         }
         for d in [&o.upper, &o.work, &o.merged] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| BackendError::Start(format!("cannot create {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d).map_err(|e| BackendError::io("create", d, e))?;
         }
         Ok(o)
     }
@@ -183,19 +175,20 @@ impl Backend for NspawnBackend {
     async fn start(&self, ctx: &StartContext) -> Result<Box<dyn Instance>, BackendError> {
         let nspawn = require_binary("systemd-nspawn", "systemd-container")?;
         if !nix::unistd::Uid::effective().is_root() {
-            return Err(BackendError::Prerequisite(
-                "systemd-nspawn needs root: run attest as root".into(),
-            ));
+            return Err(BackendError::NeedsRoot {
+                program: "systemd-nspawn",
+            });
         }
         let rootfs = rootfs_of(ctx, &self.settings)?;
         let settings = &self.settings;
         let backdoor_dir = ctx.state_dir.join("backdoor");
         let network_dir = ctx.state_dir.join("network");
         let hosts = ctx.state_dir.join("hosts");
-        let io = |e: std::io::Error| BackendError::Start(format!("cannot prepare state dir: {e}"));
-        std::fs::create_dir_all(&backdoor_dir).map_err(io)?;
+        std::fs::create_dir_all(&backdoor_dir)
+            .map_err(|e| BackendError::io("create", &backdoor_dir, e))?;
         write_network_files(ctx, &network_dir)?;
-        std::fs::write(&hosts, hosts_file(ctx)).map_err(io)?;
+        std::fs::write(&hosts, hosts_file(ctx))
+            .map_err(|e| BackendError::io("write", &hosts, e))?;
 
         let number = plan::node_number(&ctx.config, &ctx.machine).unwrap_or(1);
         // Unique per run (pid and the run's id), so parallel runs do not
@@ -237,7 +230,7 @@ impl Backend for NspawnBackend {
             _ => Command::new("unshare"),
         };
         std::fs::create_dir_all(NSPAWN_RUN_DIR)
-            .map_err(|e| BackendError::Start(format!("cannot create {NSPAWN_RUN_DIR}: {e}")))?;
+            .map_err(|e| BackendError::io("create", NSPAWN_RUN_DIR, e))?;
         let root = RootOverlay::prepare(&rootfs, &ctx.state_dir)?;
         // The overlay is mounted in the same private mount namespace: it
         // vanishes with it, however nspawn ends; its upper layer stays in
@@ -298,13 +291,18 @@ impl Backend for NspawnBackend {
         let cgroup = PrivateCgroup::create(&machine_name);
         cgroup.enter_on_spawn(&mut cmd);
         let process = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
-            .map_err(|e| BackendError::Start(format!("cannot run systemd-nspawn: {e}")))?;
+            .map_err(|e| BackendError::spawn("systemd-nspawn", e))?;
 
         if let Some(net) = &ctx.network {
             for (link, i) in host_links.iter().zip(&interfaces) {
                 let attached = tokio::select! {
                     r = net.attach(link, i.vlan, Duration::from_secs(15)) => r.map_err(Into::into),
-                    info = process.wait() => Err(BackendError::Start(format!("systemd-nspawn {info}"))),
+                    exit = process.wait() => Err(BackendError::Exited {
+                        process: "systemd-nspawn".into(),
+                        exit,
+                        during: format!("while attaching {link} to vlan {}", i.vlan),
+                        output: ctx.console.last_lines(10).join("\n"),
+                    }),
                 };
                 if let Err(e) = attached {
                     process.terminate(Duration::from_secs(3)).await;
@@ -418,22 +416,27 @@ impl NspawnInstance {
         let init = self
             .nspawn_pid()
             .and_then(first_child)
-            .ok_or_else(|| BackendError::Failed("the container's init process is gone".into()))?;
+            .ok_or(BackendError::ContainerInitGone)?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(init),
             nix::sys::signal::Signal::SIGINT,
         )
-        .map_err(|e| BackendError::Failed(format!("cannot signal the container's init: {e}")))?;
+        .map_err(|error| BackendError::Signal {
+            what: "the container's init",
+            error,
+        })?;
         // The instance's exit (not only the process's), which the driver
         // looks at as soon as this returns.
         let mut exit = self.exit.clone();
         let ended = async move { exit.wait_for(Option::is_some).await.map(drop) };
         match tokio::time::timeout(REBOOT_TIMEOUT, ended).await {
             Ok(_) => Ok(String::new()),
-            Err(_) => Err(BackendError::Failed(format!(
-                "the container did not finish its reboot within {} seconds",
-                REBOOT_TIMEOUT.as_secs()
-            ))),
+            Err(_) => Err(BackendError::TimedOut {
+                what: "the container to finish its reboot".into(),
+                limit: Some(REBOOT_TIMEOUT),
+                last: String::new(),
+                output: String::new(),
+            }),
         }
     }
 }
@@ -447,7 +450,7 @@ impl Instance for NspawnInstance {
             async move {
                 tokio::net::UnixStream::connect(&socket)
                     .await
-                    .map_err(|e| format!("{}: {e}", socket.display()))
+                    .map_err(|e| format!("{}: {}", socket.display(), crate::errors::os_reason(&e)))
             }
         })
         .await?;
@@ -490,9 +493,10 @@ impl Instance for NspawnInstance {
         match op {
             BackendOp::Reboot => self.reboot().await,
             BackendOp::Block | BackendOp::Unblock => {
-                let net = self.network.as_ref().ok_or_else(|| {
-                    BackendError::Failed("the machine has no network to block".into())
-                })?;
+                let net = self
+                    .network
+                    .as_ref()
+                    .ok_or(BackendError::NoVlanLink { op: op.name() })?;
                 let up = matches!(op, BackendOp::Unblock);
                 for link in &self.host_links {
                     net.set_link(link, up).await?;

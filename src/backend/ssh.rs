@@ -60,6 +60,9 @@ impl SshBackend {
     }
 }
 
+/// How long the remote may take to answer the preflight check.
+const PREFLIGHT_LIMIT: Duration = Duration::from_secs(30);
+
 /// How often a session-less connection is probed for life (`ServerAliveInterval`).
 const SERVER_ALIVE_SECS: u32 = 5;
 
@@ -97,20 +100,196 @@ pub struct SshInstance {
     _control_dir: Option<tempfile::TempDir>,
 }
 
-/// Why one connection attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
-    /// Retrying cannot help (auth refused, host key, name resolution, bad
-    /// option): a configuration error.
-    Fatal(String),
-    /// The host may come up later (refused, unreachable, timed out).
-    Transient(String),
+/// Why an ssh host could not be used. `who` is `[user@]host[:port]`;
+/// `last` is the last line ssh printed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SshError {
+    /// The host's key differs from the one in known_hosts.
+    #[error(
+        "host key mismatch for {who}: the host's key differs from the one in known_hosts \
+         (a reinstalled host or a man in the middle); remove the old entry \
+         (ssh-keygen -R <host>) if the change is expected"
+    )]
+    HostKeyChanged {
+        /// The host.
+        who: String,
+    },
+    /// The host's key is unknown and the policy is strict.
+    #[error(
+        "host key of {who} is not in known_hosts and the policy is strict: \
+         add it to known_hosts (ssh-keyscan), or set \"known_hosts\": \"accept-new\" \
+         on the node to accept a host seen for the first time ({last})"
+    )]
+    HostKeyUnknown {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// The host refused every key offered.
+    #[error(
+        "authentication refused by {who}: {} was not accepted ({last})",
+        key_text(identity)
+    )]
+    AuthRefused {
+        /// The host.
+        who: String,
+        /// The configured key, if any.
+        identity: Option<PathBuf>,
+        /// What ssh said.
+        last: String,
+    },
+    /// The host name does not resolve.
+    #[error("cannot resolve the host name of {who} ({last})")]
+    UnknownHost {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// ssh refuses its options or key file (a configuration error).
+    #[error("ssh cannot connect to {who}: {last}")]
+    BadSetup {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// The configured identity file does not exist.
+    #[error("identity file {} for {who} does not exist", path.display())]
+    NoIdentityFile {
+        /// The host.
+        who: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Nothing listens on the port (yet).
+    #[error("{who} refused the connection (is sshd running?)")]
+    Refused {
+        /// The host.
+        who: String,
+    },
+    /// No route to the host.
+    #[error("{who} is unreachable ({last})")]
+    Unreachable {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// The TCP connection timed out.
+    #[error("connecting to {who} timed out ({last})")]
+    ConnectTimedOut {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// The host closed the connection during the handshake.
+    #[error("{who} closed the connection ({last})")]
+    Closed {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// The handshake did not end before the deadline.
+    #[error("{who} did not complete the ssh handshake")]
+    NoHandshake {
+        /// The host.
+        who: String,
+    },
+    /// ssh failed in a way attest does not recognise.
+    #[error("ssh to {who} failed: {last}")]
+    Other {
+        /// The host.
+        who: String,
+        /// What ssh said.
+        last: String,
+    },
+    /// Every attempt within the node's `boot_timeout` failed.
+    #[error("cannot connect to {who} within {seconds} s: {last}")]
+    GaveUp {
+        /// The host.
+        who: String,
+        /// The `boot_timeout`.
+        seconds: f64,
+        /// The last attempt's failure.
+        #[source]
+        last: Box<SshError>,
+    },
+    /// The master connection ended.
+    #[error("the ssh connection to {who} has ended ({exit}){}", if during.is_empty() { String::new() } else { format!(" {during}") })]
+    Lost {
+        /// The host.
+        who: String,
+        /// How the master exited.
+        exit: Exit,
+        /// What attest was doing.
+        during: &'static str,
+    },
+    /// The host did not answer the check command.
+    #[error("{who} did not answer a shell command within {} s", limit.as_secs())]
+    NoAnswer {
+        /// The host.
+        who: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The host lacks tools the command protocol needs.
+    #[error(
+        "remote lacks {} on {who}: attest needs bash and coreutils (base64, timeout) there",
+        missing.join(", ")
+    )]
+    RemoteLacks {
+        /// The host.
+        who: String,
+        /// The missing tools.
+        missing: Vec<String>,
+    },
+    /// The host's login shell did not run the check command.
+    #[error("{who} cannot run a shell command: {stderr}")]
+    NoShell {
+        /// The host.
+        who: String,
+        /// What ssh printed.
+        stderr: String,
+    },
+    /// A session's `ssh` started without its pipes.
+    #[error("the ssh session to {who} has no pipes")]
+    NoPipes {
+        /// The host.
+        who: String,
+    },
 }
 
-/// Turns ssh's stderr into a clear message naming the host.
+impl SshError {
+    /// Whether retrying cannot help (auth refused, host key, name
+    /// resolution, bad option): a configuration error.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SshError::HostKeyChanged { .. }
+                | SshError::HostKeyUnknown { .. }
+                | SshError::AuthRefused { .. }
+                | SshError::UnknownHost { .. }
+                | SshError::BadSetup { .. }
+                | SshError::NoIdentityFile { .. }
+        )
+    }
+}
+
+fn key_text(identity: &Option<PathBuf>) -> String {
+    match identity {
+        Some(k) => format!("the identity file {}", k.display()),
+        None => "the keys of your ssh agent and ~/.ssh (no identity_file set)".to_owned(),
+    }
+}
+
+/// Tells from ssh's stderr why one connection attempt failed.
 ///
 /// `who` is `[user@]host[:port]`; `identity` is the configured key, if any.
-fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
+fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> SshError {
     let lower = stderr.to_ascii_lowercase();
     let last = stderr
         .lines()
@@ -119,34 +298,25 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
         .unwrap_or("ssh exited without a message")
         .trim()
         .to_owned();
+    let who = who.to_owned();
     if lower.contains("remote host identification has changed") {
-        return Failure::Fatal(format!(
-            "host key mismatch for {who}: the host's key differs from the one in known_hosts \
-             (a reinstalled host or a man in the middle); remove the old entry \
-             (ssh-keygen -R <host>) if the change is expected"
-        ));
+        return SshError::HostKeyChanged { who };
     }
     if lower.contains("host key verification failed")
         || lower.contains("no ed25519 host key is known")
         || lower.contains("host key is known") && lower.contains("strict checking")
     {
-        return Failure::Fatal(format!(
-            "host key of {who} is not in known_hosts and the policy is strict: \
-             add it to known_hosts (ssh-keyscan), or set \"known_hosts\": \"accept-new\" \
-             on the node to accept a host seen for the first time ({last})"
-        ));
+        return SshError::HostKeyUnknown { who, last };
     }
     if lower.contains("permission denied") || lower.contains("too many authentication failures") {
-        let key = match identity {
-            Some(k) => format!("the identity file {}", k.display()),
-            None => "the keys of your ssh agent and ~/.ssh (no identity_file set)".to_owned(),
+        return SshError::AuthRefused {
+            who,
+            identity: identity.map(Path::to_owned),
+            last,
         };
-        return Failure::Fatal(format!(
-            "authentication refused by {who}: {key} was not accepted ({last})"
-        ));
     }
     if lower.contains("could not resolve hostname") || lower.contains("name or service not known") {
-        return Failure::Fatal(format!("cannot resolve the host name of {who} ({last})"));
+        return SshError::UnknownHost { who, last };
     }
     if lower.contains("bad configuration option")
         || lower.contains("no such file or directory") && lower.contains("identity")
@@ -156,24 +326,24 @@ fn classify(stderr: &str, who: &str, identity: Option<&Path>) -> Failure {
         || lower.contains("controlpath too long")
         || lower.contains("unix_listener")
     {
-        return Failure::Fatal(format!("ssh cannot connect to {who}: {last}"));
+        return SshError::BadSetup { who, last };
     }
     if lower.contains("connection refused") {
-        return Failure::Transient(format!("{who} refused the connection (is sshd running?)"));
+        return SshError::Refused { who };
     }
     if lower.contains("no route to host") || lower.contains("network is unreachable") {
-        return Failure::Transient(format!("{who} is unreachable ({last})"));
+        return SshError::Unreachable { who, last };
     }
     if lower.contains("timed out") {
-        return Failure::Transient(format!("connecting to {who} timed out ({last})"));
+        return SshError::ConnectTimedOut { who, last };
     }
     if lower.contains("connection closed")
         || lower.contains("connection reset")
         || lower.contains("kex_exchange_identification")
     {
-        return Failure::Transient(format!("{who} closed the connection ({last})"));
+        return SshError::Closed { who, last };
     }
-    Failure::Transient(format!("ssh to {who} failed: {last}"))
+    SshError::Other { who, last }
 }
 
 /// The options every master connection gets, from the node's config.
@@ -317,9 +487,7 @@ fn control_path(state_dir: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)
     let dir = tempfile::Builder::new()
         .prefix("attest-ssh-")
         .tempdir_in("/tmp")
-        .map_err(|e| {
-            BackendError::Start(format!("cannot create a control socket directory: {e}"))
-        })?;
+        .map_err(|e| BackendError::io("create a control socket directory in", "/tmp", e))?;
     Ok((dir.path().join("ctl"), Some(dir)))
 }
 
@@ -340,11 +508,11 @@ impl Backend for SshBackend {
         if let Some(key) = &c.identity_file {
             let key = ctx.config.resolve(key);
             if !key.is_file() {
-                return Err(BackendError::Prerequisite(format!(
-                    "identity file {} for {} does not exist",
-                    key.display(),
-                    display_name(c)
-                )));
+                return Err(SshError::NoIdentityFile {
+                    who: display_name(c),
+                    path: key,
+                }
+                .into());
             }
         }
         let wait = ctx.boot_timeout.as_secs_f64();
@@ -356,7 +524,7 @@ impl Backend for SshBackend {
         let identity = c.identity_file.as_ref().map(|k| ctx.config.resolve(k));
 
         let mut attempt = 0u32;
-        let mut last_reason: Option<String> = None;
+        let mut last_reason: Option<SshError> = None;
         let mut backoff = Duration::from_millis(250);
         let master = loop {
             attempt += 1;
@@ -375,7 +543,7 @@ impl Backend for SshBackend {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let master = spawn_watched(&mut cmd, Some(ctx.console.clone()), &ctx.tasks)
-                .map_err(|e| BackendError::Start(format!("cannot run ssh: {e}")))?;
+                .map_err(|e| BackendError::spawn("ssh", e))?;
             let failure = match wait_master_up(&ssh, &control, &c.host, &master, deadline).await {
                 MasterState::Up => break master,
                 MasterState::Exited(info) => {
@@ -388,26 +556,27 @@ impl Backend for SshBackend {
                     master.terminate(Duration::from_secs(1)).await;
                     let stderr = settled_since(&ctx.console, from).await;
                     match classify(&stderr, &display, identity.as_deref()) {
-                        Failure::Fatal(m) => Failure::Fatal(m),
+                        f if f.is_fatal() => f,
                         // Cut short by the deadline: the previous attempt
                         // knows better what is wrong.
-                        Failure::Transient(_) => {
-                            Failure::Transient(last_reason.take().unwrap_or_else(|| {
-                                format!("{display} did not complete the ssh handshake")
-                            }))
-                        }
+                        _ => last_reason.take().unwrap_or_else(|| SshError::NoHandshake {
+                            who: display.clone(),
+                        }),
                     }
                 }
             };
             match failure {
-                Failure::Fatal(m) => return Err(BackendError::Prerequisite(m)),
-                Failure::Transient(m) if Instant::now() >= deadline => {
-                    return Err(BackendError::Start(format!(
-                        "cannot connect to {display} within {wait} s: {m}"
-                    )))
+                f if f.is_fatal() => return Err(f.into()),
+                f if Instant::now() >= deadline => {
+                    return Err(SshError::GaveUp {
+                        who: display.clone(),
+                        seconds: wait,
+                        last: Box::new(f),
+                    }
+                    .into())
                 }
-                Failure::Transient(m) => {
-                    last_reason = Some(m);
+                f => {
+                    last_reason = Some(f);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -532,42 +701,46 @@ impl SshInstance {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let out = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(30), cmd.output()) => r,
-            info = self.master.wait() => {
-                return Err(BackendError::Start(format!(
-                    "the ssh connection to {} ended ({info}) while checking the remote",
-                    self.display
-                )))
+            r = tokio::time::timeout(PREFLIGHT_LIMIT, cmd.output()) => r,
+            exit = self.master.wait() => {
+                return Err(SshError::Lost {
+                    who: self.display.clone(),
+                    exit,
+                    during: "while checking the remote",
+                }
+                .into())
             }
         };
         let out = match out {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(BackendError::Start(format!("cannot run ssh: {e}"))),
+            Ok(Err(e)) => return Err(BackendError::spawn("ssh", e)),
             Err(_) => {
-                return Err(BackendError::Start(format!(
-                    "{} did not answer a shell command within 30 s",
-                    self.display
-                )))
+                return Err(SshError::NoAnswer {
+                    who: self.display.clone(),
+                    limit: PREFLIGHT_LIMIT,
+                }
+                .into())
             }
         };
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let missing: Vec<&str> = stdout
+        let missing: Vec<String> = stdout
             .lines()
             .filter_map(|l| l.strip_prefix("missing:"))
+            .map(str::to_owned)
             .collect();
         if !missing.is_empty() {
-            return Err(BackendError::Prerequisite(format!(
-                "remote lacks {} on {}: attest needs bash and coreutils (base64, timeout) there",
-                missing.join(", "),
-                self.display
-            )));
+            return Err(SshError::RemoteLacks {
+                who: self.display.clone(),
+                missing,
+            }
+            .into());
         }
         let Some(uid) = stdout.lines().find_map(|l| l.strip_prefix("uid:")) else {
-            return Err(BackendError::Start(format!(
-                "{} cannot run a shell command: {}",
-                self.display,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(SshError::NoShell {
+                who: self.display.clone(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            }
+            .into());
         };
         if uid.trim() != "0" {
             ctx.reporter.log(
@@ -650,24 +823,27 @@ impl AsyncWrite for SshStream {
 #[async_trait]
 impl Instance for SshInstance {
     async fn connect(&self, _deadline: Instant) -> Result<Box<dyn GuestStream>, BackendError> {
-        if let Some(info) = self.master.exit.borrow().clone() {
-            return Err(BackendError::Failed(format!(
-                "the ssh connection to {} has ended ({info})",
-                self.display
-            )));
+        if let Some(exit) = self.master.exit.borrow().clone() {
+            return Err(SshError::Lost {
+                who: self.display.clone(),
+                exit,
+                during: "",
+            }
+            .into());
         }
         let mut cmd = self.mux_command(SESSION_COMMAND);
         supervise(&mut cmd);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| BackendError::Failed(format!("cannot run ssh: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| BackendError::spawn("ssh", e))?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
-            return Err(BackendError::Failed("ssh pipes missing".into()));
+            return Err(SshError::NoPipes {
+                who: self.display.clone(),
+            }
+            .into());
         };
         let console = self.console.clone();
         pump_lines(stderr, move |l| console.push_line(&l), &self.tasks);
@@ -693,8 +869,13 @@ impl Instance for SshInstance {
     /// cut as a remote shell gets. Not `echo o > /proc/sysrq-trigger`: inside
     /// a container that could reach the kernel of the machine running it.
     async fn crash(&self) -> Result<(), BackendError> {
-        super::capability::ssh(self.owned, super::capability::Capability::PowerOff)
-            .map_err(|r| BackendError::NotAllowed(r.message("crash", &self.machine)))?;
+        super::capability::ssh(self.owned, super::capability::Capability::PowerOff).map_err(
+            |refusal| BackendError::Refused {
+                op: "crash",
+                machine: self.machine.clone(),
+                refusal,
+            },
+        )?;
         let mut cmd = self.mux_command(
             "nohup sh -c 'sleep 0.2; systemctl poweroff -ff || poweroff -f' >/dev/null 2>&1 &",
         );
@@ -727,17 +908,15 @@ mod tests {
     use super::*;
 
     fn fatal(s: &str) -> String {
-        match classify(s, "root@10.0.0.2", Some(Path::new("/k/id"))) {
-            Failure::Fatal(m) => m,
-            Failure::Transient(m) => panic!("expected fatal, got transient: {m}"),
-        }
+        let e = classify(s, "root@10.0.0.2", Some(Path::new("/k/id")));
+        assert!(e.is_fatal(), "expected fatal, got transient: {e}");
+        e.to_string()
     }
 
     fn transient(s: &str) -> String {
-        match classify(s, "root@10.0.0.2", None) {
-            Failure::Transient(m) => m,
-            Failure::Fatal(m) => panic!("expected transient, got fatal: {m}"),
-        }
+        let e = classify(s, "root@10.0.0.2", None);
+        assert!(!e.is_fatal(), "expected transient, got fatal: {e}");
+        e.to_string()
     }
 
     #[test]
@@ -794,6 +973,7 @@ mod tests {
     #[test]
     fn silent_exit_is_transient() {
         let m = classify("", "h", None);
-        assert!(matches!(m, Failure::Transient(_)));
+        assert!(matches!(m, SshError::Other { .. }), "{m:?}");
+        assert!(!m.is_fatal());
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::backend::kvm::KvmProblem;
 use crate::config::{BackendKind, ImageManifest};
 use crate::guest::agent::Protocol;
 pub use stats::Summary;
@@ -244,8 +245,8 @@ pub fn parse_counts(s: &str) -> Result<Vec<usize>, BadCount> {
         .collect()
 }
 
-/// What `/dev/kvm` is here, in words.
-pub fn kvm_state() -> Result<&'static str, String> {
+/// Whether `/dev/kvm` is usable here, or why not.
+pub fn kvm_state() -> Result<(), KvmProblem> {
     crate::backend::kvm::KvmFacts::probe().summary()
 }
 
@@ -283,7 +284,7 @@ pub fn backend_version(backend: BackendKind) -> Option<String> {
 }
 
 /// Why a backend cannot be measured here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Unavailable {
     /// ssh measures a host the user brings, not one bench boots.
     #[error(
@@ -291,8 +292,8 @@ pub enum Unavailable {
     )]
     NeedsHost,
     /// A microVM backend without usable KVM.
-    #[error("needs KVM; {0}")]
-    NoKvm(String),
+    #[error("needs KVM; {}", .0.summary())]
+    NoKvm(#[source] KvmProblem),
     /// The backend's binary (or `qemu-img`) is missing.
     #[error("`{binary}` is not installed{hint}")]
     NotInstalled {
@@ -389,8 +390,8 @@ pub fn machine_info() -> MachineInfo {
         .map(|kib| kib / 1024)
         .unwrap_or(0);
     let kvm = match kvm_state() {
-        Ok(s) => s.to_owned(),
-        Err(e) => e,
+        Ok(()) => "usable".to_owned(),
+        Err(e) => e.summary(),
     };
     MachineInfo {
         cpu_model,

@@ -18,7 +18,7 @@ use super::{
     Taps, BACKDOOR_VSOCK_PORT,
 };
 use crate::backend::kvm::KvmFacts;
-use crate::backend::{BackendError, BackendOp, Instance, StartContext};
+use crate::backend::{BackendError, BackendOp, Instance, SnapshotError, StartContext};
 use crate::config::BackendKind;
 use crate::console::ConsoleLog;
 use crate::guest::GuestStream;
@@ -116,7 +116,7 @@ fn spawn_vmm(
     args: &[String],
     console: &ConsoleLog,
     tasks: &TaskTracker,
-) -> Result<Watched, String> {
+) -> Result<Watched, BackendError> {
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -130,7 +130,8 @@ fn spawn_vmm(
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    spawn_watched(&mut cmd, Some(console.clone()), tasks).map_err(|e| e.to_string())
+    spawn_watched(&mut cmd, Some(console.clone()), tasks)
+        .map_err(|e| BackendError::spawn(binary.display(), e))
 }
 
 /// Starts a microVM: private disk copy, TAPs, the VMM process, its
@@ -149,20 +150,18 @@ pub async fn start(
     }
     // Unix socket paths are limited to 108 bytes: keep the names short.
     let dir = ctx.state_dir.join("vm");
-    let io = |what: &str, e: std::io::Error| {
-        BackendError::Start(format!("cannot prepare {what} in {}: {e}", dir.display()))
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| io("the state directory", e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| BackendError::io("create", &dir, e))?;
     // sun_path holds 108 bytes including the NUL.
     let longest = dir.join("vsock.sock");
     if longest.as_os_str().len() > 107 {
-        return Err(BackendError::Prerequisite(format!(
-            "the state directory {} is too deep for the VMM's unix sockets (at most 107 bytes per path): use a shorter TMPDIR or node name",
-            dir.display()
-        )));
+        return Err(BackendError::SocketPathTooLong {
+            dir,
+            longest,
+            whose: "the VMM's",
+        });
     }
     let log = dir.join(format!("{vmm_name}.log"));
-    std::fs::write(&log, b"").map_err(|e| io("the log file", e))?;
+    std::fs::write(&log, b"").map_err(|e| BackendError::io("write", &log, e))?;
     let disk = match &spec.disk {
         Some(original) => {
             let copy = dir.join("disk.img");
@@ -196,10 +195,7 @@ pub async fn start(
         Ok(p) => p,
         Err(e) => {
             taps.remove_async().await;
-            return Err(BackendError::Start(format!(
-                "cannot run {}: {e}",
-                binary.display()
-            )));
+            return Err(e);
         }
     };
     let api = ApiClient::new(&paths.api_socket, API_TIMEOUT);
@@ -236,11 +232,11 @@ pub async fn start(
     }
     .await;
     if let Err(e) = booted {
-        let e = match e {
-            BackendError::Start(m) if process.has_exited() && !m.contains("its last output") => {
-                BackendError::Start(format!("{m}{}", instance.last_words()))
-            }
-            other => other,
+        // A VMM that died says why in its last output.
+        let e = if process.has_exited() {
+            e.with_output(instance.last_words())
+        } else {
+            e
         };
         instance.stop_now().await;
         return Err(e);
@@ -250,12 +246,21 @@ pub async fn start(
 
 impl MicroVmInstance {
     /// An API error with the VMM's message, or how the VMM died.
-    fn api_failure(&self, what: &str, e: ApiError, process: &Watched) -> BackendError {
+    fn api_failure(&self, what: &'static str, e: ApiError, process: &Watched) -> BackendError {
         let vmm = self.flavor.name();
-        if let Some(info) = process.exit.borrow().clone() {
-            return BackendError::Start(format!("{vmm} {info} ({e}){}", self.last_words()));
+        if let Some(exit) = process.exit.borrow().clone() {
+            return BackendError::Exited {
+                process: vmm.to_owned(),
+                exit,
+                during: format!("({e})"),
+                output: self.last_words(),
+            };
         }
-        BackendError::Start(format!("{vmm} {what}: {e}"))
+        BackendError::Api {
+            vmm,
+            what,
+            error: e,
+        }
     }
 
     /// The VMM's last output (stdout/stderr and its log file), for errors
@@ -264,17 +269,17 @@ impl MicroVmInstance {
         let mut s = String::new();
         let console = self.console.last_lines(5);
         if !console.is_empty() {
-            s.push_str(&format!(
-                "\nits last output:\n    {}",
-                console.join("\n    ")
-            ));
+            s.push_str(&format!("its last output:\n    {}", console.join("\n    ")));
         }
         if let Ok(log) = std::fs::read_to_string(&self.paths.log) {
             let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
             if !lines.is_empty() {
                 let tail = &lines[lines.len().saturating_sub(5)..];
+                if !s.is_empty() {
+                    s.push('\n');
+                }
                 s.push_str(&format!(
-                    "\nits log ({}):\n    {}",
+                    "its log ({}):\n    {}",
                     self.paths.log.display(),
                     tail.join("\n    ")
                 ));
@@ -307,10 +312,8 @@ impl MicroVmInstance {
     /// Pause, snapshot, copy the disk, and resume in every case.
     async fn snapshot_create(&self, dir: &Path) -> Result<String, BackendError> {
         let vmm = self.flavor.name();
-        let failed = |what: &str, e: ApiError| BackendError::Failed(format!("{vmm} {what}: {e}"));
-        std::fs::create_dir_all(dir).map_err(|e| {
-            BackendError::Failed(format!("cannot create snapshot dir {}: {e}", dir.display()))
-        })?;
+        let failed = |what, error| BackendError::Api { vmm, what, error };
+        std::fs::create_dir_all(dir).map_err(|e| BackendError::io("create", dir, e))?;
         let started = Instant::now();
         self.flavor
             .pause(&self.api)
@@ -332,11 +335,12 @@ impl MicroVmInstance {
                 "vsock": self.paths.vsock,
                 "taps": self.paths.taps.iter().map(|t| &t.0).collect::<Vec<_>>(),
             });
+            let meta_path = dir.join(snapshot_files::META);
             std::fs::write(
-                dir.join(snapshot_files::META),
+                &meta_path,
                 serde_json::to_string_pretty(&meta).unwrap_or_default(),
             )
-            .map_err(|e| BackendError::Failed(format!("cannot write snapshot metadata: {e}")))
+            .map_err(|e| BackendError::io("write", meta_path, e))
         }
         .await;
         // The VM keeps running whatever happened.
@@ -362,12 +366,10 @@ impl MicroVmInstance {
         let meta: serde_json::Value = std::fs::read_to_string(&meta_path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
-            .ok_or_else(|| {
-                BackendError::Failed(format!(
-                    "{} is not a snapshot taken by attest's {vmm} backend (no readable {})",
-                    dir.display(),
-                    snapshot_files::META
-                ))
+            .ok_or_else(|| SnapshotError::NotASnapshot {
+                dir: dir.to_owned(),
+                backend: self.flavor.kind(),
+                file: snapshot_files::META,
             })?;
         let field = |k: &str| {
             meta.get(k)
@@ -375,35 +377,38 @@ impl MicroVmInstance {
                 .unwrap_or("?")
                 .to_owned()
         };
+        let dir = dir.to_owned();
         if field("vmm") != vmm {
-            return Err(BackendError::Failed(format!(
-                "{} holds a {} snapshot; this machine runs {vmm}",
-                dir.display(),
-                field("vmm")
-            )));
+            return Err(SnapshotError::OtherVmm {
+                dir,
+                found: field("vmm"),
+                vmm,
+            }
+            .into());
         }
         let version = self.flavor.version().to_string();
         if field("version") != version {
-            return Err(BackendError::Failed(format!(
-                "{} was taken with {vmm} {}; this is {vmm} {version}, which cannot load it",
-                dir.display(),
-                field("version")
-            )));
+            return Err(SnapshotError::OtherVersion {
+                dir,
+                vmm,
+                found: field("version"),
+                have: version,
+            }
+            .into());
         }
         if field("machine") != self.machine {
-            return Err(BackendError::Failed(format!(
-                "{} is a snapshot of machine `{}`; a snapshot refers to its machine's disk, vsock socket and TAPs, so only `{}` can restore it",
-                dir.display(),
-                field("machine"),
-                field("machine")
-            )));
+            return Err(SnapshotError::OtherMachine {
+                dir,
+                machine: field("machine"),
+            }
+            .into());
         }
         if self.paths.disk.is_some() && !dir.join(snapshot_files::DISK).is_file() {
-            return Err(BackendError::Failed(format!(
-                "{} has no {}",
-                dir.display(),
-                snapshot_files::DISK
-            )));
+            return Err(SnapshotError::MissingPart {
+                dir,
+                file: snapshot_files::DISK.to_owned(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -421,8 +426,7 @@ impl MicroVmInstance {
             &self.flavor.args(&self.paths, boot),
             &self.console,
             self.vmm.tasks(),
-        )
-        .map_err(|e| BackendError::Failed(format!("cannot run {vmm}: {e}")))?;
+        )?;
         self.vmm.adopt(process.clone());
         wait_for_api(
             &self.api,
@@ -582,7 +586,11 @@ impl Instance for MicroVmInstance {
         match op {
             BackendOp::Block | BackendOp::Unblock => {
                 let up = matches!(op, BackendOp::Unblock);
-                let links = self.taps.lock().expect("taps lock").links_to_set()?;
+                let links = self
+                    .taps
+                    .lock()
+                    .expect("taps lock")
+                    .links_to_set(op.name())?;
                 Taps::set_up(links, up).await?;
                 Ok(String::new())
             }
@@ -607,7 +615,11 @@ impl MicroVmInstance {
         self.flavor
             .state(&self.api)
             .await
-            .map_err(|e| BackendError::Failed(e.to_string()))
+            .map_err(|error| BackendError::Api {
+                vmm: self.flavor.name(),
+                what: "could not tell the VM state",
+                error,
+            })
     }
 
     /// Presses the VM's power button (firecracker: Ctrl-Alt-Del), as
@@ -616,16 +628,21 @@ impl MicroVmInstance {
         self.flavor
             .power_button(&self.api)
             .await
-            .map_err(|e| BackendError::Failed(e.to_string()))
+            .map_err(|error| BackendError::Api {
+                vmm: self.flavor.name(),
+                what: "could not press the power button",
+                error,
+            })
     }
 
     /// `GET path` on the VMM's API, for diagnostics and tests (firecracker's
     /// `/vm/config` shows the whole configuration it runs).
     pub async fn api_get(&self, path: &str) -> Result<String, BackendError> {
-        self.api
-            .get(path)
-            .await
-            .map_err(|e| BackendError::Failed(e.to_string()))
+        self.api.get(path).await.map_err(|error| BackendError::Api {
+            vmm: self.flavor.name(),
+            what: "API request failed",
+            error,
+        })
     }
 
     /// The current VMM process id (changes on snapshot restore).

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use self::instance::{Flavor, MicroVmInstance};
 use super::kvm::KvmFacts;
-use super::{Backend, BackendError, Instance, StartContext};
+use super::{Backend, BackendError, Instance, StartContext, VmmBinaryProblem, VsockError};
 use crate::config::{BackendKind, ImageManifest, MicroVmConfig, PmemDevice};
 use crate::net::{plan, Network};
 use crate::process::{poll, Exit, PollEnd, Watched};
@@ -104,20 +104,15 @@ pub async fn vmm_version(binary: &Path) -> Result<Version, BackendError> {
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| {
-            BackendError::Prerequisite(format!("cannot run {} --version: {e}", binary.display()))
-        })?;
+        .map_err(|e| BackendError::spawn(format_args!("{} --version", binary.display()), e))?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Version::parse_from(&text).ok_or_else(|| {
-        BackendError::Prerequisite(format!(
-            "cannot read a version from `{} --version`: {}",
-            binary.display(),
-            text.trim()
-        ))
+    Version::parse_from(&text).ok_or_else(|| BackendError::VmmVersion {
+        binary: binary.to_owned(),
+        output: text.trim().to_owned(),
     })
 }
 
@@ -164,7 +159,7 @@ impl<V: Vmm> MicroVmBackend<V> {
         let name = V::KIND.name();
         let binary = spec.find_binary(name, V::ENV_VAR, V::HOW_TO_GET)?;
         let kvm = KvmFacts::probe();
-        kvm.require(name)?;
+        kvm.require(V::KIND)?;
         let version = vmm_version(&binary).await?;
         let (spec, flavor) = V::prepare(spec, &self.settings.options, version, ctx)?;
         instance::start(ctx, &spec, flavor, binary, &kvm).await
@@ -205,12 +200,12 @@ pub fn resolve_option_files(
         .map(|d| &d.path)
         .chain(store_image.iter());
     for p in files {
-        if !p.is_file() {
-            return Err(BackendError::Prerequisite(format!(
-                "{} (from the {vmm} options) does not exist",
-                p.display()
-            )));
-        }
+        super::check_file(p).map_err(|e| BackendError::File {
+            what: format!("the {vmm} option file"),
+            path: p.clone(),
+            error: Arc::new(e),
+            fix: None,
+        })?;
     }
     Ok(())
 }
@@ -247,33 +242,32 @@ impl MicroVmSpec {
         c: &MicroVmConfig<O>,
     ) -> Result<MicroVmSpec, BackendError> {
         let manifest = match &c.image {
-            Some(image) => Some(
-                ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
-                    BackendError::Prerequisite(format!("{e}: build it with images/debian/build"))
-                })?,
-            ),
+            Some(image) => {
+                Some(ImageManifest::load(&ctx.config.resolve(image)).map_err(BackendError::image)?)
+            }
             None => None,
         };
         let kernel = match (&c.kernel, &manifest) {
             (Some(k), _) => ctx.config.resolve(k),
-            (None, Some(m)) => m.vmlinux.clone().ok_or_else(|| {
-                BackendError::Prerequisite(format!(
-                    "the image {} has no uncompressed `vmlinux` (microVMs need an ELF kernel): rebuild it with images/debian/build",
-                    m.dir.display()
-                ))
+            (None, Some(m)) => m.vmlinux.clone().ok_or_else(|| BackendError::NoVmlinux {
+                image: m.dir.clone(),
             })?,
             (None, None) => {
-                return Err(BackendError::Start(
-                    "no kernel configured: set `image` or `kernel`".into(),
-                ))
+                return Err(BackendError::NotConfigured {
+                    what: "kernel",
+                    fix: "set `image` or `kernel`",
+                })
             }
         };
-        if !kernel.is_file() {
-            return Err(BackendError::Prerequisite(format!(
-                "kernel {} does not exist",
-                kernel.display()
-            )));
-        }
+        let file = |what: &str, p: &Path| {
+            super::check_file(p).map_err(|e| BackendError::File {
+                what: what.to_owned(),
+                path: p.to_owned(),
+                error: Arc::new(e),
+                fix: None,
+            })
+        };
+        file("kernel", &kernel)?;
         let initrd = c
             .initrd
             .as_ref()
@@ -284,13 +278,11 @@ impl MicroVmSpec {
             .as_ref()
             .map(|p| ctx.config.resolve(p))
             .or_else(|| manifest.as_ref().map(|m| m.disk.clone()));
-        for p in initrd.iter().chain(disk.iter()) {
-            if !p.is_file() {
-                return Err(BackendError::Prerequisite(format!(
-                    "{} does not exist",
-                    p.display()
-                )));
-            }
+        if let Some(p) = &initrd {
+            file("initrd", p)?;
+        }
+        if let Some(p) = &disk {
+            file("disk", p)?;
         }
         let vlans = ctx.config.node_vlans(&ctx.machine);
         let number = plan::node_number(&ctx.config, &ctx.machine).unwrap_or(1);
@@ -330,18 +322,19 @@ impl MicroVmSpec {
     /// attest's cache directory. `how` says how to get it.
     pub fn find_binary(
         &self,
-        name: &str,
-        env_var: &str,
-        how: &str,
+        name: &'static str,
+        env_var: &'static str,
+        how: &'static str,
     ) -> Result<PathBuf, BackendError> {
+        let missing = |problem| BackendError::VmmBinary { problem, how };
         if let Some(b) = &self.binary {
             return if b.is_file() {
                 Ok(b.clone())
             } else {
-                Err(BackendError::Prerequisite(format!(
-                    "the configured {name} binary {} does not exist: {how}",
-                    b.display()
-                )))
+                Err(missing(VmmBinaryProblem::Configured {
+                    name,
+                    path: b.clone(),
+                }))
             };
         }
         if let Some(p) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
@@ -349,10 +342,10 @@ impl MicroVmSpec {
             return if p.is_file() {
                 Ok(p)
             } else {
-                Err(BackendError::Prerequisite(format!(
-                    "${env_var} is {} but that file does not exist: {how}",
-                    p.display()
-                )))
+                Err(missing(VmmBinaryProblem::FromEnv {
+                    var: env_var,
+                    path: p,
+                }))
             };
         }
         let path = std::env::var_os("PATH").unwrap_or_default();
@@ -361,9 +354,11 @@ impl MicroVmSpec {
             .chain(std::iter::once(Path::new(CACHE_BIN_DIR).join(name)))
             .find(|p| p.is_file())
             .ok_or_else(|| {
-                BackendError::Prerequisite(format!(
-                    "`{name}` is not installed (not on PATH, not in {CACHE_BIN_DIR}, ${env_var} unset): {how}"
-                ))
+                missing(VmmBinaryProblem::NotInstalled {
+                    name,
+                    cache: CACHE_BIN_DIR,
+                    var: env_var,
+                })
             })
     }
 }
@@ -404,14 +399,12 @@ impl Taps {
             let name = tap_name(spec.number, *vlan);
             // A TAP left by an earlier start of this node (restart) is reused.
             let _ = switch.ip_async(&["link", "del", &name]).await;
-            if let Err(e) = switch
+            if let Err(error) = switch
                 .ip_async(&["tuntap", "add", "dev", &name, "mode", "tap"])
                 .await
             {
                 taps.remove_async().await;
-                return Err(BackendError::Start(format!(
-                    "cannot create TAP {name}: {e}"
-                )));
+                return Err(BackendError::Tap { name, error });
             }
             taps.links
                 .push((name.clone(), *vlan, plan::mac(*vlan, spec.number)));
@@ -433,12 +426,15 @@ impl Taps {
 
     /// The network and TAP names, for taking the links down (`block`) or up
     /// (`unblock`) with [`Taps::set_up`] without holding the taps.
-    pub fn links_to_set(&self) -> Result<(Arc<Network>, Vec<String>), BackendError> {
+    pub fn links_to_set(
+        &self,
+        op: &'static str,
+    ) -> Result<(Arc<Network>, Vec<String>), BackendError> {
         let net = self
             .network
             .as_ref()
             .filter(|_| !self.links.is_empty())
-            .ok_or_else(|| BackendError::Failed("the machine has no network to block".into()))?;
+            .ok_or(BackendError::NoVlanLink { op })?;
         Ok((
             net.clone(),
             self.links.iter().map(|l| l.0.clone()).collect(),
@@ -501,16 +497,14 @@ pub async fn copy_disk(from: &Path, to: &Path) -> Result<(), BackendError> {
         .arg(to)
         .output()
         .await
-        .map_err(|e| BackendError::Start(format!("cannot run cp: {e}")))?;
+        .map_err(|e| BackendError::spawn("cp", e))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(BackendError::Failed(format!(
-            "cannot copy {} to {}: {}",
-            from.display(),
-            to.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+        Err(BackendError::ToolFailed {
+            action: format!("copying {} to {}", from.display(), to.display()),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -520,32 +514,36 @@ pub async fn copy_disk(from: &Path, to: &Path) -> Result<(), BackendError> {
 pub type VsockStream = BufReader<UnixStream>;
 
 /// One handshake attempt on the VMM's vsock socket.
-async fn handshake_once(uds: &Path, port: u32) -> Result<VsockStream, String> {
+async fn handshake_once(uds: &Path, port: u32) -> Result<VsockStream, VsockError> {
     let stream = UnixStream::connect(uds)
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", uds.display()))?;
+        .map_err(|e| VsockError::Connect {
+            socket: uds.to_owned(),
+            error: Arc::new(e),
+        })?;
+    let exchange = |e| VsockError::Exchange { error: Arc::new(e) };
     let mut reader = BufReader::new(stream);
     reader
         .get_mut()
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
-        .map_err(|e| format!("cannot send CONNECT: {e}"))?;
+        .map_err(exchange)?;
     let mut line = Vec::new();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => Err(format!(
-            "CONNECT {port} got no answer within {} ms",
-            HANDSHAKE_TIMEOUT.as_millis()
-        )),
-        Ok(Err(e)) => Err(format!("reading the CONNECT answer failed: {e}")),
-        Ok(Ok(0)) => Err(format!(
-            "the VMM closed the connection after CONNECT {port} (nothing listens on that port in the guest yet)"
-        )),
+        Err(_) => Err(VsockError::NoAnswer {
+            port,
+            limit: HANDSHAKE_TIMEOUT,
+        }),
+        Ok(Err(e)) => Err(exchange(e)),
+        Ok(Ok(0)) => Err(VsockError::NobodyListens { port }),
         Ok(Ok(_)) => {
             let text = String::from_utf8_lossy(&line);
             if text.starts_with("OK ") {
                 Ok(reader)
             } else {
-                Err(format!("unexpected CONNECT answer {:?}", text.trim_end()))
+                Err(VsockError::Unexpected {
+                    answer: text.trim_end().to_owned(),
+                })
             }
         }
     }
@@ -563,35 +561,40 @@ pub async fn connect_hybrid_vsock(
     exit: &watch::Receiver<Option<Exit>>,
     hint: &str,
 ) -> Result<VsockStream, BackendError> {
-    poll(deadline, HANDSHAKE_RETRY, exit, || handshake_once(uds, port))
-        .await
-        .map_err(|e| {
-            BackendError::Start(match e {
-                PollEnd::Exited(info) => format!(
-                    "the VMM {info} while waiting for the backdoor on vsock port {port}"
-                ),
-                PollEnd::TimedOut(last) => {
-                    let waited = deadline.saturating_duration_since(since).as_secs_f64();
-                    format!(
-                        "no backdoor on vsock port {port} within {waited:.0}s (last attempt: {last}){hint}"
-                    )
-                }
-            })
-        })
+    poll(deadline, HANDSHAKE_RETRY, exit, || {
+        handshake_once(uds, port)
+    })
+    .await
+    .map_err(|e| match e {
+        PollEnd::Exited(exit) => BackendError::Exited {
+            process: "the VMM".into(),
+            exit,
+            during: format!("while waiting for the backdoor on vsock port {port}"),
+            output: String::new(),
+        },
+        PollEnd::TimedOut(last) => BackendError::NoVsockBackdoor {
+            port,
+            waited: deadline.saturating_duration_since(since),
+            last,
+            hint: hint.to_owned(),
+        },
+    })
 }
 
 /// An error for an option the VMM version lacks.
 pub fn require_version(
-    vmm: &str,
+    vmm: &'static str,
     key: &str,
     need: Version,
     have: Version,
 ) -> Result<(), BackendError> {
     if have < need {
-        Err(BackendError::Prerequisite(format!(
-            "option `{key}` needs {vmm} ≥ {}.{}, found {have}",
-            need.0, need.1
-        )))
+        Err(BackendError::VmmTooOld {
+            vmm,
+            option: key.to_owned(),
+            need: format!("{}.{}", need.0, need.1),
+            have: have.to_string(),
+        })
     } else {
         Ok(())
     }
@@ -608,7 +611,7 @@ pub async fn wait_for_api(
     probe: &str,
     process: &Watched,
     limit: Duration,
-    vmm: &str,
+    vmm: &'static str,
 ) -> Result<(), BackendError> {
     let deadline = Instant::now() + limit;
     poll(deadline, Duration::from_millis(10), &process.exit, || {
@@ -616,23 +619,79 @@ pub async fn wait_for_api(
     })
     .await
     .map(drop)
-    .map_err(|e| {
-        BackendError::Start(match e {
-            PollEnd::Exited(info) => format!(
-                "{vmm} {info} before its API socket {} answered",
-                api.socket().display()
-            ),
-            PollEnd::TimedOut(err) => format!(
-                "{vmm}'s API did not answer within {} s: {err}",
-                limit.as_secs()
-            ),
-        })
+    .map_err(|e| match e {
+        PollEnd::Exited(exit) => BackendError::Exited {
+            process: vmm.to_owned(),
+            exit,
+            during: format!("before its API socket {} answered", api.socket().display()),
+            output: String::new(),
+        },
+        PollEnd::TimedOut(error) => BackendError::TimedOut {
+            what: format!("{vmm}'s API"),
+            limit: Some(limit),
+            last: error.to_string(),
+            output: String::new(),
+        },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(binary: Option<&str>) -> MicroVmSpec {
+        MicroVmSpec {
+            binary: binary.map(PathBuf::from),
+            from_image: false,
+            kernel: PathBuf::new(),
+            initrd: None,
+            disk: None,
+            cmdline: String::new(),
+            memory_mib: 64,
+            cpus: 1,
+            vlans: Vec::new(),
+            number: 1,
+        }
+    }
+
+    #[test]
+    fn a_missing_vmm_binary_says_where_it_was_looked_for_and_how_to_get_it() {
+        let e = spec(Some("/nonexistent/fc"))
+            .find_binary("firecracker", "ATTEST_TEST_UNSET_VAR", "fetch it")
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                BackendError::VmmBinary {
+                    problem: VmmBinaryProblem::Configured { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the configured firecracker binary /nonexistent/fc does not exist: fetch it"
+        );
+        let e = spec(None)
+            .find_binary("attest-no-such-vmm", "ATTEST_TEST_UNSET_VAR", "fetch it")
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                BackendError::VmmBinary {
+                    problem: VmmBinaryProblem::NotInstalled { .. },
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("$ATTEST_TEST_UNSET_VAR unset): fetch it"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn versions_parse() {

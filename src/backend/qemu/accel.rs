@@ -88,7 +88,9 @@ mod tests {
             usable: if dev {
                 Ok(())
             } else {
-                Err("No such file or directory (os error 2)".into())
+                Err(std::sync::Arc::new(std::io::Error::from_raw_os_error(
+                    libc::ENOENT,
+                )))
             },
             pvm,
             cpu_virt_flag: flag,

@@ -43,7 +43,7 @@ use self::args::{Nic, PlainSpec, Sockets};
 use self::qmp::Qmp;
 use self::relay::{SerialRelay, ShellRelay};
 use super::kvm::KvmFacts;
-use super::{poll_until, Backend, BackendError, BackendOp, Instance, StartContext};
+use super::{poll_until, Backend, BackendError, BackendOp, Instance, SnapshotError, StartContext};
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
 use crate::guest::GuestStream;
 use crate::net::{plan, VdeSwitches};
@@ -52,8 +52,14 @@ use crate::process::{
 };
 use crate::shell;
 
+/// How long a fresh QEMU may take to open its QMP socket.
+const QMP_LIMIT: Duration = Duration::from_secs(60);
+
 /// How long saving or loading the VM state may take.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(600);
+
+/// The file that makes a directory an attest QEMU snapshot.
+const SNAPSHOT_META: &str = "attest-snapshot.json";
 
 /// Starts QEMU VMs.
 pub struct QemuBackend {
@@ -118,26 +124,28 @@ pub struct QemuInstance {
     _vde: Option<Arc<VdeSwitches>>,
 }
 
-fn start_err(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Start(e.to_string())
-}
-
-fn failed(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed(e.to_string())
-}
-
 /// A path that exists, made absolute (QEMU runs in the state dir).
 fn existing(p: &Path, what: &str) -> Result<PathBuf, BackendError> {
-    std::fs::canonicalize(p).map_err(|e| {
-        BackendError::Prerequisite(format!(
-            "{what} {}: {e} (for the Debian test image run images/debian/build)",
-            p.display()
-        ))
+    std::fs::canonicalize(p).map_err(|e| BackendError::File {
+        what: what.to_owned(),
+        path: p.to_owned(),
+        error: Arc::new(e),
+        fix: Some("for the Debian test image run images/debian/build"),
     })
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, BackendError> {
-    std::path::absolute(p).map_err(|e| failed(format!("{}: {e}", p.display())))
+    std::path::absolute(p).map_err(|e| BackendError::io("make absolute", p, e))
+}
+
+/// QEMU exited while attest waited for it.
+fn qemu_exited(exit: Exit, during: impl Into<String>) -> BackendError {
+    BackendError::Exited {
+        process: "QEMU".into(),
+        exit,
+        during: during.into(),
+        output: String::new(),
+    }
 }
 
 /// The last lines of QEMU's own output, for start errors.
@@ -177,12 +185,12 @@ async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError>
         .stdin(std::process::Stdio::null())
         .output()
         .await
-        .map_err(|e| start_err(format!("cannot run qemu-img: {e}")))?;
+        .map_err(|e| BackendError::spawn("qemu-img", e))?;
     if !out.status.success() {
-        return Err(start_err(format!(
-            "qemu-img create failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(BackendError::ToolFailed {
+            action: format!("qemu-img create of {}", overlay.display()),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     Ok(())
 }
@@ -195,10 +203,10 @@ impl Launch {
             .create(true)
             .append(true)
             .open(&self.log)
-            .map_err(|e| start_err(format!("cannot open {}: {e}", self.log.display())))?;
+            .map_err(|e| BackendError::io("open", &self.log, e))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| start_err(format!("cannot open {}: {e}", self.log.display())))?;
+            .map_err(|e| BackendError::io("open", &self.log, e))?;
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -209,9 +217,9 @@ impl Launch {
             cmd.args(["-incoming", "defer"]);
         }
         let process = spawn_watched(&mut cmd, None, tasks)
-            .map_err(|e| start_err(format!("cannot run {}: {e}", self.program.display())))?;
+            .map_err(|e| BackendError::spawn(self.program.display(), e))?;
         let qmp_path = self.qmp.clone();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + QMP_LIMIT;
         let qmp = poll_until("QEMU's QMP socket", deadline, &process.exit, || {
             let p = qmp_path.clone();
             async move { Qmp::connect(&p).await }
@@ -228,14 +236,18 @@ impl Launch {
             Err(e) => {
                 let exited = process.exit.borrow().clone();
                 process.terminate(Duration::from_secs(2)).await;
-                let what = match exited {
-                    Some(info) => format!("QEMU {info} while starting"),
-                    None => format!("QEMU did not open its QMP socket: {e}"),
-                };
-                Err(start_err(format!(
-                    "{what}; QEMU said:\n{}",
-                    log_tail(&self.log).await
-                )))
+                let said = format!("QEMU said:\n{}", log_tail(&self.log).await);
+                Err(match (exited, e) {
+                    (Some(exit), _) => qemu_exited(exit, "while starting"),
+                    (None, BackendError::TimedOut { last, .. }) => BackendError::TimedOut {
+                        what: "QEMU's QMP socket".into(),
+                        limit: Some(QMP_LIMIT),
+                        last,
+                        output: String::new(),
+                    },
+                    (None, other) => other,
+                }
+                .with_output(said))
             }
         }
     }
@@ -258,7 +270,7 @@ impl Backend for QemuBackend {
         let name = ctx.machine.as_str();
         let state_dir = absolute(&ctx.state_dir)?;
         std::fs::create_dir_all(&state_dir)
-            .map_err(|e| start_err(format!("cannot create {}: {e}", state_dir.display())))?;
+            .map_err(|e| BackendError::io("create", &state_dir, e))?;
 
         // Unix socket paths are limited to 107 bytes; say so up front rather
         // than let QEMU or vde_switch fail obscurely.
@@ -278,12 +290,11 @@ impl Backend for QemuBackend {
         .max_by_key(|p| p.as_os_str().len())
         .unwrap_or_default();
         if longest.as_os_str().len() > 107 {
-            return Err(BackendError::Prerequisite(format!(
-                "the state dir {} is too deep for unix sockets ({} is longer than 107 bytes): \
-                 set TMPDIR to a shorter directory",
-                state_dir.display(),
-                longest.display()
-            )));
+            return Err(BackendError::SocketPathTooLong {
+                dir: state_dir,
+                longest,
+                whose: "QEMU's",
+            });
         }
 
         let facts = KvmFacts::probe();
@@ -301,16 +312,13 @@ impl Backend for QemuBackend {
         let mut nics = Vec::new();
         let mut vde = None;
         if !interfaces.is_empty() {
-            let net = ctx
-                .network
-                .as_ref()
-                .ok_or_else(|| start_err("the node has vlans but the test has no network"))?;
+            let net = ctx.network.as_ref().ok_or(BackendError::NoTestNetwork)?;
             let dir = state_dir.parent().unwrap_or(&state_dir).join("vde");
             let switches = net.vde_switches(&dir, &ctx.tasks).await?;
             for iface in interfaces {
                 let socket = switches
                     .socket(iface.vlan)
-                    .ok_or_else(|| start_err(format!("no switch for vlan {}", iface.vlan)))?
+                    .ok_or(BackendError::NoVlanSwitch { vlan: iface.vlan })?
                     .to_owned();
                 nics.push(Nic { iface, socket });
             }
@@ -323,7 +331,7 @@ impl Backend for QemuBackend {
                 let script = existing(&ctx.config.resolve(script), "start script")?;
                 let shared = state_dir.parent().unwrap_or(&state_dir).join("shared-xchg");
                 std::fs::create_dir_all(&shared)
-                    .map_err(|e| start_err(format!("cannot create {}: {e}", shared.display())))?;
+                    .map_err(|e| BackendError::io("create", &shared, e))?;
                 let env = args::start_script_env(
                     &state_dir,
                     &shared,
@@ -386,11 +394,9 @@ async fn plain_launch(
     nics: Vec<Nic>,
 ) -> Result<Launch, BackendError> {
     let manifest = match &c.image {
-        Some(image) => Some(
-            ImageManifest::load(&ctx.config.resolve(image)).map_err(|e| {
-                BackendError::Prerequisite(format!("{e}: build the image with images/debian/build"))
-            })?,
-        ),
+        Some(image) => {
+            Some(ImageManifest::load(&ctx.config.resolve(image)).map_err(BackendError::image)?)
+        }
         None => None,
     };
     let pick = |own: &Option<PathBuf>, from: Option<&PathBuf>| -> Option<PathBuf> {
@@ -398,14 +404,21 @@ async fn plain_launch(
             .map(|p| ctx.config.resolve(p))
             .or_else(|| from.cloned())
     };
-    let kernel = pick(&c.kernel, manifest.as_ref().map(|m| &m.kernel))
-        .ok_or_else(|| start_err("no kernel configured"))?;
+    let kernel = pick(&c.kernel, manifest.as_ref().map(|m| &m.kernel)).ok_or(
+        BackendError::NotConfigured {
+            what: "kernel",
+            fix: "set `image` or `kernel` in the node's qemu settings",
+        },
+    )?;
     let kernel = existing(&kernel, "kernel")?;
     let initrd = pick(&c.initrd, manifest.as_ref().map(|m| &m.initrd))
         .map(|p| existing(&p, "initrd"))
         .transpose()?;
-    let disk = pick(&c.disk, manifest.as_ref().map(|m| &m.disk))
-        .ok_or_else(|| start_err("no disk configured"))?;
+    let disk =
+        pick(&c.disk, manifest.as_ref().map(|m| &m.disk)).ok_or(BackendError::NotConfigured {
+            what: "disk",
+            fix: "set `image` or `disk` in the node's qemu settings",
+        })?;
     let disk = existing(&disk, "disk image")?;
     let base_cmdline = c
         .cmdline
@@ -457,8 +470,8 @@ impl QemuInstance {
 
     /// Runs a QMP command, failing at once if QEMU is gone.
     async fn command(&self, cmd: &str, args: Option<Value>) -> Result<Value, BackendError> {
-        if let Some(info) = self.process.exit_watch().borrow().clone() {
-            return Err(failed(format!("QEMU {info}")));
+        if let Some(exit) = self.process.exit_watch().borrow().clone() {
+            return Err(qemu_exited(exit, ""));
         }
         self.qmp()
             .await
@@ -480,7 +493,7 @@ impl QemuInstance {
         if let Some(dir) = path.parent() {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| BackendError::io("create", dir, e))?;
         }
         self.command(
             "screendump",
@@ -491,7 +504,7 @@ impl QemuInstance {
     }
 
     /// Polls `query-migrate` until the migration ends.
-    async fn wait_migration(&self, qmp: &Qmp, what: &str) -> Result<(), BackendError> {
+    async fn wait_migration(&self, qmp: &Qmp, what: &'static str) -> Result<(), BackendError> {
         let deadline = Instant::now() + MIGRATION_LIMIT;
         // Ok(outcome) ends the wait; Err(status) polls again.
         let attempt = || async {
@@ -501,23 +514,28 @@ impl QemuInstance {
             };
             match st.get("status").and_then(Value::as_str).unwrap_or("") {
                 "completed" => Ok(Ok(())),
-                "failed" | "cancelled" => Ok(Err(failed(format!(
-                    "{what} failed: {}",
-                    st.get("error-desc")
+                "failed" | "cancelled" => Ok(Err(SnapshotError::Migration {
+                    what,
+                    reason: st
+                        .get("error-desc")
                         .and_then(Value::as_str)
                         .unwrap_or("no reason given")
-                )))),
+                        .to_owned(),
+                }
+                .into())),
                 other => Err(other.to_owned()),
             }
         };
         let exit = self.process.exit_watch();
         match poll(deadline, Duration::from_millis(50), &exit, attempt).await {
             Ok(outcome) => outcome,
-            Err(PollEnd::Exited(info)) => Err(failed(format!("QEMU {info} while {what}"))),
-            Err(PollEnd::TimedOut(status)) => Err(failed(format!(
-                "{what} did not finish in {} s (migration status {status:?})",
-                MIGRATION_LIMIT.as_secs()
-            ))),
+            Err(PollEnd::Exited(exit)) => Err(qemu_exited(exit, format!("while {what}"))),
+            Err(PollEnd::TimedOut(status)) => Err(SnapshotError::MigrationTimedOut {
+                what,
+                limit: MIGRATION_LIMIT,
+                status,
+            }
+            .into()),
         }
     }
 
@@ -538,12 +556,11 @@ impl QemuInstance {
             };
             let file = PathBuf::from(file);
             if !file.starts_with(&self.state_dir) {
-                return Err(failed(format!(
-                    "disk {} is outside the machine's state dir (a `snapshot=on` disk?); \
-                     snapshots need the disk images in {}",
-                    file.display(),
-                    self.state_dir.display()
-                )));
+                return Err(SnapshotError::DiskOutside {
+                    disk: file,
+                    state_dir: self.state_dir.clone(),
+                }
+                .into());
             }
             out.push(file);
         }
@@ -554,7 +571,7 @@ impl QemuInstance {
         let dir = absolute(dir)?;
         tokio::fs::create_dir_all(&dir)
             .await
-            .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+            .map_err(|e| BackendError::io("create", &dir, e))?;
         let qmp = self.qmp().await;
         let started = Instant::now();
         qmp.execute("stop", None).await?;
@@ -577,13 +594,14 @@ impl QemuInstance {
                 let base = d.file_name().unwrap_or_default();
                 tokio::fs::copy(d, dir.join(base))
                     .await
-                    .map_err(|e| failed(format!("cannot copy {}: {e}", d.display())))?;
+                    .map_err(|e| BackendError::io("copy", d, e))?;
                 names.push(d.display().to_string());
             }
             let meta = json!({ "machine": self.machine, "disks": names });
-            tokio::fs::write(dir.join("attest-snapshot.json"), meta.to_string())
+            let meta_path = dir.join(SNAPSHOT_META);
+            tokio::fs::write(&meta_path, meta.to_string())
                 .await
-                .map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| BackendError::io("write", meta_path, e))?;
             Ok::<_, BackendError>(())
         }
         .await;
@@ -600,14 +618,22 @@ impl QemuInstance {
 
     async fn snapshot_restore(&self, dir: &Path) -> Result<String, BackendError> {
         let dir = absolute(dir)?;
-        let meta: Value = tokio::fs::read_to_string(dir.join("attest-snapshot.json"))
+        let meta: Value = tokio::fs::read_to_string(dir.join(SNAPSHOT_META))
             .await
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
-            .ok_or_else(|| failed(format!("{} holds no attest snapshot", dir.display())))?;
+            .ok_or_else(|| SnapshotError::NotASnapshot {
+                dir: dir.clone(),
+                backend: BackendKind::Qemu,
+                file: SNAPSHOT_META,
+            })?;
         let state = dir.join("vm.state");
         if !state.is_file() {
-            return Err(failed(format!("{} is missing", state.display())));
+            return Err(SnapshotError::MissingPart {
+                dir: dir.clone(),
+                file: "vm.state".into(),
+            }
+            .into());
         }
         let started = Instant::now();
         let mut current = self.current.lock().await;
@@ -632,12 +658,9 @@ impl QemuInstance {
                 let saved = dir.join(d.file_name().unwrap_or_default());
                 tokio::fs::copy(&saved, &d)
                     .await
-                    .map_err(|e| failed(format!("cannot restore {}: {e}", d.display())))?;
+                    .map_err(|e| BackendError::io("restore", &d, e))?;
             }
-            self.launch
-                .spawn(true, self.process.tasks())
-                .await
-                .map_err(failed)
+            self.launch.spawn(true, self.process.tasks()).await
         }
         .await;
         let fresh = match fresh {
@@ -678,12 +701,18 @@ impl QemuInstance {
         })
         .await
         .map_err(|e| match e {
-            PollEnd::Exited(info) => failed(format!(
-                "the restored QEMU {info} before it connected the backdoor socket"
-            )),
-            PollEnd::TimedOut(()) => {
-                failed("the restored QEMU did not connect the backdoor socket")
-            }
+            PollEnd::Exited(exit) => BackendError::Exited {
+                process: "the restored QEMU".into(),
+                exit,
+                during: "before it connected the backdoor socket".into(),
+                output: String::new(),
+            },
+            PollEnd::TimedOut(()) => BackendError::TimedOut {
+                what: "the restored QEMU to connect the backdoor socket".into(),
+                limit: Some(Duration::from_secs(30)),
+                last: String::new(),
+                output: String::new(),
+            },
         })?;
         self.banner_on_connect.store(true, Ordering::SeqCst);
         Ok(format!(
@@ -776,7 +805,7 @@ impl Instance for QemuInstance {
             }
             BackendOp::Block | BackendOp::Unblock => {
                 if self.netdevs.is_empty() {
-                    return Err(failed("the machine has no vlan NIC to block"));
+                    return Err(BackendError::NoVlanLink { op: op.name() });
                 }
                 let up = matches!(op, BackendOp::Unblock);
                 for id in &self.netdevs {
@@ -787,10 +816,7 @@ impl Instance for QemuInstance {
             }
             BackendOp::ForwardPort { host, guest } => {
                 let Some(id) = &self.user_netdev else {
-                    return Err(failed(
-                        "forward_port needs a user-mode NIC: add `-netdev user,id=user.0 -device \
-                         virtio-net-pci,netdev=user.0` to the machine's qemu extra_args",
-                    ));
+                    return Err(BackendError::NoUserNic);
                 };
                 let reply = self
                     .qmp()
@@ -798,7 +824,10 @@ impl Instance for QemuInstance {
                     .hmp(&format!("hostfwd_add {id} tcp::{host}-:{guest}"))
                     .await?;
                 if !reply.trim().is_empty() {
-                    return Err(failed(format!("hostfwd_add: {}", reply.trim())));
+                    return Err(BackendError::Monitor {
+                        command: "hostfwd_add",
+                        reply: reply.trim().to_owned(),
+                    });
                 }
                 Ok(String::new())
             }
@@ -808,7 +837,8 @@ impl Instance for QemuInstance {
                 let png = self.state_dir.join(format!("ocr-{n}.png"));
                 self.screenshot(&png).await?;
                 let texts = ocr::screen_text_variants(&png, variants).await?;
-                serde_json::to_string(&texts).map_err(failed)
+                // A list of strings always serialises.
+                Ok(Value::from(texts).to_string())
             }
             BackendOp::SnapshotCreate(dir) => self.snapshot_create(&dir).await,
             BackendOp::SnapshotRestore(dir) => self.snapshot_restore(&dir).await,
