@@ -41,9 +41,10 @@ async fn futures_join<T>(
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
         out.push(t.await.unwrap_or_else(|e| {
-            Err(MachineError::Internal {
+            Err(MachineError::TaskFailed {
                 machine: String::new(),
-                message: format!("a measurement task failed: {e}"),
+                panicked: e.is_panic(),
+                detail: e.to_string(),
             })
         }));
     }
@@ -250,6 +251,17 @@ fn block<T: Send + 'static>(
     }
 }
 
+/// Why a figure is missing: the node's backend lacks the operation.
+#[derive(Debug, Clone, thiserror::Error)]
+enum NotSupported {
+    /// The capability table refused it before anything was sent.
+    #[error(transparent)]
+    Refused(MachineError),
+    /// The backend itself answered it does not have it.
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
 /// The samples of one single-node run.
 #[derive(Default)]
 struct SingleRun {
@@ -265,7 +277,7 @@ struct SingleRun {
     output_64mib: f64,
     concurrent: f64,
     big: Vec<big_data::Sample>,
-    snapshot: Option<Result<f64, String>>,
+    snapshot: Option<Result<f64, NotSupported>>,
     shutdown: f64,
 }
 
@@ -278,9 +290,11 @@ async fn guest_loop_ms(m: &Machine, body: &str) -> Result<f64, MachineError> {
         .stdout_text()
         .trim()
         .parse()
-        .map_err(|_| MachineError::Internal {
+        .map_err(|_| MachineError::UnexpectedOutput {
             machine: m.name().to_owned(),
-            message: format!("guest timing loop printed {:?}", out.stdout_text()),
+            command: cmd.clone(),
+            stdout: out.stdout_text(),
+            expected: "a number of nanoseconds",
         })?;
     Ok(ns / 1e6 / f64::from(GUEST_LOOP))
 }
@@ -293,9 +307,14 @@ fn expect_ok(
     if out.status == 0 {
         return Ok(());
     }
-    Err(MachineError::Internal {
+    Err(MachineError::CommandFailed {
         machine: m.name().to_owned(),
-        message: format!("{what} exited {}: {}", out.status, out.stderr_text().trim()),
+        call: "bench",
+        command: what.to_owned(),
+        expectation: "failed",
+        status: out.status,
+        stdout: out.stdout_text(),
+        stderr: out.stderr_text(),
     })
 }
 
@@ -497,11 +516,11 @@ fn single_run_rest(
         {
             // Refused by the capability table before anything is sent, or
             // by the backend itself: either way a figure this backend lacks.
-            Err(MachineError::Unsupported { message, .. }) => Ok(Err(message)),
+            Err(e @ MachineError::Unsupported { .. }) => Ok(Err(NotSupported::Refused(e))),
             Err(MachineError::Backend {
                 error: e @ BackendError::Unsupported { .. },
                 ..
-            }) => Ok(Err(e.to_string())),
+            }) => Ok(Err(NotSupported::Backend(e))),
             Err(e) => Err(e),
             Ok(_) => {
                 let t = Instant::now();
@@ -698,8 +717,10 @@ pub fn measure_backend(
         .iter()
         .find_map(|r| r.snapshot.clone().and_then(|s| s.err()))
     {
-        b.not_applicable
-            .insert("snapshot_restore_first_command_ms".into(), reason);
+        b.not_applicable.insert(
+            "snapshot_restore_first_command_ms".into(),
+            reason.to_string(),
+        );
     }
     interrupted?;
 

@@ -57,7 +57,7 @@ pub enum MachineError {
         /// What was awaited.
         what: String,
         /// Why it cannot succeed.
-        reason: String,
+        reason: WaitFailure,
         /// Failed units and journal tail.
         diagnostics: String,
     },
@@ -157,13 +157,105 @@ pub enum MachineError {
         /// shut down without the run being cancelled).
         reason: Option<crate::cancel::CancelReason>,
     },
-    /// A file transfer or similar host-side step failed.
+    /// A regular expression the script gave does not compile.
+    #[error("{machine}: {call}: bad regex: {error}")]
+    BadRegex {
+        /// The machine.
+        machine: String,
+        /// The script method.
+        call: &'static str,
+        /// Why.
+        #[source]
+        error: regex::Error,
+    },
+    /// The task that ran the operation panicked or was cancelled.
+    #[error("{machine}: operation task failed: {detail}")]
+    TaskFailed {
+        /// The machine.
+        machine: String,
+        /// It panicked (else it was cancelled).
+        panicked: bool,
+        /// The runtime's words (the panic message).
+        detail: String,
+    },
+    /// A command printed something its caller cannot read.
+    #[error("{machine}: `{command}` printed {stdout:?}, not {expected}")]
+    UnexpectedOutput {
+        /// The machine.
+        machine: String,
+        /// The command.
+        command: String,
+        /// What it printed.
+        stdout: String,
+        /// What the caller reads (`a number of nanoseconds`).
+        expected: &'static str,
+    },
+    /// A file transfer or similar step failed; the message mixes the host's
+    /// I/O error or the guest's stderr with the step.
     #[error("{machine}: {message}")]
     Internal {
         /// The machine.
         machine: String,
         /// What failed.
         message: String,
+    },
+}
+
+/// Why a wait can never succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitFailure {
+    /// The unit failed.
+    #[error("unit \"{unit}\" reached state \"failed\"")]
+    UnitFailed {
+        /// The unit.
+        unit: String,
+    },
+    /// The unit is inactive and nothing will start it.
+    #[error("unit \"{unit}\" is inactive and there are no pending jobs")]
+    UnitInactive {
+        /// The unit.
+        unit: String,
+    },
+    /// The unit is in a state a wait does not expect.
+    #[error("unit \"{unit}\" is in state \"{state}\"")]
+    UnitInState {
+        /// The unit.
+        unit: String,
+        /// Its state.
+        state: String,
+    },
+    /// `require_unit_state`: the unit is in another state.
+    #[error(
+        "expected unit \"{unit}\" to be in state \"{expected}\" but it is in state \"{actual}\""
+    )]
+    UnitNotInState {
+        /// The unit.
+        unit: String,
+        /// The state asked for.
+        expected: String,
+        /// Its state.
+        actual: String,
+    },
+    /// systemd (of `user`, or the system's) could not be asked.
+    #[error(
+        "asking systemd{} failed (exit status {status}): {stderr}",
+        user.as_ref().map(|u| format!(" of user {u}")).unwrap_or_default()
+    )]
+    SystemdUnreachable {
+        /// The user whose manager was asked.
+        user: Option<String>,
+        /// systemctl's exit status.
+        status: i32,
+        /// What it printed (the guest's words).
+        stderr: String,
+    },
+    /// `systemctl show` failed.
+    #[error("systemctl show failed (exit status {status}): {stderr}")]
+    SystemctlShow {
+        /// Its exit status.
+        status: i32,
+        /// What it printed (the guest's words).
+        stderr: String,
     },
 }
 
@@ -186,6 +278,9 @@ impl MachineError {
             MachineError::Guest { .. }
             | MachineError::Detach { .. }
             | MachineError::Backend { .. }
+            | MachineError::BadRegex { .. }
+            | MachineError::TaskFailed { .. }
+            | MachineError::UnexpectedOutput { .. }
             | MachineError::Internal { .. } => FailureCause::Machine,
         }
     }

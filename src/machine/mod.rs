@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use copy::copy_from_vm_target;
-pub use error::MachineError;
+pub use error::{MachineError, WaitFailure};
 
 use crate::backend::capability::{self, Capability};
 use crate::backend::{Backend, BackendOp, Instance, StartContext};
@@ -225,9 +225,10 @@ impl Machine {
         let handle = self.inner.runtime.spawn(fut);
         match self.inner.runtime.block_on(handle) {
             Ok(r) => r,
-            Err(e) => Err(MachineError::Internal {
+            Err(e) => Err(MachineError::TaskFailed {
                 machine: self.inner.name.clone(),
-                message: format!("operation task failed: {e}"),
+                panicked: e.is_panic(),
+                detail: e.to_string(),
             }),
         }
     }

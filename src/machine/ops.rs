@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Machine, MachineError};
+use super::{Machine, MachineError, WaitFailure};
 use crate::agent::wire::Retry;
 use crate::guest::CommandOutput;
 use crate::shell;
@@ -374,11 +374,10 @@ impl Machine {
             return Err(MachineError::WaitFailed {
                 machine: self.name().to_owned(),
                 what: format!("get_unit_info {unit}"),
-                reason: format!(
-                    "systemctl show failed (exit status {}): {}",
-                    out.status,
-                    out.stderr_text().trim()
-                ),
+                reason: WaitFailure::SystemctlShow {
+                    status: out.status,
+                    stderr: out.stderr_text().trim().to_owned(),
+                },
                 diagnostics: String::new(),
             });
         }
@@ -464,12 +463,11 @@ impl Machine {
             return Err(self
                 .wait_failed(
                     &what,
-                    format!(
-                        "asking systemd{} failed (exit status {}): {}",
-                        user.map(|u| format!(" of user {u}")).unwrap_or_default(),
-                        out.status,
-                        out.stderr_text().trim()
-                    ),
+                    WaitFailure::SystemdUnreachable {
+                        user: user.map(str::to_owned),
+                        status: out.status,
+                        stderr: out.stderr_text().trim().to_owned(),
+                    },
                 )
                 .await);
         }
@@ -477,24 +475,17 @@ impl Machine {
         let mut words = text.split_whitespace();
         let state = words.next().unwrap_or("").to_owned();
         let jobs: u32 = words.next().and_then(|j| j.parse().ok()).unwrap_or(1);
-        match state.as_str() {
-            "active" => Ok(()),
-            "failed" => Err(self
-                .wait_failed(&what, format!("unit \"{unit}\" reached state \"failed\""))
-                .await),
-            "inactive" if jobs == 0 => Err(self
-                .wait_failed(
-                    &what,
-                    format!("unit \"{unit}\" is inactive and there are no pending jobs"),
-                )
-                .await),
-            _ => Err(self
-                .wait_failed(&what, format!("unit \"{unit}\" is in state \"{state}\""))
-                .await),
-        }
+        let unit = unit.to_owned();
+        let reason = match state.as_str() {
+            "active" => return Ok(()),
+            "failed" => WaitFailure::UnitFailed { unit },
+            "inactive" if jobs == 0 => WaitFailure::UnitInactive { unit },
+            _ => WaitFailure::UnitInState { unit, state },
+        };
+        Err(self.wait_failed(&what, reason).await)
     }
 
-    async fn wait_failed(&self, what: &str, reason: String) -> MachineError {
+    async fn wait_failed(&self, what: &str, reason: WaitFailure) -> MachineError {
         MachineError::WaitFailed {
             machine: self.name().to_owned(),
             what: what.to_owned(),
@@ -517,7 +508,11 @@ impl Machine {
             Err(MachineError::WaitFailed {
                 machine: self.name().to_owned(),
                 what: format!("require_unit_state {unit}"),
-                reason: format!("expected unit \"{unit}\" to be in state \"{state}\" but it is in state \"{actual}\""),
+                reason: WaitFailure::UnitNotInState {
+                    unit: unit.to_owned(),
+                    expected: state.to_owned(),
+                    actual,
+                },
                 diagnostics: String::new(),
             })
         }
@@ -594,9 +589,10 @@ impl Machine {
         pattern: &str,
         timeout: Duration,
     ) -> Result<String, MachineError> {
-        let re = regex::Regex::new(pattern).map_err(|e| MachineError::Internal {
+        let re = regex::Regex::new(pattern).map_err(|error| MachineError::BadRegex {
             machine: self.name().to_owned(),
-            message: format!("wait_for_console_text: bad regex: {e}"),
+            call: "wait_for_console_text",
+            error,
         })?;
         let mut changed = self.console().subscribe();
         let deadline = Instant::now() + timeout;

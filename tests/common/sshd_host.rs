@@ -49,19 +49,37 @@ pub struct SshdHost {
     pub dir: tempfile::TempDir,
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+/// Why a setup command failed.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// It could not be started.
+    #[error("{command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("{command}: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
+fn run(cmd: &mut Command) -> Result<(), SetupError> {
+    let out = cmd.output().map_err(|source| SetupError::Spawn {
+        command: format!("{cmd:?}"),
+        source,
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(SetupError::Failed {
+            command: format!("{cmd:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip(args: &[&str]) -> Result<(), SetupError> {
     run(Command::new("ip").args(args))
 }
 
@@ -124,7 +142,7 @@ impl SshdHost {
             dir,
         };
         // From here on, drop cleans up whatever was made.
-        let setup = || -> Result<(), String> {
+        let setup = || -> Result<(), SetupError> {
             ip(&["netns", "add", &netns])?;
             // The namespace's loopback (127/8) carries everything: no link
             // anywhere near the host.
