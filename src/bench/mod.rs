@@ -184,10 +184,33 @@ pub struct AttestCost {
 pub enum BenchError {
     /// A signal or the global timeout ended the run.
     #[error("interrupted: {0}")]
-    Interrupted(String),
-    /// Something a scenario needs is missing or broken.
+    Interrupted(#[from] Interruption),
+    /// The image path cannot be made absolute.
+    #[error("{}: {}", path.display(), crate::errors::os_reason(error))]
+    ImagePath {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The image's manifest cannot be read.
+    #[error("{0}: the Debian test image is missing; run images/debian/build")]
+    NoImage(#[source] crate::config::ConfigError),
+    /// The bench's scratch directory cannot be created.
+    #[error("cannot create a temp dir: {}", crate::errors::os_reason(.0))]
+    TempDir(#[source] std::io::Error),
+}
+
+/// What interrupted the bench.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Interruption {
+    /// The bench's own listener saw a signal between runs.
+    #[error("interrupted by {0}")]
+    Signal(&'static str),
+    /// A run was cancelled (signal, global timeout).
     #[error("{0}")]
-    Setup(String),
+    Cancelled(crate::cancel::CancelReason),
 }
 
 /// Set by the bench's own SIGINT/SIGTERM listener; checked between runs.
@@ -436,19 +459,17 @@ pub fn run(
 ) -> Result<BenchReport, BenchError> {
     let started = std::time::Instant::now();
     let usage0 = Usage::now();
-    let image_path = std::path::absolute(&opts.image)
-        .map_err(|e| BenchError::Setup(format!("{}: {e}", opts.image.display())))?;
-    let image = ImageManifest::load(&image_path).map_err(|e| {
-        BenchError::Setup(format!(
-            "{e}: the Debian test image is missing; run images/debian/build"
-        ))
+    let image_path = std::path::absolute(&opts.image).map_err(|error| BenchError::ImagePath {
+        path: opts.image.clone(),
+        error,
     })?;
+    let image = ImageManifest::load(&image_path).map_err(BenchError::NoImage)?;
     let interrupt = Interrupt::default();
     interrupt.listen(runtime);
     let dir = tempfile::Builder::new()
         .prefix("attest-bench-")
         .tempdir()
-        .map_err(|e| BenchError::Setup(format!("cannot create a temp dir: {e}")))?;
+        .map_err(BenchError::TempDir)?;
     let mut report = BenchReport {
         attest_version: env!("CARGO_PKG_VERSION").to_owned(),
         date: utc_now(),
@@ -531,7 +552,7 @@ pub fn run(
     })();
     if let Err(e) = result {
         match e {
-            BenchError::Interrupted(why) => report.interrupted = Some(why),
+            BenchError::Interrupted(why) => report.interrupted = Some(why.to_string()),
             other => return Err(other),
         }
     }

@@ -18,7 +18,8 @@ use super::big_data;
 use super::stats::put_into;
 use super::usage::Usage;
 use super::{
-    BackendReport, BenchError, BenchOptions, Interrupt, ScalingPoint, ScalingReport, Summary,
+    BackendReport, BenchError, BenchOptions, Interrupt, Interruption, ScalingPoint, ScalingReport,
+    Summary,
 };
 
 /// Size of the large-output figure.
@@ -73,7 +74,7 @@ pub struct BenchContext<'a> {
 impl BenchContext<'_> {
     fn check_interrupt(&self) -> Result<(), BenchError> {
         if let Some(signal) = self.interrupt.signal() {
-            return Err(BenchError::Interrupted(format!("interrupted by {signal}")));
+            return Err(Interruption::Signal(signal).into());
         }
         Ok(())
     }
@@ -233,7 +234,7 @@ fn with_driver<T>(
     let cancelled = driver.cancellation().check();
     driver.teardown();
     if let Err(reason) = cancelled {
-        return Err(BenchError::Interrupted(reason.to_string()));
+        return Err(Interruption::Cancelled(reason).into());
     }
     ctx.check_interrupt()?;
     Ok(result)

@@ -7,6 +7,7 @@
 //! `{"fault_message": "…"}`, cloud-hypervisor's plain-text body.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -17,7 +18,7 @@ use hyper_util::rt::TokioIo;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// The socket could not be reached or the HTTP exchange broke.
-    #[error("{method} {path}: cannot reach the API socket {socket}: {message}")]
+    #[error("{method} {path}: cannot reach the API socket {}: {error}", socket.display())]
     Transport {
         /// HTTP method.
         method: String,
@@ -26,7 +27,8 @@ pub enum ApiError {
         /// The socket.
         socket: PathBuf,
         /// What failed.
-        message: String,
+        #[source]
+        error: TransportError,
     },
     /// The VMM answered with an error status.
     #[error("{method} {path} failed with HTTP {status}: {message}")]
@@ -115,18 +117,19 @@ impl ApiClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<String, ApiError> {
-        let transport = |message: String| ApiError::Transport {
+        let transport = |error: TransportError| ApiError::Transport {
             method: method.to_owned(),
             path: path.to_owned(),
             socket: self.socket.clone(),
-            message,
+            error,
         };
+        let http = |e: hyper::Error| transport(TransportError::Http(Arc::new(e)));
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| transport(TransportError::Connect(Arc::new(e))))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(http)?;
         // The connection task ends when the request is done or the socket closes.
         let conn = tokio::spawn(async move {
             let _ = conn.await;
@@ -143,19 +146,11 @@ impl ApiClient {
         }
         let req = req
             .body(Full::new(Bytes::from(bytes)))
-            .map_err(|e| transport(e.to_string()))?;
+            .map_err(|e| transport(TransportError::Request(Arc::new(e))))?;
         let result = async {
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| transport(e.to_string()))?;
+            let resp = sender.send_request(req).await.map_err(http)?;
             let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
+            let body = resp.into_body().collect().await.map_err(http)?.to_bytes();
             let text = String::from_utf8_lossy(&body).into_owned();
             if status.is_success() {
                 Ok(text)
@@ -172,6 +167,20 @@ impl ApiClient {
         conn.abort();
         result
     }
+}
+
+/// Why the HTTP exchange with the API socket broke.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    /// The socket does not accept connections.
+    #[error("{}", crate::errors::os_reason(.0))]
+    Connect(#[source] Arc<std::io::Error>),
+    /// The request could not be built.
+    #[error("{0}")]
+    Request(#[source] Arc<hyper::http::Error>),
+    /// The HTTP exchange failed.
+    #[error("{0}")]
+    Http(#[source] Arc<hyper::Error>),
 }
 
 /// The VMM's own error text: firecracker's `fault_message`, else the body.
