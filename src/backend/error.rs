@@ -94,7 +94,7 @@ pub enum BackendError {
         program: &'static str,
     },
     /// KVM cannot be used by a VMM that needs it.
-    #[error("{vmm} needs {problem}")]
+    #[error("{vmm} needs {}", problem.need())]
     Kvm {
         /// The VMM.
         vmm: BackendKind,

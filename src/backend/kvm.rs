@@ -11,27 +11,48 @@ use super::BackendError;
 use crate::config::BackendKind;
 use crate::errors::os_reason;
 
-/// What is wrong with `/dev/kvm` for a VMM that needs it.
+/// Why KVM cannot run (stock) guests here.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KvmProblem {
     /// There is no `/dev/kvm`.
-    #[error("/dev/kvm, which does not exist: load kvm_intel or kvm_amd, or run on a host with hardware virtualisation")]
+    #[error("KVM is not available (/dev/kvm does not exist)")]
     Missing,
     /// `/dev/kvm` does not open read-write.
-    #[error("read-write access to /dev/kvm ({}): run attest as root or add the user to the kvm group", os_reason(.0))]
+    #[error("KVM is not available (/dev/kvm: {})", os_reason(.0))]
     NotAccessible(#[source] Arc<std::io::Error>),
     /// `/dev/kvm` is KVM-PVM: stock guest kernels do not run on it.
-    #[error("a /dev/kvm that runs stock guest kernels, and this one is KVM-PVM")]
+    #[error(
+        "/dev/kvm is KVM-PVM (/sys/module/kvm_pvm exists): stock guest kernels do not run on it"
+    )]
     Pvm,
+    /// The CPU has no hardware virtualisation.
+    #[error("the CPU has no vmx/svm flag: /dev/kvm is not hardware virtualisation")]
+    NoCpuFlag,
 }
 
 impl KvmProblem {
+    /// What a VMM needs that is missing, and what to do: the end of
+    /// `<vmm> needs …`.
+    pub fn need(&self) -> String {
+        match self {
+            KvmProblem::Missing => "/dev/kvm, which does not exist: load kvm_intel or kvm_amd, \
+                 or run on a host with hardware virtualisation"
+                .into(),
+            KvmProblem::NotAccessible(e) => format!(
+                "read-write access to /dev/kvm ({}): run attest as root or add the user to the kvm group",
+                os_reason(e)
+            ),
+            other => format!("a /dev/kvm that runs stock guest kernels, but {other}"),
+        }
+    }
+
     /// The problem in a few words, for `attest bench`'s host description.
     pub fn summary(&self) -> String {
         match self {
             KvmProblem::Pvm => "/dev/kvm is KVM-PVM (stock guest kernels do not run)".into(),
             KvmProblem::Missing => "/dev/kvm is missing".into(),
             KvmProblem::NotAccessible(e) => format!("/dev/kvm is not accessible: {e}"),
+            KvmProblem::NoCpuFlag => "the CPU has no vmx/svm flag".into(),
         }
     }
 }
@@ -75,20 +96,18 @@ impl KvmFacts {
 
     /// Why stock guests cannot run under KVM here, if they cannot (QEMU's
     /// `auto` falls back to TCG with this as the warning).
-    pub fn why_not_stock_guests(&self) -> Option<String> {
+    pub fn why_not_stock_guests(&self) -> Option<KvmProblem> {
+        if !self.present {
+            return Some(KvmProblem::Missing);
+        }
         if let Err(e) = &self.usable {
-            return Some(format!("KVM is not available (/dev/kvm: {})", os_reason(e)));
+            return Some(KvmProblem::NotAccessible(e.clone()));
         }
         if self.pvm {
-            return Some(
-                "/dev/kvm is KVM-PVM (/sys/module/kvm_pvm exists): stock guest kernels do not run on it"
-                    .into(),
-            );
+            return Some(KvmProblem::Pvm);
         }
         if !self.cpu_virt_flag {
-            return Some(
-                "the CPU has no vmx/svm flag: /dev/kvm is not hardware virtualisation".into(),
-            );
+            return Some(KvmProblem::NoCpuFlag);
         }
         None
     }
@@ -180,7 +199,12 @@ mod tests {
         };
         assert!(pvm.require(BackendKind::Firecracker).is_ok());
         assert!(!pvm.runs_linux_guests());
-        assert!(pvm.why_not_stock_guests().unwrap().contains("KVM-PVM"));
+        assert!(matches!(pvm.why_not_stock_guests(), Some(KvmProblem::Pvm)));
+        assert!(pvm
+            .why_not_stock_guests()
+            .unwrap()
+            .to_string()
+            .contains("KVM-PVM"));
         assert!(matches!(pvm.summary(), Err(KvmProblem::Pvm)));
         assert!(pvm.summary().unwrap_err().summary().contains("KVM-PVM"));
     }
