@@ -21,6 +21,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use super::protocol::CommandOutput;
 use super::session::{GuestError, GuestStream};
@@ -202,17 +203,19 @@ pub struct DirectSocket {
 /// Starts the agent on a fresh backdoor stream (see the module docs). With
 /// `direct`, the agent serves that socket instead, and the backdoor stream
 /// stays open beside it until the client is dropped; when the agent cannot
-/// connect there, it serves the backdoor stream as without it.
+/// connect there, it serves the backdoor stream as without it. The
+/// client's tasks run on `tasks` (the run's tracker: teardown awaits them).
 pub async fn bootstrap(
     stream: Box<dyn GuestStream>,
     deadline: Instant,
     direct: Option<DirectSocket>,
+    tasks: &TaskTracker,
 ) -> Result<AgentClient, Fallback> {
     let mut boot = Boot::new(stream, deadline);
     match tokio::time::timeout_at(deadline.into(), boot.run(direct.as_ref())).await {
-        Ok(Ok(None)) => Ok(AgentClient::start(boot)),
+        Ok(Ok(None)) => Ok(AgentClient::start(boot, tasks)),
         Ok(Ok(Some(connected))) => {
-            let mut client = AgentClient::start(connected);
+            let mut client = AgentClient::start(connected, tasks);
             client._lifeline = Some(Mutex::new(boot));
             Ok(client)
         }
@@ -470,11 +473,37 @@ fn hex(bytes: &[u8]) -> String {
 /// Events of one request, from the reader task.
 type Events = mpsc::UnboundedSender<Frame>;
 
+/// How a command's reply arrives: its last frame ([`wire::EXIT`] or
+/// [`wire::ERROR`]) with the outputs gathered before it.
+struct Reply {
+    last: Frame,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// What the reader task does with a request's frames.
+enum Route {
+    /// Hands every frame to the request's own task (transfers, shells,
+    /// live output).
+    Frames(Events),
+    /// Reads a command's outputs straight into one buffer each, and hands
+    /// them over with the last frame: the output exists once, never also
+    /// as frames queued between the reader and the caller (a 1 GiB output
+    /// peaked at 1105 MiB that way), and crosses no task boundary.
+    Output {
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<Reply>,
+    },
+}
+
 struct Shared {
-    pending: Mutex<HashMap<u32, Events>>,
+    pending: Mutex<HashMap<u32, Route>>,
     /// Set when the stream ended; no request can be answered after it.
     closed: AtomicBool,
     writer: tokio::sync::Mutex<Writer>,
+    /// Where the client's tasks run.
+    tasks: TaskTracker,
 }
 
 /// A running agent: many requests at once on one stream.
@@ -500,9 +529,11 @@ impl Drop for AgentClient {
 impl AgentClient {
     /// Talks to an agent that is already running on `stream` (shipped in
     /// the image, or started by [`bootstrap`]): waits for its greeting.
+    /// The client's tasks run on `tasks`.
     pub async fn attach(
         stream: Box<dyn GuestStream>,
         deadline: Instant,
+        tasks: &TaskTracker,
     ) -> Result<AgentClient, GuestError> {
         let mut boot = Boot::new(stream, deadline);
         let greeting = tokio::time::timeout_at(deadline.into(), boot.read_greeting())
@@ -513,10 +544,10 @@ impl AgentClient {
         greeting.map_err(|e| match e {
             BootError::ShellUsable(m) | BootError::ShellLost(m) => GuestError::Protocol(m),
         })?;
-        Ok(AgentClient::start(boot))
+        Ok(AgentClient::start(boot, tasks))
     }
 
-    fn start(boot: Boot) -> AgentClient {
+    fn start(boot: Boot, tasks: &TaskTracker) -> AgentClient {
         let Boot {
             reader,
             writer,
@@ -527,17 +558,18 @@ impl AgentClient {
             pending: Mutex::default(),
             closed: AtomicBool::new(false),
             writer: tokio::sync::Mutex::new(writer),
+            tasks: tasks.clone(),
         });
         // Acks cost a write per 16 KiB read: only for an agent that waits
         // for them.
         let (consumed, ack_task) = match acks {
             true => {
                 let (tx, rx) = tokio::sync::watch::channel(0u64);
-                (Some(tx), Some(tokio::spawn(send_acks(rx, shared.clone()))))
+                (Some(tx), Some(tasks.spawn(send_acks(rx, shared.clone()))))
             }
             false => (None, None),
         };
-        let reader_task = tokio::spawn(read_frames(reader, shared.clone(), consumed));
+        let reader_task = tasks.spawn(read_frames(reader, shared.clone(), consumed));
         AgentClient {
             shared,
             next_id: AtomicU32::new(1),
@@ -553,14 +585,29 @@ impl AgentClient {
     }
 
     pub(super) fn request(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), GuestError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
+        Ok((self.register(Route::Frames(tx))?, rx))
+    }
+
+    /// A command request whose outputs the reader gathers ([`Route::Output`]).
+    fn request_output(&self) -> Result<(u32, tokio::sync::oneshot::Receiver<Reply>), GuestError> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let route = Route::Output {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            done,
+        };
+        Ok((self.register(route)?, rx))
+    }
+
+    fn register(&self, route: Route) -> Result<u32, GuestError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed).max(1);
         let mut pending = self.shared.pending.lock().expect("pending lock");
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(GuestError::Closed);
         }
-        pending.insert(id, tx);
-        Ok((id, rx))
+        pending.insert(id, route);
+        Ok(id)
     }
 
     pub(super) async fn send(&self, frame: Frame) -> Result<(), GuestError> {
@@ -615,8 +662,7 @@ impl AgentClient {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, GuestError> {
-        self.execute_streaming(command, timeout, &mut |_, _| {})
-            .await
+        self.run_gathered(command, timeout, None).await
     }
 
     /// [`AgentClient::execute`], handing each chunk of output to `chunk`
@@ -627,7 +673,39 @@ impl AgentClient {
         timeout: Duration,
         chunk: &mut (dyn FnMut(u8, &[u8]) + Send),
     ) -> Result<CommandOutput, GuestError> {
-        self.run_request(command, timeout, None, chunk).await
+        let (id, mut events) = self.request()?;
+        let mut guard = self.kill_on_drop(id);
+        self.send(Self::exec_frame(id, command, timeout, None))
+            .await?;
+        let mut out = CommandOutput {
+            status: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+        };
+        let collect = async {
+            while let Some(f) = events.recv().await {
+                match f.kind {
+                    wire::STDOUT => {
+                        chunk(f.kind, &f.payload);
+                        out.stdout.extend_from_slice(&f.payload);
+                    }
+                    wire::STDERR => {
+                        chunk(f.kind, &f.payload);
+                        out.stderr.extend_from_slice(&f.payload);
+                    }
+                    _ => return Some(f),
+                }
+            }
+            None
+        };
+        let limit = timeout + REPLY_GRACE;
+        let last = tokio::time::timeout(limit, collect)
+            .await
+            .map_err(|_| GuestError::ReplyTimeout(limit))?
+            .ok_or(GuestError::Closed)?;
+        out.status = Self::status_of(&last)?;
+        guard.disarm();
+        Ok(out)
     }
 
     /// Runs `command` again and again in the guest until its status meets
@@ -640,73 +718,50 @@ impl AgentClient {
         per_try: Duration,
         retry: Retry,
     ) -> Result<CommandOutput, GuestError> {
-        self.run_request(command, per_try, Some(retry), &mut |_, _| {})
-            .await
+        self.run_gathered(command, per_try, Some(retry)).await
     }
 
-    async fn run_request(
+    /// One command whose outputs the reader task gathers.
+    async fn run_gathered(
         &self,
         command: &str,
         timeout: Duration,
         retry: Option<Retry>,
-        chunk: &mut (dyn FnMut(u8, &[u8]) + Send),
     ) -> Result<CommandOutput, GuestError> {
-        let (id, mut events) = self.request()?;
+        let (id, reply) = self.request_output()?;
         // Dropped before the reply (cancelled, host timeout): kill it.
-        let mut guard = KillOnDrop {
-            shared: self.shared.clone(),
-            id,
-            armed: true,
-        };
+        let mut guard = self.kill_on_drop(id);
         self.send(Self::exec_frame(id, command, timeout, retry))
             .await?;
-        let mut out = CommandOutput {
-            status: 0,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
         let within = retry.map_or(Duration::ZERO, |r| Duration::from_millis(r.within_ms));
         let limit = within + timeout + REPLY_GRACE;
-        let collect = async {
-            while let Some(f) = events.recv().await {
-                match f.kind {
-                    wire::STDOUT => {
-                        chunk(f.kind, &f.payload);
-                        out.stdout.extend_from_slice(&f.payload);
-                    }
-                    wire::STDERR => {
-                        chunk(f.kind, &f.payload);
-                        out.stderr.extend_from_slice(&f.payload);
-                    }
-                    wire::AGAIN => {
-                        out.stdout.clear();
-                        out.stderr.clear();
-                    }
-                    wire::EXIT => {
-                        let exit = Exit::decode(&f.payload).map_err(GuestError::Wire)?;
-                        return Ok(exit.status);
-                    }
-                    wire::ERROR => {
-                        return Err(GuestError::Protocol(format!(
-                            "the agent could not run the command: {}",
-                            String::from_utf8_lossy(&f.payload)
-                        )))
-                    }
-                    other => {
-                        return Err(GuestError::Protocol(format!(
-                            "unexpected frame kind {other}"
-                        )))
-                    }
-                }
-            }
-            Err(GuestError::Closed)
-        };
-        let status = tokio::time::timeout(limit, collect)
+        let reply = tokio::time::timeout(limit, reply)
             .await
-            .map_err(|_| GuestError::ReplyTimeout(limit))??;
-        guard.armed = false;
-        out.status = status;
-        Ok(out)
+            .map_err(|_| GuestError::ReplyTimeout(limit))?
+            .map_err(|_| GuestError::Closed)?;
+        let status = Self::status_of(&reply.last)?;
+        guard.disarm();
+        Ok(CommandOutput {
+            status,
+            stdout: reply.stdout,
+            stderr: reply.stderr,
+        })
+    }
+
+    /// The exit status a command's last frame reports.
+    fn status_of(last: &Frame) -> Result<i32, GuestError> {
+        match last.kind {
+            wire::EXIT => Ok(Exit::decode(&last.payload)
+                .map_err(GuestError::Wire)?
+                .status),
+            wire::ERROR => Err(GuestError::Protocol(format!(
+                "the agent could not run the command: {}",
+                String::from_utf8_lossy(&last.payload)
+            ))),
+            other => Err(GuestError::Protocol(format!(
+                "unexpected frame kind {other}"
+            ))),
+        }
     }
 
     /// A bash backdoor shell tunnelled through one request: its stdin and
@@ -738,7 +793,7 @@ impl AgentClient {
         .await?;
         let (ours, theirs) = tokio::io::duplex(256 << 10);
         let (mut from_session, mut to_session) = tokio::io::split(theirs);
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             while let Some(f) = events.recv().await {
                 match f.kind {
                     wire::STDOUT => {
@@ -755,7 +810,7 @@ impl AgentClient {
             let _ = to_session.shutdown().await;
         });
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             let _guard = guard;
             let mut buf = vec![0u8; 64 << 10];
             loop {
@@ -810,17 +865,21 @@ impl Drop for KillOnDrop {
         }
         let (shared, id) = (self.shared.clone(), self.id);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let bytes = Frame {
-                    kind: wire::KILL,
-                    id,
-                    payload: Vec::new(),
-                }
-                .encode();
-                let mut w = shared.writer.lock().await;
-                let _ = w.write_all(&bytes).await;
-                let _ = w.flush().await;
-            });
+            let tasks = self.shared.tasks.clone();
+            tasks.spawn_on(
+                async move {
+                    let bytes = Frame {
+                        kind: wire::KILL,
+                        id,
+                        payload: Vec::new(),
+                    }
+                    .encode();
+                    let mut w = shared.writer.lock().await;
+                    let _ = w.write_all(&bytes).await;
+                    let _ = w.flush().await;
+                },
+                &rt,
+            );
         }
     }
 }
@@ -870,37 +929,110 @@ async fn read_frames(
         let Ok(h) = wire::decode_header(head) else {
             break;
         };
+        // An output of a gathering request goes on the end of its buffer,
+        // taken out of the map while it is read into (no lock across an
+        // await); anything else is a frame of its own.
+        let taken = matches!(h.kind, wire::STDOUT | wire::STDERR)
+            .then(|| take_output(&shared, h.id, h.kind))
+            .flatten();
+        let gathering = taken.is_some();
+        let mut payload = taken.unwrap_or_default();
+        let start = payload.len();
         // Read into spare capacity: neither zeroed nor copied again.
-        let mut payload = Vec::with_capacity(h.payload_len);
-        while payload.len() < h.payload_len {
-            let want = (h.payload_len - payload.len()) as u64;
+        payload.reserve(h.payload_len);
+        while payload.len() - start < h.payload_len {
+            let want = (h.payload_len - (payload.len() - start)) as u64;
             match (&mut reader).take(want).read_buf(&mut payload).await {
                 Ok(0) | Err(_) => break,
                 Ok(k) => count(k),
             }
         }
-        if payload.len() < h.payload_len {
+        if payload.len() - start < h.payload_len {
             break;
         }
-        let frame = Frame {
-            kind: h.kind,
-            id: h.id,
-            payload,
-        };
-        let last = matches!(frame.kind, wire::EXIT | wire::ERROR | wire::DONE);
-        let mut pending = shared.pending.lock().expect("pending lock");
-        let tx = if last {
-            pending.remove(&frame.id)
-        } else {
-            pending.get(&frame.id).cloned()
-        };
-        drop(pending);
-        if let Some(tx) = tx {
-            let _ = tx.send(frame);
+        if gathering {
+            put_output(&shared, h.id, h.kind, payload);
+            continue;
         }
+        route(
+            &shared,
+            Frame {
+                kind: h.kind,
+                id: h.id,
+                payload,
+            },
+        );
     }
     shared.closed.store(true, Ordering::SeqCst);
     shared.pending.lock().expect("pending lock").clear();
+}
+
+/// The output buffer of `kind` of request `id`, when the reader gathers its
+/// outputs ([`Route::Output`]); it stays empty in the map until
+/// [`put_output`] puts it back.
+fn take_output(shared: &Shared, id: u32, kind: u8) -> Option<Vec<u8>> {
+    match shared.pending.lock().expect("pending lock").get_mut(&id) {
+        Some(Route::Output { stdout, stderr, .. }) => Some(std::mem::take(match kind {
+            wire::STDOUT => stdout,
+            _ => stderr,
+        })),
+        _ => None,
+    }
+}
+
+/// Puts back what [`take_output`] took, grown (unless the request was
+/// dropped meanwhile).
+fn put_output(shared: &Shared, id: u32, kind: u8, buf: Vec<u8>) {
+    if let Some(Route::Output { stdout, stderr, .. }) =
+        shared.pending.lock().expect("pending lock").get_mut(&id)
+    {
+        *match kind {
+            wire::STDOUT => stdout,
+            _ => stderr,
+        } = buf;
+    }
+}
+
+/// Hands a frame to its request.
+fn route(shared: &Shared, frame: Frame) {
+    let last = matches!(frame.kind, wire::EXIT | wire::ERROR | wire::DONE);
+    let mut pending = shared.pending.lock().expect("pending lock");
+    match pending.get_mut(&frame.id) {
+        None => return,
+        // A retried command's try failed: its output is stale.
+        Some(Route::Output { stdout, stderr, .. }) if frame.kind == wire::AGAIN => {
+            stdout.clear();
+            stderr.clear();
+            return;
+        }
+        Some(Route::Frames(tx)) if !last => {
+            let tx = tx.clone();
+            drop(pending);
+            let _ = tx.send(frame);
+            return;
+        }
+        // Any other frame ends a gathered command (the caller checks it).
+        Some(_) => {}
+    }
+    let ended = pending.remove(&frame.id);
+    drop(pending);
+    match ended {
+        Some(Route::Frames(tx)) => {
+            let _ = tx.send(frame);
+        }
+        Some(Route::Output {
+            stdout,
+            stderr,
+            done,
+        }) => {
+            let _ = done.send(Reply {
+                last: frame,
+                stdout,
+                stderr,
+            });
+        }
+        None => {}
+    }
 }
 
 #[cfg(test)]
@@ -919,6 +1051,7 @@ pub(crate) mod tests {
         futures_block(AgentClient::attach(
             Box::new(stream),
             Instant::now() + Duration::from_secs(5),
+            &TaskTracker::new(),
         ))
         .unwrap()
     }
@@ -1011,6 +1144,62 @@ pub(crate) mod tests {
         assert_eq!(out.stdout.len(), 50_000_000);
     }
 
+    /// Outputs are read straight into their request's buffers: interleaved
+    /// frames of concurrent commands, stdout and stderr, each land whole in
+    /// their own call's output.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_big_outputs_land_whole_in_their_own_calls() {
+        let a = Arc::new(local_agent());
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let runs: Vec<_> = (0..4)
+            .map(|i| {
+                let (a, dir) = (a.clone(), dir.clone());
+                tokio::spawn(async move {
+                    let f = dir.path().join(format!("f{i}"));
+                    let cmd = format!(
+                        "head -c {n} /dev/urandom >{f}; cat {f}; sha256sum <{f} >&2",
+                        n = 3_000_000 + i * 131_071,
+                        f = f.display()
+                    );
+                    (i, a.execute(&cmd, T).await.unwrap())
+                })
+            })
+            .collect();
+        for r in runs {
+            let (i, out) = r.await.unwrap();
+            assert_eq!(out.stdout.len(), 3_000_000 + i * 131_071, "command {i}");
+            let sum = hex(&Sha256::digest(&out.stdout));
+            assert_eq!(out.stderr_text(), format!("{sum}  -\n"), "command {i}");
+        }
+    }
+
+    /// The reader and ack tasks run on the tracker given, and end with the
+    /// client: a run's teardown waits for them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_clients_tasks_are_tracked_and_end_with_it() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs2 = theirs.try_clone().unwrap();
+        std::thread::spawn(move || crate::agent::serve_with(theirs, theirs2, Some(wire::WINDOW)));
+        ours.set_nonblocking(true).unwrap();
+        let tasks = TaskTracker::new();
+        let a = AgentClient::attach(
+            Box::new(tokio::net::UnixStream::from_std(ours).unwrap()),
+            Instant::now() + T,
+            &tasks,
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.execute("echo hi", T).await.unwrap().stdout, b"hi\n");
+        assert_eq!(tasks.len(), 2, "the reader and the ack task");
+        tasks.close();
+        let early = tokio::time::timeout(Duration::from_millis(200), tasks.wait()).await;
+        assert!(early.is_err(), "the tasks ended while the client lives");
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the client's tasks outlived it");
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_dead_agent_fails_pending_calls_at_once() {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -1021,6 +1210,7 @@ pub(crate) mod tests {
         let a = AgentClient::attach(
             Box::new(tokio::net::UnixStream::from_std(ours).unwrap()),
             Instant::now() + Duration::from_secs(5),
+            &TaskTracker::new(),
         )
         .await
         .unwrap();
@@ -1082,6 +1272,7 @@ pub(crate) mod tests {
         let a = AgentClient::attach(
             Box::new(tokio::net::UnixStream::from_std(ours).unwrap()),
             Instant::now() + Duration::from_secs(5),
+            &TaskTracker::new(),
         )
         .await
         .unwrap();
@@ -1235,6 +1426,7 @@ pub(crate) mod tests {
             Box::new(ours),
             Instant::now() + Duration::from_secs(2),
             None,
+            &TaskTracker::new(),
         )
         .await
         else {
@@ -1317,7 +1509,7 @@ pub(crate) mod tests {
             .await
             .expect("the agent connects")
             .unwrap();
-        let a = AgentClient::attach(Box::new(socket), Instant::now() + T)
+        let a = AgentClient::attach(Box::new(socket), Instant::now() + T, &TaskTracker::new())
             .await
             .unwrap();
         assert_eq!(
@@ -1337,6 +1529,7 @@ pub(crate) mod tests {
         let a = AgentClient::attach(
             Box::new(tokio::net::UnixStream::from_std(stdio).unwrap()),
             Instant::now() + T,
+            &TaskTracker::new(),
         )
         .await
         .unwrap();

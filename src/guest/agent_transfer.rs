@@ -395,9 +395,13 @@ mod tests {
         let (far_r, far_w) = tokio::io::split(proxy_far);
         tokio::spawn(flip_frames(BufReader::new(near_r), far_w, false));
         tokio::spawn(flip_frames(BufReader::new(far_r), near_w, true));
-        AgentClient::attach(Box::new(ours), std::time::Instant::now() + T)
-            .await
-            .unwrap()
+        AgentClient::attach(
+            Box::new(ours),
+            std::time::Instant::now() + T,
+            &tokio_util::task::TaskTracker::new(),
+        )
+        .await
+        .unwrap()
     }
 
     async fn flip_frames(

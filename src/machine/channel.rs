@@ -77,7 +77,13 @@ impl Machine {
                 deadline,
                 "starting the guest agent",
                 |stream| async move {
-                    Ok(agent::bootstrap(stream, deadline, instance.agent_socket()).await)
+                    Ok(agent::bootstrap(
+                        stream,
+                        deadline,
+                        instance.agent_socket(),
+                        &self.inner.tasks,
+                    )
+                    .await)
                 },
             )
             .await?;
@@ -239,7 +245,12 @@ impl Machine {
                 instance,
                 deadline,
                 "restarting the guest agent",
-                |s| async move { Ok(agent::bootstrap(s, deadline, instance.agent_socket()).await) },
+                |s| async move {
+                    Ok(
+                        agent::bootstrap(s, deadline, instance.agent_socket(), &self.inner.tasks)
+                            .await,
+                    )
+                },
             )
             .await?
             .map_err(|f| {
