@@ -113,14 +113,14 @@ pub enum MachineError {
     },
     /// The node's backend cannot do what the call needs (the capability
     /// table, [`crate::backend::capability`], says why and what to do).
-    #[error("{message}")]
+    #[error("{}", refusal.message(method, machine))]
     Unsupported {
         /// The machine.
         machine: String,
         /// The script method.
         method: String,
-        /// The table's refusal, naming node and backend.
-        message: String,
+        /// The table's refusal: the backend, why not, what to do instead.
+        refusal: crate::backend::capability::Refusal,
     },
     /// The machine went down by itself (or by a reboot it was not started
     /// to survive) and the script has not waited for that.

@@ -189,10 +189,10 @@ impl Machine {
             return Ok(());
         };
         let backend = &self.inner.config.nodes[&self.inner.name].backend;
-        capability::support(backend, cap).map_err(|r| MachineError::Unsupported {
+        capability::support(backend, cap).map_err(|refusal| MachineError::Unsupported {
             machine: self.inner.name.clone(),
             method: method.to_owned(),
-            message: r.message(method, &self.inner.name),
+            refusal,
         })
     }
 
