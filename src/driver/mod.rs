@@ -234,42 +234,44 @@ impl Driver {
         let network = self.network.clone();
         let tasks = self.tasks.clone();
         let stop_watchers = self.stop_watchers.clone();
-        let _ = self.reporter.section("tearing down", None, false, || {
-            let task_reporter = reporter.clone();
-            let handle = self.runtime.spawn(async move {
-                let mut set = tokio::task::JoinSet::new();
-                for m in machines {
-                    set.spawn(async move { m.terminate().await });
-                }
-                while set.join_next().await.is_some() {}
-                if let Some(net) = network {
-                    net.release_switches().await;
-                }
-                // The machines are gone, so their watchers see the exits and
-                // end, and the run's own watchers are told to; what is still
-                // running after the bound is reported.
-                stop_watchers.cancel();
-                tasks.close();
-                if tokio::time::timeout(TASKS_LIMIT, tasks.wait())
-                    .await
-                    .is_err()
-                {
-                    task_reporter.log(
-                        None,
-                        format!(
-                            "{} background task(s) still running {} s after teardown",
-                            tasks.len(),
-                            TASKS_LIMIT.as_secs()
-                        ),
-                    );
-                }
+        let _ = self
+            .reporter
+            .section(None, "tearing down", None, false, |section| {
+                let task_reporter = reporter.clone();
+                let handle = self.runtime.spawn(async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for m in machines {
+                        set.spawn(async move { m.terminate().await });
+                    }
+                    while set.join_next().await.is_some() {}
+                    if let Some(net) = network {
+                        net.release_switches().await;
+                    }
+                    // The machines are gone, so their watchers see the exits and
+                    // end, and the run's own watchers are told to; what is still
+                    // running after the bound is reported.
+                    stop_watchers.cancel();
+                    tasks.close();
+                    if tokio::time::timeout(TASKS_LIMIT, tasks.wait())
+                        .await
+                        .is_err()
+                    {
+                        task_reporter.log(
+                            None,
+                            format!(
+                                "{} background task(s) still running {} s after teardown",
+                                tasks.len(),
+                                TASKS_LIMIT.as_secs()
+                            ),
+                        );
+                    }
+                });
+                let r = self.runtime.block_on(handle);
+                r.map_err(|e| {
+                    reporter.log_in(Some(section), None, format!("teardown task failed: {e}"));
+                    e
+                })
             });
-            let r = self.runtime.block_on(handle);
-            r.map_err(|e| {
-                reporter.log(None, format!("teardown task failed: {e}"));
-                e
-            })
-        });
         if let Some(dir) = self.state_dir.take() {
             let path = dir.path().to_owned();
             if let Err(e) = dir.close() {

@@ -1,13 +1,12 @@
 //! `--live-output`: the lines guest commands write, as `CommandOutput`
 //! events. [`LiveLines`] cuts the agent's chunks into lines per stream.
 
-use crate::report::{current_depth, EventKind, Reporter};
+use crate::report::{EventKind, Reporter};
 
 /// Splits one command's output chunks into lines and reports each.
 pub(super) struct LiveLines<'a> {
     reporter: &'a Reporter,
     machine: &'a str,
-    depth: usize,
     /// Partial last lines of stdout and stderr.
     partial: [Vec<u8>; 2],
 }
@@ -19,8 +18,6 @@ impl<'a> LiveLines<'a> {
         LiveLines {
             reporter,
             machine,
-            // Taken here: chunks may be handled where the section stack differs.
-            depth: current_depth(),
             partial: [Vec::new(), Vec::new()],
         }
     }
@@ -40,7 +37,9 @@ impl<'a> LiveLines<'a> {
             machine: self.machine.to_owned(),
             stream: STREAMS[i].to_owned(),
             line: String::from_utf8_lossy(line).into_owned(),
-            depth: self.depth,
+            // At the top level: the machine call does not know the
+            // script's section it runs in (it runs on a runtime worker).
+            depth: 0,
         });
     }
 }

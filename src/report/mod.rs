@@ -8,7 +8,6 @@ pub mod human;
 pub mod junit;
 pub mod progress;
 
-use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,19 +63,19 @@ struct State {
     failed_machines: Vec<String>,
 }
 
-/// An open section, as the parent of sections opened on another thread
-/// (`wait_all` runs each machine's closure on its own thread).
+/// An open section: the parent of the lines and sections reported inside
+/// it. Whoever opens sections keeps its own (the script engine keeps one
+/// stack per flow of work, see `script::flow`) and passes the parent
+/// explicitly; a line or section without one is at the top level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SectionRef {
     id: u64,
     depth: usize,
 }
 
-thread_local! {
-    /// The sections this thread opened, innermost last: the parent of the
-    /// next one this thread opens. The first entry may be a parent handed
-    /// over from another thread ([`Reporter::within`]).
-    static SECTION_STACK: RefCell<Vec<SectionRef>> = const { RefCell::new(Vec::new()) };
+/// The nesting depth of what is reported inside `parent`.
+fn depth_in(parent: Option<SectionRef>) -> usize {
+    parent.map_or(0, |p| p.depth + 1)
 }
 
 impl Reporter {
@@ -157,27 +156,38 @@ impl Reporter {
         self.live_output
     }
 
-    /// A log line, attributed to a machine or to the test.
+    /// A log line at the top level, attributed to a machine or to the test.
     pub fn log(&self, machine: Option<&str>, message: impl Into<String>) {
+        self.log_in(None, machine, message);
+    }
+
+    /// A log line inside the section `parent`.
+    pub fn log_in(
+        &self,
+        parent: Option<SectionRef>,
+        machine: Option<&str>,
+        message: impl Into<String>,
+    ) {
         self.emit(EventKind::Log {
             machine: machine.map(str::to_owned),
             message: message.into(),
-            depth: current_depth(),
+            depth: depth_in(parent),
         });
     }
 
-    /// Runs `f` inside a named section (nested in the current thread's open
-    /// section). `subtest` sections become JUnit test cases.
+    /// Runs `f` inside a named section nested in `parent`; `f` gets the new
+    /// section, the parent of what it reports. `subtest` sections become
+    /// JUnit test cases.
     pub fn section<T, E: std::fmt::Display>(
         &self,
+        parent: Option<SectionRef>,
         name: &str,
         machine: Option<&str>,
         subtest: bool,
-        f: impl FnOnce() -> Result<T, E>,
+        f: impl FnOnce(SectionRef) -> Result<T, E>,
     ) -> Result<T, E> {
         let id = self.next_section.fetch_add(1, Ordering::Relaxed);
-        let parent = current_section();
-        let depth = parent.map_or(0, |p| p.depth + 1);
+        let depth = depth_in(parent);
         self.emit(EventKind::SectionStarted {
             id,
             parent: parent.map(|p| p.id),
@@ -186,10 +196,8 @@ impl Reporter {
             subtest,
             depth,
         });
-        SECTION_STACK.with(|s| s.borrow_mut().push(SectionRef { id, depth }));
         let started = Instant::now();
-        let result = f();
-        SECTION_STACK.with(|s| s.borrow_mut().pop());
+        let result = f(SectionRef { id, depth });
         self.emit(EventKind::SectionFinished {
             id,
             name: name.to_owned(),
@@ -199,22 +207,6 @@ impl Reporter {
             duration: started.elapsed().as_secs_f64(),
             error: result.as_ref().err().map(|e| e.to_string()),
         });
-        result
-    }
-
-    /// The innermost section this thread is in, to hand to [`Reporter::within`]
-    /// on another thread.
-    pub fn current_section(&self) -> Option<SectionRef> {
-        current_section()
-    }
-
-    /// Runs `f` (on a thread of its own) with the sections it opens nested
-    /// in `parent`, the section the work was started from.
-    pub fn within<T>(&self, parent: Option<SectionRef>, f: impl FnOnce() -> T) -> T {
-        let saved = SECTION_STACK
-            .with(|s| std::mem::replace(&mut *s.borrow_mut(), parent.into_iter().collect()));
-        let result = f();
-        SECTION_STACK.with(|s| *s.borrow_mut() = saved);
         result
     }
 
@@ -255,14 +247,4 @@ fn create(path: &std::path::Path, what: &'static str) -> Result<std::fs::File, R
         path: path.to_owned(),
         reason,
     })
-}
-
-fn current_section() -> Option<SectionRef> {
-    SECTION_STACK.with(|s| s.borrow().last().copied())
-}
-
-/// Nesting depth of a line logged now on this thread: inside its innermost
-/// open section.
-pub fn current_depth() -> usize {
-    current_section().map_or(0, |p| p.depth + 1)
 }

@@ -8,9 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext};
+use rhai::{
+    Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position,
+};
 
 use super::common::{err, first_line, opts, secs, sleep_until_cancelled, timeout_of, R};
+use super::flow::Flow;
 use super::thrown::{error_text, thrown};
 use super::ScriptContext;
 use crate::backend::BackendOp;
@@ -24,14 +27,17 @@ pub const MAX_COMMANDS: usize = 16;
 /// the polling conditions that are due (as NixOS checks them before each
 /// command).
 pub(super) fn op<T: Send + 'static>(
+    nc: &NativeCallContext,
     m: &Machine,
     label: String,
     fut: impl Future<Output = Result<T, MachineError>> + Send + 'static,
 ) -> R<T> {
-    super::polling::check_due()?;
-    m.reporter()
-        .section(&label, Some(m.name()), false, || m.block_on(fut))
-        .map_err(thrown)
+    let flow = Flow::of(nc);
+    flow.check_due(nc)?;
+    flow.in_section(m.reporter(), &label, Some(m.name()), false, || {
+        m.block_on(fut)
+    })
+    .map_err(thrown)
 }
 
 fn opt_bool(opts: &Map, key: &str, default: bool) -> R<bool> {
@@ -104,74 +110,85 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
 }
 
 fn register_lifecycle(engine: &mut Engine) {
-    engine.register_fn("start", |m: &mut Machine| {
+    engine.register_fn("start", |nc: NativeCallContext, m: &mut Machine| {
         let mm = m.clone();
-        op(m, "starting".into(), async move { mm.start().await })
+        op(&nc, m, "starting".into(), async move { mm.start().await })
     });
     // NixOS `start(allow_reboot=False)`: without it, a reboot (`reboot()`
     // or from inside) ends the machine, as QEMU's -no-reboot does there.
-    engine.register_fn("start", |m: &mut Machine, o: Dynamic| {
-        let o = match o.as_bool() {
-            Ok(b) => Map::from_iter([("allow_reboot".into(), b.into())]),
-            Err(_) => opts(o)?,
-        };
-        timeout_of(&o, DEFAULT_TIMEOUT)?;
-        let allow_reboot = opt_bool(&o, "allow_reboot", false)?;
+    engine.register_fn(
+        "start",
+        |nc: NativeCallContext, m: &mut Machine, o: Dynamic| {
+            let o = match o.as_bool() {
+                Ok(b) => Map::from_iter([("allow_reboot".into(), b.into())]),
+                Err(_) => opts(o)?,
+            };
+            timeout_of(&o, DEFAULT_TIMEOUT)?;
+            let allow_reboot = opt_bool(&o, "allow_reboot", false)?;
+            let mm = m.clone();
+            op(&nc, m, "starting".into(), async move {
+                mm.start_with(allow_reboot).await
+            })
+        },
+    );
+    engine.register_fn("shutdown", |nc: NativeCallContext, m: &mut Machine| {
         let mm = m.clone();
-        op(m, "starting".into(), async move {
-            mm.start_with(allow_reboot).await
-        })
-    });
-    engine.register_fn("shutdown", |m: &mut Machine| {
-        let mm = m.clone();
-        op(m, "shutting down".into(), async move {
+        op(&nc, m, "shutting down".into(), async move {
             mm.shutdown(Duration::from_secs(300)).await
         })
     });
-    engine.register_fn("crash", |m: &mut Machine| {
+    engine.register_fn("crash", |nc: NativeCallContext, m: &mut Machine| {
         let mm = m.clone();
-        op(m, "crashing".into(), async move { mm.crash().await })
+        op(&nc, m, "crashing".into(), async move { mm.crash().await })
     });
-    engine.register_fn("reboot", |m: &mut Machine| {
+    engine.register_fn("reboot", |nc: NativeCallContext, m: &mut Machine| {
         let mm = m.clone();
-        op(m, "rebooting".into(), async move {
+        op(&nc, m, "rebooting".into(), async move {
             mm.backend_op(BackendOp::Reboot).await.map(drop)
         })
     });
-    engine.register_fn("wait_for_shutdown", |m: &mut Machine| {
-        let mm = m.clone();
-        op(
-            m,
-            "waiting for the machine to shut down".into(),
-            async move {
-                mm.wait_for_shutdown(Duration::from_secs_f64(DEFAULT_TIMEOUT))
-                    .await
-            },
-        )
-    });
+    engine.register_fn(
+        "wait_for_shutdown",
+        |nc: NativeCallContext, m: &mut Machine| {
+            let mm = m.clone();
+            op(
+                &nc,
+                m,
+                "waiting for the machine to shut down".into(),
+                async move {
+                    mm.wait_for_shutdown(Duration::from_secs_f64(DEFAULT_TIMEOUT))
+                        .await
+                },
+            )
+        },
+    );
     engine.register_fn("is_up", |m: &mut Machine| {
         m.state() == crate::machine::MachineState::Up
     });
 }
 
 fn register_commands(engine: &mut Engine) {
-    fn execute(m: &Machine, cmd: String, opts: &Map) -> R<Map> {
+    fn execute(nc: &NativeCallContext, m: &Machine, cmd: String, opts: &Map) -> R<Map> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let check_return = opt_bool(opts, "check_return", true)?;
         let check_output = opt_bool(opts, "check_output", true)?;
         let mm = m.clone();
-        let out = op(m, format!("executing `{cmd}`"), async move {
+        let out = op(nc, m, format!("executing `{cmd}`"), async move {
             mm.execute_unchecked(&cmd, check_return, check_output, t)
                 .await
         })?;
         Ok(output_map(&out))
     }
-    engine.register_fn("execute", |m: &mut Machine, c: &str| {
-        execute(m, c.into(), &Map::new())
-    });
-    engine.register_fn("execute", |m: &mut Machine, c: &str, o: Dynamic| {
-        execute(m, c.into(), &opts(o)?)
-    });
+    engine.register_fn(
+        "execute",
+        |nc: NativeCallContext, m: &mut Machine, c: &str| execute(&nc, m, c.into(), &Map::new()),
+    );
+    engine.register_fn(
+        "execute",
+        |nc: NativeCallContext, m: &mut Machine, c: &str, o: Dynamic| {
+            execute(&nc, m, c.into(), &opts(o)?)
+        },
+    );
     // NixOS `execute(command, check_return=True, check_output=True, timeout=900)`.
     fn checks(check_return: bool, check_output: bool, timeout: Dynamic) -> R<Map> {
         let mut o = opts(timeout)?;
@@ -179,20 +196,32 @@ fn register_commands(engine: &mut Engine) {
         o.insert("check_output".into(), check_output.into());
         Ok(o)
     }
-    engine.register_fn("execute", |m: &mut Machine, c: &str, r: bool| {
-        execute(m, c.into(), &checks(r, true, Dynamic::UNIT)?)
-    });
-    engine.register_fn("execute", |m: &mut Machine, c: &str, r: bool, o: bool| {
-        execute(m, c.into(), &checks(r, o, Dynamic::UNIT)?)
-    });
     engine.register_fn(
         "execute",
-        |m: &mut Machine, c: &str, r: bool, o: bool, t: Dynamic| {
-            execute(m, c.into(), &checks(r, o, t)?)
+        |nc: NativeCallContext, m: &mut Machine, c: &str, r: bool| {
+            execute(&nc, m, c.into(), &checks(r, true, Dynamic::UNIT)?)
+        },
+    );
+    engine.register_fn(
+        "execute",
+        |nc: NativeCallContext, m: &mut Machine, c: &str, r: bool, o: bool| {
+            execute(&nc, m, c.into(), &checks(r, o, Dynamic::UNIT)?)
+        },
+    );
+    engine.register_fn(
+        "execute",
+        |nc: NativeCallContext, m: &mut Machine, c: &str, r: bool, o: bool, t: Dynamic| {
+            execute(&nc, m, c.into(), &checks(r, o, t)?)
         },
     );
 
-    fn succeed(m: &Machine, cmds: Vec<String>, opts: &Map, expect_success: bool) -> R<String> {
+    fn succeed(
+        nc: &NativeCallContext,
+        m: &Machine,
+        cmds: Vec<String>,
+        opts: &Map,
+        expect_success: bool,
+    ) -> R<String> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
         let verb = if expect_success {
@@ -200,7 +229,7 @@ fn register_commands(engine: &mut Engine) {
         } else {
             "must fail"
         };
-        op(m, format!("{verb}: {}", cmds.join("; ")), async move {
+        op(nc, m, format!("{verb}: {}", cmds.join("; ")), async move {
             if expect_success {
                 mm.succeed(&cmds, t).await
             } else {
@@ -218,7 +247,7 @@ fn register_commands(engine: &mut Engine) {
                 if with_opts {
                     types.push(TypeId::of::<Map>());
                 }
-                engine.register_raw_fn(name, types, move |_, args| {
+                engine.register_raw_fn(name, types, move |nc, args| {
                     let m = args[0].clone_cast::<Machine>();
                     let cmds: Vec<String> = args[1..=n]
                         .iter()
@@ -229,26 +258,38 @@ fn register_commands(engine: &mut Engine) {
                     } else {
                         Map::new()
                     };
-                    succeed(&m, cmds, &opts, ok)
+                    succeed(&nc, &m, cmds, &opts, ok)
                 });
             }
         }
-        engine.register_fn(name, move |m: &mut Machine, a: Array| {
-            succeed(m, strings(&a)?, &Map::new(), ok)
-        });
-        engine.register_fn(name, move |m: &mut Machine, a: Array, o: Map| {
-            succeed(m, strings(&a)?, &o, ok)
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, a: Array| {
+                succeed(&nc, m, strings(&a)?, &Map::new(), ok)
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, a: Array, o: Map| {
+                succeed(&nc, m, strings(&a)?, &o, ok)
+            },
+        );
     }
 
-    fn wait_until(m: &Machine, cmd: String, opts: &Map, succeeds: bool) -> R<String> {
+    fn wait_until(
+        nc: &NativeCallContext,
+        m: &Machine,
+        cmd: String,
+        opts: &Map,
+        succeeds: bool,
+    ) -> R<String> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
         let label = format!(
             "waiting for `{cmd}` to {}",
             if succeeds { "succeed" } else { "fail" }
         );
-        op(m, label, async move {
+        op(nc, m, label, async move {
             if succeeds {
                 mm.wait_until_succeeds(&cmd, t).await
             } else {
@@ -257,23 +298,38 @@ fn register_commands(engine: &mut Engine) {
         })
     }
     for (name, s) in [("wait_until_succeeds", true), ("wait_until_fails", false)] {
-        engine.register_fn(name, move |m: &mut Machine, c: &str| {
-            wait_until(m, c.into(), &Map::new(), s)
-        });
-        engine.register_fn(name, move |m: &mut Machine, c: &str, o: Dynamic| {
-            wait_until(m, c.into(), &opts(o)?, s)
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, c: &str| {
+                wait_until(&nc, m, c.into(), &Map::new(), s)
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, c: &str, o: Dynamic| {
+                wait_until(&nc, m, c.into(), &opts(o)?, s)
+            },
+        );
     }
 
-    engine.register_fn("sleep", |m: &mut Machine, s: Dynamic| {
-        let d = secs(&s, "sleep")?;
-        m.reporter()
-            .log(Some(m.name()), format!("sleeping {d} seconds"));
-        sleep_cancellable(m, d)
-    });
-    engine.register_fn("log", |m: &mut Machine, msg: &str| {
-        m.reporter().log(Some(m.name()), msg)
-    });
+    engine.register_fn(
+        "sleep",
+        |nc: NativeCallContext, m: &mut Machine, s: Dynamic| {
+            let d = secs(&s, "sleep")?;
+            Flow::of(&nc).log(
+                m.reporter(),
+                Some(m.name()),
+                format!("sleeping {d} seconds"),
+            );
+            sleep_cancellable(m, d)
+        },
+    );
+    engine.register_fn(
+        "log",
+        |nc: NativeCallContext, m: &mut Machine, msg: &str| {
+            Flow::of(&nc).log(m.reporter(), Some(m.name()), msg)
+        },
+    );
 }
 
 fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
@@ -289,7 +345,7 @@ fn sleep_cancellable(m: &Machine, seconds: f64) -> R<()> {
 }
 
 fn register_waits(engine: &mut Engine) {
-    fn port(m: &Machine, port: Dynamic, opts: &Map, open: bool) -> R<()> {
+    fn port(nc: &NativeCallContext, m: &Machine, port: Dynamic, opts: &Map, open: bool) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let port: u16 = number_arg(&port, "port")?;
         let addr = opt_str(opts, "addr").unwrap_or_else(|| "localhost".into());
@@ -298,7 +354,7 @@ fn register_waits(engine: &mut Engine) {
             "waiting for TCP port {port} on {addr} to be {}",
             if open { "open" } else { "closed" }
         );
-        op(m, label, async move {
+        op(nc, m, label, async move {
             mm.wait_for_port(port, &addr, open, t).await
         })
     }
@@ -306,154 +362,207 @@ fn register_waits(engine: &mut Engine) {
         ("wait_for_open_port", true),
         ("wait_for_closed_port", false),
     ] {
-        engine.register_fn(name, move |m: &mut Machine, p: Dynamic| {
-            port(m, p, &Map::new(), open)
-        });
-        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, o: Dynamic| {
-            port(m, p, &opts(o)?, open)
-        });
-        engine.register_fn(name, move |m: &mut Machine, p: Dynamic, addr: &str| {
-            let mut o = Map::new();
-            o.insert("addr".into(), addr.into());
-            port(m, p, &o, open)
-        });
         engine.register_fn(
             name,
-            move |m: &mut Machine, p: Dynamic, addr: &str, o: Dynamic| {
+            move |nc: NativeCallContext, m: &mut Machine, p: Dynamic| {
+                port(&nc, m, p, &Map::new(), open)
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, p: Dynamic, o: Dynamic| {
+                port(&nc, m, p, &opts(o)?, open)
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, p: Dynamic, addr: &str| {
+                let mut o = Map::new();
+                o.insert("addr".into(), addr.into());
+                port(&nc, m, p, &o, open)
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, p: Dynamic, addr: &str, o: Dynamic| {
                 let mut o = opts(o)?;
                 o.insert("addr".into(), addr.into());
-                port(m, p, &o, open)
+                port(&nc, m, p, &o, open)
             },
         );
     }
 
-    fn unix_socket(m: &Machine, path: String, opts: &Map) -> R<()> {
+    fn unix_socket(nc: &NativeCallContext, m: &Machine, path: String, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let dgram = opts
             .get("is_datagram")
             .and_then(|v| v.as_bool().ok())
             .unwrap_or(false);
         let mm = m.clone();
-        op(m, format!("waiting for unix socket {path}"), async move {
-            mm.wait_for_open_unix_socket(&path, dgram, t).await
-        })
+        op(
+            nc,
+            m,
+            format!("waiting for unix socket {path}"),
+            async move { mm.wait_for_open_unix_socket(&path, dgram, t).await },
+        )
     }
-    engine.register_fn("wait_for_open_unix_socket", |m: &mut Machine, p: &str| {
-        unix_socket(m, p.into(), &Map::new())
-    });
     engine.register_fn(
         "wait_for_open_unix_socket",
-        |m: &mut Machine, p: &str, o: Dynamic| unix_socket(m, p.into(), &opts(o)?),
+        |nc: NativeCallContext, m: &mut Machine, p: &str| {
+            unix_socket(&nc, m, p.into(), &Map::new())
+        },
+    );
+    engine.register_fn(
+        "wait_for_open_unix_socket",
+        |nc: NativeCallContext, m: &mut Machine, p: &str, o: Dynamic| {
+            unix_socket(&nc, m, p.into(), &opts(o)?)
+        },
     );
     // NixOS `wait_for_open_unix_socket(addr, is_datagram=False, timeout=900)`.
     engine.register_fn(
         "wait_for_open_unix_socket",
-        |m: &mut Machine, p: &str, dgram: bool| {
+        |nc: NativeCallContext, m: &mut Machine, p: &str, dgram: bool| {
             let o = Map::from_iter([("is_datagram".into(), dgram.into())]);
-            unix_socket(m, p.into(), &o)
+            unix_socket(&nc, m, p.into(), &o)
         },
     );
     engine.register_fn(
         "wait_for_open_unix_socket",
-        |m: &mut Machine, p: &str, dgram: bool, t: Dynamic| {
+        |nc: NativeCallContext, m: &mut Machine, p: &str, dgram: bool, t: Dynamic| {
             let mut o = opts(t)?;
             o.insert("is_datagram".into(), dgram.into());
-            unix_socket(m, p.into(), &o)
+            unix_socket(&nc, m, p.into(), &o)
         },
     );
 
-    fn file(m: &Machine, path: String, opts: &Map) -> R<()> {
+    fn file(nc: &NativeCallContext, m: &Machine, path: String, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
-        op(m, format!("waiting for file {path}"), async move {
+        op(nc, m, format!("waiting for file {path}"), async move {
             mm.wait_for_file(&path, t).await
         })
     }
-    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str| {
-        file(m, p.into(), &Map::new())
-    });
-    engine.register_fn("wait_for_file", |m: &mut Machine, p: &str, o: Dynamic| {
-        file(m, p.into(), &opts(o)?)
-    });
+    engine.register_fn(
+        "wait_for_file",
+        |nc: NativeCallContext, m: &mut Machine, p: &str| file(&nc, m, p.into(), &Map::new()),
+    );
+    engine.register_fn(
+        "wait_for_file",
+        |nc: NativeCallContext, m: &mut Machine, p: &str, o: Dynamic| {
+            file(&nc, m, p.into(), &opts(o)?)
+        },
+    );
 
-    fn console(m: &Machine, re: String, opts: &Map) -> R<String> {
+    fn console(nc: &NativeCallContext, m: &Machine, re: String, opts: &Map) -> R<String> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
         op(
+            nc,
             m,
             format!("waiting for {re:?} on the console"),
             async move { mm.wait_for_console_text(&re, t).await },
         )
     }
-    engine.register_fn("wait_for_console_text", |m: &mut Machine, r: &str| {
-        console(m, r.into(), &Map::new())
-    });
     engine.register_fn(
         "wait_for_console_text",
-        |m: &mut Machine, r: &str, o: Dynamic| console(m, r.into(), &opts(o)?),
+        |nc: NativeCallContext, m: &mut Machine, r: &str| console(&nc, m, r.into(), &Map::new()),
+    );
+    engine.register_fn(
+        "wait_for_console_text",
+        |nc: NativeCallContext, m: &mut Machine, r: &str, o: Dynamic| {
+            console(&nc, m, r.into(), &opts(o)?)
+        },
     );
     engine.register_fn("get_console_log", |m: &mut Machine| m.console().text());
 }
 
 fn register_systemd(engine: &mut Engine) {
-    fn unit(m: &Machine, unit: String, opts: &Map) -> R<()> {
+    fn unit(nc: &NativeCallContext, m: &Machine, unit: String, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let user = opt_str(opts, "user");
         let mm = m.clone();
-        op(m, format!("waiting for unit {unit}"), async move {
+        op(nc, m, format!("waiting for unit {unit}"), async move {
             mm.wait_for_unit(&unit, user.as_deref(), t).await
         })
     }
-    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str| {
-        unit(m, u.into(), &Map::new())
-    });
-    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, o: Dynamic| {
-        unit(m, u.into(), &opts(o)?)
-    });
-    engine.register_fn("wait_for_unit", |m: &mut Machine, u: &str, user: &str| {
-        let mut o = Map::new();
-        o.insert("user".into(), user.into());
-        unit(m, u.into(), &o)
-    });
     engine.register_fn(
         "wait_for_unit",
-        |m: &mut Machine, u: &str, user: &str, o: Dynamic| {
+        |nc: NativeCallContext, m: &mut Machine, u: &str| unit(&nc, m, u.into(), &Map::new()),
+    );
+    engine.register_fn(
+        "wait_for_unit",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, o: Dynamic| {
+            unit(&nc, m, u.into(), &opts(o)?)
+        },
+    );
+    engine.register_fn(
+        "wait_for_unit",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, user: &str| {
+            let mut o = Map::new();
+            o.insert("user".into(), user.into());
+            unit(&nc, m, u.into(), &o)
+        },
+    );
+    engine.register_fn(
+        "wait_for_unit",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, user: &str, o: Dynamic| {
             let mut o = opts(o)?;
             o.insert("user".into(), user.into());
-            unit(m, u.into(), &o)
+            unit(&nc, m, u.into(), &o)
         },
     );
 
-    fn systemctl(m: &Machine, args: String, user: Option<String>) -> R<Map> {
+    fn systemctl(
+        nc: &NativeCallContext,
+        m: &Machine,
+        args: String,
+        user: Option<String>,
+    ) -> R<Map> {
         let mm = m.clone();
-        let out = op(m, format!("systemctl {args}"), async move {
+        let out = op(nc, m, format!("systemctl {args}"), async move {
             mm.systemctl(&args, user.as_deref()).await
         })?;
         Ok(output_map(&out))
     }
-    engine.register_fn("systemctl", |m: &mut Machine, a: &str| {
-        systemctl(m, a.into(), None)
-    });
-    engine.register_fn("systemctl", |m: &mut Machine, a: &str, u: &str| {
-        systemctl(m, a.into(), Some(u.into()))
-    });
+    engine.register_fn(
+        "systemctl",
+        |nc: NativeCallContext, m: &mut Machine, a: &str| systemctl(&nc, m, a.into(), None),
+    );
+    engine.register_fn(
+        "systemctl",
+        |nc: NativeCallContext, m: &mut Machine, a: &str, u: &str| {
+            systemctl(&nc, m, a.into(), Some(u.into()))
+        },
+    );
     for (name, verb) in [("start_job", "start"), ("stop_job", "stop")] {
-        engine.register_fn(name, move |m: &mut Machine, unit: &str| {
-            systemctl(m, format!("{verb} {}", crate::shell::quote(unit)), None)
-        });
-        engine.register_fn(name, move |m: &mut Machine, unit: &str, u: &str| {
-            systemctl(
-                m,
-                format!("{verb} {}", crate::shell::quote(unit)),
-                Some(u.into()),
-            )
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, unit: &str| {
+                systemctl(
+                    &nc,
+                    m,
+                    format!("{verb} {}", crate::shell::quote(unit)),
+                    None,
+                )
+            },
+        );
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, unit: &str, u: &str| {
+                systemctl(
+                    &nc,
+                    m,
+                    format!("{verb} {}", crate::shell::quote(unit)),
+                    Some(u.into()),
+                )
+            },
+        );
     }
 
-    fn info(m: &Machine, unit: String, user: Option<String>) -> R<Map> {
+    fn info(nc: &NativeCallContext, m: &Machine, unit: String, user: Option<String>) -> R<Map> {
         let mm = m.clone();
         let props: BTreeMap<String, String> =
-            op(m, format!("getting info of unit {unit}"), async move {
+            op(nc, m, format!("getting info of unit {unit}"), async move {
                 mm.get_unit_info(&unit, user.as_deref()).await
             })?;
         Ok(props
@@ -461,105 +570,158 @@ fn register_systemd(engine: &mut Engine) {
             .map(|(k, v)| (k.into(), v.into()))
             .collect())
     }
-    engine.register_fn("get_unit_info", |m: &mut Machine, u: &str| {
-        info(m, u.into(), None)
-    });
-    engine.register_fn("get_unit_info", |m: &mut Machine, u: &str, user: &str| {
-        info(m, u.into(), Some(user.into()))
-    });
-
-    fn property(m: &Machine, unit: String, prop: String, user: Option<String>) -> R<String> {
-        let mm = m.clone();
-        op(m, format!("getting {prop} of unit {unit}"), async move {
-            mm.get_unit_property(&unit, &prop, user.as_deref()).await
-        })
-    }
-    engine.register_fn("get_unit_property", |m: &mut Machine, u: &str, p: &str| {
-        property(m, u.into(), p.into(), None)
-    });
     engine.register_fn(
-        "get_unit_property",
-        |m: &mut Machine, u: &str, p: &str, user: &str| {
-            property(m, u.into(), p.into(), Some(user.into()))
+        "get_unit_info",
+        |nc: NativeCallContext, m: &mut Machine, u: &str| info(&nc, m, u.into(), None),
+    );
+    engine.register_fn(
+        "get_unit_info",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, user: &str| {
+            info(&nc, m, u.into(), Some(user.into()))
         },
     );
 
-    fn require(m: &Machine, unit: String, state: String, user: Option<String>) -> R<()> {
+    fn property(
+        nc: &NativeCallContext,
+        m: &Machine,
+        unit: String,
+        prop: String,
+        user: Option<String>,
+    ) -> R<String> {
         let mm = m.clone();
         op(
+            nc,
+            m,
+            format!("getting {prop} of unit {unit}"),
+            async move { mm.get_unit_property(&unit, &prop, user.as_deref()).await },
+        )
+    }
+    engine.register_fn(
+        "get_unit_property",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, p: &str| {
+            property(&nc, m, u.into(), p.into(), None)
+        },
+    );
+    engine.register_fn(
+        "get_unit_property",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, p: &str, user: &str| {
+            property(&nc, m, u.into(), p.into(), Some(user.into()))
+        },
+    );
+
+    fn require(
+        nc: &NativeCallContext,
+        m: &Machine,
+        unit: String,
+        state: String,
+        user: Option<String>,
+    ) -> R<()> {
+        let mm = m.clone();
+        op(
+            nc,
             m,
             format!("checking that unit {unit} is {state}"),
             async move { mm.require_unit_state(&unit, &state, user.as_deref()).await },
         )
     }
-    engine.register_fn("require_unit_state", |m: &mut Machine, u: &str| {
-        require(m, u.into(), "active".into(), None)
-    });
-    engine.register_fn("require_unit_state", |m: &mut Machine, u: &str, s: &str| {
-        require(m, u.into(), s.into(), None)
-    });
     engine.register_fn(
         "require_unit_state",
-        |m: &mut Machine, u: &str, s: &str, user: &str| {
-            require(m, u.into(), s.into(), Some(user.into()))
+        |nc: NativeCallContext, m: &mut Machine, u: &str| {
+            require(&nc, m, u.into(), "active".into(), None)
+        },
+    );
+    engine.register_fn(
+        "require_unit_state",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, s: &str| {
+            require(&nc, m, u.into(), s.into(), None)
+        },
+    );
+    engine.register_fn(
+        "require_unit_state",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, s: &str, user: &str| {
+            require(&nc, m, u.into(), s.into(), Some(user.into()))
         },
     );
 
-    fn journal(m: &Machine, unit: Option<String>, lines: i64) -> R<String> {
+    fn journal(nc: &NativeCallContext, m: &Machine, unit: Option<String>, lines: i64) -> R<String> {
         let mm = m.clone();
         let lines = u32::try_from(lines).map_err(|_| err("lines must be positive"))?;
-        op(m, "reading the journal".into(), async move {
+        op(nc, m, "reading the journal".into(), async move {
             mm.journal(unit.as_deref(), lines).await
         })
     }
-    engine.register_fn("journal", |m: &mut Machine| journal(m, None, 30));
-    engine.register_fn("journal", |m: &mut Machine, u: &str| {
-        journal(m, Some(u.into()), 30)
+    engine.register_fn("journal", |nc: NativeCallContext, m: &mut Machine| {
+        journal(&nc, m, None, 30)
     });
-    engine.register_fn("journal", |m: &mut Machine, u: &str, n: i64| {
-        journal(m, Some(u.into()), n)
-    });
-    engine.register_fn("journal", |m: &mut Machine, o: Map| {
-        let lines = o.get("lines").and_then(|v| v.as_int().ok()).unwrap_or(30);
-        journal(m, opt_str(&o, "unit"), lines)
-    });
+    engine.register_fn(
+        "journal",
+        |nc: NativeCallContext, m: &mut Machine, u: &str| journal(&nc, m, Some(u.into()), 30),
+    );
+    engine.register_fn(
+        "journal",
+        |nc: NativeCallContext, m: &mut Machine, u: &str, n: i64| {
+            journal(&nc, m, Some(u.into()), n)
+        },
+    );
+    engine.register_fn(
+        "journal",
+        |nc: NativeCallContext, m: &mut Machine, o: Map| {
+            let lines = o.get("lines").and_then(|v| v.as_int().ok()).unwrap_or(30);
+            journal(&nc, m, opt_str(&o, "unit"), lines)
+        },
+    );
 }
 
 fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     let base = ctx.base_dir.clone();
     for name in ["copy_from_host", "copy_from_host_via_shell"] {
         let base = base.clone();
-        engine.register_fn(name, move |m: &mut Machine, src: &str, dst: &str| {
-            let mm = m.clone();
-            let src = base.join(src);
-            let dst = dst.to_owned();
-            op(
-                m,
-                format!("copying {} to {dst}", src.display()),
-                async move { mm.copy_from_host(&src, &dst).await },
-            )
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, src: &str, dst: &str| {
+                let mm = m.clone();
+                let src = base.join(src);
+                let dst = dst.to_owned();
+                op(
+                    &nc,
+                    m,
+                    format!("copying {} to {dst}", src.display()),
+                    async move { mm.copy_from_host(&src, &dst).await },
+                )
+            },
+        );
     }
     let out_dir = std::env::var_os("out")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| ctx.base_dir.clone());
     let shots_dir = out_dir.clone();
-    engine.register_fn("guest_screenshot", move |m: &mut Machine, dst: &str| {
-        let mm = m.clone();
-        let dst = shots_dir.join(dst);
-        op(
-            m,
-            format!("taking a screenshot inside the guest to {}", dst.display()),
-            async move { mm.guest_screenshot(&dst).await },
-        )
-    });
+    engine.register_fn(
+        "guest_screenshot",
+        move |nc: NativeCallContext, m: &mut Machine, dst: &str| {
+            let mm = m.clone();
+            let dst = shots_dir.join(dst);
+            op(
+                &nc,
+                m,
+                format!("taking a screenshot inside the guest to {}", dst.display()),
+                async move { mm.guest_screenshot(&dst).await },
+            )
+        },
+    );
     // NixOS: copy_from_vm(source, target_dir = "") puts the file at
     // $out/target_dir/<basename of source>.
-    fn copy_from_vm(m: &Machine, out_dir: &std::path::Path, src: &str, dir: &str) -> R<()> {
+    fn copy_from_vm(
+        nc: &NativeCallContext,
+        m: &Machine,
+        out_dir: &std::path::Path,
+        src: &str,
+        dir: &str,
+    ) -> R<()> {
         let mm = m.clone();
         let dst = crate::machine::copy_from_vm_target(out_dir, src, dir);
         let src = src.to_owned();
         op(
+            nc,
             m,
             format!("copying {src} to {}", dst.display()),
             async move { mm.copy_from_machine(&src, &dst).await },
@@ -567,28 +729,34 @@ fn register_files(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     }
     for name in ["copy_from_machine", "copy_from_vm"] {
         let out = out_dir.clone();
-        engine.register_fn(name, move |m: &mut Machine, src: &str| {
-            copy_from_vm(m, &out, src, "")
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, src: &str| {
+                copy_from_vm(&nc, m, &out, src, "")
+            },
+        );
         let out = out_dir.clone();
-        engine.register_fn(name, move |m: &mut Machine, src: &str, dir: &str| {
-            copy_from_vm(m, &out, src, dir)
-        });
+        engine.register_fn(
+            name,
+            move |nc: NativeCallContext, m: &mut Machine, src: &str, dir: &str| {
+                copy_from_vm(&nc, m, &out, src, dir)
+            },
+        );
     }
 }
 
 /// Runs a backend operation as a log section named after it.
-pub(super) fn backend(m: &Machine, o: BackendOp) -> R<String> {
+pub(super) fn backend(nc: &NativeCallContext, m: &Machine, o: BackendOp) -> R<String> {
     let mm = m.clone();
-    op(m, o.name().replace('_', " "), async move {
+    op(nc, m, o.name().replace('_', " "), async move {
         mm.backend_op(o).await
     })
 }
 
 /// The screen's text by OCR: the raw reading, then (with `variants`) the
 /// preprocessed variants' (NixOS `get_screen_text_variants`).
-pub(super) fn screen_texts(m: &Machine, variants: bool) -> R<Vec<String>> {
-    let json = backend(m, BackendOp::ScreenText { variants })?;
+pub(super) fn screen_texts(nc: &NativeCallContext, m: &Machine, variants: bool) -> R<Vec<String>> {
+    let json = backend(nc, m, BackendOp::ScreenText { variants })?;
     let texts: Vec<String> = serde_json::from_str(&json)
         .map_err(|e| err(format!("{}: bad OCR result {json}: {e}", m.name())))?;
     if texts.is_empty() {
@@ -598,18 +766,27 @@ pub(super) fn screen_texts(m: &Machine, variants: bool) -> R<Vec<String>> {
 }
 
 fn register_backend_ops(engine: &mut Engine) {
-    engine.register_fn("screenshot", |m: &mut Machine, p: &str| {
-        backend(m, BackendOp::Screenshot(p.into())).map(drop)
-    });
+    engine.register_fn(
+        "screenshot",
+        |nc: NativeCallContext, m: &mut Machine, p: &str| {
+            backend(&nc, m, BackendOp::Screenshot(p.into())).map(drop)
+        },
+    );
     // NixOS `send_key(key, delay=0.01, log=True)`, `send_chars(chars,
     // delay=0.01)`: the delay (seconds, or `()` for none) follows each key.
-    fn send_key(m: &Machine, key: &str, delay: &Dynamic, log: bool) -> R<()> {
+    fn send_key(
+        nc: &NativeCallContext,
+        m: &Machine,
+        key: &str,
+        delay: &Dynamic,
+        log: bool,
+    ) -> R<()> {
         let delay = delay_of(delay)?;
         let mm = m.clone();
         let o = BackendOp::SendKey(key.into());
         let send = async move { mm.backend_op(o).await };
         if log {
-            op(m, format!("sending key {key:?}"), send)?;
+            op(nc, m, format!("sending key {key:?}"), send)?;
         } else {
             m.block_on(send).map_err(thrown)?;
         }
@@ -622,25 +799,33 @@ fn register_backend_ops(engine: &mut Engine) {
             secs(d, "delay")
         }
     }
-    engine.register_fn("send_key", |m: &mut Machine, k: &str| {
-        send_key(m, k, &Dynamic::from_float(0.01), true)
-    });
-    engine.register_fn("send_key", |m: &mut Machine, k: &str, d: Dynamic| {
-        send_key(m, k, &d, true)
-    });
     engine.register_fn(
         "send_key",
-        |m: &mut Machine, k: &str, d: Dynamic, log: bool| send_key(m, k, &d, log),
+        |nc: NativeCallContext, m: &mut Machine, k: &str| {
+            send_key(&nc, m, k, &Dynamic::from_float(0.01), true)
+        },
     );
-    engine.register_fn("send_chars", |m: &mut Machine, s: &str| {
-        backend(m, BackendOp::SendChars(s.into())).map(drop)
-    });
+    engine.register_fn(
+        "send_key",
+        |nc: NativeCallContext, m: &mut Machine, k: &str, d: Dynamic| send_key(&nc, m, k, &d, true),
+    );
+    engine.register_fn(
+        "send_key",
+        |nc: NativeCallContext, m: &mut Machine, k: &str, d: Dynamic, log: bool| {
+            send_key(&nc, m, k, &d, log)
+        },
+    );
     engine.register_fn(
         "send_chars",
-        |m: &mut Machine, s: &str, d: Dynamic| -> R<()> {
+        |nc: NativeCallContext, m: &mut Machine, s: &str| {
+            backend(&nc, m, BackendOp::SendChars(s.into())).map(drop)
+        },
+    );
+    engine.register_fn(
+        "send_chars",
+        |nc: NativeCallContext, m: &mut Machine, s: &str, d: Dynamic| -> R<()> {
             let delay = delay_of(&d)?;
-            m.reporter()
-                .log(Some(m.name()), format!("sending keys {s:?}"));
+            Flow::of(&nc).log(m.reporter(), Some(m.name()), format!("sending keys {s:?}"));
             for c in s.chars() {
                 let mm = m.clone();
                 let o = BackendOp::SendChars(c.to_string());
@@ -651,42 +836,59 @@ fn register_backend_ops(engine: &mut Engine) {
             Ok(())
         },
     );
-    engine.register_fn("send_console", |m: &mut Machine, s: &str| {
-        backend(m, BackendOp::SendConsole(s.into())).map(drop)
+    engine.register_fn(
+        "send_console",
+        |nc: NativeCallContext, m: &mut Machine, s: &str| {
+            backend(&nc, m, BackendOp::SendConsole(s.into())).map(drop)
+        },
+    );
+    engine.register_fn("block", |nc: NativeCallContext, m: &mut Machine| {
+        backend(&nc, m, BackendOp::Block).map(drop)
     });
-    engine.register_fn("block", |m: &mut Machine| {
-        backend(m, BackendOp::Block).map(drop)
-    });
-    engine.register_fn("unblock", |m: &mut Machine| {
-        backend(m, BackendOp::Unblock).map(drop)
+    engine.register_fn("unblock", |nc: NativeCallContext, m: &mut Machine| {
+        backend(&nc, m, BackendOp::Unblock).map(drop)
     });
     // NixOS `forward_port(host_port=8080, guest_port=80)`.
-    fn forward_port(m: &Machine, host: &Dynamic, guest: &Dynamic) -> R<()> {
+    fn forward_port(nc: &NativeCallContext, m: &Machine, host: &Dynamic, guest: &Dynamic) -> R<()> {
         let host: u16 = number_arg(host, "host port")?;
         let guest: u16 = number_arg(guest, "guest port")?;
-        backend(m, BackendOp::ForwardPort { host, guest }).map(drop)
+        backend(nc, m, BackendOp::ForwardPort { host, guest }).map(drop)
     }
-    engine.register_fn("forward_port", |m: &mut Machine| {
-        forward_port(m, &Dynamic::from_int(8080), &Dynamic::from_int(80))
-    });
-    engine.register_fn("forward_port", |m: &mut Machine, host: Dynamic| {
-        forward_port(m, &host, &Dynamic::from_int(80))
+    engine.register_fn("forward_port", |nc: NativeCallContext, m: &mut Machine| {
+        forward_port(&nc, m, &Dynamic::from_int(8080), &Dynamic::from_int(80))
     });
     engine.register_fn(
         "forward_port",
-        |m: &mut Machine, host: Dynamic, guest: Dynamic| forward_port(m, &host, &guest),
+        |nc: NativeCallContext, m: &mut Machine, host: Dynamic| {
+            forward_port(&nc, m, &host, &Dynamic::from_int(80))
+        },
     );
-    engine.register_fn("snapshot_create", |m: &mut Machine, d: &str| {
-        backend(m, BackendOp::SnapshotCreate(d.into())).map(drop)
-    });
-    engine.register_fn("snapshot_restore", |m: &mut Machine, d: &str| {
-        backend(m, BackendOp::SnapshotRestore(d.into())).map(drop)
-    });
+    engine.register_fn(
+        "forward_port",
+        |nc: NativeCallContext, m: &mut Machine, host: Dynamic, guest: Dynamic| {
+            forward_port(&nc, m, &host, &guest)
+        },
+    );
+    engine.register_fn(
+        "snapshot_create",
+        |nc: NativeCallContext, m: &mut Machine, d: &str| {
+            backend(&nc, m, BackendOp::SnapshotCreate(d.into())).map(drop)
+        },
+    );
+    engine.register_fn(
+        "snapshot_restore",
+        |nc: NativeCallContext, m: &mut Machine, d: &str| {
+            backend(&nc, m, BackendOp::SnapshotRestore(d.into())).map(drop)
+        },
+    );
     // NixOS: the raw screenshot's reading.
-    engine.register_fn("get_screen_text", |m: &mut Machine| -> R<String> {
-        Ok(screen_texts(m, false)?.swap_remove(0))
-    });
-    fn wait_for_text(m: &Machine, re: &str, opts: &Map) -> R<()> {
+    engine.register_fn(
+        "get_screen_text",
+        |nc: NativeCallContext, m: &mut Machine| -> R<String> {
+            Ok(screen_texts(&nc, m, false)?.swap_remove(0))
+        },
+    );
+    fn wait_for_text(nc: &NativeCallContext, m: &Machine, re: &str, opts: &Map) -> R<()> {
         m.require("wait_for_text").map_err(thrown)?;
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let re =
@@ -694,7 +896,7 @@ fn register_backend_ops(engine: &mut Engine) {
         let deadline = Instant::now() + t;
         loop {
             // NixOS: any of the variants may match.
-            let texts = screen_texts(m, true)?;
+            let texts = screen_texts(nc, m, true)?;
             if texts.iter().any(|t| re.is_match(t)) {
                 return Ok(());
             }
@@ -710,19 +912,23 @@ fn register_backend_ops(engine: &mut Engine) {
             sleep_cancellable(m, 1.0)?;
         }
     }
-    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str| {
-        wait_for_text(m, r, &Map::new())
-    });
-    engine.register_fn("wait_for_text", |m: &mut Machine, r: &str, o: Dynamic| {
-        wait_for_text(m, r, &opts(o)?)
-    });
+    engine.register_fn(
+        "wait_for_text",
+        |nc: NativeCallContext, m: &mut Machine, r: &str| wait_for_text(&nc, m, r, &Map::new()),
+    );
+    engine.register_fn(
+        "wait_for_text",
+        |nc: NativeCallContext, m: &mut Machine, r: &str, o: Dynamic| {
+            wait_for_text(&nc, m, r, &opts(o)?)
+        },
+    );
 
     // Virtual terminals and X are read through the guest, as the NixOS driver does.
-    fn tty_text(m: &Machine, tty: &Dynamic, method: &str) -> R<String> {
+    fn tty_text(nc: &NativeCallContext, m: &Machine, tty: &Dynamic, method: &str) -> R<String> {
         m.require(method).map_err(thrown)?;
         let tty: u32 = number_arg(tty, "tty")?;
         let mm = m.clone();
-        op(m, format!("reading tty{tty}"), async move {
+        op(nc, m, format!("reading tty{tty}"), async move {
             mm.succeed(
                 &[format!(
                     "fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
@@ -732,28 +938,45 @@ fn register_backend_ops(engine: &mut Engine) {
             .await
         })
     }
-    engine.register_fn("get_tty_text", |m: &mut Machine, tty: Dynamic| {
-        tty_text(m, &tty, "get_tty_text")
-    });
-    engine.register_fn("dump_tty_contents", |m: &mut Machine, tty: Dynamic| {
-        m.require("dump_tty_contents").map_err(thrown)?;
-        let tty: u32 = number_arg(&tty, "tty")?;
-        let mm = m.clone();
-        op(m, format!("dumping tty{tty} to the journal"), async move {
-            mm.execute(
-                &format!("fold -w 80 /dev/vcs{tty} | systemd-cat"),
-                Duration::from_secs_f64(DEFAULT_TIMEOUT),
+    engine.register_fn(
+        "get_tty_text",
+        |nc: NativeCallContext, m: &mut Machine, tty: Dynamic| {
+            tty_text(&nc, m, &tty, "get_tty_text")
+        },
+    );
+    engine.register_fn(
+        "dump_tty_contents",
+        |nc: NativeCallContext, m: &mut Machine, tty: Dynamic| {
+            m.require("dump_tty_contents").map_err(thrown)?;
+            let tty: u32 = number_arg(&tty, "tty")?;
+            let mm = m.clone();
+            op(
+                &nc,
+                m,
+                format!("dumping tty{tty} to the journal"),
+                async move {
+                    mm.execute(
+                        &format!("fold -w 80 /dev/vcs{tty} | systemd-cat"),
+                        Duration::from_secs_f64(DEFAULT_TIMEOUT),
+                    )
+                    .await
+                    .map(drop)
+                },
             )
-            .await
-            .map(drop)
-        })
-    });
-    fn tty_matches(m: &Machine, tty: Dynamic, re: &str, opts: &Map) -> R<()> {
+        },
+    );
+    fn tty_matches(
+        nc: &NativeCallContext,
+        m: &Machine,
+        tty: Dynamic,
+        re: &str,
+        opts: &Map,
+    ) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let re = regex::Regex::new(re).map_err(|e| err(format!("bad regex: {e}")))?;
         let deadline = Instant::now() + t;
         loop {
-            let text = tty_text(m, &tty, "wait_until_tty_matches")?;
+            let text = tty_text(nc, m, &tty, "wait_until_tty_matches")?;
             if re.is_match(&text) {
                 return Ok(());
             }
@@ -769,16 +992,20 @@ fn register_backend_ops(engine: &mut Engine) {
     }
     engine.register_fn(
         "wait_until_tty_matches",
-        |m: &mut Machine, tty: Dynamic, r: &str| tty_matches(m, tty, r, &Map::new()),
+        |nc: NativeCallContext, m: &mut Machine, tty: Dynamic, r: &str| {
+            tty_matches(&nc, m, tty, r, &Map::new())
+        },
     );
     engine.register_fn(
         "wait_until_tty_matches",
-        |m: &mut Machine, tty: Dynamic, r: &str, o: Dynamic| tty_matches(m, tty, r, &opts(o)?),
+        |nc: NativeCallContext, m: &mut Machine, tty: Dynamic, r: &str, o: Dynamic| {
+            tty_matches(&nc, m, tty, r, &opts(o)?)
+        },
     );
-    fn wait_for_x(m: &Machine, opts: &Map) -> R<()> {
+    fn wait_for_x(nc: &NativeCallContext, m: &Machine, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
-        op(m, "waiting for the X11 server".into(), async move {
+        op(nc, m, "waiting for the X11 server".into(), async move {
             mm.wait_until_succeeds(
                 "journalctl -b SYSLOG_IDENTIFIER=systemd | grep -q 'Reached target Current graphical'; \
                  [ -e /tmp/.X11-unix/X0 ]",
@@ -788,15 +1015,18 @@ fn register_backend_ops(engine: &mut Engine) {
             .map(drop)
         })
     }
-    engine.register_fn("wait_for_x", |m: &mut Machine| wait_for_x(m, &Map::new()));
-    engine.register_fn("wait_for_x", |m: &mut Machine, o: Dynamic| {
-        wait_for_x(m, &opts(o)?)
+    engine.register_fn("wait_for_x", |nc: NativeCallContext, m: &mut Machine| {
+        wait_for_x(&nc, m, &Map::new())
     });
+    engine.register_fn(
+        "wait_for_x",
+        |nc: NativeCallContext, m: &mut Machine, o: Dynamic| wait_for_x(&nc, m, &opts(o)?),
+    );
     // The NixOS command, plus DISPLAY=:0 (the backdoor shell has no DISPLAY).
     const WINDOW_NAMES: &str = "DISPLAY=${DISPLAY:-:0} xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\\([^\"]*\\)\".*/\\1/; t; d'";
-    fn window_names(m: &Machine) -> R<Array> {
+    fn window_names(nc: &NativeCallContext, m: &Machine) -> R<Array> {
         let mm = m.clone();
-        let out = op(m, "listing the X11 windows".into(), async move {
+        let out = op(nc, m, "listing the X11 windows".into(), async move {
             mm.succeed(
                 &[WINDOW_NAMES.to_owned()],
                 Duration::from_secs_f64(DEFAULT_TIMEOUT),
@@ -805,32 +1035,39 @@ fn register_backend_ops(engine: &mut Engine) {
         })?;
         Ok(out.lines().map(|l| Dynamic::from(l.to_owned())).collect())
     }
-    engine.register_fn("get_window_names", |m: &mut Machine| window_names(m));
-    fn wait_for_window(m: &Machine, re: &str, opts: &Map) -> R<()> {
+    engine.register_fn(
+        "get_window_names",
+        |nc: NativeCallContext, m: &mut Machine| window_names(&nc, m),
+    );
+    fn wait_for_window(nc: &NativeCallContext, m: &Machine, re: &str, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let cmd = format!("{WINDOW_NAMES} | grep -E {}", crate::shell::quote(re));
         let mm = m.clone();
         op(
+            nc,
             m,
             format!("waiting for a window matching {re:?}"),
             async move { mm.wait_until_succeeds(&cmd, t).await.map(drop) },
         )
     }
-    engine.register_fn("wait_for_window", |m: &mut Machine, re: &str| {
-        wait_for_window(m, re, &Map::new())
-    });
     engine.register_fn(
         "wait_for_window",
-        |m: &mut Machine, re: &str, o: Dynamic| wait_for_window(m, re, &opts(o)?),
+        |nc: NativeCallContext, m: &mut Machine, re: &str| wait_for_window(&nc, m, re, &Map::new()),
+    );
+    engine.register_fn(
+        "wait_for_window",
+        |nc: NativeCallContext, m: &mut Machine, re: &str, o: Dynamic| {
+            wait_for_window(&nc, m, re, &opts(o)?)
+        },
     );
 }
 
 fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     let c = ctx.clone();
-    engine.register_fn("start_all", move || -> R<()> {
+    engine.register_fn("start_all", move |nc: NativeCallContext| -> R<()> {
         let machines = c.machines.clone();
-        c.reporter
-            .section("starting all machines", None, false, || {
+        Flow::of(&nc)
+            .in_section(&c.reporter, "starting all machines", None, false, || {
                 let Some(first) = machines.first().cloned() else {
                     return Ok(());
                 };
@@ -851,10 +1088,11 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
             .map_err(thrown)
     });
     let c = ctx.clone();
-    engine.register_fn("join_all", move || -> R<()> {
+    engine.register_fn("join_all", move |nc: NativeCallContext| -> R<()> {
         for m in &c.machines {
             let mm = m.clone();
             op(
+                &nc,
                 m,
                 "waiting for the machine to shut down".into(),
                 async move {
@@ -866,18 +1104,20 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
         Ok(())
     });
     let c = ctx.clone();
-    engine.register_fn("log", move |msg: &str| c.reporter.log(None, msg));
+    engine.register_fn("log", move |nc: NativeCallContext, msg: &str| {
+        Flow::of(&nc).log(&c.reporter, None, msg)
+    });
     let c = ctx.clone();
     // Rhai's core package has a blocking `sleep(INT)`/`sleep(FLOAT)`; these
     // exact-type registrations replace it with one that logs and wakes up
     // when the run is cancelled.
     let c2 = ctx.clone();
-    engine.register_fn("sleep", move |s: i64| -> R<()> {
-        c2.reporter.log(None, format!("sleeping {s} seconds"));
+    engine.register_fn("sleep", move |nc: NativeCallContext, s: i64| -> R<()> {
+        Flow::of(&nc).log(&c2.reporter, None, format!("sleeping {s} seconds"));
         sleep_until_cancelled(&c2.cancel, s as f64)
     });
-    engine.register_fn("sleep", move |s: f64| -> R<()> {
-        c.reporter.log(None, format!("sleeping {s} seconds"));
+    engine.register_fn("sleep", move |nc: NativeCallContext, s: f64| -> R<()> {
+        Flow::of(&nc).log(&c.reporter, None, format!("sleeping {s} seconds"));
         sleep_until_cancelled(&c.cancel, s)
     });
 
@@ -909,7 +1149,8 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                         if c.cancel.is_cancelled() {
                             return Err(e);
                         }
-                        c.reporter.log(
+                        Flow::of(&nc).log(
+                            &c.reporter,
                             None,
                             format!(
                                 "attempt {attempt}/{attempts} failed: {}",
@@ -944,16 +1185,26 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
                 .ok_or_else(|| err("wait_all is only available while a test runs"))?;
             let engine = nc.engine();
             // Each machine's closure runs on its own thread, so waits really
-            // overlap; what it logs nests in the section wait_all runs in.
-            let parent = c.reporter.current_section();
+            // overlap, as a flow of its own: what it reports nests in the
+            // section wait_all runs in.
+            let parent = Flow::of(&nc).section();
             let results: Vec<R<Dynamic>> = std::thread::scope(|s| {
                 let handles: Vec<_> = machines
                     .iter()
                     .map(|m| {
                         let (f, ast, m) = (f.clone(), ast.clone(), m.clone());
-                        let reporter = &c.reporter;
                         s.spawn(move || {
-                            reporter.within(parent, || f.call::<Dynamic>(engine, &ast, (m,)))
+                            let mut global = engine.new_global_runtime_state();
+                            global.tag = Flow::nested_in(parent).tag();
+                            global.lib.push(ast.shared_lib().clone());
+                            let nc = NativeCallContext::new_with_all_fields(
+                                engine,
+                                f.fn_name(),
+                                None,
+                                &global,
+                                Position::NONE,
+                            );
+                            f.call_within_context::<Dynamic>(&nc, (m,))
                         })
                     })
                     .collect();
@@ -1026,8 +1277,8 @@ pub(super) fn in_section(
     nc: &NativeCallContext,
     f: &FnPtr,
 ) -> R<Dynamic> {
-    reporter
-        .section(name, machine, subtest, || {
+    Flow::of(nc)
+        .in_section(reporter, name, machine, subtest, || {
             f.call_within_context::<Dynamic>(nc, ())
                 .map_err(|mut e| SubtestError(error_text(&mut e), e))
         })

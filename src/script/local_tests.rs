@@ -109,6 +109,15 @@ fn a_failing_call_names_the_machine_the_call_and_the_status() {
 
 /// `wait_all` runs each machine's closure on a thread of its own; a
 /// `subtest` there nests in the section `wait_all` was called from.
+/// The JSON event log at `path`.
+fn read_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn a_subtest_inside_wait_all_keeps_its_parent() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,11 +131,7 @@ subtest("outer", || {
         Some(&events),
     )
     .unwrap();
-    let events: Vec<serde_json::Value> = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = read_events(&events);
     let started = |name: &str| -> Vec<&serde_json::Value> {
         events
             .iter()
@@ -236,3 +241,93 @@ fn a_cancellation_ends_the_script_with_its_reason() {
         .unwrap_err();
     assert_eq!(super::thrown::cancel_reason(&e), None);
 }
+
+/// Where every section and log line nests (depth and parent) for a script
+/// that opens sections and logs from each place that can: the script, a
+/// subtest, a machine call, `retry`, a `wait_all` closure on its own thread,
+/// a `during` block's checks, `sleep` and a machine's `log`.
+#[test]
+fn sections_and_lines_nest_where_the_script_opened_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    run(
+        r#"
+start_all();
+log("top");
+let tries = 0;
+subtest("outer", || {
+    log("in outer");
+    machine.succeed("true");
+    retry(#{ attempts: 2, delay: 0.01 }, || { tries += 1; if tries < 2 { throw "once"; } });
+    wait_all([machine, machine], |m| {
+        log("in closure");
+        subtest("inner", || { log("in inner"); m.succeed("true") });
+    });
+    sleep(0);
+    machine.log("machine line");
+    let c = polling_condition(|| { log("checking"); true }, #{ seconds_interval: 0, description: "holds" });
+    c.during(|| { machine.succeed("true"); });
+});
+log("bottom");
+"#,
+        Some(&events),
+    )
+    .unwrap();
+    let events = read_events(&events);
+    let names: std::collections::BTreeMap<String, String> = events
+        .iter()
+        .filter(|e| e["event"] == "section_started")
+        .map(|e| (e["id"].to_string(), e["name"].as_str().unwrap().to_owned()))
+        .collect();
+    let mut lines: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            let what = match e["event"].as_str()? {
+                "section_started" => format!(
+                    "section {:?} in {:?}",
+                    e["name"].as_str()?,
+                    names.get(&e["parent"].to_string())
+                ),
+                "section_finished" => format!("finished {:?}", e["name"].as_str()?),
+                "log" => format!("log {:?}", e["message"].as_str()?),
+                _ => return None,
+            };
+            Some(format!("{} {what}", e["depth"]))
+        })
+        .collect();
+    lines.sort();
+    let got = lines.join("\n");
+    assert_eq!(got, EXPECTED_NESTING, "\n{got}");
+}
+
+/// What [`sections_and_lines_nest_where_the_script_opened_them`] reads
+/// (sorted: the `wait_all` closures run at once), as the thread-local
+/// section stack had it.
+const EXPECTED_NESTING: &str = r#"0 finished "outer"
+0 finished "starting all machines"
+0 log "bottom"
+0 log "top"
+0 section "outer" in None
+0 section "starting all machines" in None
+1 finished "inner"
+1 finished "inner"
+1 finished "must succeed: true"
+1 finished "must succeed: true"
+1 log "attempt 1/2 failed: Runtime error: once (line 8, position 74)"
+1 log "checking"
+1 log "in closure"
+1 log "in closure"
+1 log "in outer"
+1 log "machine line"
+1 log "polling condition succeeded: holds ((not called yet))"
+1 log "sleeping 0 seconds"
+1 section "inner" in Some("outer")
+1 section "inner" in Some("outer")
+1 section "must succeed: true" in Some("outer")
+1 section "must succeed: true" in Some("outer")
+2 finished "must succeed: true"
+2 finished "must succeed: true"
+2 log "in inner"
+2 log "in inner"
+2 section "must succeed: true" in Some("inner")
+2 section "must succeed: true" in Some("inner")"#;

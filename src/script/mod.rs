@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod check;
 mod common;
+mod flow;
 pub mod helpers;
 pub mod nixos;
 pub mod polling;
@@ -70,6 +71,8 @@ pub fn engine(ctx: Arc<ScriptContext>) -> Engine {
     let mut engine = Engine::new();
     engine.set_strict_variables(true);
     engine.set_max_expr_depths(256, 256);
+    // The script's own flow of work; `wait_all` starts one per closure.
+    engine.set_default_tag(flow::Flow::default().tag());
     let cancel = ctx.cancel.clone();
     // A cancelled run ends the script at its next step, with the reason
     // as the termination value (see [`thrown::cancel_reason`]).

@@ -24,9 +24,12 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
 }
 
 fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
-    engine.register_fn("send_monitor_command", |m: &mut Machine, c: &str| {
-        backend(m, BackendOp::MonitorCommand(c.into()))
-    });
+    engine.register_fn(
+        "send_monitor_command",
+        |nc: NativeCallContext, m: &mut Machine, c: &str| {
+            backend(&nc, m, BackendOp::MonitorCommand(c.into()))
+        },
+    );
     fn qmp_event(nc: &NativeCallContext, m: &Machine, filter: &FnPtr, timeout: f64) -> R<Map> {
         let deadline = Instant::now() + Duration::from_secs_f64(timeout);
         loop {
@@ -37,7 +40,7 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
                     m.name()
                 )));
             }
-            let json = backend(m, BackendOp::QmpEvent(left))?;
+            let json = backend(nc, m, BackendOp::QmpEvent(left))?;
             let event: Dynamic = serde_json::from_str(&json)
                 .map_err(|e| err(format!("wait_for_qmp_event: bad event {json}: {e}")))?;
             let event = event
@@ -65,23 +68,29 @@ fn register_machine(engine: &mut Engine, ctx: &Arc<ScriptContext>) {
         },
     );
     // NixOS: the raw screenshot's reading and its preprocessed variants'.
-    engine.register_fn("get_screen_text_variants", |m: &mut Machine| -> R<Array> {
-        Ok(screen_texts(m, true)?
-            .into_iter()
-            .map(Dynamic::from)
-            .collect())
-    });
-    fn switch_root(m: &Machine, opts: &Map) -> R<()> {
+    engine.register_fn(
+        "get_screen_text_variants",
+        |nc: NativeCallContext, m: &mut Machine| -> R<Array> {
+            Ok(screen_texts(&nc, m, true)?
+                .into_iter()
+                .map(Dynamic::from)
+                .collect())
+        },
+    );
+    fn switch_root(nc: &NativeCallContext, m: &Machine, opts: &Map) -> R<()> {
         let t = timeout_of(opts, DEFAULT_TIMEOUT)?;
         let mm = m.clone();
-        op(m, "switching root".into(), async move {
+        op(nc, m, "switching root".into(), async move {
             mm.switch_root(t).await
         })
     }
-    engine.register_fn("switch_root", |m: &mut Machine| switch_root(m, &Map::new()));
-    engine.register_fn("switch_root", |m: &mut Machine, o: Dynamic| {
-        switch_root(m, &opts(o)?)
+    engine.register_fn("switch_root", |nc: NativeCallContext, m: &mut Machine| {
+        switch_root(&nc, m, &Map::new())
     });
+    engine.register_fn(
+        "switch_root",
+        |nc: NativeCallContext, m: &mut Machine, o: Dynamic| switch_root(&nc, m, &opts(o)?),
+    );
 
     engine.register_get("state_dir", |m: &mut Machine| {
         m.state_dir().display().to_string()

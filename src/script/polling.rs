@@ -17,13 +17,13 @@
 //! holds here whatever its output. A condition is never checked from inside
 //! itself.
 
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext, AST};
+use rhai::{Dynamic, Engine, FnPtr, Map, NativeCallContext};
 
 use super::common::{err, first_line, secs, sleep_until_cancelled, timeout_of, R};
+use super::flow::{DueCheck, Flow};
 use super::ScriptContext;
 use crate::machine::DEFAULT_TIMEOUT;
 use crate::report::Reporter;
@@ -44,22 +44,6 @@ struct State {
     reporter: Reporter,
 }
 
-/// Who calls the condition's function: a native call in the script, or the
-/// engine kept for checks made before machine commands.
-enum Caller<'a> {
-    Script(&'a NativeCallContext<'a>),
-    Engine(&'a Engine, &'a AST),
-}
-
-/// A condition of an open `during` block, with the engine and script its
-/// checks run with.
-type Active = (PollingCondition, Arc<Engine>, Arc<AST>);
-
-thread_local! {
-    /// The open `during` blocks of this (the script's) thread.
-    static ACTIVE: RefCell<Vec<Active>> = const { RefCell::new(Vec::new()) };
-}
-
 impl PollingCondition {
     fn description(&self) -> String {
         self.inner
@@ -71,7 +55,7 @@ impl PollingCondition {
 
     /// Runs the condition unless it is not due (or already running) and
     /// `force` is false. Returns whether it holds.
-    fn check(&self, caller: &Caller, force: bool) -> bool {
+    fn check(&self, nc: &NativeCallContext, force: bool) -> bool {
         let (f, reporter, description, since) = {
             let mut s = self.inner.lock().expect("condition lock");
             let overdue = s
@@ -88,10 +72,7 @@ impl PollingCondition {
                 s.last_called.map(|t| t.elapsed().as_secs_f64()),
             )
         };
-        let result = match caller {
-            Caller::Script(nc) => f.call_within_context::<Dynamic>(nc, ()),
-            Caller::Engine(engine, ast) => f.call::<Dynamic>(engine, ast, ()),
-        };
+        let result = f.call_within_context::<Dynamic>(nc, ());
         let (holds, why) = match result {
             Ok(v) => (v.as_bool().unwrap_or(true), String::new()),
             Err(mut e) => (
@@ -107,7 +88,8 @@ impl PollingCondition {
         let since = since.map_or("(not called yet)".to_owned(), |t| {
             format!("time since last: {t:.2}s")
         });
-        reporter.log(
+        Flow::of(nc).log(
+            &reporter,
             None,
             format!(
                 "polling condition {}: {description} ({since}){why}",
@@ -116,21 +98,6 @@ impl PollingCondition {
         );
         holds
     }
-}
-
-/// Checks the conditions of the open `during` blocks that are due; called
-/// before every machine command of the script thread.
-pub fn check_due() -> R<()> {
-    let active: Vec<_> = ACTIVE.with(|a| a.borrow().clone());
-    for (condition, engine, ast) in active {
-        if !condition.check(&Caller::Engine(&engine, &ast), false) {
-            return Err(err(format!(
-                "Polling condition failed: {}",
-                condition.description()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Registers `polling_condition` and the condition's methods.
@@ -163,38 +130,43 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     engine.register_fn("polling_condition", move |f: FnPtr| m(f, &Map::new()));
     engine.register_fn("polling_condition", move |f: FnPtr, o: Map| make(f, &o));
 
-    let c = ctx.clone();
     engine.register_fn(
         "during",
-        move |nc: NativeCallContext, cond: &mut PollingCondition, body: FnPtr| -> R<Dynamic> {
-            let ast = c
-                .ast
-                .get()
-                .cloned()
-                .ok_or_else(|| err("polling conditions work only while a test runs"))?;
-            // Checks happen inside native calls that have no script
-            // context, so they run on an engine of their own.
-            let engine = Arc::new(super::engine(c.clone()));
-            ACTIVE.with(|a| a.borrow_mut().push((cond.clone(), engine, ast)));
-            let r = body.call_within_context::<Dynamic>(&nc, ());
-            ACTIVE.with(|a| a.borrow_mut().pop());
-            r
+        |nc: NativeCallContext, cond: &mut PollingCondition, body: FnPtr| -> R<Dynamic> {
+            let cond = cond.clone();
+            // Checked before each machine command of this flow while the
+            // block runs, with that command's call context.
+            let check: DueCheck = Arc::new(move |nc| {
+                if cond.check(nc, false) {
+                    Ok(())
+                } else {
+                    Err(err(format!(
+                        "Polling condition failed: {}",
+                        cond.description()
+                    )))
+                }
+            });
+            Flow::of(&nc).during(check, || body.call_within_context::<Dynamic>(&nc, ()))
         },
     );
 
     fn wait(nc: &NativeCallContext, c: &ScriptContext, cond: &PollingCondition, t: f64) -> R<()> {
         let started = Instant::now();
         let description = cond.description();
-        c.reporter.log(None, format!("waiting for {description}"));
+        let flow = Flow::of(nc);
+        flow.log(&c.reporter, None, format!("waiting for {description}"));
         while started.elapsed().as_secs_f64() < t {
-            if cond.check(&Caller::Script(nc), true) {
+            if cond.check(nc, true) {
                 return Ok(());
             }
-            c.reporter
-                .log(None, format!("({description} failure not fatal yet)"));
+            flow.log(
+                &c.reporter,
+                None,
+                format!("({description} failure not fatal yet)"),
+            );
             sleep_until_cancelled(&c.cancel, 1.0)?;
         }
-        if cond.check(&Caller::Script(nc), true) {
+        if cond.check(nc, true) {
             return Ok(());
         }
         Err(err(format!(
@@ -223,8 +195,6 @@ pub fn register(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     );
     engine.register_fn(
         "check",
-        |nc: NativeCallContext, cond: &mut PollingCondition| -> bool {
-            cond.check(&Caller::Script(&nc), true)
-        },
+        |nc: NativeCallContext, cond: &mut PollingCondition| -> bool { cond.check(&nc, true) },
     );
 }
