@@ -50,25 +50,33 @@ fn guest_basename(path: &str) -> String {
 }
 
 impl Machine {
-    fn copy_error(&self, call: &str, message: String) -> MachineError {
-        MachineError::Internal {
+    fn host_file(
+        &self,
+        call: &'static str,
+        doing: &'static str,
+        path: &Path,
+        error: std::io::Error,
+    ) -> MachineError {
+        MachineError::HostFile {
             machine: self.name().to_owned(),
-            message: format!("{call}: {message}"),
+            call,
+            doing,
+            path: path.to_owned(),
+            error: std::sync::Arc::new(error),
         }
     }
 
     /// A small step of a copy that must exit 0; returns its stdout.
-    async fn copy_step(&self, call: &str, command: String) -> Result<String, MachineError> {
+    async fn copy_step(&self, call: &'static str, command: String) -> Result<String, MachineError> {
         let out = self.execute(&command, STEP_TIMEOUT).await?;
         if out.status != 0 {
-            return Err(self.copy_error(
+            return Err(MachineError::CopyStep {
+                machine: self.name().to_owned(),
                 call,
-                format!(
-                    "`{command}` failed in the guest (exit status {}): {}",
-                    out.status,
-                    out.stderr_text().trim()
-                ),
-            ));
+                stderr: out.stderr_text().trim().to_owned(),
+                status: out.status,
+                command,
+            });
         }
         Ok(out.stdout_text())
     }
@@ -84,7 +92,7 @@ impl Machine {
         const CALL: &str = "copy_from_host";
         let meta = tokio::fs::metadata(source)
             .await
-            .map_err(|e| self.copy_error(CALL, format!("{}: {e}", source.display())))?;
+            .map_err(|e| self.host_file(CALL, "", source, e))?;
         let name = source
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -167,10 +175,17 @@ impl Machine {
             .prefix(".attest-upload-")
             .suffix(".tar")
             .tempfile_in(self.host_scratch_dir())
-            .map_err(|e| self.copy_error("copy_from_host", format!("a temporary archive: {e}")))?;
+            .map_err(|e| {
+                self.host_file(
+                    "copy_from_host",
+                    "a temporary archive in ",
+                    &self.host_scratch_dir(),
+                    e,
+                )
+            })?;
         let file = archive
             .reopen()
-            .map_err(|e| self.copy_error("copy_from_host", format!("a temporary archive: {e}")))?;
+            .map_err(|e| self.host_file("copy_from_host", "reopening ", archive.path(), e))?;
         let dir = source.to_owned();
         let built = tokio::task::spawn_blocking(move || {
             let mut b = tar::Builder::new(std::io::BufWriter::new(file));
@@ -182,12 +197,7 @@ impl Machine {
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))
         .and_then(|r| r);
-        built.map_err(|e| {
-            self.copy_error(
-                "copy_from_host",
-                format!("archiving {}: {e}", source.display()),
-            )
-        })?;
+        built.map_err(|e| self.host_file("copy_from_host", "archiving ", source, e))?;
         Ok(archive)
     }
 
@@ -204,11 +214,11 @@ impl Machine {
     async fn upload_file(&self, source: &Path, stage: &str) -> Result<(), MachineError> {
         let mut file = tokio::fs::File::open(source)
             .await
-            .map_err(|e| self.copy_error("copy_from_host", format!("{}: {e}", source.display())))?;
+            .map_err(|e| self.host_file("copy_from_host", "", source, e))?;
         let len = file
             .metadata()
             .await
-            .map_err(|e| self.copy_error("copy_from_host", format!("{}: {e}", source.display())))?
+            .map_err(|e| self.host_file("copy_from_host", "", source, e))?
             .len();
         let stage = stage.to_owned();
         let what = format!("copy_from_host {} (to {stage})", source.display());
@@ -255,7 +265,9 @@ impl Machine {
                 .prefix(".attest-download-")
                 .suffix(".tar")
                 .tempfile_in(self.host_scratch_dir())
-                .map_err(|e| self.copy_error(CALL, format!("a temporary archive: {e}")))?;
+                .map_err(|e| {
+                    self.host_file(CALL, "a temporary archive in ", &self.host_scratch_dir(), e)
+                })?;
             let stage = rest.trim();
             let r = match agent {
                 true => {
@@ -285,13 +297,11 @@ impl Machine {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|r| r);
-            return unpacked.map_err(|e| {
-                self.copy_error(CALL, format!("extracting into {}: {e}", target.display()))
-            });
+            return unpacked.map_err(|e| self.host_file(CALL, "extracting into ", target, e));
         }
         if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
-                .map_err(|e| self.copy_error(CALL, format!("{}: {e}", parent.display())))?;
+                .map_err(|e| self.host_file(CALL, "creating ", parent, e))?;
         }
         // Written beside the target and renamed: a failed copy leaves no
         // half file under the target's name.
@@ -303,12 +313,12 @@ impl Machine {
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(Path::new(".")),
             )
-            .map_err(|e| self.copy_error(CALL, format!("next to {}: {e}", target.display())))?;
+            .map_err(|e| self.host_file(CALL, "a temporary file next to ", target, e))?;
         self.download_file(source, source, Shape::File, partial.path())
             .await?;
         partial
             .persist(target)
-            .map_err(|e| self.copy_error(CALL, format!("{}: {}", target.display(), e.error)))?;
+            .map_err(|e| self.host_file(CALL, "renaming the download to ", target, e.error))?;
         Ok(())
     }
 
@@ -324,7 +334,7 @@ impl Machine {
     ) -> Result<(), MachineError> {
         let mut file = tokio::fs::File::create(to)
             .await
-            .map_err(|e| self.copy_error("copy_from_machine", format!("{}: {e}", to.display())))?;
+            .map_err(|e| self.host_file("copy_from_machine", "", to, e))?;
         let source = source.to_owned();
         let what = format!("copy_from_machine {shown} (to {})", to.display());
         let via_agent = self

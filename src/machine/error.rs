@@ -190,8 +190,38 @@ pub enum MachineError {
         /// What the caller reads (`a number of nanoseconds`).
         expected: &'static str,
     },
-    /// A file transfer or similar step failed; the message mixes the host's
-    /// I/O error or the guest's stderr with the step.
+    /// A host-side file step of a copy failed.
+    #[error("{machine}: {call}: {doing}{}: {}", path.display(), crate::errors::os_reason(error))]
+    HostFile {
+        /// The machine.
+        machine: String,
+        /// The script method (`copy_from_host`, `copy_from_machine`).
+        call: &'static str,
+        /// What was done with the path, as the start of a phrase
+        /// (`archiving `, `extracting into `), or nothing.
+        doing: &'static str,
+        /// The host path.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        #[source]
+        error: std::sync::Arc<std::io::Error>,
+    },
+    /// A guest-side step of a copy (`mkdir`, `mv`, a check) failed.
+    #[error("{machine}: {call}: `{command}` failed in the guest (exit status {status}): {stderr}")]
+    CopyStep {
+        /// The machine.
+        machine: String,
+        /// The script method.
+        call: &'static str,
+        /// The step's command.
+        command: String,
+        /// Its exit status.
+        status: i32,
+        /// What it printed (the guest's words).
+        stderr: String,
+    },
+    /// A step failed with only the guest's words to say why (a guest that
+    /// cannot capture its screen, a bench step).
     #[error("{machine}: {message}")]
     Internal {
         /// The machine.
@@ -281,6 +311,8 @@ impl MachineError {
             | MachineError::BadRegex { .. }
             | MachineError::TaskFailed { .. }
             | MachineError::UnexpectedOutput { .. }
+            | MachineError::HostFile { .. }
+            | MachineError::CopyStep { .. }
             | MachineError::Internal { .. } => FailureCause::Machine,
         }
     }
