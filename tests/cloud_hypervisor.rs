@@ -14,15 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attest::backend::kvm::KvmFacts;
-use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
-use attest::backend::microvm::instance::MicroVmInstance;
 use attest::backend::{BackendOp, Instance};
-use attest::config::BackendConfig;
 use attest::exit_code::{FAILED, PASSED};
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
 use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
-use harness::{attest, processes_matching, TestDir};
+use harness::{alive, attest, processes_matching, TestDir};
 
 /// The cloud-hypervisor binary, or `None` after printing why the test skips.
 fn cloud_hypervisor(test: &str) -> Option<PathBuf> {
@@ -76,43 +73,11 @@ fn vmms_matching(needle: &str) -> Vec<String> {
         .collect()
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
-/// A machine started through the library, for what the script cannot reach
-/// (a guest without a backdoor never finishes `start()` in a script).
-struct Lib(LibMachine);
-
-impl Lib {
-    fn new(behavior: TinyGuestBehavior, node: &str) -> Lib {
-        Lib(LibMachine::new(tiny_test("lib", behavior, node, "", "")))
-    }
-
-    async fn start(&self) -> Result<MicroVmInstance, attest::backend::BackendError> {
-        let ctx = self.context();
-        let BackendConfig::CloudHypervisor(settings) = &ctx.config.nodes["m"].backend else {
-            unreachable!("the test writes a CloudHypervisor node")
-        };
-        CloudHypervisorBackend::new(settings.clone())
-            .start_instance(&ctx)
-            .await
-    }
-}
-
-impl std::ops::Deref for Lib {
-    type Target = LibMachine;
-    fn deref(&self) -> &LibMachine {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Lib {
-    fn deref_mut(&mut self) -> &mut LibMachine {
-        &mut self.0
-    }
+/// Node `m` of a one-node tiny-guest test, started through the library
+/// ([`LibMachine::start_microvm`]) for what the script cannot reach (a guest
+/// without a backdoor never finishes `start()` in a script).
+fn new_lib(behavior: TinyGuestBehavior, node: &str) -> LibMachine {
+    LibMachine::new(tiny_test("lib", behavior, node, "", ""))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,8 +85,8 @@ async fn vm_cloud_hypervisor_tiny_guest_prints_and_powers_off() {
     if cloud_hypervisor("vm_cloud_hypervisor_tiny_guest_prints_and_powers_off").is_none() {
         return;
     }
-    let lib = Lib::new(TinyGuestBehavior::PowerOff, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::PowerOff, "");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
@@ -140,8 +105,8 @@ async fn vm_cloud_hypervisor_crash_and_terminate_leave_nothing() {
     if cloud_hypervisor("vm_cloud_hypervisor_crash_and_terminate_leave_nothing").is_none() {
         return;
     }
-    let lib = Lib::new(TinyGuestBehavior::Tick, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Tick, "");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
@@ -152,8 +117,8 @@ async fn vm_cloud_hypervisor_crash_and_terminate_leave_nothing() {
     );
     assert!(!alive(pid));
 
-    let lib = Lib::new(TinyGuestBehavior::Halt, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Halt, "");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
@@ -172,8 +137,8 @@ async fn vm_cloud_hypervisor_snapshot_keeps_running_and_restores_in_a_fresh_proc
     {
         return;
     }
-    let lib = Lib::new(TinyGuestBehavior::Tick, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Tick, "");
+    let vm = lib.start_microvm().await.expect("start");
     lib.wait_console(TINY_GUEST_TICK, 2, Duration::from_secs(20))
         .await;
     let snap = lib.state.path().join("snap");
@@ -209,10 +174,10 @@ async fn vm_cloud_hypervisor_taps_join_the_vlan_bridge_and_go_away() {
     if cloud_hypervisor("vm_cloud_hypervisor_taps_join_the_vlan_bridge_and_go_away").is_none() {
         return;
     }
-    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let mut lib = new_lib(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
     let network = Arc::new(Network::new([1]));
     lib.network = Some(network.clone());
-    let vm = lib.start().await.expect("start");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     let ns = network.netns_path().await.unwrap();
     let show = || {
@@ -394,7 +359,7 @@ async fn vm_cloud_hypervisor_call_sequence_against_a_stand_in_vmm() {
         return;
     }
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-cloud-hypervisor");
-    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let mut lib = new_lib(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
     let log = lib.state.path().join("calls.jsonl");
     // Read by the stand-in VMM, which inherits the environment; set before it starts.
     std::env::set_var("FAKE_CH_LOG", &log);
@@ -427,7 +392,7 @@ async fn vm_cloud_hypervisor_call_sequence_against_a_stand_in_vmm() {
             .collect()
     };
 
-    let vm = lib.start().await.expect("start");
+    let vm = lib.start_microvm().await.expect("start");
     lib.wait_console(
         "fake-cloud-hypervisor: serial console up",
         1,

@@ -15,16 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attest::backend::kvm::KvmFacts;
-use attest::backend::microvm::firecracker::FirecrackerBackend;
 use attest::backend::microvm::instance::MicroVmInstance;
 use attest::backend::microvm::CACHE_BIN_DIR;
 use attest::backend::{BackendOp, Instance};
-use attest::config::BackendConfig;
 use attest::exit_code::{FAILED, INVALID, PASSED};
 use attest::net::Network;
 use harness::lib_machine::LibMachine;
 use harness::tiny_guest::{tiny_guest_elf, TinyGuestBehavior, TINY_GUEST_HELLO, TINY_GUEST_TICK};
-use harness::{attest, processes_matching, TestDir};
+use harness::{alive, attest, processes_matching, TestDir};
 
 /// The real firecracker; fails the test with the fix when it is missing.
 fn firecracker() -> PathBuf {
@@ -91,44 +89,11 @@ fn assert_no_vmm_left(attest_pid: u32) {
     }
 }
 
-/// A machine started through the library, for what the script cannot reach
-/// (a guest without a backdoor never finishes `start()` in a script).
-struct Lib(LibMachine);
-
-impl Lib {
-    fn new(behavior: TinyGuestBehavior, node: &str) -> Lib {
-        Lib(LibMachine::new(tiny_test("lib", behavior, node, "", "")))
-    }
-
-    async fn start(&self) -> Result<MicroVmInstance, attest::backend::BackendError> {
-        let ctx = self.context();
-        let BackendConfig::Firecracker(settings) = &ctx.config.nodes["m"].backend else {
-            unreachable!("the test writes a Firecracker node")
-        };
-        FirecrackerBackend::new(settings.clone())
-            .start_instance(&ctx)
-            .await
-    }
-}
-
-impl std::ops::Deref for Lib {
-    type Target = LibMachine;
-    fn deref(&self) -> &LibMachine {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Lib {
-    fn deref_mut(&mut self) -> &mut LibMachine {
-        &mut self.0
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie is not alive; the reap is what the backend promises.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
+/// Node `m` of a one-node tiny-guest test, started through the library
+/// ([`LibMachine::start_microvm`]) for what the script cannot reach (a guest
+/// without a backdoor never finishes `start()` in a script).
+fn new_lib(behavior: TinyGuestBehavior, node: &str) -> LibMachine {
+    LibMachine::new(tiny_test("lib", behavior, node, "", ""))
 }
 
 /// Both entry paths: 64-bit long mode at `e_entry`, and (firecracker ≥ 1.12
@@ -137,13 +102,13 @@ fn alive(pid: u32) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_tiny_guest_prints_and_powers_off() {
     for pvh in [false, true] {
-        let lib = Lib::new(TinyGuestBehavior::PowerOff, "");
+        let lib = new_lib(TinyGuestBehavior::PowerOff, "");
         if pvh {
             let kernel = lib.t.dir.path().join("tiny-PowerOff.elf");
             std::fs::write(&kernel, tiny_guest_elf(TinyGuestBehavior::PowerOff, true)).unwrap();
         }
         let started = Instant::now();
-        let vm = lib.start().await.expect("start");
+        let vm = lib.start_microvm().await.expect("start");
         let pid = vm.vmm_pid().unwrap();
         lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
             .await;
@@ -172,8 +137,8 @@ async fn vm_firecracker_tiny_guest_prints_and_powers_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_crash_kills_and_reaps() {
-    let lib = Lib::new(TinyGuestBehavior::Tick, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Tick, "");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
@@ -188,8 +153,8 @@ async fn vm_firecracker_crash_kills_and_reaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_terminate_stops_a_guest_that_ignores_everything() {
-    let lib = Lib::new(TinyGuestBehavior::Halt, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Halt, "");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     lib.wait_console(TINY_GUEST_HELLO, 1, Duration::from_secs(10))
         .await;
@@ -208,8 +173,8 @@ async fn vm_firecracker_terminate_stops_a_guest_that_ignores_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_snapshot_keeps_running_and_restores_in_a_fresh_process() {
-    let lib = Lib::new(TinyGuestBehavior::Tick, "");
-    let vm = lib.start().await.expect("start");
+    let lib = new_lib(TinyGuestBehavior::Tick, "");
+    let vm = lib.start_microvm().await.expect("start");
     lib.wait_console(TINY_GUEST_TICK, 2, Duration::from_secs(20))
         .await;
     let snap = lib.state.path().join("snap");
@@ -284,10 +249,10 @@ fn ip_in(ns: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_taps_join_the_vlan_bridge_and_go_away() {
-    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let mut lib = new_lib(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
     let network = Arc::new(Network::new([1]));
     lib.network = Some(network.clone());
-    let vm = lib.start().await.expect("start");
+    let vm = lib.start_microvm().await.expect("start");
     let pid = vm.vmm_pid().unwrap();
     let ns = network.netns_path().await.unwrap();
     let link = ip_in(&ns, &["-o", "link", "show", "tap1v1"]);
@@ -751,7 +716,7 @@ async fn banner_over_vsock(vm: &MicroVmInstance) -> String {
 /// after restore in a fresh firecracker process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_hybrid_vsock_reaches_a_guest_listener() {
-    let lib = Lib::new(TinyGuestBehavior::Halt, "");
+    let lib = new_lib(TinyGuestBehavior::Halt, "");
     let elf = vsock_guest(lib.t.dir.path());
     let config = std::fs::read_to_string(lib.t.config()).unwrap();
     let tiny = lib.t.dir.path().join("tiny-Halt.elf");
@@ -760,7 +725,7 @@ async fn vm_firecracker_hybrid_vsock_reaches_a_guest_listener() {
         config.replace(&tiny.display().to_string(), &elf.display().to_string()),
     )
     .unwrap();
-    let vm = lib.start().await.expect("start");
+    let vm = lib.start_microvm().await.expect("start");
     lib.wait_console(
         "vsock-guest: driver ready, listening on port 1234",
         1,
@@ -1008,7 +973,7 @@ fn vm_firecracker_sigterm_with_machines_up_tears_down_gracefully() {
 /// MAC, and the vsock socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_firecracker_runs_the_configuration_attest_sent() {
-    let mut lib = Lib::new(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
+    let mut lib = new_lib(TinyGuestBehavior::Tick, r#""vlans":[1],"#);
     let disk = lib.t.path("disk.img");
     let store = lib.t.path("store.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -1027,7 +992,7 @@ async fn vm_firecracker_runs_the_configuration_attest_sent() {
     )
     .unwrap();
     lib.network = Some(Arc::new(Network::new([1])));
-    let vm = lib.start().await.expect("start");
+    let vm = lib.start_microvm().await.expect("start");
     let c: serde_json::Value =
         serde_json::from_str(&vm.api_get("/vm/config").await.unwrap()).unwrap();
     assert_eq!(c["machine-config"]["vcpu_count"], 2, "{c:#}");

@@ -6,7 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attest::backend::{self, StartContext};
+use attest::backend::microvm::cloud_hypervisor::CloudHypervisorBackend;
+use attest::backend::microvm::firecracker::FirecrackerBackend;
+use attest::backend::microvm::instance::MicroVmInstance;
+use attest::backend::{self, BackendError, StartContext};
+use attest::config::BackendConfig;
 use attest::config::TestConfig;
 use attest::console::ConsoleLog;
 use attest::net::Network;
@@ -48,6 +52,26 @@ impl LibMachine {
         };
         std::fs::create_dir_all(&ctx.state_dir).unwrap();
         ctx
+    }
+
+    /// Starts node `m` on the microVM backend its config names (a
+    /// [`MicroVmInstance`], for what only the instance shows: the VMM's pid,
+    /// its exit, snapshots).
+    pub async fn start_microvm(&self) -> Result<MicroVmInstance, BackendError> {
+        let ctx = self.context();
+        match &ctx.config.nodes["m"].backend {
+            BackendConfig::Firecracker(s) => {
+                FirecrackerBackend::new(s.clone())
+                    .start_instance(&ctx)
+                    .await
+            }
+            BackendConfig::CloudHypervisor(s) => {
+                CloudHypervisorBackend::new(s.clone())
+                    .start_instance(&ctx)
+                    .await
+            }
+            _ => panic!("node m of {} is not a microVM", self.t.config().display()),
+        }
     }
 
     /// Waits until the console holds `text` `count` times.

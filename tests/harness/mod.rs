@@ -372,3 +372,11 @@ pub fn assert_nothing_left(run: &Run, test_name: &str) {
         "{test_name}: state dirs left behind: {dirs:?}"
     );
 }
+
+/// Whether process `pid` runs; a zombie does not (the reap is what the
+/// backends promise).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
