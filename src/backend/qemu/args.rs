@@ -15,8 +15,6 @@ use crate::net::plan::VlanInterface;
 pub struct Sockets {
     /// QMP (QEMU listens).
     pub qmp: PathBuf,
-    /// The virtconsole backdoor, `/dev/hvc0` in the guest (attest listens).
-    pub shell: PathBuf,
     /// The first serial port, `ttyS0` (attest listens).
     pub serial: PathBuf,
 }
@@ -26,7 +24,6 @@ impl Sockets {
     pub fn in_dir(dir: &Path) -> Sockets {
         Sockets {
             qmp: dir.join("qmp.sock"),
-            shell: dir.join("shell.sock"),
             serial: dir.join("serial.sock"),
         }
     }
@@ -144,13 +141,19 @@ pub fn plain_args(spec: &PlainSpec, sockets: &Sockets) -> Vec<String> {
     a
 }
 
+/// The descriptor QEMU inherits as its end of the virtconsole backdoor
+/// (`/dev/hvc0` in the guest): a socket pair attest makes
+/// ([`super::relay::ShellRelay::socket_for_qemu`]), not a path, so that
+/// attest can size QEMU's send buffer.
+pub const SHELL_FD: i32 = 3;
+
 /// The devices attest talks to, for any VM.
 pub fn attest_args(sockets: &Sockets) -> Vec<String> {
     vec![
         "-qmp".into(),
         format!("unix:{},server=on,wait=off", sockets.qmp.display()),
         "-chardev".into(),
-        format!("socket,id=shell,path={}", sockets.shell.display()),
+        format!("socket,id=shell,fd={SHELL_FD}"),
         "-device".into(),
         "virtio-serial-pci".into(),
         "-device".into(),
@@ -242,7 +245,7 @@ mod tests {
              -netdev vde,id=vlan1,sock=/n/vde3",
             "virtio-net-pci,netdev=vlan1,mac=52:54:00:12:03:02",
             "-qmp unix:/s/qmp.sock,server=on,wait=off",
-            "socket,id=shell,path=/s/shell.sock",
+            "socket,id=shell,fd=3",
             "virtconsole,chardev=shell",
             "-serial chardev:console",
         ] {

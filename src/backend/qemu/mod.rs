@@ -27,6 +27,7 @@ pub mod ocr;
 pub mod qmp;
 pub mod relay;
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,6 +161,29 @@ async fn log_tail(log: &Path) -> String {
     }
 }
 
+/// Makes the child see `fd` as `target`, open across exec.
+///
+/// One `dup2` in the child; the `command-fds` crate does this too but
+/// would bring a second version of `nix`.
+fn inherit_as(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe; the closure copies two
+    // integers. `fd` stays open in the parent until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The user-mode netdev `forward_port` can use: NixOS VMs have `user.0`;
 /// a plain VM has one only if its `extra_args` add it.
 fn find_user_netdev(extra: &[String]) -> Option<String> {
@@ -198,7 +222,12 @@ async fn create_overlay(base: &Path, overlay: &Path) -> Result<(), BackendError>
 impl Launch {
     /// Starts QEMU and connects QMP. A QEMU that exits meanwhile (bad flag,
     /// missing file) fails at once with its own output.
-    async fn spawn(&self, incoming: bool, tasks: &TaskTracker) -> Result<Proc, BackendError> {
+    async fn spawn(
+        &self,
+        incoming: bool,
+        shell: &ShellRelay,
+        tasks: &TaskTracker,
+    ) -> Result<Proc, BackendError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -216,6 +245,8 @@ impl Launch {
         if incoming {
             cmd.args(["-incoming", "defer"]);
         }
+        let backdoor = shell.socket_for_qemu()?;
+        inherit_as(&mut cmd, backdoor.as_raw_fd(), args::SHELL_FD);
         let process = spawn_watched(&mut cmd, None, tasks)
             .map_err(|e| BackendError::spawn(self.program.display(), e))?;
         let qmp_path = self.qmp.clone();
@@ -362,9 +393,9 @@ impl Backend for QemuBackend {
             format!("{} {}\n", launch.program.display(), launch.args.join(" ")),
         );
 
-        let shell = ShellRelay::listen(&sockets.shell, &ctx.tasks)?;
+        let shell = ShellRelay::new(&ctx.tasks);
         let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone(), &ctx.tasks)?;
-        let proc_ = launch.spawn(false, &ctx.tasks).await?;
+        let proc_ = launch.spawn(false, &shell, &ctx.tasks).await?;
         let instance = QemuInstance {
             machine: name.to_owned(),
             state_dir,
@@ -660,7 +691,9 @@ impl QemuInstance {
                     .await
                     .map_err(|e| BackendError::io("restore", &d, e))?;
             }
-            self.launch.spawn(true, self.process.tasks()).await
+            self.launch
+                .spawn(true, &self.shell, self.process.tasks())
+                .await
         }
         .await;
         let fresh = match fresh {

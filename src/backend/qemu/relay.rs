@@ -1,5 +1,7 @@
-//! The host ends of QEMU's client-mode chardev sockets. attest listens; QEMU
-//! connects at start, and a QEMU restored from a snapshot connects again.
+//! The host ends of QEMU's chardev sockets. The backdoor is a socket pair
+//! attest makes for every QEMU process (start, and again for a QEMU restored
+//! from a snapshot); the serial console is a socket attest listens on and
+//! QEMU connects to.
 //!
 //! [`ShellRelay`] owns the virtconsole connection and gives the driver
 //! *sessions*: in-memory streams relayed to the current connection. The
@@ -45,22 +47,38 @@ struct State {
 /// The virtconsole backdoor socket and its sessions.
 pub struct ShellRelay {
     state: Arc<Mutex<State>>,
-    /// Counts accepted connections (0: QEMU has not connected yet).
+    /// Counts connections (0: no QEMU was started yet).
     connected: watch::Receiver<u64>,
-    acceptor: JoinHandle<()>,
+    announce: watch::Sender<u64>,
     /// Where the connection readers and the session pumps run.
     tasks: TaskTracker,
 }
 
-impl Drop for ShellRelay {
-    fn drop(&mut self) {
-        self.acceptor.abort();
+/// The send buffer asked for QEMU's end of the backdoor socket: at the
+/// ~50 MB/s a TCG guest writes its console, about half a second of attest
+/// not reading (a loaded host) before QEMU would drop bytes. The kernel
+/// charges it only as it fills.
+pub const QEMU_SEND_BUFFER: usize = 32 << 20;
+
+/// Enlarges `socket`'s send buffer to [`QEMU_SEND_BUFFER`]; without
+/// `CAP_NET_ADMIN` (not root) the kernel caps it at `net.core.wmem_max`.
+fn enlarge_send_buffer(socket: &std::os::unix::net::UnixStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::SndBufForce, &QEMU_SEND_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &QEMU_SEND_BUFFER);
     }
 }
 
 /// Why a relay failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RelayError {
+    /// The backdoor's socket pair could not be made.
+    #[error("cannot create the backdoor socket pair: {source}")]
+    Pair {
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
     /// The socket could not be bound.
     #[error("cannot listen on {}: {source}", path.display())]
     Listen {
@@ -99,68 +117,84 @@ fn bind(path: &Path) -> Result<UnixListener, RelayError> {
 }
 
 impl ShellRelay {
-    /// Listens on `path` (before QEMU starts, which connects to it).
-    /// Its tasks run on `tasks`.
-    pub fn listen(path: &Path, tasks: &TaskTracker) -> Result<ShellRelay, RelayError> {
-        let listener = bind(path)?;
-        let state: Arc<Mutex<State>> = Arc::default();
+    /// A relay with no connection yet; its tasks run on `tasks`. Each QEMU
+    /// gets its end of a fresh socket pair ([`ShellRelay::socket_for_qemu`]).
+    pub fn new(tasks: &TaskTracker) -> ShellRelay {
         let (tx, rx) = watch::channel(0u64);
-        let acceptor = {
-            let state = state.clone();
-            let tasks = tasks.clone();
-            tasks.clone().spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let (mut r, w) = stream.into_split();
-                    let generation = {
-                        let mut g = state.lock().expect("relay lock");
-                        g.generation += 1;
-                        g.writer = Some(Arc::new(tokio::sync::Mutex::new(w)));
-                        // A new QEMU: whatever the old one sent is stale.
-                        g.pending.clear();
-                        g.sink = None;
-                        g.generation
-                    };
-                    tx.send_modify(|n| *n += 1);
-                    let state = state.clone();
-                    tasks.spawn(async move {
-                        let mut buf = vec![0u8; 16 << 10];
-                        loop {
-                            let n = match r.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            let mut g = state.lock().expect("relay lock");
-                            if g.generation != generation {
-                                return;
-                            }
-                            let chunk = buf[..n].to_vec();
-                            let delivered = match &g.sink {
-                                Some(s) => s.send(chunk.clone()).is_ok(),
-                                None => false,
-                            };
-                            if !delivered {
-                                g.sink = None;
-                                if g.pending.len() + n <= MAX_PENDING {
-                                    g.pending.extend_from_slice(&chunk);
-                                }
-                            }
-                        }
-                        let mut g = state.lock().expect("relay lock");
-                        if g.generation == generation {
-                            // QEMU closed it: the attached session sees EOF.
-                            g.writer = None;
-                            g.sink = None;
-                        }
-                    });
-                }
-            })
-        };
-        Ok(ShellRelay {
-            state,
+        ShellRelay {
+            state: Arc::default(),
             connected: rx,
-            acceptor,
+            announce: tx,
             tasks: tasks.clone(),
-        })
+        }
+    }
+
+    /// A connected socket pair for the next QEMU: QEMU's end (its
+    /// `-chardev socket,fd=…`, see [`super::args::SHELL_FD`]) and ours, which
+    /// becomes the current connection at once.
+    ///
+    /// Why a pair and not a socket QEMU connects to: QEMU drops virtconsole
+    /// output its socket cannot take (no flow control for consoles, see
+    /// `flush_buf` in QEMU's `hw/char/virtio-console.c`), and a unix
+    /// socket's capacity is its *sender's* send buffer (~200 KiB by
+    /// default). Only the creator of QEMU's socket can enlarge it, so attest
+    /// creates it: [`QEMU_SEND_BUFFER`] (root) or the sysctl maximum.
+    pub fn socket_for_qemu(&self) -> Result<std::os::unix::net::UnixStream, RelayError> {
+        let io = |e: std::io::Error| RelayError::Pair {
+            source: Arc::new(e),
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+        enlarge_send_buffer(&theirs);
+        ours.set_nonblocking(true).map_err(io)?;
+        let ours = tokio::net::UnixStream::from_std(ours).map_err(io)?;
+        self.adopt(ours);
+        Ok(theirs)
+    }
+
+    /// Makes `stream` the current connection: a new QEMU (a restore) makes
+    /// whatever the old one sent stale.
+    fn adopt(&self, stream: tokio::net::UnixStream) {
+        let (mut r, w) = stream.into_split();
+        let generation = {
+            let mut g = self.state.lock().expect("relay lock");
+            g.generation += 1;
+            g.writer = Some(Arc::new(tokio::sync::Mutex::new(w)));
+            g.pending.clear();
+            g.sink = None;
+            g.generation
+        };
+        self.announce.send_modify(|n| *n += 1);
+        let state = self.state.clone();
+        self.tasks.spawn(async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut g = state.lock().expect("relay lock");
+                if g.generation != generation {
+                    return;
+                }
+                let chunk = buf[..n].to_vec();
+                let delivered = match &g.sink {
+                    Some(s) => s.send(chunk.clone()).is_ok(),
+                    None => false,
+                };
+                if !delivered {
+                    g.sink = None;
+                    if g.pending.len() + n <= MAX_PENDING {
+                        g.pending.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            let mut g = state.lock().expect("relay lock");
+            if g.generation == generation {
+                // QEMU closed it: the attached session sees EOF.
+                g.writer = None;
+                g.sink = None;
+            }
+        });
     }
 
     /// Whether QEMU is connected right now.
@@ -168,7 +202,7 @@ impl ShellRelay {
         self.state.lock().expect("relay lock").writer.is_some()
     }
 
-    /// How many connections were accepted so far.
+    /// How many connections (QEMU processes) there were so far.
     pub fn connections(&self) -> u64 {
         *self.connected.borrow()
     }
@@ -323,11 +357,12 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_come_and_go_but_the_connection_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shell.sock");
-        let relay = ShellRelay::listen(&path, &TaskTracker::new()).unwrap();
-        // "QEMU" connects and the guest prints its banner before anyone listens.
-        let guest = UnixStream::connect(&path).await.unwrap();
+        let relay = ShellRelay::new(&TaskTracker::new());
+        assert!(!relay.is_connected());
+        // "QEMU" starts and the guest prints its banner before anyone listens.
+        let guest = relay.socket_for_qemu().unwrap();
+        guest.set_nonblocking(true).unwrap();
+        let guest = UnixStream::from_std(guest).unwrap();
         let (gr, mut gw) = guest.into_split();
         let mut gr = BufReader::new(gr).lines();
         gw.write_all(b"banner\n").await.unwrap();
@@ -362,5 +397,28 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0);
         assert_eq!(relay.connections(), 1);
+    }
+
+    /// What lets a loaded host fall behind a guest's burst without QEMU
+    /// dropping bytes: QEMU's end holds far more than the default ~200 KiB.
+    #[test]
+    fn qemus_end_of_the_backdoor_holds_megabytes() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _entered = rt.enter();
+        let relay = ShellRelay::new(&TaskTracker::new());
+        let theirs = relay.socket_for_qemu().unwrap();
+        let size = getsockopt(&theirs, sockopt::SndBuf).unwrap();
+        let floor = if nix::unistd::geteuid().is_root() {
+            QEMU_SEND_BUFFER
+        } else {
+            // Capped by net.core.wmem_max, which the kernel doubles.
+            std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        assert!(size >= floor, "send buffer {size} < {floor}");
     }
 }
