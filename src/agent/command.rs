@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::sys::{self, PollFd, POLLIN};
 use super::wire::{
-    encode_head, header, Exec, Exit, AGAIN, DATA_CHUNK, ERROR, EXIT, HEADER, STDERR, STDOUT,
+    encode_head, header, Exec, Exit, DATA_CHUNK, ERROR, EXIT, HEADER, STDERR, STDOUT,
 };
 use super::Registry;
 
@@ -85,41 +85,12 @@ pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, regi
         }
         return;
     };
-    let deadline = Instant::now() + Duration::from_millis(retry.within_ms);
-    let mut pause = Duration::from_millis(retry.first_pause_ms);
-    let longest = Duration::from_millis(retry.max_pause_ms);
-    // Between tries the entry is 0: a KILL removes it, which ends the loop.
-    let stopped = || !registry.lock().expect("registry").contains_key(&id);
-    loop {
-        let started = Instant::now();
-        let Some((ended, pipes)) = run_once(id, &exec, None, &out, &registry) else {
-            return;
-        };
-        if retry.met_by(ended.status) || stopped() || Instant::now() >= deadline {
-            registry.lock().expect("registry").remove(&id);
-            let _ = out.send(frame(EXIT, id, &ended.encode()));
-            drain(pipes, id, &out);
-            return;
-        }
-        let drained = out.clone();
-        std::thread::spawn(move || drain(pipes, id, &drained));
-        if out.send(frame(AGAIN, id, &[])).is_err() {
-            return;
-        }
-        let wake = Instant::now() + pause.max(started.elapsed());
-        while Instant::now() < wake.min(deadline) {
-            if stopped() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(wake - Instant::now()));
-        }
-        pause = (pause * 2).min(longest);
-    }
+    super::wait::run(id, &exec, retry, &[], out, registry);
 }
 
 /// One try: spawn, stream, wait for the exit. `None` when it could not be
 /// spawned (the error frame is sent). Leaves the registry entry at 0.
-fn run_once(
+pub(super) fn run_once(
     id: u32,
     exec: &Exec,
     stdin: Option<Receiver<Vec<u8>>>,
@@ -167,7 +138,7 @@ fn run_once(
     Some(ended)
 }
 
-struct Pipes {
+pub(super) struct Pipes {
     stdout: Option<ChildStdout>,
     stderr: Option<ChildStderr>,
 }
@@ -319,7 +290,7 @@ fn watch(id: u32, child: &mut Child, timeout: Option<Duration>, out: &Out) -> (E
 
 /// Discards what background processes still write to a finished command's
 /// pipes, until they close them.
-fn drain(mut pipes: Pipes, id: u32, out: &Out) {
+pub(super) fn drain(mut pipes: Pipes, id: u32, out: &Out) {
     let mut buf = vec![0u8; 64 * 1024];
     while pipes.open() {
         let mut fds = pipes.poll_fds();

@@ -11,6 +11,7 @@ mod command;
 pub mod sha256;
 mod sys;
 mod transfer;
+mod wait;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -22,7 +23,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use transfer::Msg;
 use wire::{
-    Digest, Exec, Frame, Transfer, ACK, DATA, END, EXEC, GET, HELLO, KILL, PUT, STDIN, VERSION,
+    Digest, Exec, Frame, Transfer, Wait, ACK, DATA, END, EXEC, GET, HELLO, KILL, PUT, STDIN,
+    VERSION, WAIT,
 };
 
 /// Requests with a process: id → process group (0 while none runs). A
@@ -252,6 +254,23 @@ pub fn serve_with(
                     std::thread::spawn(move || command::run(frame.id, exec, stdin, tx, registry));
                 }
                 Err(e) => reply_error(frame.id, format!("bad exec request: {e}")),
+            },
+            WAIT => match Wait::decode(&frame.payload) {
+                Ok(Wait {
+                    watch,
+                    exec:
+                        exec @ Exec {
+                            retry: Some(retry), ..
+                        },
+                }) => {
+                    registry.lock().expect("registry").insert(frame.id, 0);
+                    let (tx, registry) = (tx.clone(), registry.clone());
+                    std::thread::spawn(move || {
+                        wait::run(frame.id, &exec, retry, &watch, tx, registry)
+                    });
+                }
+                Ok(_) => reply_error(frame.id, "a wait without a condition".to_owned()),
+                Err(e) => reply_error(frame.id, format!("bad wait request: {e}")),
             },
             STDIN => {
                 let close = frame.payload.is_empty();

@@ -33,6 +33,8 @@ extern "C" {
     fn poll(fds: *mut PollFd, nfds: c_ulong, timeout: c_int) -> c_int;
     fn fcntl(fd: c_int, cmd: c_int, ...) -> c_int;
     fn syscall(n: c_long, ...) -> c_long;
+    fn inotify_init1(flags: c_int) -> c_int;
+    fn inotify_add_watch(fd: c_int, path: *const std::ffi::c_char, mask: u32) -> c_int;
 }
 
 /// Makes the calling (child) process the leader of a new session and group.
@@ -96,4 +98,55 @@ pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     }
     // SAFETY: the kernel just returned this descriptor; nobody else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd as c_int) })
+}
+
+/// inotify event bits (`<sys/inotify.h>`).
+pub const IN_MODIFY: u32 = 0x2;
+#[allow(missing_docs)]
+pub const IN_ATTRIB: u32 = 0x4;
+#[allow(missing_docs)]
+pub const IN_CLOSE_WRITE: u32 = 0x8;
+#[allow(missing_docs)]
+pub const IN_MOVED_FROM: u32 = 0x40;
+#[allow(missing_docs)]
+pub const IN_MOVED_TO: u32 = 0x80;
+#[allow(missing_docs)]
+pub const IN_CREATE: u32 = 0x100;
+#[allow(missing_docs)]
+pub const IN_DELETE: u32 = 0x200;
+#[allow(missing_docs)]
+pub const IN_DELETE_SELF: u32 = 0x400;
+#[allow(missing_docs)]
+pub const IN_MOVE_SELF: u32 = 0x800;
+#[allow(missing_docs)]
+pub const IN_Q_OVERFLOW: u32 = 0x4000;
+#[allow(missing_docs)]
+pub const IN_IGNORED: u32 = 0x8000;
+#[allow(missing_docs)]
+pub const IN_ONLYDIR: u32 = 0x0100_0000;
+const IN_NONBLOCK: c_int = O_NONBLOCK;
+const IN_CLOEXEC: c_int = 0o2_000_000;
+
+/// A non-blocking inotify instance, or the reason there is none.
+pub fn inotify() -> std::io::Result<OwnedFd> {
+    // SAFETY: inotify_init1 takes flags and returns a new descriptor.
+    let fd = unsafe { inotify_init1(IN_NONBLOCK | IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Watches `path` on inotify instance `fd` (the same path again returns
+/// the same watch descriptor).
+pub fn add_watch(fd: &impl AsRawFd, path: &str, mask: u32) -> std::io::Result<i32> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: c is a NUL-terminated string alive for the call.
+    let wd = unsafe { inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(wd)
 }

@@ -20,7 +20,7 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// The word that ends the greeting (`ATTEST-AGENT 5 acks`) of an agent that
 /// keeps a window (see [`ACK`]); the host sends acks only to such an agent.
@@ -79,6 +79,11 @@ pub const STDIN: u8 = 7;
 /// can be lost when the host falls behind (a virtconsole: QEMU drops what
 /// its socket does not take) keeps at most [`WINDOW`] bytes unacknowledged.
 pub const ACK: u8 = 8;
+/// Host → agent: a wait: run a command with an [`Exec::retry`] condition,
+/// trying again only when a watched directory entry changed or the
+/// fallback pause passed. Payload: [`Wait`]. Replies as an `EXEC` with
+/// `retry`: output, [`AGAIN`] between tries, then [`EXIT`] or [`ERROR`].
+pub const WAIT: u8 = 9;
 /// Agent → host: bytes the command wrote to stdout.
 pub const STDOUT: u8 = 16;
 /// Agent → host: bytes the command wrote to stderr.
@@ -351,6 +356,61 @@ impl Retry {
     }
 }
 
+/// A directory entry a [`WAIT`] watches: `name` in `dir` appearing,
+/// changing or going away may change the wait's answer (every entry when
+/// `name` is empty). A `dir` that does not exist yet is watched through
+/// its nearest existing ancestor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch {
+    /// An absolute directory path.
+    pub dir: String,
+    /// An entry of it, or empty for all.
+    pub name: String,
+}
+
+/// A [`WAIT`] request: what to watch, then the command with its condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    /// Entries whose changes wake the next try.
+    pub watch: Vec<Watch>,
+    /// The command; its `retry` must be set.
+    pub exec: Exec,
+}
+
+impl Wait {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(self.watch.len() as u32).to_le_bytes());
+        for w in &self.watch {
+            for s in [&w.dir, &w.name] {
+                v.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                v.extend_from_slice(s.as_bytes());
+            }
+        }
+        v.extend_from_slice(&self.exec.encode());
+        v
+    }
+
+    /// Parses the payload.
+    pub fn decode(p: &[u8]) -> Result<Wait, WireError> {
+        let mut r = Reader(p);
+        let n = r.u32()?;
+        let mut watch = Vec::new();
+        for _ in 0..n {
+            let len = r.u32()? as usize;
+            let dir = r.text(len)?;
+            let len = r.u32()? as usize;
+            let name = r.text(len)?;
+            watch.push(Watch { dir, name });
+        }
+        Ok(Wait {
+            watch,
+            exec: Exec::decode(r.0)?,
+        })
+    }
+}
+
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exit {
@@ -490,6 +550,21 @@ mod tests {
             script: "set -euo pipefail; systemctl is-active 'x y'".into(),
         };
         assert_eq!(Exec::decode(&e.encode()).unwrap(), e);
+        let w = Wait {
+            watch: vec![
+                Watch {
+                    dir: "/run/systemd/units".into(),
+                    name: "invocation:a b.service".into(),
+                },
+                Watch {
+                    dir: "/tmp".into(),
+                    name: String::new(),
+                },
+            ],
+            exec: e.clone(),
+        };
+        assert_eq!(Wait::decode(&w.encode()).unwrap(), w);
+        assert!(Wait::decode(&w.encode()[..9]).is_err());
         let x = Exit {
             status: 137,
             signal: 9,

@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::protocol::CommandOutput;
 use super::session::{GuestError, GuestStream};
 use super::BANNER;
-use crate::agent::wire::{self, Exec, Exit, Frame, Retry};
+use crate::agent::wire::{self, Exec, Exit, Frame, Retry, Wait, Watch};
 
 /// The agent binary built for this attest (empty when the build failed).
 const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attest-agent"));
@@ -640,7 +640,13 @@ impl AgentClient {
         }
     }
 
-    fn exec_frame(id: u32, command: &str, timeout: Duration, retry: Option<Retry>) -> Frame {
+    fn exec_frame(
+        id: u32,
+        command: &str,
+        timeout: Duration,
+        retry: Option<Retry>,
+        watch: &[Watch],
+    ) -> Frame {
         let exec = Exec {
             timeout_ms: timeout.as_millis().clamp(1, u64::MAX as u128) as u64,
             stdin: false,
@@ -648,10 +654,21 @@ impl AgentClient {
             words: plain_words(command).unwrap_or_default(),
             script: format!("set -euo pipefail; {command}"),
         };
+        if watch.is_empty() {
+            return Frame {
+                kind: wire::EXEC,
+                id,
+                payload: exec.encode(),
+            };
+        }
+        let wait = Wait {
+            watch: watch.to_vec(),
+            exec,
+        };
         Frame {
-            kind: wire::EXEC,
+            kind: wire::WAIT,
             id,
-            payload: exec.encode(),
+            payload: wait.encode(),
         }
     }
 
@@ -662,7 +679,7 @@ impl AgentClient {
         command: &str,
         timeout: Duration,
     ) -> Result<CommandOutput, GuestError> {
-        self.run_gathered(command, timeout, None).await
+        self.run_gathered(command, timeout, None, &[]).await
     }
 
     /// [`AgentClient::execute`], handing each chunk of output to `chunk`
@@ -675,7 +692,7 @@ impl AgentClient {
     ) -> Result<CommandOutput, GuestError> {
         let (id, mut events) = self.request()?;
         let mut guard = self.kill_on_drop(id);
-        self.send(Self::exec_frame(id, command, timeout, None))
+        self.send(Self::exec_frame(id, command, timeout, None, &[]))
             .await?;
         let mut out = CommandOutput {
             status: 0,
@@ -712,13 +729,16 @@ impl AgentClient {
     /// `retry` or `retry.within_ms` passed (one request for a whole wait;
     /// the agent pauses between tries, never less than a try costs). The
     /// last try's output; the caller checks whether it met the condition.
+    /// With `watch`, a try follows the last one only when one of those
+    /// directory entries changed or the fallback pause passed.
     pub async fn execute_until(
         &self,
         command: &str,
         per_try: Duration,
         retry: Retry,
+        watch: &[Watch],
     ) -> Result<CommandOutput, GuestError> {
-        self.run_gathered(command, per_try, Some(retry)).await
+        self.run_gathered(command, per_try, Some(retry), watch).await
     }
 
     /// One command whose outputs the reader task gathers.
@@ -727,11 +747,12 @@ impl AgentClient {
         command: &str,
         timeout: Duration,
         retry: Option<Retry>,
+        watch: &[Watch],
     ) -> Result<CommandOutput, GuestError> {
         let (id, reply) = self.request_output()?;
         // Dropped before the reply (cancelled, host timeout): kill it.
         let mut guard = self.kill_on_drop(id);
-        self.send(Self::exec_frame(id, command, timeout, retry))
+        self.send(Self::exec_frame(id, command, timeout, retry, watch))
             .await?;
         let within = retry.map_or(Duration::ZERO, |r| Duration::from_millis(r.within_ms));
         let limit = within + timeout + REPLY_GRACE;
@@ -835,8 +856,14 @@ impl AgentClient {
     /// the agent down with the machine).
     pub async fn send_fire_and_forget(&self, command: &str) -> Result<(), GuestError> {
         let (id, _events) = self.request()?;
-        self.send(Self::exec_frame(id, command, Duration::from_secs(60), None))
-            .await
+        self.send(Self::exec_frame(
+            id,
+            command,
+            Duration::from_secs(60),
+            None,
+            &[],
+        ))
+        .await
     }
 }
 
@@ -1248,7 +1275,7 @@ pub(crate) mod tests {
         let greeting = format!("{} {} {}\n", wire::HELLO, wire::VERSION, wire::ACKS);
         let got = read_for(&mut host, greeting.len(), Duration::from_secs(5));
         assert_eq!(got, greeting.as_bytes());
-        let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T, None);
+        let exec = AgentClient::exec_frame(1, "head -c 100000 /dev/zero", T, None, &[]);
         host.write_all(&exec.encode()).unwrap();
         // Without acks, output stops at the window, whatever the command has.
         let first = read_for(&mut host, 100_000, Duration::from_millis(1500));
@@ -1344,7 +1371,7 @@ pub(crate) mod tests {
         });
         let t = Instant::now();
         let out = a
-            .execute_until(&probe, T, retry(0, true, 10_000))
+            .execute_until(&probe, T, retry(0, true, 10_000), &[])
             .await
             .unwrap();
         assert_eq!(out.status, 0);
@@ -1357,7 +1384,7 @@ pub(crate) mod tests {
         // Unmet by the deadline: the last try's result comes back.
         let t = Instant::now();
         let out = a
-            .execute_until("echo never; exit 3", T, retry(0, true, 600))
+            .execute_until("echo never; exit 3", T, retry(0, true, 600), &[])
             .await
             .unwrap();
         assert_eq!((out.status, out.stdout_text().as_str()), (3, "never\n"));
@@ -1373,7 +1400,7 @@ pub(crate) mod tests {
         let log = dir.path().join("tries");
         let probe = format!("date +%s%N >>{}; sleep 0.3; false", log.display());
         let out = a
-            .execute_until(&probe, T, retry(0, true, 3000))
+            .execute_until(&probe, T, retry(0, true, 3000), &[])
             .await
             .unwrap();
         assert_ne!(out.status, 0);
@@ -1402,7 +1429,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tries = dir.path().join("tries");
         let probe = format!("echo try >>{}; false", tries.display());
-        let wait = a.execute_until(&probe, T, retry(0, true, 60_000));
+        let wait = a.execute_until(&probe, T, retry(0, true, 60_000), &[]);
         assert!(tokio::time::timeout(Duration::from_millis(800), wait)
             .await
             .is_err());
@@ -1411,6 +1438,94 @@ pub(crate) mod tests {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let later = std::fs::read_to_string(&tries).unwrap().lines().count();
         assert_eq!(n, later, "tries went on after the host gave up");
+    }
+
+    /// A wait with a watch tries again when the watched entry appears, not
+    /// when its directory changes otherwise, and between changes its
+    /// pauses grow: few tries while nothing happens, and an answer at once
+    /// when it does. Polling every 25 ms makes ~130 tries in 3.3 s; pauses
+    /// growing to 5 s without the watch answer ~3 s late.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_watched_wait_tries_rarely_and_answers_when_the_entry_appears() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let (flag, tries) = (dir.path().join("flag"), dir.path().join("tries"));
+        let probe = format!("echo try >>{}; test -e {}", tries.display(), flag.display());
+        let (noise, made) = (dir.path().join("noise"), flag.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(3300) {
+                std::fs::write(&noise, b"x").unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::fs::write(made, b"").unwrap();
+        });
+        let watch = [Watch {
+            dir: dir.path().display().to_string(),
+            name: "flag".into(),
+        }];
+        let patient = Retry {
+            max_pause_ms: 5000,
+            ..retry(0, true, 20_000)
+        };
+        let t = Instant::now();
+        let out = a.execute_until(&probe, T, patient, &watch).await.unwrap();
+        assert_eq!(out.status, 0);
+        let took = t.elapsed();
+        assert!(
+            (Duration::from_millis(3300)..Duration::from_millis(3800)).contains(&took),
+            "answered after {took:?}"
+        );
+        let n = std::fs::read_to_string(&tries).unwrap().lines().count();
+        assert!(n <= 9, "{n} tries in 3.3 s");
+    }
+
+    /// Whether process `pid` is gone (or a zombie: nothing reaps orphans in
+    /// a container whose PID 1 does not).
+    fn gone(pid: u32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(s) => s
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        }
+    }
+
+    /// Abandoning a watched wait while its check runs kills the check's
+    /// process group at once, and no further try starts.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_abandoned_watched_wait_kills_its_running_check() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let probe = format!("sleep 30 & echo $! >>{}; wait", pids.display());
+        let watch = [Watch {
+            dir: dir.path().display().to_string(),
+            name: "flag".into(),
+        }];
+        let wait = a.execute_until(&probe, T, retry(0, true, 60_000), &watch);
+        assert!(tokio::time::timeout(Duration::from_millis(500), wait)
+            .await
+            .is_err());
+        let t = Instant::now();
+        let pid: u32 = loop {
+            let text = std::fs::read_to_string(&pids).unwrap_or_default();
+            if let Some(p) = text.lines().next() {
+                break p.trim().parse().unwrap();
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "no try started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        while !gone(pid) {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "the check outlived the wait"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let n = std::fs::read_to_string(&pids).unwrap().lines().count();
+        assert_eq!(n, 1, "tries went on after the host gave up");
     }
 
     #[tokio::test]

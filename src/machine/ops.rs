@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Machine, MachineError, WaitFailure};
-use crate::agent::wire::Retry;
+use crate::agent::wire::{Retry, Watch};
 use crate::guest::CommandOutput;
 use crate::shell;
 
@@ -14,6 +14,64 @@ use crate::shell;
 /// NixOS driver polls once a second throughout.
 const POLL_FIRST: Duration = Duration::from_millis(25);
 const POLL_LONGEST: Duration = Duration::from_millis(500);
+
+/// The longest pause of a wait the agent also wakes through inotify
+/// (see [`Watch`]): the watch says when to look; this only covers what
+/// it cannot see (a unit going from activating to active or failed, a
+/// file appearing through a mount).
+const WATCHED_LONGEST: Duration = Duration::from_secs(2);
+
+/// The directory entry whose changes may answer a wait for `path`: the
+/// entry itself in its directory, when `path` is an absolute path the
+/// shell takes literally (no glob, `~`, `$`, quote or space to expand).
+fn path_watch(path: &str) -> Vec<Watch> {
+    let literal = !path.contains(|c: char| "*?[]{}~$`'\"\\ \t\n;&|<>()!#".contains(c));
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((dir, name)) if literal && path.starts_with('/') && !name.is_empty() => {
+            vec![Watch {
+                dir: if dir.is_empty() {
+                    "/".into()
+                } else {
+                    dir.into()
+                },
+                name: name.into(),
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Where the system manager announces that `unit` started or went away:
+/// it links `/run/systemd/units/invocation:<unit>` as the unit starts
+/// (the name as systemctl completes it: `nginx` is `nginx.service`).
+fn unit_watch(unit: &str) -> Watch {
+    const TYPES: [&str; 11] = [
+        "service",
+        "socket",
+        "target",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    ];
+    let typed = unit
+        .rsplit_once('.')
+        .is_some_and(|(_, suffix)| TYPES.contains(&suffix));
+    let name = if typed {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    };
+    Watch {
+        dir: "/run/systemd/units".into(),
+        name: format!("invocation:{name}"),
+    }
+}
 
 /// When a probe's try ends a wait: its status equals `status` (`equal`) or
 /// differs from it.
@@ -207,10 +265,12 @@ impl Machine {
     }
 
     /// Runs `probe` until its status meets `until`, as one request the agent
-    /// answers in the guest (it pauses between tries as [`Machine::poll`]
-    /// does) or, with the bash protocol, polled from here. The output of the
-    /// try that met it; at the timeout the timeout error, with the last
-    /// try's output in `last`.
+    /// answers in the guest or, with the bash protocol, polled from here
+    /// (pauses as [`Machine::poll`]'s). The agent tries again early when an
+    /// entry of `watch` changes, and its pauses grow longer then. The output
+    /// of the try that met it; at the timeout the timeout error, with the
+    /// last try's output in `last`.
+    #[allow(clippy::too_many_arguments)]
     async fn retry_probe(
         &self,
         what: &str,
@@ -218,18 +278,23 @@ impl Machine {
         per_try: Duration,
         until: Until,
         timeout: Duration,
+        watch: &[Watch],
         last: &std::sync::Mutex<Option<CommandOutput>>,
     ) -> Result<CommandOutput, MachineError> {
+        let longest = match watch.is_empty() {
+            true => POLL_LONGEST,
+            false => WATCHED_LONGEST,
+        };
         let retry = Retry {
             status: until.status,
             equal: until.equal,
             within_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
             first_pause_ms: POLL_FIRST.as_millis() as u64,
-            max_pause_ms: POLL_LONGEST.as_millis() as u64,
+            max_pause_ms: longest.as_millis() as u64,
         };
         let in_guest = self
             .with_agent(what, |client| async move {
-                client.execute_until(probe, per_try, retry).await
+                client.execute_until(probe, per_try, retry, watch).await
             })
             .await?;
         if let Some(out) = in_guest {
@@ -258,15 +323,24 @@ impl Machine {
         what: &str,
         probe: &str,
         timeout: Duration,
+        watch: &[Watch],
     ) -> Result<(), MachineError> {
         let until = Until {
             status: 0,
             equal: true,
         };
         let last = std::sync::Mutex::new(None);
-        self.retry_probe(what, probe, Duration::from_secs(10), until, timeout, &last)
-            .await
-            .map(drop)
+        self.retry_probe(
+            what,
+            probe,
+            Duration::from_secs(10),
+            until,
+            timeout,
+            watch,
+            &last,
+        )
+        .await
+        .map(drop)
     }
 
     /// Failed units and the last 30 journal lines, for failed waits.
@@ -316,7 +390,7 @@ impl Machine {
             equal: succeeds,
         };
         let r = self
-            .retry_probe(&what, command, timeout, until, timeout, &last)
+            .retry_probe(&what, command, timeout, until, timeout, &[], &last)
             .await
             .map(|out| out.stdout_text());
         self.with_last_output(r, last.into_inner().unwrap_or(None))
@@ -427,14 +501,16 @@ impl Machine {
         } else {
             "systemctl"
         };
-        // One round trip: the state and the number of pending jobs. As
+        // One round trip: the state and, for an inactive unit, the number
+        // of pending jobs (as NixOS, which asks for jobs only then). As
         // NixOS, an inactive unit with no jobs is read once more: its job may
         // have finished between the two questions (the unit is active now).
         let script = format!(
-            "s=$({sc} --no-pager show {u} --property=ActiveState --value); \
+            "s=$({sc} --no-pager show {u} --property=ActiveState --value); j=1; \
+             if [ \"$s\" = inactive ]; then \
              j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); \
-             if [ \"$s\" = inactive ] && [ \"$j\" = 0 ]; then \
-             s=$({sc} --no-pager show {u} --property=ActiveState --value); fi; \
+             if [ \"$j\" = 0 ]; then \
+             s=$({sc} --no-pager show {u} --property=ActiveState --value); fi; fi; \
              echo \"$s $j\"; \
              case \"$s $j\" in active\\ *|failed\\ *|'inactive 0') ;; *) exit {UNIT_PENDING};; esac"
         );
@@ -446,6 +522,11 @@ impl Machine {
             status: UNIT_PENDING,
             equal: false,
         };
+        // Only the system manager exports its units' state files.
+        let watch: Vec<Watch> = match user {
+            Some(_) => Vec::new(),
+            None => vec![unit_watch(unit)],
+        };
         let last = std::sync::Mutex::new(None);
         let out = self
             .retry_probe(
@@ -454,6 +535,7 @@ impl Machine {
                 Duration::from_secs(60),
                 pending,
                 timeout,
+                &watch,
                 &last,
             )
             .await?;
@@ -546,6 +628,7 @@ impl Machine {
             Duration::from_secs(10),
             until,
             timeout,
+            &[],
             &last,
         )
         .await
@@ -571,7 +654,8 @@ impl Machine {
              elif command -v nc >/dev/null; then nc -z{} -U {p}; fi",
             if datagram { "u" } else { "" }
         );
-        self.wait_for_success(&what, &probe, timeout).await
+        self.wait_for_success(&what, &probe, timeout, &path_watch(path))
+            .await
     }
 
     /// Waits for a file to exist.
@@ -579,7 +663,8 @@ impl Machine {
         let what = format!("wait_for_file {path}");
         // Unquoted, as NixOS runs it: globs and `~user` expand.
         let probe = format!("test -e {path}");
-        self.wait_for_success(&what, &probe, timeout).await
+        self.wait_for_success(&what, &probe, timeout, &path_watch(path))
+            .await
     }
 
     /// Waits for console output matching `regex`, from where the last such

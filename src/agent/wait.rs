@@ -1,0 +1,233 @@
+//! Waits answered in the guest: one request runs a check again and again
+//! until its status meets the condition or the time is up. Under TCG a
+//! check is a chain of forks competing with the boot it waits for, so the
+//! next try comes only when what it looks at may have changed (an inotify
+//! event on a watched directory entry: a unit's `invocation:` link in
+//! `/run/systemd/units`, the file a `wait_for_file` wants) or when the
+//! fallback pause passed; the pause doubles while nothing happens, and is
+//! never shorter than the last try took.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::command::{drain, frame, run_once, Out};
+use super::sys::{self, PollFd, POLLIN};
+use super::wire::{Exec, Retry, Watch, AGAIN, EXIT};
+use super::Registry;
+
+/// How often a pause looks whether the host gave up (a `KILL` removes the
+/// request from the registry); the running try itself is killed at once.
+const STOP_TICK: Duration = Duration::from_millis(50);
+
+/// Runs `exec` until `retry` is met, `retry.within_ms` passed or the host
+/// sent `KILL`; sends the last try's output and exit.
+pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, registry: Registry) {
+    let deadline = Instant::now() + Duration::from_millis(retry.within_ms);
+    let first = Duration::from_millis(retry.first_pause_ms);
+    let longest = Duration::from_millis(retry.max_pause_ms);
+    let mut pause = first;
+    // Between tries the entry is 0: a KILL removes it, which ends the loop.
+    let stopped = || !registry.lock().expect("registry").contains_key(&id);
+    let mut watcher = Watcher::new(watch);
+    loop {
+        // Armed before the try: a change while it runs wakes the next one.
+        watcher.arm();
+        let started = Instant::now();
+        let Some((ended, pipes)) = run_once(id, exec, None, &out, &registry) else {
+            return;
+        };
+        let cost = started.elapsed();
+        if retry.met_by(ended.status) || stopped() || Instant::now() >= deadline {
+            registry.lock().expect("registry").remove(&id);
+            let _ = out.send(frame(EXIT, id, &ended.encode()));
+            drain(pipes, id, &out);
+            return;
+        }
+        let drained = out.clone();
+        std::thread::spawn(move || drain(pipes, id, &drained));
+        if out.send(frame(AGAIN, id, &[])).is_err() {
+            return;
+        }
+        // The guest is idle at least as long as the try took, whatever
+        // happens: a wait never takes more than half of the CPU.
+        let now = Instant::now();
+        let earliest = now + cost;
+        let fallback = now + pause.max(cost);
+        let mut changed = false;
+        loop {
+            if stopped() {
+                return;
+            }
+            let now = Instant::now();
+            let wake = if changed { earliest } else { fallback };
+            if now >= wake.min(deadline) {
+                break;
+            }
+            let left = wake.min(deadline) - now;
+            changed |= watcher.changed_within(left.min(STOP_TICK));
+        }
+        // A change starts a new sequence of short pauses: one state change
+        // is often followed by the next (a unit activating, then active).
+        pause = if changed {
+            first
+        } else {
+            (pause * 2).min(longest)
+        };
+    }
+}
+
+/// The inotify side of a wait. Without watches, or where inotify is not
+/// available, it only sleeps: the wait then runs on its fallback pauses.
+struct Watcher<'a> {
+    watch: &'a [Watch],
+    fd: Option<std::fs::File>,
+    /// Watch descriptor → the entry names that matter in it (empty: all).
+    names: Vec<(i32, String)>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Watcher<'a> {
+    fn new(watch: &'a [Watch]) -> Watcher<'a> {
+        let fd = match watch.is_empty() {
+            true => None,
+            false => sys::inotify()
+                .map(std::fs::File::from)
+                .map_err(|e| eprintln!("attest-agent: no inotify ({e}); waits poll"))
+                .ok(),
+        };
+        Watcher {
+            watch,
+            fd,
+            names: Vec::new(),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// (Re)adds the watches: a directory that did not exist may exist now,
+    /// and one that was removed must be watched through its parent again.
+    fn arm(&mut self) {
+        let Some(fd) = &self.fd else { return };
+        self.names.clear();
+        let mask = sys::IN_CREATE
+            | sys::IN_DELETE
+            | sys::IN_MOVED_FROM
+            | sys::IN_MOVED_TO
+            | sys::IN_MODIFY
+            | sys::IN_ATTRIB
+            | sys::IN_CLOSE_WRITE
+            | sys::IN_DELETE_SELF
+            | sys::IN_MOVE_SELF
+            | sys::IN_ONLYDIR;
+        for w in self.watch {
+            let (dir, name) = nearest_existing(&w.dir, &w.name);
+            if let Ok(wd) = sys::add_watch(fd, &dir, mask) {
+                self.names.push((wd, name));
+            }
+        }
+    }
+
+    /// Whether a relevant change happened within `limit` (it waits that
+    /// long only when none did).
+    fn changed_within(&mut self, limit: Duration) -> bool {
+        let Watcher { fd, names, buf, .. } = self;
+        let Some(mut file) = fd.as_ref() else {
+            std::thread::sleep(limit);
+            return false;
+        };
+        let mut fds = [PollFd {
+            fd: file.as_raw_fd(),
+            events: POLLIN,
+            revents: 0,
+        }];
+        let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+        if !matches!(sys::wait_ready(&mut fds, ms), Ok(n) if n > 0) {
+            return false;
+        }
+        let mut relevant = false;
+        // Non-blocking: reads until the queue is empty.
+        while let Ok(n) = file.read(buf) {
+            if n == 0 {
+                break;
+            }
+            relevant |= events(&buf[..n]).any(|(wd, mask, name)| {
+                mask & (sys::IN_Q_OVERFLOW | sys::IN_IGNORED | sys::IN_DELETE_SELF) != 0
+                    || names
+                        .iter()
+                        .any(|(w, want)| *w == wd && (want.is_empty() || want.as_bytes() == name))
+            });
+        }
+        relevant
+    }
+}
+
+/// The events in a buffer `read` from an inotify descriptor: (watch
+/// descriptor, mask, entry name).
+fn events(mut buf: &[u8]) -> impl Iterator<Item = (i32, u32, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 16 {
+            return None;
+        }
+        let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().expect("4 bytes"));
+        let (wd, mask, len) = (word(0) as i32, word(4), word(12) as usize);
+        let end = (16 + len).min(buf.len());
+        let name = &buf[16..end];
+        let name = &name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())];
+        buf = &buf[end..];
+        Some((wd, mask, name))
+    })
+}
+
+/// The directory to watch for `name` in `dir`: `dir` itself when it
+/// exists, else its nearest existing ancestor, for the entry on the way.
+fn nearest_existing(dir: &str, name: &str) -> (String, String) {
+    let mut dir = std::path::PathBuf::from(dir);
+    let mut name = name.to_owned();
+    while !dir.is_dir() {
+        let Some(parent) = dir.parent() else { break };
+        name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dir = parent.to_path_buf();
+    }
+    (dir.to_string_lossy().into_owned(), name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_directory_is_watched_through_its_nearest_ancestor() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_str().unwrap();
+        let deep = format!("{root}/a/b");
+        assert_eq!(
+            nearest_existing(&deep, "f"),
+            (root.to_owned(), "a".to_owned())
+        );
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(nearest_existing(&deep, "f"), (deep.clone(), "f".to_owned()));
+    }
+
+    #[test]
+    fn only_the_watched_entry_wakes_a_wait() {
+        let t = tempfile::tempdir().unwrap();
+        let watch = [Watch {
+            dir: format!("{}/sub", t.path().display()),
+            name: "flag".into(),
+        }];
+        let mut w = Watcher::new(&watch);
+        w.arm();
+        std::fs::write(t.path().join("other"), b"").unwrap();
+        assert!(!w.changed_within(Duration::from_millis(100)));
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        assert!(w.changed_within(Duration::from_millis(1000)), "sub made");
+        w.arm();
+        std::fs::write(t.path().join("sub/noise"), b"").unwrap();
+        assert!(!w.changed_within(Duration::from_millis(100)));
+        std::fs::write(t.path().join("sub/flag"), b"").unwrap();
+        assert!(w.changed_within(Duration::from_millis(1000)), "flag made");
+    }
+}
