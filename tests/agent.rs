@@ -236,3 +236,118 @@ machine.succeed("echo one; sleep 2; echo two >&2; printf three");
         assert_nothing_left(&r, "agentlive");
     }
 }
+
+/// Every wait, with either protocol: met when its condition becomes true a
+/// second later, `wait_for_unit` failing at once on a failed unit, and the
+/// same timeout errors; nothing of a timed-out wait left in the guest.
+/// With the agent a wait is one request retried in the guest (see
+/// `agent::wait`); with bash the host polls.
+fn waits_script() -> &'static str {
+    r#"
+// Runs `cmd` in the guest a second from now, outside the caller.
+fn later(m, cmd) { m.succeed(`systemd-run -q --collect sh -c 'sleep 1; ${cmd}'`); }
+machine.start();
+machine.wait_for_unit("multi-user.target");
+
+let t = timestamp();
+later(machine, "touch /run/later-file");
+machine.wait_for_file("/run/later-file", #{ timeout: 60 });
+log(`LATE file ${t.elapsed}`);
+
+// Activating for a second (its start job pending), then active.
+let t = timestamp();
+machine.succeed("systemd-run -q --no-block --unit=later.service -p Type=oneshot -p RemainAfterExit=yes sleep 1");
+machine.wait_for_unit("later.service", #{ timeout: 60 });
+log(`LATE unit ${t.elapsed}`);
+
+let t = timestamp();
+later(machine, "systemd-run -q --unit=port.service socat TCP-LISTEN:4567,fork,reuseaddr SYSTEM:true");
+machine.wait_for_open_port(4567, #{ timeout: 60 });
+log(`LATE open-port ${t.elapsed}`);
+let t = timestamp();
+later(machine, "systemctl stop port.service");
+machine.wait_for_closed_port(4567, #{ timeout: 60 });
+log(`LATE closed-port ${t.elapsed}`);
+
+let t = timestamp();
+later(machine, "systemd-run -q --unit=sock.service socat UNIX-LISTEN:/run/later.sock,fork SYSTEM:true");
+machine.wait_for_open_unix_socket("/run/later.sock", #{ timeout: 60 });
+log(`LATE unix-socket ${t.elapsed}`);
+
+// The output of the try that met the condition; tries are few while
+// nothing changes (never faster than one per 25 ms, pauses growing).
+let t = timestamp();
+later(machine, "sleep 3; touch /run/later-2");
+let out = machine.wait_until_succeeds("echo try >>/run/tries; cat /run/later-2; echo found", #{ timeout: 60 });
+assert_eq(out, "found\n");
+log(`LATE until-succeeds ${t.elapsed}`);
+let tries = parse_int(machine.succeed("wc -l </run/tries | tr -d '\\n'"));
+log(`TRIES ${tries}`);
+if tries > 16 { throw `${tries} tries in 4 s`; }
+later(machine, "rm /run/later-2");
+machine.wait_until_fails("test -e /run/later-2", #{ timeout: 60 });
+
+// A unit that fails ends the wait at once, not at its timeout.
+let t = timestamp();
+machine.succeed("systemd-run -q --no-block --unit=doomed.service -p 'ExecStartPre=/bin/sleep 1' false");
+let failed = false;
+try { machine.wait_for_unit("doomed.service", #{ timeout: 60 }); } catch (e) { failed = true; log(`ERROR doomed: ${e}`); }
+if !failed { throw "waiting for a failing unit succeeded"; }
+if t.elapsed > 10.0 { throw `the failed unit was noticed after ${t.elapsed} s`; }
+
+// Timeouts: the same errors with either protocol.
+try { machine.wait_for_file("/run/never", #{ timeout: 2 }); } catch (e) { log(`ERROR file: ${e}`); }
+try { machine.wait_for_unit("never.service", #{ timeout: 2 }); } catch (e) { log(`ERROR unit-missing: ${e}`); }
+machine.succeed("systemd-run -q --no-block --unit=slow.service --service-type=oneshot sleep 600");
+try { machine.wait_for_unit("slow.service", #{ timeout: 2 }); } catch (e) { log(`ERROR unit: ${e}`); }
+try { machine.wait_for_open_port(4999, #{ timeout: 2 }); } catch (e) { log(`ERROR open-port: ${e}`); }
+try { machine.wait_for_closed_port(22, #{ timeout: 2 }); } catch (e) { log(`ERROR closed-port: ${e}`); }
+try { machine.wait_for_open_unix_socket("/run/never.sock", #{ timeout: 2 }); } catch (e) { log(`ERROR unix-socket: ${e}`); }
+try { machine.wait_until_succeeds("echo no; test -e /run/never", #{ timeout: 2 }); } catch (e) { log(`ERROR until-succeeds: ${e}`); }
+try { machine.wait_until_fails("true", #{ timeout: 2 }); } catch (e) { log(`ERROR until-fails: ${e}`); }
+// A try still running at the timeout is killed with its process group.
+try { machine.wait_until_succeeds("sleep 100 & sleep 200; test -e /run/never", #{ timeout: 2 }); } catch (e) { log(`ERROR until-slow: ${e}`); }
+machine.fail("pgrep -f 'sleep [12]00'");
+machine.fail("pgrep -f 'run/neve[r]'");
+"#
+}
+
+/// The first line of each `ERROR name: text` the script logged.
+fn wait_errors(stderr: &str) -> std::collections::BTreeMap<String, String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once("ERROR ").map(|(_, e)| e))
+        .filter_map(|e| e.split_once(": "))
+        .map(|(name, text)| (name.to_owned(), text.to_owned()))
+        .collect()
+}
+
+#[test]
+fn waits_behave_the_same_with_both_protocols_and_end_in_time() {
+    let mut errors = Vec::new();
+    for protocol in ["agent", "bash"] {
+        let dir = TestDir::nspawn(
+            &format!("waits{protocol}"),
+            &["machine"],
+            "",
+            waits_script(),
+        );
+        let r = run_with(&dir, &["--protocol", protocol]);
+        assert_eq!(r.code, Some(PASSED.into()), "{protocol}: {}", r.stderr);
+        let late: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("LATE ") || l.contains("TRIES "))
+            .collect();
+        eprintln!("{protocol}: {late:#?}");
+        let e = wait_errors(&r.stderr);
+        assert_eq!(e.len(), 10, "{protocol}: {e:#?}\n{}", r.stderr);
+        assert!(
+            e["doomed"].contains("unit \"doomed.service\" reached state \"failed\""),
+            "{e:#?}"
+        );
+        assert_nothing_left(&r, &format!("waits{protocol}"));
+        errors.push(e);
+    }
+    assert_eq!(errors[0], errors[1]);
+}

@@ -15,10 +15,9 @@ use crate::shell;
 const POLL_FIRST: Duration = Duration::from_millis(25);
 const POLL_LONGEST: Duration = Duration::from_millis(500);
 
-/// The longest pause of a wait the agent also wakes through inotify
-/// (see [`Watch`]): the watch says when to look; this only covers what
-/// it cannot see (a unit going from activating to active or failed, a
-/// file appearing through a mount).
+/// The longest pause of a wait for a path, which the agent also wakes
+/// through inotify (see [`Watch`]): the watch says when to look; this
+/// only covers what it cannot see (a file appearing through a mount).
 const WATCHED_LONGEST: Duration = Duration::from_secs(2);
 
 /// The directory entry whose changes may answer a wait for `path`: the
@@ -281,9 +280,11 @@ impl Machine {
         watch: &[Watch],
         last: &std::sync::Mutex<Option<CommandOutput>>,
     ) -> Result<CommandOutput, MachineError> {
-        let longest = match watch.is_empty() {
-            true => POLL_LONGEST,
-            false => WATCHED_LONGEST,
+        // A unit's `invocation:` link appears as it starts, not as it
+        // becomes active or fails: unit waits keep short pauses.
+        let longest = match watch.iter().any(|w| !w.dir.starts_with("/run/systemd/")) {
+            true => WATCHED_LONGEST,
+            false => POLL_LONGEST,
         };
         let retry = Retry {
             status: until.status,
