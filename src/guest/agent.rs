@@ -738,7 +738,8 @@ impl AgentClient {
         retry: Retry,
         watch: &[Watch],
     ) -> Result<CommandOutput, GuestError> {
-        self.run_gathered(command, per_try, Some(retry), watch).await
+        self.run_gathered(command, per_try, Some(retry), watch)
+            .await
     }
 
     /// One command whose outputs the reader task gathers.
