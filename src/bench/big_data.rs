@@ -78,8 +78,17 @@ fn failed(m: &Machine, message: String) -> MachineError {
     }
 }
 
+/// The bench's host file of random bytes could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the bench's source file {} (free space in the bench's temporary directory?)", path.display())]
+pub struct SourceFileError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 /// A host file of `size` random bytes in `dir`, made once per bench.
-fn source_file(dir: &Path, size: Size) -> Result<PathBuf, String> {
+fn source_file(dir: &Path, size: Size) -> Result<PathBuf, SourceFileError> {
     let path = dir.join(format!("big-{}.bin", size.name()));
     if std::fs::metadata(&path).is_ok_and(|m| m.len() == size.0 as u64) {
         return Ok(path);
@@ -90,13 +99,16 @@ fn source_file(dir: &Path, size: Size) -> Result<PathBuf, String> {
         std::io::copy(&mut random, &mut out)?;
         std::io::Write::flush(&mut out)
     })();
-    made.map_err(|e| format!("{}: {e}", path.display()))?;
+    made.map_err(|source| SourceFileError {
+        path: path.clone(),
+        source,
+    })?;
     Ok(path)
 }
 
 /// Measures `size` on the running machine `m`; `dir` holds the host files.
 pub async fn measure(m: &Machine, dir: &Path, size: Size) -> Result<Sample, MachineError> {
-    let source = source_file(dir, size).map_err(|e| failed(m, e))?;
+    let source = source_file(dir, size).map_err(|e| failed(m, format!("{e}: {}", e.source)))?;
     let n = size.0;
 
     usage::reset_peak_rss();
