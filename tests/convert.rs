@@ -237,6 +237,105 @@ f(1)
 "#
 );
 
+// A node may bear a Python module's name (grafana's `socket`): without an
+// `import`, the name is the node, as in the NixOS driver's globals; an
+// imported module and the driver's `os` stay host-side.
+rule!(
+    nodes_named_like_modules,
+    r#"socket.wait_for_unit("nginx.service")
+http.succeed("curl --fail http://socket/")
+os.system("true")
+import subprocess
+subprocess.run(["true"])
+"#,
+    &["socket", "http"]
+);
+
+/// Converts one Nix file and renders every test's script, config and
+/// summary, for a snapshot.
+fn nix(src: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.nix");
+    std::fs::write(&file, src).unwrap();
+    let opts = ConvertOptions {
+        image: Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json"),
+        ..Default::default()
+    };
+    let convs = convert::convert_file(&file, &opts).unwrap();
+    let summaries = convert::write(&convs, &dir.path().join("out"), &opts).unwrap();
+    let mut out = String::new();
+    for s in &summaries {
+        let dir = Path::new(&s.out_dir);
+        let json = std::fs::read_to_string(dir.join("test.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        if s.complete() {
+            attest::driver::check_test(&dir.join("test.json")).unwrap_or_else(|e| panic!("{e}"));
+        }
+        out.push_str(&format!(
+            "== {} (global_timeout {}, nodes {:?})\n{}",
+            s.name,
+            json["global_timeout"],
+            json["nodes"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            std::fs::read_to_string(dir.join("test.rhai")).unwrap()
+        ));
+        if let Some(f) = &s.fatal {
+            out.push_str(&format!("// summary: {f}\n"));
+        }
+    }
+    out
+}
+
+// `containers.X` (the NixOS driver's nspawn nodes) are nodes like
+// `nodes.X`; `inherit containers;` is computed, so they are guessed;
+// `globalTimeout` (a literal or `60 * 60`) becomes `global_timeout`, NixOS's
+// one hour when absent; a Perl testScript of the old driver is named as such.
+#[test]
+fn nix_containers_global_timeout_and_perl() {
+    insta::assert_snapshot!(nix(r#"{ lib, ... }:
+let
+  containers = lib.mapAttrs (_: v: v) { socket = { }; sqlite = { }; };
+in {
+  literal = {
+    name = "literal";
+    globalTimeout = 5;
+    containers.alpha = { };
+    nodes.beta = { };
+    testScript = ''
+      alpha.wait_for_unit("nginx.service")
+      beta.succeed("curl --fail http://alpha/")
+    '';
+  };
+  computed = {
+    name = "computed";
+    globalTimeout = 2 * 60;
+    nodes.gamma = { };
+    inherit containers;
+    testScript = ''
+      socket.wait_for_open_port(80)
+      sqlite.succeed("true")
+    '';
+  };
+  defaults = {
+    name = "defaults";
+    containers = { delta = { }; };
+    testScript = "delta.succeed('true')";
+  };
+  perl = {
+    name = "perl";
+    machine = { };
+    testScript = ''
+      startAll;
+      $machine->waitForUnit("multi-user.target");
+    '';
+  };
+}
+"#));
+}
+
 #[test]
 fn nix_file_eras_and_multi_test_dirs() {
     let dir = tempfile::tempdir().unwrap();

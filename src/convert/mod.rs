@@ -51,7 +51,12 @@ pub struct Conversion {
     pub nix_script: Option<String>,
     /// What is left to do.
     pub summary: Summary,
+    /// The test's `globalTimeout` in seconds.
+    pub global_timeout: u64,
 }
+
+/// The NixOS driver's `globalTimeout` when a test sets none.
+pub const NIXOS_GLOBAL_TIMEOUT: u64 = 60 * 60;
 
 /// Converts a file: `.nix` (every test in it) or anything else as a Python
 /// testScript.
@@ -74,10 +79,12 @@ pub fn convert_file(path: &Path, opts: &ConvertOptions) -> Result<Vec<Conversion
             .into_iter()
             .map(|t| {
                 let nodes = t.nodes.clone();
-                match t.script {
+                let mut c = match t.script {
                     Ok(py) => convert_python(&t.name, &py, nodes.as_deref()),
                     Err(why) => fatal(&t.name, nodes.unwrap_or_default(), t.line, why),
-                }
+                };
+                c.global_timeout = t.global_timeout.unwrap_or(NIXOS_GLOBAL_TIMEOUT);
+                c
             })
             .collect())
     } else {
@@ -131,6 +138,7 @@ pub fn convert_python(name: &str, py: &nix::PythonSource, nodes: Option<&[String
                 nix_script: (!py.interpolations.is_empty())
                     .then(|| output::nix_script(&body, &py.interpolations)),
                 summary,
+                global_timeout: NIXOS_GLOBAL_TIMEOUT,
             }
         }
         Err(why) => fatal(
@@ -156,6 +164,7 @@ fn fatal(name: &str, nodes: Vec<String>, line: usize, why: String) -> Conversion
             fatal: Some(why),
             ..Default::default()
         },
+        global_timeout: NIXOS_GLOBAL_TIMEOUT,
     }
 }
 
@@ -206,6 +215,7 @@ pub fn write(
                     opts.backend,
                     &image.to_string_lossy(),
                     &c.rhai,
+                    c.global_timeout,
                 )),
             ),
             ("test-script.nix", c.nix_script.clone()),

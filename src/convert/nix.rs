@@ -21,6 +21,9 @@ pub struct NixTest {
     pub script: Result<PythonSource, String>,
     /// Line of the `testScript` attribute in the file (1-based).
     pub line: usize,
+    /// `globalTimeout` in seconds, when it is a literal (or a product of
+    /// literals, `60 * 60`).
+    pub global_timeout: Option<u64>,
 }
 
 /// A Python testScript with every Nix `${…}` replaced by a placeholder
@@ -62,6 +65,7 @@ pub fn extract(source: &str, stem: &str) -> Result<Vec<NixTest>, String> {
             nodes: node_names(&set),
             script: script_source(source, script),
             line,
+            global_timeout: attr(&set, &["globalTimeout"]).and_then(int_product),
         });
     }
     // Two tests of one file must not share an output directory.
@@ -125,6 +129,20 @@ fn attr(set: &impl HasEntry, path: &[&str]) -> Option<ast::Expr> {
     None
 }
 
+/// An integer literal or a product of them.
+fn int_product(e: ast::Expr) -> Option<u64> {
+    match unwrap(e) {
+        ast::Expr::Literal(l) => match l.kind() {
+            ast::LiteralKind::Integer(i) => u64::try_from(i.value().ok()?).ok(),
+            _ => None,
+        },
+        ast::Expr::BinOp(b) if b.operator() == Some(ast::BinOpKind::Mul) => {
+            int_product(b.lhs()?)?.checked_mul(int_product(b.rhs()?)?)
+        }
+        _ => None,
+    }
+}
+
 /// Looks through parentheses.
 fn unwrap(mut e: ast::Expr) -> ast::Expr {
     while let ast::Expr::Paren(p) = &e {
@@ -169,14 +187,22 @@ fn test_name(set: &ast::AttrSet) -> Option<String> {
 }
 
 fn node_names(set: &ast::AttrSet) -> Option<Vec<String>> {
+    // `inherit nodes;`: computed elsewhere.
+    let inherited = set.inherits().flat_map(|i| i.attrs().collect::<Vec<_>>());
+    for a in inherited {
+        if static_attr(&a).is_some_and(|n| n == "nodes" || n == "containers") {
+            return None;
+        }
+    }
     let mut names = Vec::new();
     for entry in set.attrpath_values() {
         let Some(path) = entry.attrpath().as_ref().and_then(path_names) else {
             continue;
         };
         match path.as_slice() {
-            [n, name, ..] if n == "nodes" => names.push(name.clone()),
-            [n] if n == "nodes" => match entry.value().map(unwrap) {
+            // `containers` are the NixOS driver's systemd-nspawn nodes.
+            [n, name, ..] if n == "nodes" || n == "containers" => names.push(name.clone()),
+            [n] if n == "nodes" || n == "containers" => match entry.value().map(unwrap) {
                 Some(ast::Expr::AttrSet(nodes)) => {
                     for e in nodes.attrpath_values() {
                         let first = e

@@ -132,8 +132,16 @@ pub fn node_needs(rhai: &str, node: &str, single: bool) -> NodeNeeds {
 /// `test.json`: every node on the chosen backend with the Debian image — a
 /// placeholder for the NixOS configuration the original builds. A node whose
 /// calls nspawn cannot do (a screen, keys) goes on QEMU, with OCR when it
-/// reads the screen, so the result passes `attest check`.
-pub fn config(name: &str, nodes: &[String], backend: Backend, image: &str, rhai: &str) -> String {
+/// reads the screen, so the result passes `attest check`. `global_timeout`
+/// is the NixOS test's `globalTimeout`.
+pub fn config(
+    name: &str,
+    nodes: &[String],
+    backend: Backend,
+    image: &str,
+    rhai: &str,
+    global_timeout: u64,
+) -> String {
     let mut node_map = serde_json::Map::new();
     for n in nodes {
         let needs = node_needs(rhai, n, nodes.len() == 1);
@@ -154,7 +162,7 @@ pub fn config(name: &str, nodes: &[String], backend: Backend, image: &str, rhai:
         "version": 1,
         "name": name,
         "script": "test.rhai",
-        "global_timeout": 600,
+        "global_timeout": global_timeout,
         "nodes": node_map,
     });
     let mut s = serde_json::to_string_pretty(&config).unwrap_or_default();

@@ -202,14 +202,16 @@ impl Translator<'_> {
                 };
                 return Ok(RExpr::atom(format!("log({msg})"), Kind::Unit));
             }
-            if super::HOST_MODULES.contains(&n.id.as_str())
-                && self.declared(n.id.as_str()).is_none()
-            {
-                self.host_modules.insert(n.id.to_string());
-                return unsupported(format!("host-side Python (`{}.{attr}`)", n.id));
-            }
-            if METHODS.iter().any(|m| m.name == attr) && !self.is_node(n.id.as_str()) {
-                self.maybe_guess_node(n.id.as_str());
+            // A module the script never imports is a node of that name
+            // (`socket`, `http`): only `os` is among the driver's globals.
+            let id = n.id.as_str();
+            let node = self.is_node(id)
+                || (id != "os"
+                    && METHODS.iter().any(|m| m.name == attr)
+                    && self.maybe_guess_node(id));
+            if !node && super::HOST_MODULES.contains(&id) && self.declared(id).is_none() {
+                self.host_modules.insert(id.to_owned());
+                return unsupported(format!("host-side Python (`{id}.{attr}`)"));
             }
         }
         if UNSUPPORTED_METHODS.contains(&attr) {

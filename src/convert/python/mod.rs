@@ -138,6 +138,14 @@ pub struct Translator<'s> {
     interpolations: Vec<String>,
 }
 
+/// The testScripts of the Perl driver call methods as `$node->method`,
+/// which Python has no syntax for.
+fn is_perl(src: &str) -> bool {
+    src.lines()
+        .map(str::trim_start)
+        .any(|l| l.starts_with('$') && l.contains("->") || l.starts_with("startAll"))
+}
+
 impl<'s> Translator<'s> {
     /// Translates `src`. `nodes`: the test's node names (Python spelling);
     /// `None` guesses them from the receivers of driver methods.
@@ -148,6 +156,9 @@ impl<'s> Translator<'s> {
     ) -> Result<Translation, String> {
         let suite = rustpython_parser::parse(src, Mode::Module, "<testScript>").map_err(|e| {
             let line = line_of(src, e.offset.to_usize());
+            if is_perl(src) {
+                return "a Perl testScript (`$machine->…`, nixpkgs' `make-test.nix` before NixOS 20.03), not Python: convert it by hand".to_owned();
+            }
             format!("the Python does not parse (line {line}): {}", e.error)
         })?;
         let ast::Mod::Module(module) = suite else {
