@@ -425,3 +425,42 @@ catch (e) { assert_contains(`${e}`, "timed out after 1 seconds"); }
 "#,
     );
 }
+
+/// `get_unit_property` fails where NixOS's does (a property systemd does
+/// not know, which `systemctl show` answers with nothing); NixOS `retry`
+/// reads its function's result with Python's truth
+/// (a function that ends without returning is `None`: false).
+#[test]
+fn unit_properties_and_truth_as_nixos_reads_them() {
+    passes(
+        "parity-truth",
+        &["machine"],
+        r#"
+machine.wait_for_unit("nginx.service");
+assert_eq(machine.get_unit_property("nginx.service", "ActiveState"), "active");
+assert_eq(machine.get_unit_property("nginx.service", "Description"),
+          strip(machine.succeed("systemctl show -P Description nginx.service")));
+assert_eq(machine.get_unit_property("nosuch.service", "ActiveState"), "inactive");
+try { machine.get_unit_property("nginx.service", "NoSuchProperty"); throw "no error"; }
+catch (e) {
+    assert_contains(`${e}`, "machine: `systemctl --no-pager show 'nginx.service' --property='NoSuchProperty'` printed \"\"");
+    assert_contains(`${e}`, "is the property name right?");
+}
+machine.require_unit_state("nginx.service");
+try { machine.require_unit_state("nginx.service", "inactive"); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "expected unit \"nginx.service\" to be in state \"inactive\" but it is in state \"active\""); }
+
+// retry: `()` (Python's None) is false, so the function runs again.
+let calls = [];
+retry(|last| { calls.push(last); if calls.len() >= 2 { return "yes"; } });
+assert_eq(calls, [false, false]);
+let calls = [];
+try { retry(|last| { calls.push(last); if last { return 0; } }, 1); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "action timed out"); }
+assert_eq(calls[-1], true);
+let n = [];
+retry(|last| { n.push(1); if n.len() < 2 { [] } else { [1] } });
+
+"#,
+    );
+}

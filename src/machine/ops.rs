@@ -436,19 +436,18 @@ impl Machine {
             .await
     }
 
-    /// All properties of a unit (`systemctl show`).
-    pub async fn get_unit_info(
+    /// `systemctl ARGS` (a `show`), which must exit 0, as NixOS requires.
+    async fn systemctl_show(
         &self,
-        unit: &str,
+        args: &str,
         user: Option<&str>,
-    ) -> Result<BTreeMap<String, String>, MachineError> {
-        let out = self
-            .systemctl(&format!("--no-pager show {}", shell::quote(unit)), user)
-            .await?;
+        what: String,
+    ) -> Result<CommandOutput, MachineError> {
+        let out = self.systemctl(args, user).await?;
         if out.status != 0 {
             return Err(MachineError::WaitFailed {
                 machine: self.name().to_owned(),
-                what: format!("get_unit_info {unit}"),
+                what,
                 reason: WaitFailure::SystemctlShow {
                     status: out.status,
                     stderr: out.stderr_text().trim().to_owned(),
@@ -456,6 +455,19 @@ impl Machine {
                 diagnostics: String::new(),
             });
         }
+        Ok(out)
+    }
+
+    /// All properties of a unit (`systemctl show`).
+    pub async fn get_unit_info(
+        &self,
+        unit: &str,
+        user: Option<&str>,
+    ) -> Result<BTreeMap<String, String>, MachineError> {
+        let args = format!("--no-pager show {}", shell::quote(unit));
+        let out = self
+            .systemctl_show(&args, user, format!("get_unit_info {unit}"))
+            .await?;
         Ok(out
             .stdout_text()
             .lines()
@@ -464,24 +476,34 @@ impl Machine {
             .collect())
     }
 
-    /// One property of a unit.
+    /// One property of a unit. As NixOS: a failed `systemctl show` fails
+    /// the call, and so does a property systemd does not know (it prints
+    /// nothing for one, where `--value` would read as "").
     pub async fn get_unit_property(
         &self,
         unit: &str,
         property: &str,
         user: Option<&str>,
     ) -> Result<String, MachineError> {
+        let args = format!(
+            "--no-pager show {} --property={}",
+            shell::quote(unit),
+            shell::quote(property)
+        );
         let out = self
-            .systemctl(
-                &format!(
-                    "--no-pager show {} --property={} --value",
-                    shell::quote(unit),
-                    shell::quote(property)
-                ),
-                user,
-            )
+            .systemctl_show(&args, user, format!("get_unit_property {unit} {property}"))
             .await?;
-        Ok(out.stdout_text().trim_end_matches('\n').to_owned())
+        let text = out.stdout_text();
+        let line = text.strip_suffix('\n').unwrap_or(&text);
+        match line.split_once('=') {
+            Some((key, value)) if key == property && !value.contains('\n') => Ok(value.to_owned()),
+            _ => Err(MachineError::UnexpectedOutput {
+                machine: self.name().to_owned(),
+                command: systemctl_command(&args, user),
+                stdout: text.clone(),
+                expected: "one line `PROPERTY=value` (is the property name right?)",
+            }),
+        }
     }
 
     /// Waits until a unit is active; fails at once when it failed or is

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use rhai::{Dynamic, EvalAltResult, Map, Position};
+use rhai::{Array, Dynamic, EvalAltResult, Map, Position};
 
 pub(super) type R<T> = Result<T, Box<EvalAltResult>>;
 
@@ -94,4 +94,26 @@ pub(super) fn sleep_until_cancelled(cancel: &crate::cancel::Cancel, seconds: f64
 
 pub(super) fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+/// Python's truth of a value, for what NixOS tests with `if fn(…)`: `()`
+/// (None), `false`, zero and empty strings, arrays and maps are false.
+pub(super) fn truthy(v: &Dynamic) -> bool {
+    if v.is_unit() {
+        false
+    } else if let Ok(b) = v.as_bool() {
+        b
+    } else if let Ok(i) = v.as_int() {
+        i != 0
+    } else if let Ok(x) = v.as_float() {
+        x != 0.0
+    } else if let Some(s) = v.read_lock::<rhai::ImmutableString>() {
+        !s.is_empty()
+    } else if let Some(a) = v.read_lock::<Array>() {
+        !a.is_empty()
+    } else if let Some(m) = v.read_lock::<Map>() {
+        !m.is_empty()
+    } else {
+        true
+    }
 }

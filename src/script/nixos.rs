@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rhai::{Array, Dynamic, Engine, FnPtr, Map, NativeCallContext};
 
 use super::bindings::{backend, in_section, op, screen_texts};
-use super::common::{err, first_line, opts, secs, sleep_until_cancelled, timeout_of, R};
+use super::common::{err, first_line, opts, secs, sleep_until_cancelled, timeout_of, truthy, R};
 use super::ScriptContext;
 use crate::backend::BackendOp;
 use crate::machine::{Machine, DEFAULT_TIMEOUT};
@@ -122,17 +122,12 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
     );
 
     // NixOS `retry(fn, timeout_seconds=900)`: `fn(last_try)` is called once
-    // a second until it returns true; the last call gets `true`.
+    // a second until it returns something true (Python's truth: a function
+    // that ends without returning, `()`, is false); the last call gets `true`.
     fn retry(nc: &NativeCallContext, c: &ScriptContext, f: &FnPtr, timeout: f64) -> R<()> {
         let started = Instant::now();
-        let call = |last: bool| -> R<bool> {
-            let v = f.call_within_context::<Dynamic>(nc, (last,))?;
-            v.as_bool().map_err(|t| {
-                err(format!(
-                    "retry: the function must return true or false, not {t}"
-                ))
-            })
-        };
+        let call =
+            |last: bool| -> R<bool> { Ok(truthy(&f.call_within_context::<Dynamic>(nc, (last,))?)) };
         while started.elapsed().as_secs_f64() < timeout {
             if call(false)? {
                 return Ok(());
