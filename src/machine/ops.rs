@@ -42,8 +42,11 @@ fn path_watch(path: &str) -> Vec<Watch> {
 }
 
 /// Where the system manager announces that `unit` started or went away:
-/// it links `/run/systemd/units/invocation:<unit>` as the unit starts
-/// (the name as systemctl completes it: `nginx` is `nginx.service`).
+/// it links `/run/systemd/units/invocation:<unit>` as a unit with
+/// processes or a mount starts (the name as systemctl completes it:
+/// `nginx` is `nginx.service`). A target gets no link; the units ordered
+/// after it start once it is reached (`systemd-update-utmp-runlevel` after
+/// `multi-user.target`), so any entry there wakes a target's wait.
 fn unit_watch(unit: &str) -> Watch {
     const TYPES: [&str; 11] = [
         "service",
@@ -58,17 +61,15 @@ fn unit_watch(unit: &str) -> Watch {
         "slice",
         "scope",
     ];
-    let typed = unit
-        .rsplit_once('.')
-        .is_some_and(|(_, suffix)| TYPES.contains(&suffix));
-    let name = if typed {
-        unit.to_owned()
-    } else {
-        format!("{unit}.service")
+    let suffix = unit.rsplit_once('.').map(|(_, s)| s);
+    let name = match suffix {
+        Some("target") => String::new(),
+        Some(s) if TYPES.contains(&s) => format!("invocation:{unit}"),
+        _ => format!("invocation:{unit}.service"),
     };
     Watch {
         dir: "/run/systemd/units".into(),
-        name: format!("invocation:{name}"),
+        name,
     }
 }
 
@@ -734,5 +735,27 @@ impl Machine {
             .unwrap_or_default();
         let cmd = format!("journalctl --no-pager -q {unit} -n {lines}");
         self.succeed(&[cmd], Duration::from_secs(60)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_watch_the_entries_that_can_answer_them() {
+        let w = |dir: &str, name: &str| Watch {
+            dir: dir.into(),
+            name: name.into(),
+        };
+        let units = "/run/systemd/units";
+        assert_eq!(unit_watch("nginx"), w(units, "invocation:nginx.service"));
+        assert_eq!(unit_watch("a.mount"), w(units, "invocation:a.mount"));
+        assert_eq!(unit_watch("multi-user.target"), w(units, ""));
+        assert_eq!(path_watch("/run/x/flag"), vec![w("/run/x", "flag")]);
+        assert_eq!(path_watch("/flag/"), vec![w("/", "flag")]);
+        for shell_expands in ["/tmp/*.pid", "~/x", "/run/$X", "rel/path", "/", "/a b"] {
+            assert_eq!(path_watch(shell_expands), vec![], "{shell_expands}");
+        }
     }
 }
