@@ -169,6 +169,13 @@ pub trait Instance: Send + Sync {
         None
     }
 
+    /// How much unacknowledged output an agent serving the backdoor stream
+    /// may keep in flight (its `--window`): what the stream can hold
+    /// without losing bytes. `None`: the agent's default.
+    fn agent_window(&self) -> Option<u64> {
+        None
+    }
+
     /// The next [`Instance::connect`] reaches a backdoor that already
     /// announced itself (the one terminal of a VM, whose agent or shell is
     /// idle): ask it to announce itself again. A no-op where every

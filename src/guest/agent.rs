@@ -200,6 +200,17 @@ pub struct DirectSocket {
     pub guest: String,
 }
 
+/// Where and how a backend wants its agent to serve.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The agent's own socket ([`crate::backend::Instance::agent_socket`]).
+    pub direct: Option<DirectSocket>,
+    /// Unacknowledged output an agent serving the backdoor stream may keep
+    /// in flight ([`crate::backend::Instance::agent_window`]); `None`: the
+    /// agent's default ([`wire::WINDOW`] on a terminal).
+    pub window: Option<u64>,
+}
+
 /// Starts the agent on a fresh backdoor stream (see the module docs). With
 /// `direct`, the agent serves that socket instead, and the backdoor stream
 /// stays open beside it until the client is dropped; when the agent cannot
@@ -208,10 +219,12 @@ pub struct DirectSocket {
 pub async fn bootstrap(
     stream: Box<dyn GuestStream>,
     deadline: Instant,
-    direct: Option<DirectSocket>,
+    placement: Placement,
     tasks: &TaskTracker,
 ) -> Result<AgentClient, Fallback> {
+    let Placement { direct, window } = placement;
     let mut boot = Boot::new(stream, deadline);
+    boot.window = window;
     match tokio::time::timeout_at(deadline.into(), boot.run(direct.as_ref())).await {
         Ok(Ok(None)) => Ok(AgentClient::start(boot, tasks)),
         Ok(Ok(Some(connected))) => {
@@ -262,6 +275,9 @@ struct Boot {
     deadline: Instant,
     /// The agent's greeting asked for acks ([`wire::ACKS`]).
     acks: bool,
+    /// `--window` for an agent serving this stream (see
+    /// [`crate::backend::Instance::agent_window`]).
+    window: Option<u64>,
 }
 
 /// Removes a socket path when dropped.
@@ -285,6 +301,16 @@ impl Boot {
             limit: deadline,
             deadline,
             acks: false,
+            window: None,
+        }
+    }
+
+    /// The shell line that replaces the shell by the agent serving this
+    /// stream.
+    fn exec_agent(&self) -> String {
+        match self.window {
+            Some(w) => format!("exec \"$__af\" --window {w}\n"),
+            None => "exec \"$__af\"\n".to_owned(),
         }
     }
 
@@ -338,7 +364,7 @@ impl Boot {
         if let Some(d) = direct {
             return self.exec_connected(d).await;
         }
-        self.send("exec \"$__af\"\n").await.map_err(lost)?;
+        self.send(&self.exec_agent()).await.map_err(lost)?;
         self.read_greeting().await.map(|()| None)
     }
 
@@ -349,7 +375,7 @@ impl Boot {
         let _ = std::fs::remove_file(&d.host);
         let Ok(listener) = tokio::net::UnixListener::bind(&d.host) else {
             // (A path too long for a socket, say.) The relayed stream works.
-            self.send("exec \"$__af\"\n").await.map_err(lost)?;
+            self.send(&self.exec_agent()).await.map_err(lost)?;
             return self.read_greeting().await.map(|()| None);
         };
         let _unlink = Unlink(d.host.clone());
@@ -1541,7 +1567,7 @@ pub(crate) mod tests {
         let Err(f) = bootstrap(
             Box::new(ours),
             Instant::now() + Duration::from_secs(2),
-            None,
+            Placement::default(),
             &TaskTracker::new(),
         )
         .await

@@ -77,13 +77,10 @@ impl Machine {
                 deadline,
                 "starting the guest agent",
                 |stream| async move {
-                    Ok(agent::bootstrap(
-                        stream,
-                        deadline,
-                        instance.agent_socket(),
-                        &self.inner.tasks,
+                    Ok(
+                        agent::bootstrap(stream, deadline, placement(instance), &self.inner.tasks)
+                            .await,
                     )
-                    .await)
                 },
             )
             .await?;
@@ -246,10 +243,7 @@ impl Machine {
                 deadline,
                 "restarting the guest agent",
                 |s| async move {
-                    Ok(
-                        agent::bootstrap(s, deadline, instance.agent_socket(), &self.inner.tasks)
-                            .await,
-                    )
+                    Ok(agent::bootstrap(s, deadline, placement(instance), &self.inner.tasks).await)
                 },
             )
             .await?
@@ -333,5 +327,13 @@ impl Machine {
                 }
             }
         }
+    }
+}
+
+/// Where `instance` wants its agent to serve ([`agent::Placement`]).
+fn placement(instance: &dyn Instance) -> agent::Placement {
+    agent::Placement {
+        direct: instance.agent_socket(),
+        window: instance.agent_window(),
     }
 }

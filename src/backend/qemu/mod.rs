@@ -792,6 +792,10 @@ impl Instance for QemuInstance {
         self.banner_on_connect.store(true, Ordering::SeqCst);
     }
 
+    fn agent_window(&self) -> Option<u64> {
+        Some(relay::agent_window(self.shell.send_buffer()))
+    }
+
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
         self.process.exit_watch()
     }

@@ -50,6 +50,8 @@ pub struct ShellRelay {
     /// Counts connections (0: no QEMU was started yet).
     connected: watch::Receiver<u64>,
     announce: watch::Sender<u64>,
+    /// The send buffer QEMU's end of the socket got (bytes).
+    send_buffer: std::sync::atomic::AtomicUsize,
     /// Where the connection readers and the session pumps run.
     tasks: TaskTracker,
 }
@@ -62,11 +64,22 @@ pub const QEMU_SEND_BUFFER: usize = 32 << 20;
 
 /// Enlarges `socket`'s send buffer to [`QEMU_SEND_BUFFER`]; without
 /// `CAP_NET_ADMIN` (not root) the kernel caps it at `net.core.wmem_max`.
-fn enlarge_send_buffer(socket: &std::os::unix::net::UnixStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
+/// The size it got.
+fn enlarge_send_buffer(socket: &std::os::unix::net::UnixStream) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
     if setsockopt(socket, sockopt::SndBufForce, &QEMU_SEND_BUFFER).is_err() {
         let _ = setsockopt(socket, sockopt::SndBuf, &QEMU_SEND_BUFFER);
     }
+    getsockopt(socket, sockopt::SndBuf).unwrap_or(0)
+}
+
+/// The agent's window (unacknowledged output) for a send buffer of `size`:
+/// a quarter of it, since the kernel counts each of QEMU's writes (a page
+/// of the guest's hvc output at most) with its bookkeeping; never below
+/// the default the agent was sized for with ~200 KiB, and at most 8 MiB
+/// (beyond that the ack round trips no longer limit a TCG guest).
+pub fn agent_window(size: usize) -> u64 {
+    (size as u64 / 4).clamp(crate::agent::wire::WINDOW, 8 << 20)
 }
 
 /// Why a relay failed.
@@ -125,6 +138,7 @@ impl ShellRelay {
             state: Arc::default(),
             connected: rx,
             announce: tx,
+            send_buffer: Default::default(),
             tasks: tasks.clone(),
         }
     }
@@ -144,7 +158,9 @@ impl ShellRelay {
             source: Arc::new(e),
         };
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(io)?;
-        enlarge_send_buffer(&theirs);
+        let size = enlarge_send_buffer(&theirs);
+        self.send_buffer
+            .store(size, std::sync::atomic::Ordering::Relaxed);
         ours.set_nonblocking(true).map_err(io)?;
         let ours = tokio::net::UnixStream::from_std(ours).map_err(io)?;
         self.adopt(ours);
@@ -200,6 +216,11 @@ impl ShellRelay {
     /// Whether QEMU is connected right now.
     pub fn is_connected(&self) -> bool {
         self.state.lock().expect("relay lock").writer.is_some()
+    }
+
+    /// The send buffer of the latest QEMU's end of the socket (bytes).
+    pub fn send_buffer(&self) -> usize {
+        self.send_buffer.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many connections (QEMU processes) there were so far.
@@ -420,5 +441,13 @@ mod tests {
                 .unwrap()
         };
         assert!(size >= floor, "send buffer {size} < {floor}");
+        assert_eq!(relay.send_buffer(), size);
+        // The agent's window grows with it, within its bounds.
+        let window = agent_window(size);
+        assert!(window >= crate::agent::wire::WINDOW && window <= 8 << 20);
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(window, 8 << 20);
+        }
+        assert_eq!(agent_window(0), crate::agent::wire::WINDOW);
     }
 }
