@@ -512,6 +512,11 @@ enum Route {
     /// Hands every frame to the request's own task (transfers, shells,
     /// live output).
     Frames(Events),
+    /// The same through a bounded queue: when the request's task falls
+    /// behind (a download whose host file is written slower than the
+    /// socket delivers), the reader waits for it, and the bytes wait in the
+    /// stream instead of in attest's memory.
+    Bounded(mpsc::Sender<Frame>),
     /// Reads a command's outputs straight into one buffer each, and hands
     /// them over with the last frame: the output exists once, never also
     /// as frames queued between the reader and the caller (a 1 GiB output
@@ -613,6 +618,15 @@ impl AgentClient {
     pub(super) fn request(&self) -> Result<(u32, mpsc::UnboundedReceiver<Frame>), GuestError> {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((self.register(Route::Frames(tx))?, rx))
+    }
+
+    /// A request whose frames queue at most `depth` deep ([`Route::Bounded`]).
+    pub(super) fn request_bounded(
+        &self,
+        depth: usize,
+    ) -> Result<(u32, mpsc::Receiver<Frame>), GuestError> {
+        let (tx, rx) = mpsc::channel(depth);
+        Ok((self.register(Route::Bounded(tx))?, rx))
     }
 
     /// A command request whose outputs the reader gathers ([`Route::Output`]).
@@ -1008,14 +1022,14 @@ async fn read_frames(
             put_output(&shared, h.id, h.kind, payload);
             continue;
         }
-        route(
-            &shared,
-            Frame {
-                kind: h.kind,
-                id: h.id,
-                payload,
-            },
-        );
+        let frame = Frame {
+            kind: h.kind,
+            id: h.id,
+            payload,
+        };
+        if let Some((tx, frame)) = route(&shared, frame) {
+            let _ = tx.send(frame).await;
+        }
     }
     shared.closed.store(true, Ordering::SeqCst);
     shared.pending.lock().expect("pending lock").clear();
@@ -1047,24 +1061,26 @@ fn put_output(shared: &Shared, id: u32, kind: u8, buf: Vec<u8>) {
     }
 }
 
-/// Hands a frame to its request.
-fn route(shared: &Shared, frame: Frame) {
+/// Hands a frame to its request; for a [`Route::Bounded`] one, returns the
+/// frame and the queue the reader must wait on (outside the lock).
+fn route(shared: &Shared, frame: Frame) -> Option<(mpsc::Sender<Frame>, Frame)> {
     let last = matches!(frame.kind, wire::EXIT | wire::ERROR | wire::DONE);
     let mut pending = shared.pending.lock().expect("pending lock");
     match pending.get_mut(&frame.id) {
-        None => return,
+        None => return None,
         // A retried command's try failed: its output is stale.
         Some(Route::Output { stdout, stderr, .. }) if frame.kind == wire::AGAIN => {
             stdout.clear();
             stderr.clear();
-            return;
+            return None;
         }
         Some(Route::Frames(tx)) if !last => {
             let tx = tx.clone();
             drop(pending);
             let _ = tx.send(frame);
-            return;
+            return None;
         }
+        Some(Route::Bounded(tx)) if !last => return Some((tx.clone(), frame)),
         // Any other frame ends a gathered command (the caller checks it).
         Some(_) => {}
     }
@@ -1074,6 +1090,7 @@ fn route(shared: &Shared, frame: Frame) {
         Some(Route::Frames(tx)) => {
             let _ = tx.send(frame);
         }
+        Some(Route::Bounded(tx)) => return Some((tx, frame)),
         Some(Route::Output {
             stdout,
             stderr,
@@ -1087,6 +1104,7 @@ fn route(shared: &Shared, frame: Frame) {
         }
         None => {}
     }
+    None
 }
 
 #[cfg(test)]

@@ -16,6 +16,11 @@ use crate::agent::wire::{self, Digest, Frame, Shape};
 /// Bytes per `DATA` frame of an upload.
 const CHUNK: usize = 512 * 1024;
 
+/// Data frames of a download queued between the connection's reader and
+/// the call writing the host file (4 MiB of the agent's 128 KiB frames);
+/// beyond that the reader waits, and so does the agent.
+const DOWNLOAD_QUEUE: usize = 32;
+
 /// Test hook: `upload` or `download` flips one byte of the first data
 /// frame of every transfer in that direction, in flight (after the sender
 /// hashed it, before the receiver does), to show that the check catches it.
@@ -197,7 +202,7 @@ impl AgentClient {
         out: &mut (dyn AsyncWrite + Unpin + Send),
         timeout: Duration,
     ) -> Result<Transfer, GuestError> {
-        let (id, mut events) = self.request()?;
+        let (id, mut events) = self.request_bounded(DOWNLOAD_QUEUE)?;
         let mut guard = self.kill_on_drop(id);
         let work = async {
             let get = wire::Transfer {
@@ -334,6 +339,39 @@ mod tests {
             );
         }
         assert!(staged(dir.path()).is_empty());
+    }
+
+    /// A download many times the reader's queue, into a host file that
+    /// takes its bytes slowly: the reader waits, and every byte arrives.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_download_into_a_slow_writer_arrives_whole() {
+        let a = local_agent();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let data = bytes(DOWNLOAD_QUEUE * 128 * 1024 * 3 + 5, 7);
+        std::fs::write(&path, &data).unwrap();
+        let (mut near, mut far) = tokio::io::duplex(64 * 1024);
+        let slow = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                tokio::time::sleep(Duration::from_micros(300)).await;
+                match far.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let t = a
+            .download(path.to_str().unwrap(), Shape::File, &mut near, T)
+            .await
+            .unwrap();
+        drop(near);
+        assert_eq!(t.bytes, data.len() as u64);
+        assert!(
+            slow.await.unwrap() == data,
+            "the download arrived different"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
