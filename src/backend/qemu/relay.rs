@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(relay.send_buffer(), size);
         // The agent's window grows with it, within its bounds.
         let window = agent_window(size);
-        assert!(window >= crate::agent::wire::WINDOW && window <= 8 << 20);
+        assert!((crate::agent::wire::WINDOW..=8 << 20).contains(&window));
         if nix::unistd::geteuid().is_root() {
             assert_eq!(window, 8 << 20);
         }
