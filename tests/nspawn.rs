@@ -92,6 +92,9 @@ subtest("commands", || {
     assert_eq(server.succeed("echo a", "echo b"), "a\nb\n");
     assert_eq(succeed(server, ["echo c", "echo d"]), "c\nd\n");
     server.fail("false");
+    // Where and with what NixOS's backdoor runs commands (the image's
+    // backdoor itself starts in / without DISPLAY).
+    assert_eq(server.succeed("pwd; echo \"$DISPLAY\" \"${PAGER-unset}\""), "/tmp\n:0.0 \n");
     let n = server.wait_until_succeeds("test -e /tmp/flag || { touch /tmp/flag; false; }", #{ timeout: 20 });
     server.wait_until_fails("rm /tmp/flag", #{ timeout: 20 });
     subtest("nested", || log("inside a nested subtest"));

@@ -338,7 +338,8 @@ impl Boot {
         let path = format!("/run/attest/agent-{}", &hash[..16]);
         self.begin("checking for the agent under /run/attest", STEP_TIMEOUT);
         self.send(&format!(
-            "__af={path}; [ -x \"$__af\" ] && echo ATTEST-BOOT-HAVE || echo ATTEST-BOOT-NEED\n"
+            "{}__af={path}; [ -x \"$__af\" ] && echo ATTEST-BOOT-HAVE || echo ATTEST-BOOT-NEED\n",
+            super::protocol::NIXOS_BACKDOOR_ENV
         ))
         .await
         .map_err(lost)?;

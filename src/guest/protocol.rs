@@ -207,10 +207,11 @@ impl Framer {
     /// mounted over `/tmp` between writing and reading a command's output
     /// would hide it. `/dev/shm` is mounted before PID 1's first unit.
     pub fn init_line(&self) -> String {
-        "set +o histexpand 2>/dev/null; unset HISTFILE; PS1=; PS2=; \
-         __ad=/dev/shm; [ -d \"$__ad\" ] && [ -w \"$__ad\" ] || __ad=${TMPDIR:-/tmp}; \
+        format!(
+            "set +o histexpand 2>/dev/null; unset HISTFILE; PS1=; PS2=; {NIXOS_BACKDOOR_ENV}\
+         __ad=/dev/shm; [ -d \"$__ad\" ] && [ -w \"$__ad\" ] || __ad=${{TMPDIR:-/tmp}}; \
          trap 'rm -f \"$__ad\"/.attest-$$-*' EXIT\n"
-            .to_owned()
+        )
     }
 
     /// Encodes one command; returns the line to send and its sequence number.
@@ -270,6 +271,13 @@ impl Framer {
         ReplyParser::new(&self.marker, seq)
     }
 }
+
+/// What NixOS's backdoor shell sets up before it serves the driver
+/// (`test-instrumentation.nix`): commands run in `/tmp`, with
+/// `DISPLAY=:0.0` and no pager. A guest's own backdoor may not (the Debian
+/// image's starts in `/`), so attest sets it on every backdoor shell, and
+/// the agent inherits it from the shell it replaces.
+pub const NIXOS_BACKDOOR_ENV: &str = "cd /tmp 2>/dev/null; export DISPLAY=:0.0 PAGER=; ";
 
 /// The three base64 fields of a reply, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
