@@ -21,7 +21,7 @@ pub enum GuestError {
     Closed,
     /// The stream failed.
     #[error("guest channel I/O failed: {0}")]
-    Io(String),
+    Io(#[source] std::sync::Arc<std::io::Error>),
     /// No banner arrived in time.
     #[error("no backdoor banner within {0:?}")]
     BannerTimeout(Duration),
@@ -57,7 +57,7 @@ impl From<std::io::Error> for GuestError {
             std::io::ErrorKind::UnexpectedEof
             | std::io::ErrorKind::BrokenPipe
             | std::io::ErrorKind::ConnectionReset => GuestError::Closed,
-            _ => GuestError::Io(e.to_string()),
+            _ => GuestError::Io(std::sync::Arc::new(e)),
         }
     }
 }
