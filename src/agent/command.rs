@@ -72,20 +72,17 @@ fn spawn(argv: &[String], piped_stdin: bool) -> std::io::Result<Child> {
     c.spawn()
 }
 
-/// Runs one request to the end; sends its frames on `out`.
+/// Runs one request (a single try: a retried one goes to
+/// [`super::wait::run`]) to the end; sends its frames on `out`.
 pub fn run(id: u32, exec: Exec, stdin: Option<Receiver<Vec<u8>>>, out: Out, registry: Registry) {
-    let Some(retry) = exec.retry else {
-        if let Some((ended, pipes)) = run_once(id, &exec, stdin, &out, &registry) {
-            registry.lock().expect("registry").remove(&id);
-            let _ = out.send(frame(EXIT, id, &ended.encode()));
-            // The reply is out; a background process may keep writing
-            // without getting SIGPIPE, as it could into the bash
-            // protocol's output files.
-            drain(pipes, id, &out);
-        }
-        return;
-    };
-    super::wait::run(id, &exec, retry, &[], out, registry);
+    if let Some((ended, pipes)) = run_once(id, &exec, stdin, &out, &registry) {
+        registry.lock().expect("registry").remove(&id);
+        let _ = out.send(frame(EXIT, id, &ended.encode()));
+        // The reply is out; a background process may keep writing
+        // without getting SIGPIPE, as it could into the bash
+        // protocol's output files.
+        drain(pipes, id, &out);
+    }
 }
 
 /// One try: spawn, stream, wait for the exit. `None` when it could not be

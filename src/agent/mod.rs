@@ -251,7 +251,12 @@ pub fn serve_with(
                     // comes first still finds (and removes) the request.
                     registry.lock().expect("registry").insert(frame.id, 0);
                     let (tx, registry) = (tx.clone(), registry.clone());
-                    std::thread::spawn(move || command::run(frame.id, exec, stdin, tx, registry));
+                    std::thread::spawn(move || match exec.retry {
+                        // An EXEC retried until its status meets `retry`:
+                        // the wait loop without anything to watch.
+                        Some(retry) => wait::run(frame.id, &exec, retry, &[], tx, registry),
+                        None => command::run(frame.id, exec, stdin, tx, registry),
+                    });
                 }
                 Err(e) => reply_error(frame.id, format!("bad exec request: {e}")),
             },
