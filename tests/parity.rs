@@ -464,3 +464,31 @@ retry(|last| { n.push(1); if n.len() < 2 { [] } else { [1] } });
 "#,
     );
 }
+
+/// NixOS scripts pass `None` for the user positionally
+/// (`wait_for_unit("x", None, 30)`, converted to `()`): every method with
+/// an optional user takes `()` there, and `timeout: ()` is the default.
+#[test]
+fn none_in_the_place_of_a_user_is_no_user() {
+    passes(
+        "parity-none-user",
+        &["machine"],
+        r#"
+machine.wait_for_unit("multi-user.target", (), 60);
+machine.wait_for_unit("nginx.service", (), #{ timeout: 30 });
+machine.wait_for_unit("nginx.service", ());
+assert_eq(machine.get_unit_info("nginx.service", ())["ActiveState"], "active");
+assert_eq(machine.get_unit_property("nginx.service", "SubState", ()), "running");
+machine.require_unit_state("nginx.service", "active", ());
+assert_eq(machine.systemctl("is-active nginx.service", ()).stdout, "active\n");
+machine.stop_job("nginx.service", ());
+machine.wait_for_closed_port(80, "localhost", 30);
+machine.start_job("nginx.service", ());
+machine.wait_for_open_port(80, "localhost", 30);
+assert_eq(machine.succeed("echo x", #{ timeout: () }), "x\n");
+assert_eq(machine.execute("echo y", true, true, ()).output, "y\n");
+try { machine.wait_for_unit("nginx.service", 42, 1); throw "no error"; }
+catch (e) { assert_contains(`${e}`, "user must be a string or () for none, not i64"); }
+"#,
+    );
+}

@@ -64,6 +64,18 @@ fn number_arg<T: TryFrom<i64>>(v: &Dynamic, what: &str) -> R<T> {
         .ok_or_else(|| err(format!("{what} must be a number, not {v}")))
 }
 
+/// An optional user as NixOS takes it positionally: a name, or `()`
+/// (Python's `None`, as in `wait_for_unit("x", None, 30)`).
+fn user_arg(v: &Dynamic) -> R<Option<String>> {
+    if v.is_unit() {
+        return Ok(None);
+    }
+    v.clone()
+        .into_string()
+        .map(Some)
+        .map_err(|t| err(format!("user must be a string or () for none, not {t}")))
+}
+
 fn opt_str(opts: &Map, key: &str) -> Option<String> {
     opts.get(key).and_then(|v| v.clone().into_string().ok())
 }
@@ -505,9 +517,11 @@ fn register_systemd(engine: &mut Engine) {
     );
     engine.register_fn(
         "wait_for_unit",
-        |nc: NativeCallContext, m: &mut Machine, u: &str, user: &str, o: Dynamic| {
+        |nc: NativeCallContext, m: &mut Machine, u: &str, user: Dynamic, o: Dynamic| {
             let mut o = opts(o)?;
-            o.insert("user".into(), user.into());
+            if let Some(user) = user_arg(&user)? {
+                o.insert("user".into(), user.into());
+            }
             unit(&nc, m, u.into(), &o)
         },
     );
@@ -530,8 +544,8 @@ fn register_systemd(engine: &mut Engine) {
     );
     engine.register_fn(
         "systemctl",
-        |nc: NativeCallContext, m: &mut Machine, a: &str, u: &str| {
-            systemctl(&nc, m, a.into(), Some(u.into()))
+        |nc: NativeCallContext, m: &mut Machine, a: &str, u: Dynamic| {
+            systemctl(&nc, m, a.into(), user_arg(&u)?)
         },
     );
     for (name, verb) in [("start_job", "start"), ("stop_job", "stop")] {
@@ -548,12 +562,12 @@ fn register_systemd(engine: &mut Engine) {
         );
         engine.register_fn(
             name,
-            move |nc: NativeCallContext, m: &mut Machine, unit: &str, u: &str| {
+            move |nc: NativeCallContext, m: &mut Machine, unit: &str, u: Dynamic| {
                 systemctl(
                     &nc,
                     m,
                     format!("{verb} {}", crate::shell::quote(unit)),
-                    Some(u.into()),
+                    user_arg(&u)?,
                 )
             },
         );
@@ -576,8 +590,8 @@ fn register_systemd(engine: &mut Engine) {
     );
     engine.register_fn(
         "get_unit_info",
-        |nc: NativeCallContext, m: &mut Machine, u: &str, user: &str| {
-            info(&nc, m, u.into(), Some(user.into()))
+        |nc: NativeCallContext, m: &mut Machine, u: &str, user: Dynamic| {
+            info(&nc, m, u.into(), user_arg(&user)?)
         },
     );
 
@@ -604,8 +618,8 @@ fn register_systemd(engine: &mut Engine) {
     );
     engine.register_fn(
         "get_unit_property",
-        |nc: NativeCallContext, m: &mut Machine, u: &str, p: &str, user: &str| {
-            property(&nc, m, u.into(), p.into(), Some(user.into()))
+        |nc: NativeCallContext, m: &mut Machine, u: &str, p: &str, user: Dynamic| {
+            property(&nc, m, u.into(), p.into(), user_arg(&user)?)
         },
     );
 
@@ -638,8 +652,8 @@ fn register_systemd(engine: &mut Engine) {
     );
     engine.register_fn(
         "require_unit_state",
-        |nc: NativeCallContext, m: &mut Machine, u: &str, s: &str, user: &str| {
-            require(&nc, m, u.into(), s.into(), Some(user.into()))
+        |nc: NativeCallContext, m: &mut Machine, u: &str, s: &str, user: Dynamic| {
+            require(&nc, m, u.into(), s.into(), user_arg(&user)?)
         },
     );
 
@@ -928,15 +942,16 @@ fn register_backend_ops(engine: &mut Engine) {
         m.require(method).map_err(thrown)?;
         let tty: u32 = number_arg(tty, "tty")?;
         let mm = m.clone();
-        op(nc, m, format!("reading tty{tty}"), async move {
-            mm.succeed(
-                &[format!(
-                    "fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
-                )],
-                Duration::from_secs(30),
+        // As NixOS: `execute`, not `succeed`: the text read, whatever the
+        // status (a tty without a size still gives its unfolded text).
+        let out = op(nc, m, format!("reading tty{tty}"), async move {
+            mm.execute(
+                &format!("fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"),
+                Duration::from_secs_f64(DEFAULT_TIMEOUT),
             )
             .await
-        })
+        })?;
+        Ok(out.stdout_text())
     }
     engine.register_fn(
         "get_tty_text",

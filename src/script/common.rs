@@ -46,7 +46,8 @@ pub(super) fn timeout_of(opts: &Map, default: f64) -> R<Duration> {
             return Err(err(format!("unknown option `{k}`")));
         }
     }
-    let t = match opts.get("timeout") {
+    // `timeout: ()` is Python's `timeout=None`: the default here.
+    let t = match opts.get("timeout").filter(|v| !v.is_unit()) {
         Some(v) => secs(v, "timeout")?,
         None => default,
     };
