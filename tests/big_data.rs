@@ -9,7 +9,8 @@ mod harness;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attest::config::TestConfig;
+use attest::bench::big_data::{self, Size};
+use attest::config::{BackendConfig, NodeConfig, NspawnConfig, TestConfig};
 use attest::driver::{Driver, DriverOptions};
 use attest::guest::agent::Protocol;
 use attest::machine::Machine;
@@ -47,7 +48,27 @@ fn with_machine(
     protocol: Protocol,
     f: impl FnOnce(&tokio::runtime::Runtime, &Machine),
 ) {
-    let dir = TestDir::nspawn(name, &["machine"], "", "");
+    with_machine_args(name, protocol, &[], f)
+}
+
+/// [`with_machine`] with extra `systemd-nspawn` arguments.
+fn with_machine_args(
+    name: &str,
+    protocol: Protocol,
+    extra_args: &[&str],
+    f: impl FnOnce(&tokio::runtime::Runtime, &Machine),
+) {
+    let node = NodeConfig {
+        vlans: None,
+        boot_timeout: None,
+        backend: BackendConfig::Nspawn(NspawnConfig {
+            image: Some(harness::image_manifest()),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        }),
+    };
+    let nodes = [("machine".to_owned(), node)].into_iter().collect();
+    let dir = TestDir::write(harness::test_config(name, nodes), "", "");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -196,4 +217,39 @@ fn copies_of_awkward_sizes_are_binary_exact_over_the_agent() {
 #[test]
 fn copies_of_awkward_sizes_are_binary_exact_over_bash() {
     copies_are_binary_exact("exact-bash", Protocol::Bash);
+}
+
+/// `attest bench --big-data` on a guest with no room for the file (QEMU's
+/// Debian disk and 256 MiB): the copy figures are `n/a: <why>`, the output
+/// figures are measured, and the bench goes on. Here /root is a 16 MiB
+/// tmpfs and the file 32 MiB.
+#[test]
+fn a_copy_the_guest_has_no_room_for_is_not_applicable() {
+    for protocol in [Protocol::Agent, Protocol::Bash] {
+        with_machine_args(
+            "bench-no-room",
+            protocol,
+            &["--tmpfs=/root:size=16M"],
+            |rt, m| {
+                let dir = tempfile::tempdir().unwrap();
+                let sample = rt
+                    .block_on(big_data::measure(m, dir.path(), Size(32 * MIB)))
+                    .expect("a full guest is not a failed bench");
+                assert!(sample.output_ms > 0.0);
+                let why = sample.copies.expect_err("no room for the copies");
+                assert!(
+                    why.starts_with(
+                        "no room in the guest for a 32 MiB file (16 MiB free in /root)"
+                    ),
+                    "{why}"
+                );
+                let left = rt.block_on(m.execute("ls -A /root", T)).unwrap();
+                assert!(
+                    !left.stdout_text().contains("attest"),
+                    "the guest keeps no partial file: {}",
+                    left.stdout_text()
+                );
+            },
+        );
+    }
 }

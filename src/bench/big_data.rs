@@ -24,6 +24,14 @@ impl Size {
         }
     }
 
+    /// As the tables show it: `256 MiB`, `1 GiB`.
+    pub fn shown(self) -> String {
+        match self.0 % (1 << 30) {
+            0 => format!("{} GiB", self.0 >> 30),
+            _ => format!("{} MiB", self.0 >> 20),
+        }
+    }
+
     /// Sizes above this are measured only for the agent on nspawn (issue
     /// 15's goals; bash or a VM would take minutes).
     pub const EVERYWHERE: usize = 256 << 20;
@@ -57,7 +65,7 @@ pub fn parse_sizes(s: &str) -> Result<Vec<Size>, String> {
 const STEP: Duration = Duration::from_secs(1800);
 
 /// The samples of one size in one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Sample {
     /// Which size.
     pub size: Size,
@@ -65,10 +73,19 @@ pub struct Sample {
     pub output_ms: f64,
     /// attest's peak RSS while the output arrived, MiB.
     pub output_peak_rss_mib: f64,
+    /// The copies, or why they could not be measured (no room for the
+    /// file in the guest or on the host): a figure this machine cannot
+    /// give, not a failed bench.
+    pub copies: Result<Copies, String>,
+}
+
+/// The copy times of one size.
+#[derive(Debug, Clone, Copy)]
+pub struct Copies {
     /// `copy_from_host`, ms.
-    pub copy_from_host_ms: f64,
+    pub from_host_ms: f64,
     /// `copy_from_machine`, ms.
-    pub copy_from_machine_ms: f64,
+    pub from_machine_ms: f64,
 }
 
 fn failed(m: &Machine, message: String) -> MachineError {
@@ -106,9 +123,29 @@ fn source_file(dir: &Path, size: Size) -> Result<PathBuf, SourceFileError> {
     Ok(path)
 }
 
+/// Where the copies put the file in the guest.
+const GUEST_DIR: &str = "/root";
+
+/// Whether `e` (an I/O error in attest, or a guest's error text) is a full
+/// file system: ENOSPC, or a quota.
+fn no_room(e: &dyn std::fmt::Display) -> bool {
+    let text = e.to_string();
+    text.contains("No space left on device") || text.contains("Disk quota exceeded")
+}
+
+/// The guest's free bytes in [`GUEST_DIR`], when `df` tells.
+async fn guest_free(m: &Machine) -> Result<Option<u64>, MachineError> {
+    let out = m
+        .execute(
+            &format!("df --output=avail -B1 -- {GUEST_DIR} | tail -n 1"),
+            STEP,
+        )
+        .await?;
+    Ok(out.stdout_text().trim().parse().ok())
+}
+
 /// Measures `size` on the running machine `m`; `dir` holds the host files.
 pub async fn measure(m: &Machine, dir: &Path, size: Size) -> Result<Sample, MachineError> {
-    let source = source_file(dir, size).map_err(|e| failed(m, format!("{e}: {}", e.source)))?;
     let n = size.0;
 
     usage::reset_peak_rss();
@@ -127,32 +164,74 @@ pub async fn measure(m: &Machine, dir: &Path, size: Size) -> Result<Sample, Mach
         ));
     }
     drop(out);
+    Ok(Sample {
+        size,
+        output_ms,
+        output_peak_rss_mib,
+        copies: copies(m, dir, size).await?,
+    })
+}
 
-    let guest = format!("/root/attest-bench-{}.bin", size.name());
-    let t = Instant::now();
-    m.copy_from_host(&source, &guest).await?;
-    let copy_from_host_ms = t.elapsed().as_secs_f64() * 1000.0;
-
+/// Copies a file of `size` into the guest and back; `Ok(Err(why))` when
+/// there is no room for it on one side.
+async fn copies(
+    m: &Machine,
+    dir: &Path,
+    size: Size,
+) -> Result<Result<Copies, String>, MachineError> {
+    let n = size.0;
+    let shown = size.shown();
+    if let Some(free) = guest_free(m).await?.filter(|&f| f < n as u64) {
+        return Ok(Err(format!(
+            "no room in the guest for a {shown} file ({} MiB free in {GUEST_DIR})",
+            free >> 20
+        )));
+    }
+    let source = match source_file(dir, size) {
+        Ok(s) => s,
+        Err(e) if no_room(&e.source) => {
+            return Ok(Err(format!(
+                "no room on the host for a {shown} file in {}",
+                dir.display()
+            )))
+        }
+        Err(e) => return Err(failed(m, format!("{e}: {}", e.source))),
+    };
+    let guest = format!("{GUEST_DIR}/attest-bench-{}.bin", size.name());
     let back = dir.join(format!("back-{}.bin", size.name()));
     let t = Instant::now();
-    m.copy_from_machine(&guest, &back).await?;
-    let copy_from_machine_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut result = m.copy_from_host(&source, &guest).await;
+    let from_host_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    if result.is_ok() {
+        result = m.copy_from_machine(&guest, &back).await;
+    }
+    let from_machine_ms = t.elapsed().as_secs_f64() * 1000.0;
     let arrived = std::fs::metadata(&back).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&back);
     m.execute(&format!("rm -f {guest}"), STEP).await?;
+    match result {
+        Err(e) if no_room(&e) => {
+            let side = match e.to_string().contains(&dir.display().to_string()) {
+                true => "on the host",
+                false => "in the guest",
+            };
+            return Ok(Err(format!(
+                "no room {side} for a {shown} file (the copy ran out of space)"
+            )));
+        }
+        r => r?,
+    }
     if arrived != n as u64 {
         return Err(failed(
             m,
             format!("copy_from_machine of {n} bytes wrote {arrived}"),
         ));
     }
-    Ok(Sample {
-        size,
-        output_ms,
-        output_peak_rss_mib,
-        copy_from_host_ms,
-        copy_from_machine_ms,
-    })
+    Ok(Ok(Copies {
+        from_host_ms,
+        from_machine_ms,
+    }))
 }
 
 fn mb_s(bytes: usize, ms: f64) -> f64 {
@@ -173,10 +252,7 @@ fn figure_names(size: Size) -> [String; 5] {
 
 /// The table rows of one size: figure name and label.
 pub fn figure_rows(size: Size) -> Vec<(String, String)> {
-    let shown = match size.0 % (1 << 30) {
-        0 => format!("{} GiB", size.0 >> 30),
-        _ => format!("{} MiB", size.0 >> 20),
-    };
+    let shown = size.shown();
     let labels = [
         format!("command: {shown} output"),
         format!("command: {shown} output, throughput"),
@@ -187,23 +263,28 @@ pub fn figure_rows(size: Size) -> Vec<(String, String)> {
     figure_names(size).into_iter().zip(labels).collect()
 }
 
-/// A sample's figures, in [`figure_names`] order.
-fn values(s: &Sample) -> [f64; 5] {
+/// A sample's figures, in [`figure_names`] order; a copy not measured is
+/// `Err(why)`.
+fn values(s: &Sample) -> [Result<f64, &str>; 5] {
     let n = s.size.0;
+    let copy = |ms: fn(&Copies) -> f64| match &s.copies {
+        Ok(c) => Ok(mb_s(n, ms(c))),
+        Err(why) => Err(why.as_str()),
+    };
     [
-        s.output_ms,
-        mb_s(n, s.output_ms),
-        s.output_peak_rss_mib,
-        mb_s(n, s.copy_from_host_ms),
-        mb_s(n, s.copy_from_machine_ms),
+        Ok(s.output_ms),
+        Ok(mb_s(n, s.output_ms)),
+        Ok(s.output_peak_rss_mib),
+        copy(|c| c.from_host_ms),
+        copy(|c| c.from_machine_ms),
     ]
 }
 
 /// The figures of every size in `sizes`, from `samples` (all runs); a
-/// size that was not measured here says why.
+/// figure that was not measured here says why.
 pub fn put_figures(b: &mut BackendReport, sizes: &[Size], samples: &[Sample]) {
     for &size in sizes {
-        let of: Vec<[f64; 5]> = samples
+        let of: Vec<_> = samples
             .iter()
             .filter(|s| s.size == size)
             .map(values)
@@ -216,8 +297,13 @@ pub fn put_figures(b: &mut BackendReport, sizes: &[Size], samples: &[Sample]) {
                 }
                 continue;
             }
-            let column: Vec<f64> = of.iter().map(|v| v[i]).collect();
-            super::stats::put_into(&mut b.figures, &key, &column, false);
+            let column: Vec<f64> = of.iter().filter_map(|v| v[i].ok()).collect();
+            match of.iter().find_map(|v| v[i].err()) {
+                Some(why) if column.is_empty() => {
+                    b.not_applicable.insert(key, why.to_owned());
+                }
+                _ => super::stats::put_into(&mut b.figures, &key, &column, false),
+            }
         }
     }
 }
@@ -239,5 +325,46 @@ mod tests {
         for bad in ["256", "0m", "17g", "xg", "1k"] {
             assert!(parse_sizes(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A copy without room is `n/a: <why>` for the copy figures only; the
+    /// output figures and the other sizes are still there.
+    #[test]
+    fn copies_without_room_are_not_applicable_not_a_failure() {
+        let sample = |size, copies| Sample {
+            size,
+            output_ms: 100.0,
+            output_peak_rss_mib: 10.0,
+            copies,
+        };
+        let (small, big) = (Size(16 << 20), Size(256 << 20));
+        let why = "no room in the guest for a 256 MiB file (200 MiB free in /root)";
+        let samples = [
+            sample(
+                small,
+                Ok(Copies {
+                    from_host_ms: 100.0,
+                    from_machine_ms: 50.0,
+                }),
+            ),
+            sample(big, Err(why.to_owned())),
+        ];
+        let mut b = BackendReport::default();
+        put_figures(&mut b, &[small, big], &samples);
+        for key in [
+            "copy_from_host_256mib_mb_s",
+            "copy_from_machine_256mib_mb_s",
+        ] {
+            assert_eq!(b.not_applicable.get(key).map(String::as_str), Some(why));
+            assert!(!b.figures.contains_key(key), "{key}");
+        }
+        for key in ["output_256mib_ms", "copy_from_host_16mib_mb_s"] {
+            assert!(b.figures.contains_key(key), "{key}: {b:?}");
+        }
+        assert!(no_room(
+            &"writing /root/x: No space left on device (os error 28)"
+        ));
+        assert!(no_room(&std::io::Error::from_raw_os_error(28)));
+        assert!(!no_room(&"Permission denied"));
     }
 }

@@ -229,7 +229,20 @@ impl Session {
                 out.stderr_text().trim()
             )));
         }
-        let (size, hash) = parse_description(&out)?;
+        // A write that failed in the guest (`tee: …: No space left on
+        // device`) leaves its reason on stderr and a short or undescribed
+        // file: the reason, not the symptom.
+        let described = parse_description(&out);
+        let arrived =
+            matches!(&described, Ok((size, hash)) if *size == len && *hash == sent.sha256);
+        let stderr = out.stderr_text();
+        if !arrived && sent.short.is_none() && !stderr.trim().is_empty() {
+            return Err(GuestError::Transfer(format!(
+                "writing {dest} in the guest failed: {}",
+                stderr.trim()
+            )));
+        }
+        let (size, hash) = described?;
         if let Some(short) = sent.short {
             return Err(GuestError::HostFile(format!(
                 "the host file ended after {short} of {len} bytes: it changed while being copied"
@@ -629,6 +642,21 @@ mod tests {
         // The shell reads on right after the payload.
         let out = run(&mut s, "echo next").await;
         assert_eq!(out.stdout, b"next\n");
+    }
+
+    /// A guest with no room left: the error says so (it said "the guest
+    /// described the file as …" before).
+    #[tokio::test]
+    async fn a_full_guest_disk_is_named_as_the_reason() {
+        let (mut s, _c) = local_session().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("full");
+        std::os::unix::fs::symlink("/dev/full", &dest).unwrap();
+        let err = upload_bytes(&mut s, dest.to_str().unwrap(), &[b'x'; 100_000])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("No space left on device"), "{err}");
+        assert!(s.is_usable());
     }
 
     #[tokio::test]
