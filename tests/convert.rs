@@ -56,6 +56,40 @@ machine.wait_until_tty_matches("1", "login: ")
 "#
 );
 
+// NixOS takes every parameter positionally; `None` is its default.
+rule!(
+    positional_options_keyword_defaults_and_none,
+    r#"machine.wait_for_unit("foo.service", None, 30)
+machine.wait_for_unit("bar.service", user=None)
+machine.wait_until_succeeds("test -e /run/ready", 60)
+server.wait_for_open_port(80, "127.0.0.1", 10)
+machine.start(allow_reboot=True)
+machine.send_key("ctrl-alt-delete", log=False)
+machine.send_chars("root\n", delay=0.2)
+machine.execute("true", False)
+machine.systemctl("restart foo", None)
+"#
+);
+
+rule!(
+    python_string_methods_slices_and_repr,
+    r#"token = server.succeed("cat /token").strip().removeprefix("'").removesuffix("'")
+name = machine.succeed("hostname").rstrip("\n")
+assert machine.succeed("cat /etc/passwd").count("nologin") > 2
+assert machine.succeed("uname").find("Linux") != -1
+assert machine.succeed("id -u").strip().isdigit()
+first = token[:8]
+last = token[-4:]
+initial = token[0]
+lines = sorted(machine.succeed("ls /etc").splitlines())
+middle = lines[1:-1]
+import re
+ports = re.findall(r":(\d+) ", machine.succeed("ss -ltn"))
+print(f"token {token!r}", repr(ports), sep=": ", end="")
+print("done", flush=True)
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):
@@ -509,6 +543,25 @@ fn cli_converts_a_bare_python_script() {
     assert!(
         rhai.contains("// TODO(convert): import subprocess"),
         "{rhai}"
+    );
+    // `attest check` names each statement left as TODO, with its source line.
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");
+    let image = image.to_str().unwrap();
+    run(&[
+        "todo.py", "--nodes", "machine", "-o", "todo", "--image", image,
+    ]);
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_attest"))
+        .args(["check", "todo/test.json"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(FAILED.into()), "{stderr}");
+    assert!(
+        stderr.contains("2 statement(s)")
+            && stderr.contains("test.rhai:5: // TODO(convert), source line 1: host-side Python (module `subprocess`)")
+            && stderr.contains("source line 2:"),
+        "{stderr}"
     );
 
     let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/debian/out/manifest.json");

@@ -103,7 +103,12 @@ pub fn convert_python(name: &str, py: &nix::PythonSource, nodes: Option<&[String
     // `default` is `default` there; the Rhai side maps it to `default_`).
     let py_nodes: Option<Vec<String>> =
         nodes.map(|ns| ns.iter().map(|n| crate::config::python_name(n)).collect());
-    match python::Translator::translate(&py.text, py_nodes.as_deref(), &py.interpolations) {
+    match python::Translator::translate(
+        &py.text,
+        py_nodes.as_deref(),
+        &py.interpolations,
+        py.line_offset,
+    ) {
         Ok(t) => {
             let mut all_nodes: Vec<String> = nodes.map(<[String]>::to_vec).unwrap_or_default();
             all_nodes.extend(t.guessed_nodes.iter().cloned());
@@ -235,4 +240,26 @@ pub fn write(
         summaries.push(s);
     }
     Ok(summaries)
+}
+
+/// The lines of a Rhai script `attest convert` marked for a hand, numbered
+/// from 1: the line naming each statement's source line and reason where
+/// there is one (older output has only the marked statement lines).
+pub fn marked_todos(rhai: &str) -> Vec<(usize, &str)> {
+    let marked: Vec<(usize, &str)> = rhai
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| l.starts_with("//") && l.contains(python::TODO_MARK))
+        .filter(|(_, l)| !l.contains("statement(s) are marked"))
+        .collect();
+    let headed = format!("{},", python::TODO_MARK);
+    if marked.iter().any(|(_, l)| l.contains(&headed)) {
+        marked
+            .into_iter()
+            .filter(|(_, l)| l.contains(&headed))
+            .collect()
+    } else {
+        marked
+    }
 }

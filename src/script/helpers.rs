@@ -17,6 +17,39 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("strip", |s: &str| s.trim().to_owned());
     engine.register_fn("lstrip", |s: &str| s.trim_start().to_owned());
     engine.register_fn("rstrip", |s: &str| s.trim_end().to_owned());
+    // Python's `strip(chars)` family: any of `chars` at the ends.
+    engine.register_fn("strip", |s: &str, c: &str| {
+        s.trim_matches(|x| c.contains(x)).to_owned()
+    });
+    engine.register_fn("lstrip", |s: &str, c: &str| {
+        s.trim_start_matches(|x| c.contains(x)).to_owned()
+    });
+    engine.register_fn("rstrip", |s: &str, c: &str| {
+        s.trim_end_matches(|x| c.contains(x)).to_owned()
+    });
+    engine.register_fn("removeprefix", |s: &str, p: &str| {
+        s.strip_prefix(p).unwrap_or(s).to_owned()
+    });
+    engine.register_fn("removesuffix", |s: &str, p: &str| {
+        s.strip_suffix(p).unwrap_or(s).to_owned()
+    });
+    engine.register_fn("count", |s: &str, sub: &str| -> i64 {
+        if sub.is_empty() {
+            s.chars().count() as i64 + 1
+        } else {
+            s.matches(sub).count() as i64
+        }
+    });
+    engine.register_fn("count", |a: Array, x: Dynamic| -> i64 {
+        a.iter().filter(|v| same(v, &x)).count() as i64
+    });
+    engine.register_fn("isdigit", |s: &str| {
+        !s.is_empty() && s.chars().all(|c| c.is_numeric())
+    });
+    engine.register_fn("slice", slice);
+    engine.register_fn("sorted", sorted);
+    engine.register_fn("regex_findall", regex_findall);
+    engine.register_fn("repr", |v: Dynamic| repr(&v));
     engine.register_fn("splitlines", |s: &str| -> Array {
         s.lines().map(|l| Dynamic::from(l.to_owned())).collect()
     });
@@ -70,6 +103,142 @@ fn regex_search(re: &str, text: &str) -> R<Dynamic> {
     })
 }
 
+/// Python's `==` between two values of the script (Rhai's `==` is not
+/// defined between every pair of types).
+fn same(a: &Dynamic, b: &Dynamic) -> bool {
+    a.type_id() == b.type_id() && a.to_string() == b.to_string()
+}
+
+/// A Python slice bound: `()` for an absent one, negative from the end,
+/// clamped to `0..=len`.
+fn bound(b: &Dynamic, len: usize, absent: usize) -> R<usize> {
+    if b.is_unit() {
+        return Ok(absent);
+    }
+    let i = b
+        .as_int()
+        .map_err(|t| err(format!("slice: an index must be an integer, not {t}")))?;
+    let len = len as i64;
+    Ok((if i < 0 { len + i } else { i }).clamp(0, len) as usize)
+}
+
+/// Python's `x[start:end]` on a string (by characters) or an array.
+fn slice(x: Dynamic, start: Dynamic, end: Dynamic) -> R<Dynamic> {
+    if let Ok(s) = x.clone().into_immutable_string() {
+        let chars: Vec<char> = s.chars().collect();
+        let (a, b) = (
+            bound(&start, chars.len(), 0)?,
+            bound(&end, chars.len(), chars.len())?,
+        );
+        let out: String = chars.get(a..b.max(a)).unwrap_or_default().iter().collect();
+        return Ok(out.into());
+    }
+    let Some(arr) = x.clone().try_cast::<Array>() else {
+        return Err(err(format!("slice: cannot slice a {}", x.type_name())));
+    };
+    let (a, b) = (
+        bound(&start, arr.len(), 0)?,
+        bound(&end, arr.len(), arr.len())?,
+    );
+    Ok(Dynamic::from_array(
+        arr.get(a..b.max(a)).unwrap_or_default().to_vec(),
+    ))
+}
+
+/// Python's `sorted(list)` over numbers or strings.
+fn sorted(a: Array) -> R<Array> {
+    let mut a = a;
+    let mut bad = None;
+    a.sort_by(|x, y| {
+        if let (Ok(x), Ok(y)) = (x.as_int(), y.as_int()) {
+            return x.cmp(&y);
+        }
+        let num = |v: &Dynamic| {
+            v.as_float()
+                .ok()
+                .or_else(|| v.as_int().ok().map(|i| i as f64))
+        };
+        if let (Some(x), Some(y)) = (num(x), num(y)) {
+            return x.total_cmp(&y);
+        }
+        match (
+            x.read_lock::<ImmutableString>(),
+            y.read_lock::<ImmutableString>(),
+        ) {
+            (Some(x), Some(y)) => x.as_str().cmp(y.as_str()),
+            _ => {
+                bad = Some(format!("{} and {}", x.type_name(), y.type_name()));
+                std::cmp::Ordering::Equal
+            }
+        }
+    });
+    match bad {
+        Some(b) => Err(err(format!("sorted: cannot compare {b}"))),
+        None => Ok(a),
+    }
+}
+
+/// Python's `re.findall(re, text)`: every match, as the whole match without
+/// groups, the group with one, an array of the groups with several.
+fn regex_findall(re: &str, text: &str) -> R<Array> {
+    let r = regex::Regex::new(re).map_err(|e| err(format!("regex_findall: bad regex: {e}")))?;
+    let text_of = |m: Option<regex::Match>| -> Dynamic {
+        ImmutableString::from(m.map_or("", |m| m.as_str())).into()
+    };
+    Ok(r.captures_iter(text)
+        .map(|c| match c.len() {
+            1 => text_of(c.get(0)),
+            2 => text_of(c.get(1)),
+            n => Dynamic::from_array((1..n).map(|i| text_of(c.get(i))).collect()),
+        })
+        .collect())
+}
+
+/// Python's `repr()`: strings in single quotes (double when they hold a
+/// single one), `True`/`False`/`None`, lists and maps element-wise.
+fn repr(v: &Dynamic) -> String {
+    if let Some(s) = v.read_lock::<ImmutableString>() {
+        let q = if s.contains('\'') && !s.contains('"') {
+            '"'
+        } else {
+            '\''
+        };
+        let mut out = String::from(q);
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                c if c == q => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push(q);
+        return out;
+    }
+    if let Ok(b) = v.as_bool() {
+        return if b { "True" } else { "False" }.into();
+    }
+    if v.is_unit() {
+        return "None".into();
+    }
+    if let Some(a) = v.read_lock::<Array>() {
+        return format!("[{}]", a.iter().map(repr).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(m) = v.read_lock::<rhai::Map>() {
+        let items: Vec<String> = m
+            .iter()
+            .map(|(k, v)| format!("{}: {}", repr(&k.as_str().into()), repr(v)))
+            .collect();
+        return format!("{{{}}}", items.join(", "));
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +260,61 @@ mod tests {
         assert_eq!(eval::<String>(r#"join(["a", 1, "b"], ", ")"#), "a, 1, b");
         assert_eq!(eval::<String>(r#"["x", "y"].join("-")"#), "x-y");
         assert_eq!(eval::<String>(r#"shell_quote("it's")"#), r#"'it'\''s'"#);
+    }
+
+    #[test]
+    fn python_string_methods() {
+        assert_eq!(eval::<String>(r#"strip("'abc'\n", "'\n")"#), "abc");
+        assert_eq!(eval::<String>(r#"rstrip("a\n\n", "\n")"#), "a");
+        assert_eq!(eval::<String>(r#"lstrip("xxa", "x")"#), "a");
+        assert_eq!(eval::<String>(r#"removeprefix("'tok'", "'")"#), "tok'");
+        assert_eq!(eval::<String>(r#"removesuffix("tok'", "'")"#), "tok");
+        assert_eq!(eval::<String>(r#"removesuffix("tok", "x")"#), "tok");
+        assert_eq!(eval::<i64>(r#"count("a,b,c", ",")"#), 2);
+        assert_eq!(eval::<i64>(r#"count([1, 2, 1], 1)"#), 2);
+        assert!(eval::<bool>(r#"isdigit("123")"#));
+        assert!(!eval::<bool>(r#"isdigit("12a")"#) && !eval::<bool>(r#"isdigit("")"#));
+    }
+
+    #[test]
+    fn slices_follow_python() {
+        assert_eq!(eval::<String>(r#"slice("héllo", 1, ())"#), "éllo");
+        assert_eq!(eval::<String>(r#"slice("hello", (), -1)"#), "hell");
+        assert_eq!(eval::<String>(r#"slice("hello", -3, ())"#), "llo");
+        assert_eq!(eval::<String>(r#"slice("hello", 4, 2)"#), "");
+        assert_eq!(eval::<String>(r#"slice("hi", 0, 10)"#), "hi");
+        assert_eq!(eval::<i64>(r#"slice([1, 2, 3, 4], 1, 3)[1]"#), 3);
+        assert_eq!(eval::<i64>(r#"slice([1, 2, 3, 4], -1, ()).len()"#), 1);
+        let mut e = Engine::new();
+        register(&mut e);
+        assert!(e.eval::<Dynamic>(r#"slice(1, 0, 1)"#).is_err());
+    }
+
+    #[test]
+    fn sorted_findall_repr() {
+        assert_eq!(
+            eval::<String>(r#"join(sorted(["b", "a", "c"]), "")"#),
+            "abc"
+        );
+        assert_eq!(eval::<i64>(r#"sorted([3, 1, 2])[0]"#), 1);
+        assert_eq!(
+            eval::<String>(r#"join(regex_findall("\\d+", "a1b22c"), ",")"#),
+            "1,22"
+        );
+        assert_eq!(
+            eval::<String>(r#"join(regex_findall("v(\\d)", "v1 v2"), ",")"#),
+            "1,2"
+        );
+        assert_eq!(
+            eval::<String>(r#"regex_findall("(a)(b)", "ab ab")[1][1]"#),
+            "b"
+        );
+        assert_eq!(eval::<String>(r#"repr("it's")"#), r#""it's""#);
+        assert_eq!(eval::<String>(r#"repr("a\nb")"#), r#"'a\nb'"#);
+        assert_eq!(
+            eval::<String>(r#"repr(["a", 1, true, ()])"#),
+            "['a', 1, True, None]"
+        );
     }
 
     #[test]

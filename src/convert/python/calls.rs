@@ -37,7 +37,7 @@ const fn m(
 }
 
 const METHODS: &[Method] = &[
-    m("start", &[], &[], Kind::Unit),
+    m("start", &[], &["allow_reboot"], Kind::Unit),
     m("shutdown", &[], &[], Kind::Unit),
     m("crash", &[], &[], Kind::Unit),
     m("reboot", &[], &[], Kind::Unit),
@@ -110,8 +110,8 @@ const METHODS: &[Method] = &[
     m("copy_from_host", &["source", "target"], &[], Kind::Unit),
     m("copy_from_vm", &["source", "target_dir"], &[], Kind::Unit),
     m("screenshot", &["filename"], &[], Kind::Unit),
-    m("send_key", &["key"], &[], Kind::Unit),
-    m("send_chars", &["chars"], &[], Kind::Unit),
+    m("send_key", &["key", "delay", "log"], &[], Kind::Unit),
+    m("send_chars", &["chars", "delay"], &[], Kind::Unit),
     m("send_console", &["chars"], &[], Kind::Unit),
     m("get_screen_text", &[], &[], Kind::Str),
     m("wait_for_text", &["regex"], &["timeout"], Kind::Unit),
@@ -130,11 +130,33 @@ const METHODS: &[Method] = &[
         &["timeout"],
         Kind::Unit,
     ),
-    m("wait_for_x", &[], &[], Kind::Unit),
-    m("wait_for_window", &["regexp"], &[], Kind::Unit),
+    m("wait_for_x", &[], &["timeout"], Kind::Unit),
+    m("wait_for_window", &["regexp"], &["timeout"], Kind::Unit),
     m("sleep", &["secs"], &[], Kind::Unit),
     m("log", &["msg"], &[], Kind::Unit),
 ];
+
+/// NixOS's default of a positional parameter, where a keyword argument
+/// after it leaves it out.
+fn param_default(param: &str) -> Option<&'static str> {
+    match param {
+        "addr" => Some("\"localhost\""),
+        "delay" => Some("0.01"),
+        "target_dir" => Some("\"\""),
+        "require_state" => Some("\"active\""),
+        _ => None,
+    }
+}
+
+fn is_none(e: &ast::Expr) -> bool {
+    matches!(
+        e,
+        ast::Expr::Constant(ast::ExprConstant {
+            value: ast::Constant::None,
+            ..
+        })
+    )
+}
 
 /// Driver methods that exist only for QEMU internals or interactive use.
 const UNSUPPORTED_METHODS: &[&str] = &[
@@ -251,15 +273,53 @@ impl Translator<'_> {
     }
 
     fn machine_call(&mut self, c: &ast::ExprCall, recv: &RExpr, m: &Method) -> Res<RExpr> {
-        let mut args = self.args(&c.args)?;
+        let mut args = Vec::new();
         let mut options = Vec::new();
+        // NixOS takes every parameter positionally (`wait_for_unit(u, None,
+        // 30)`): those past attest's positional ones are its options, in the
+        // same order; `None` is the default, so it is left out.
+        for (i, a) in c.args.iter().enumerate() {
+            if matches!(a, ast::Expr::Starred(_)) {
+                return unsupported("`*` arguments");
+            }
+            if m.variadic || i < m.params.len() {
+                args.push((self.expr(a)?, is_none(a)));
+                continue;
+            }
+            let Some(name) = m.options.get(i - m.params.len()) else {
+                return unsupported(format!("too many arguments to `{}`", m.name));
+            };
+            if !is_none(a) {
+                options.push(format!("{name}: {}", self.expr(a)?.code));
+            }
+        }
+        while args.last().is_some_and(|(_, none)| *none) {
+            args.pop();
+        }
+        if args.iter().any(|(_, none)| *none) {
+            return unsupported(format!("`None` for a parameter of `{}`", m.name));
+        }
+        let mut args: Vec<RExpr> = args.into_iter().map(|(a, _)| a).collect();
         for k in &c.keywords {
             let Some(name) = &k.arg else {
                 return unsupported("`**` arguments");
             };
             let name = name.as_str();
+            if is_none(&k.value) {
+                continue;
+            }
             let v = self.expr(&k.value)?;
             if let Some(i) = m.params.iter().position(|p| *p == name) {
+                // Parameters skipped before it take NixOS's defaults.
+                while args.len() < i {
+                    let Some(d) = param_default(m.params[args.len()]) else {
+                        return unsupported(format!(
+                            "keyword argument `{name}` to `{}` out of order",
+                            m.name
+                        ));
+                    };
+                    args.push(RExpr::atom(d, Kind::Any));
+                }
                 if i != args.len() {
                     return unsupported(format!(
                         "keyword argument `{name}` to `{}` out of order",
@@ -269,8 +329,6 @@ impl Translator<'_> {
                 args.push(v);
             } else if m.options.contains(&name) {
                 options.push(format!("{name}: {}", v.code));
-            } else if (m.name == "send_chars" || m.name == "send_key") && name == "delay" {
-                return unsupported(format!("`{}(…, delay=…)`", m.name));
             } else {
                 return unsupported(format!(
                     "keyword argument `{name}` to `{}` (attest has no such option)",
@@ -359,6 +417,15 @@ impl Translator<'_> {
                 format!("shell_quote({})", one("shlex.quote")?.code),
                 Kind::Str,
             ),
+            ("re", "findall") => {
+                let [pattern, text] = &args[..] else {
+                    return unsupported("`re.findall` with flags");
+                };
+                RExpr::atom(
+                    format!("regex_findall({}, {})", pattern.code, text.code),
+                    Kind::List,
+                )
+            }
             ("re", "search" | "match" | "fullmatch") => {
                 let [pattern, text] = &args[..] else {
                     return unsupported(format!("`re.{f}` with flags"));
@@ -394,6 +461,28 @@ impl Translator<'_> {
         let code = |s: String, k: Kind| Ok(RExpr::atom(s, k));
         match (attr, &args[..]) {
             ("strip" | "lstrip" | "rstrip", []) => code(format!("{attr}({})", r.code), Kind::Str),
+            ("strip" | "lstrip" | "rstrip" | "removeprefix" | "removesuffix", [x])
+                if matches!(r.kind, Kind::Str | Kind::Any) =>
+            {
+                code(format!("{attr}({}, {})", r.code, x.code), Kind::Str)
+            }
+            ("count", [x]) => code(format!("count({}, {})", r.code, x.code), Kind::Int),
+            // Both give -1 when absent.
+            ("find", [x]) if matches!(r.kind, Kind::Str | Kind::Any) => {
+                code(format!("{recv}.index_of({})", x.code), Kind::Int)
+            }
+            ("isdigit" | "isnumeric" | "isdecimal", []) => {
+                code(format!("isdigit({})", r.code), Kind::Bool)
+            }
+            ("sort" | "reverse" | "clear", []) if matches!(r.kind, Kind::List | Kind::Any) => {
+                code(format!("{recv}.{attr}()"), Kind::Unit)
+            }
+            ("pop", []) if matches!(r.kind, Kind::List | Kind::Any) => {
+                code(format!("{recv}.pop()"), Kind::Any)
+            }
+            ("insert", [i, x]) if matches!(r.kind, Kind::List | Kind::Any) => {
+                code(format!("{recv}.insert({}, {})", i.code, x.code), Kind::Unit)
+            }
             ("splitlines", []) => code(format!("splitlines({})", r.code), Kind::List),
             ("split", []) => code(format!("{recv}.split()"), Kind::List),
             ("split", [sep]) => code(format!("{recv}.split({})", sep.code), Kind::List),
@@ -486,7 +575,20 @@ impl Translator<'_> {
         }
         match name {
             "print" => {
-                Self::no_keywords(c, "print")?;
+                // `end`, `flush` and `file` shape a terminal's output, not
+                // the log line.
+                let mut sep = " ".to_owned();
+                for k in &c.keywords {
+                    match (k.arg.as_ref().map(|a| a.as_str()), const_str(&k.value)) {
+                        (Some("sep"), Some(s)) => sep = s.to_owned(),
+                        (Some("end" | "flush" | "file"), _) => {}
+                        _ => {
+                            return unsupported(
+                                "keyword arguments to print other than end, sep, flush, file",
+                            )
+                        }
+                    }
+                }
                 let args = self.args(&c.args)?;
                 let msg = match &args[..] {
                     [a] if a.kind == Kind::Str => a.code.clone(),
@@ -494,7 +596,7 @@ impl Translator<'_> {
                         let mut pieces = Vec::new();
                         for (i, (a, src)) in args.into_iter().zip(&c.args).enumerate() {
                             if i > 0 {
-                                pieces.push(super::expr::Piece::Lit(" ".into()));
+                                pieces.push(super::expr::Piece::Lit(sep.clone()));
                             }
                             pieces.push(match const_str(src) {
                                 Some(s) => super::expr::Piece::Lit(s.to_owned()),
@@ -570,6 +672,19 @@ impl Translator<'_> {
                 let kind = args[0].kind;
                 let codes: Vec<String> = args.into_iter().map(|a| a.code).collect();
                 Ok(RExpr::atom(format!("{name}({})", codes.join(", ")), kind))
+            }
+            "sorted" => {
+                Self::no_keywords(c, "sorted")?;
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported("`sorted` with other than one argument");
+                };
+                Ok(RExpr::atom(format!("sorted({})", a.code), Kind::List))
+            }
+            "repr" => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported("`repr` with other than one argument");
+                };
+                Ok(RExpr::atom(format!("repr({})", a.code), Kind::Str))
             }
             "retry" => self.retry_call(c),
             "serial_stdout_on" | "serial_stdout_off" if c.args.is_empty() => {

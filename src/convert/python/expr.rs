@@ -220,13 +220,14 @@ impl Translator<'_> {
                     if f.format_spec.is_some() {
                         return unsupported("an f-string format spec (`{x:…}`)");
                     }
-                    if !matches!(
-                        f.conversion,
-                        ast::ConversionFlag::None | ast::ConversionFlag::Str
-                    ) {
-                        return unsupported("an f-string conversion (`!r`, `!a`)");
-                    }
-                    pieces.push(Piece::Val(self.expr(&f.value)?));
+                    let v = self.expr(&f.value)?;
+                    pieces.push(Piece::Val(match f.conversion {
+                        ast::ConversionFlag::None | ast::ConversionFlag::Str => v,
+                        ast::ConversionFlag::Repr => {
+                            RExpr::atom(format!("repr({})", v.code), Kind::Str)
+                        }
+                        _ => return unsupported("an f-string conversion `!a`"),
+                    }));
                 }
                 _ => return unsupported("an unusual f-string part"),
             }
@@ -448,8 +449,25 @@ impl Translator<'_> {
 
     fn subscript(&mut self, s: &ast::ExprSubscript) -> Res<RExpr> {
         let v = self.expr(&s.value)?;
-        if matches!(&*s.slice, ast::Expr::Slice(_)) {
-            return unsupported("slices");
+        if let ast::Expr::Slice(sl) = &*s.slice {
+            if sl.step.is_some() {
+                return unsupported("a slice with a step");
+            }
+            let mut bound = |b: &Option<Box<ast::Expr>>| -> Res<String> {
+                match b {
+                    Some(b) => Ok(self.expr(b)?.code),
+                    None => Ok("()".to_owned()),
+                }
+            };
+            let (lower, upper) = (bound(&sl.lower)?, bound(&sl.upper)?);
+            let kind = match v.kind {
+                Kind::Str | Kind::List => v.kind,
+                _ => Kind::Any,
+            };
+            return Ok(RExpr::atom(
+                format!("slice({}, {lower}, {upper})", v.code),
+                kind,
+            ));
         }
         let index = const_int(&s.slice);
         match v.kind {
@@ -458,7 +476,15 @@ impl Translator<'_> {
                 Some(1) => Ok(RExpr::atom(format!("{}.stdout", v.operand()), Kind::Str)),
                 _ => unsupported("an index into execute()'s result other than [0] or [1]"),
             },
-            Kind::Str => unsupported("indexing a string (Rhai gives a character)"),
+            // Rhai gives a character; Python a string of one.
+            Kind::Str => match index {
+                Some(-1) => Ok(RExpr::atom(format!("slice({}, -1, ())", v.code), Kind::Str)),
+                Some(i) => Ok(RExpr::atom(
+                    format!("slice({}, {i}, {})", v.code, i + 1),
+                    Kind::Str,
+                )),
+                None => unsupported("indexing a string with a computed index"),
+            },
             _ => {
                 let i = self.expr(&s.slice)?;
                 let kind = if v.kind == Kind::Match {

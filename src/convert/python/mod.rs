@@ -136,7 +136,13 @@ pub struct Translator<'s> {
     all_assigned: BTreeSet<String>,
     /// The Nix source of each interpolation placeholder.
     interpolations: Vec<String>,
+    /// Lines of the source file before the script's first line.
+    line_offset: usize,
 }
+
+/// What marks a statement left for a hand in the Rhai; `attest check`
+/// lists the lines that carry it.
+pub const TODO_MARK: &str = "TODO(convert)";
 
 /// The testScripts of the Perl driver call methods as `$node->method`,
 /// which Python has no syntax for.
@@ -153,6 +159,7 @@ impl<'s> Translator<'s> {
         src: &'s str,
         nodes: Option<&[String]>,
         interpolations: &[String],
+        line_offset: usize,
     ) -> Result<Translation, String> {
         let suite = rustpython_parser::parse(src, Mode::Module, "<testScript>").map_err(|e| {
             let line = line_of(src, e.offset.to_usize());
@@ -188,6 +195,7 @@ impl<'s> Translator<'s> {
             cur_line: 1,
             all_assigned: BTreeSet::new(),
             interpolations: interpolations.to_vec(),
+            line_offset,
         };
         functions::all_assigned_names(&module.body, &mut t.all_assigned);
         t.collect_functions(&module.body);
@@ -291,10 +299,14 @@ impl<'s> Translator<'s> {
         let (first, last) = self.source_lines(node);
         let lines: Vec<&str> = (first..=last).map(|l| self.line_text(l)).collect();
         let indent = lines[0].len() - lines[0].trim_start().len();
+        self.emit(format!(
+            "// {TODO_MARK}, source line {}: {why}",
+            first + self.line_offset
+        ));
         for l in &lines {
             let cut = l.len() - l.trim_start().len();
             let shown = &l[cut.min(indent)..];
-            self.emit(format!("// TODO(convert): {}", shown.trim_end()));
+            self.emit(format!("// {TODO_MARK}: {}", shown.trim_end()));
         }
         self.skip_comments(last);
         self.todos.push(Todo {
