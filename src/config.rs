@@ -385,17 +385,26 @@ impl ImageManifest {
     }
 }
 
+/// Parses `text`; an error names the field it is in (`nodes.server.backend`),
+/// not only its line and column.
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
-    serde_json::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        line: e.line(),
-        column: e.column(),
-        message: e
-            .to_string()
-            .split(" at line ")
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let (field, result) = match serde_path_to_error::deserialize(&mut *de) {
+        Ok(v) => (String::new(), de.end().map(|()| v)),
+        Err(e) => (e.path().to_string(), Err(e.into_inner())),
+    };
+    result.map_err(|e| {
+        let message = e.to_string();
+        let message = message.split(" at line ").next().unwrap_or("");
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: match field.as_str() {
+                "" | "." => message.to_owned(),
+                field => format!("`{field}`: {message}"),
+            },
+        }
     })
 }
 

@@ -89,7 +89,32 @@ fn config_errors_exit_2_with_file_line_col() {
     let r = check(&dir);
     assert_eq!(r.code, Some(INVALID.into()));
     assert!(r.stderr.contains("test.json:1:"), "{}", r.stderr);
-    assert!(r.stderr.contains("unknown variant `vbox`, expected one of `nspawn`, `qemu`, `firecracker`, `cloud-hypervisor`, `ssh`"), "{}", r.stderr);
+    assert!(r.stderr.contains("`nodes.server.backend`: unknown variant `vbox`, expected one of `nspawn`, `qemu`, `firecracker`, `cloud-hypervisor`, `ssh`"), "{}", r.stderr);
+
+    // A wrong type or an unknown field names the field, not only the place.
+    for (nodes, extra, expected) in [
+        (
+            NODES,
+            r#""global_timeout": "ten""#,
+            "`global_timeout`: invalid type: string \"ten\", expected f64",
+        ),
+        (
+            r#"{"server":{"vlans":["one"],"backend":{"nspawn":{"rootfs":"/"}}}}"#,
+            "",
+            "`nodes.server.vlans[0]`: invalid type: string \"one\"",
+        ),
+        (
+            r#"{"server":{"backend":{"nspawn":{"rootfs":"/","imgae":"x"}}}}"#,
+            "",
+            "`nodes.server.backend.nspawn.imgae`: unknown field `imgae`",
+        ),
+    ] {
+        let dir = TestDir::new("cfg-field", nodes, extra, "start_all();");
+        let r = check(&dir);
+        assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
+        assert!(r.stderr.contains("test.json:1:"), "{}", r.stderr);
+        assert!(r.stderr.contains(expected), "{expected}\n---\n{}", r.stderr);
+    }
 
     let dir = TestDir::new("cfg2", NODES, r#""global_timeout": -1"#, "start_all();");
     let r = check(&dir);
