@@ -323,6 +323,39 @@ fn nix(src: &str) -> String {
     out
 }
 
+// A test factory's `if testScript != null then testScript else ''…''`:
+// the string branch is converted and the summary says which; two strings
+// stay for a hand. `send_monitor_command("quit")` is NixOS's `crash()`.
+#[test]
+fn nix_if_else_script_and_monitor_quit() {
+    let out = nix(r#"let
+  mk = name: { testScript ? null }: {
+    inherit name;
+    nodes.server = { };
+    testScript = if testScript != null then testScript else ''
+      server.wait_for_unit("vaultwarden.service")
+      server.send_monitor_command("quit")
+      server.wait_for_shutdown()
+    '';
+  };
+  two = {
+    name = "two";
+    nodes.m = { };
+    testScript = if true then "m.succeed('a')" else "m.succeed('b')";
+  };
+in { a = mk "factory" { }; inherit two; }
+"#);
+    assert!(
+        out.contains("// Note: the testScript is chosen by Nix (`if testScript != null then … else …`): this is its `else` branch")
+            && out.contains("server.wait_for_unit(\"vaultwarden.service\");\nserver.crash();\nserver.wait_for_shutdown();"),
+        "{out}"
+    );
+    assert!(
+        out.contains("// summary: the testScript is chosen by Nix (`if true then … else …`) between two strings or none"),
+        "{out}"
+    );
+}
+
 // `containers.X` (the NixOS driver's nspawn nodes) are nodes like
 // `nodes.X`; `inherit containers;` is computed, so they are guessed;
 // `globalTimeout` (a literal or `60 * 60`) becomes `global_timeout`, NixOS's
@@ -605,6 +638,7 @@ fn nix_interpolations() {
             "${builtins.toJSON x}".to_owned(),
         ],
         line_offset: 10,
+        ..Default::default()
     };
     let c = convert::convert_python("t", &py, Some(&["machine".to_owned()]));
     let nix = c.nix_script.clone().unwrap();

@@ -132,6 +132,7 @@ pub fn convert_python(name: &str, py: &nix::PythonSource, nodes: Option<&[String
                 host_side: t.host_modules.clone(),
                 guessed_nodes: t.guessed_nodes.clone(),
                 interpolations: py.interpolations.len(),
+                notes: py.note.iter().cloned().collect(),
                 ..Default::default()
             };
             let header = header(name, &all_nodes, &summary);
@@ -183,6 +184,9 @@ fn header(name: &str, nodes: &[String], summary: &Summary) -> String {
             nodes.join(", ")
         }
     );
+    for n in &summary.notes {
+        h.push_str(&format!("// Note: {n}.\n"));
+    }
     if !summary.todos.is_empty() {
         h.push_str(&format!(
             "// {} statement(s) are marked TODO(convert): they need a hand.\n",

@@ -36,6 +36,9 @@ pub struct PythonSource {
     pub interpolations: Vec<String>,
     /// File line of the Python text's first line, minus one.
     pub line_offset: usize,
+    /// What the reader should know about where the text came from (the one
+    /// string branch of a Nix `if`).
+    pub note: Option<String>,
 }
 
 /// The stand-in for Nix interpolation `i` in the Python text: an identifier
@@ -227,12 +230,46 @@ fn node_names(set: &ast::AttrSet) -> Option<Vec<String>> {
 /// or a `let … in` whose body is one.
 fn script_source(source: &str, value: ast::Expr) -> Result<PythonSource, String> {
     let mut e = unwrap(value);
+    let mut note = None;
     loop {
         e = match e {
             ast::Expr::Lambda(l) => l.body().ok_or("testScript: a function without a body")?,
             ast::Expr::LetIn(l) => l.body().ok_or("testScript: `let … in` without a body")?,
             ast::Expr::Paren(_) => unwrap(e),
-            ast::Expr::Str(s) => return Ok(string_source(source, &s)),
+            ast::Expr::Str(s) => {
+                let mut py = string_source(source, &s);
+                py.note = note;
+                return Ok(py);
+            }
+            // `if testScript != null then testScript else ''…''`: a test
+            // factory's default script, the one branch written out.
+            ast::Expr::IfElse(i) if note.is_none() => {
+                let cond = i.condition().map(|c| c.syntax().text().to_string());
+                let cond = cond
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                let (then, other) = (i.body(), i.else_body());
+                match (then.clone().and_then(string_in), other.clone().and_then(string_in)) {
+                    (Some(_), None) => {
+                        note = Some(format!("the testScript is chosen by Nix (`if {cond} then … else …`): this is its `then` branch, the other one is not a string"));
+                        then.ok_or("testScript: `if` without `then`")?
+                    }
+                    (None, Some(_)) => {
+                        note = Some(format!("the testScript is chosen by Nix (`if {cond} then … else …`): this is its `else` branch, the other one is not a string"));
+                        other.ok_or("testScript: `if` without `else`")?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "the testScript is chosen by Nix (`if {cond} then … else …`) between two strings or none: convert it by hand"
+                        ))
+                    }
+                }
+            }
             other => {
                 let text = other.syntax().text().to_string();
                 let first = text.lines().next().unwrap_or("").trim();
@@ -241,6 +278,17 @@ fn script_source(source: &str, value: ast::Expr) -> Result<PythonSource, String>
                 ));
             }
         }
+    }
+}
+
+/// The string a testScript value comes down to through functions, `let`
+/// and parentheses.
+fn string_in(e: ast::Expr) -> Option<ast::Str> {
+    match unwrap(e) {
+        ast::Expr::Lambda(l) => string_in(l.body()?),
+        ast::Expr::LetIn(l) => string_in(l.body()?),
+        ast::Expr::Str(s) => Some(s),
+        _ => None,
     }
 }
 

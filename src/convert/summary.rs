@@ -30,6 +30,8 @@ pub struct Summary {
     pub interpolations: usize,
     /// The whole script could not be read (not a string, or no Python).
     pub fatal: Option<String>,
+    /// Where the script came from, when the reader should know.
+    pub notes: Vec<String>,
 }
 
 impl Summary {
@@ -62,6 +64,9 @@ impl Summary {
                 "  host-side Python (runs on the driver's host; rewrite as guest commands): {}",
                 self.host_side.join(", ")
             );
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "  {n}");
         }
         if !self.guessed_nodes.is_empty() {
             let _ = writeln!(

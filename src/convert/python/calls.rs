@@ -236,6 +236,16 @@ impl Translator<'_> {
                 return unsupported(format!("host-side Python (`{id}.{attr}`)"));
             }
         }
+        // NixOS's own `crash()` is `send_monitor_command("quit")` and a wait
+        // for the shutdown.
+        if attr == "send_monitor_command"
+            && matches!(&c.args[..], [a] if const_str(a).is_some_and(|s| s.trim() == "quit"))
+        {
+            let r = self.expr(recv)?;
+            if matches!(r.kind, Kind::Machine | Kind::Any) {
+                return Ok(RExpr::atom(format!("{}.crash()", r.operand()), Kind::Unit));
+            }
+        }
         if UNSUPPORTED_METHODS.contains(&attr) {
             return unsupported(format!(
                 "`{attr}` (interactive or QEMU-internal; no attest equivalent)"
