@@ -90,6 +90,23 @@ print("done", flush=True)
 "#
 );
 
+// The driver's `machines`; `time.time()` for durations; the lines of
+// `splitlines()` and fields of `split()` are strings, so `if line` is
+// Python's truthiness.
+rule!(
+    machines_time_and_string_elements,
+    r#"for m in machines:
+    m.wait_for_unit("multi-user.target")
+import time
+start = time.time()
+lines = [l for l in machine.succeed("ls /etc").splitlines() if l]
+for word in machine.succeed("cat /etc/hostname").split():
+    if word:
+        print(word)
+assert time.time() - start < 60
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

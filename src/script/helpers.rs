@@ -50,6 +50,12 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("sorted", sorted);
     engine.register_fn("regex_findall", regex_findall);
     engine.register_fn("repr", |v: Dynamic| repr(&v));
+    // Python's `time.time()`.
+    engine.register_fn("unix_time", || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
     engine.register_fn("splitlines", |s: &str| -> Array {
         s.lines().map(|l| Dynamic::from(l.to_owned())).collect()
     });
@@ -315,6 +321,7 @@ mod tests {
             eval::<String>(r#"repr(["a", 1, true, ()])"#),
             "['a', 1, True, None]"
         );
+        assert!(eval::<f64>("unix_time()") > 1.7e9);
     }
 
     #[test]

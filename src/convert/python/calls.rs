@@ -415,6 +415,10 @@ impl Translator<'_> {
             ("time", "sleep") => {
                 RExpr::atom(format!("sleep({})", one("time.sleep")?.code), Kind::Unit)
             }
+            // Seconds since the epoch, for durations.
+            ("time", "time" | "monotonic") if args.is_empty() => {
+                RExpr::atom("unix_time()", Kind::Float)
+            }
             ("json", "loads") => RExpr::atom(
                 format!("json_parse({})", one("json.loads")?.code),
                 Kind::Any,

@@ -159,6 +159,10 @@ impl Translator<'_> {
         if self.is_node(id) {
             return node_expr(id);
         }
+        // The NixOS driver's list of every machine; attest's scope has it too.
+        if id == "machines" {
+            return Ok(RExpr::atom("machines", Kind::List));
+        }
         if self.functions.contains_key(id) {
             return Ok(RExpr::atom(
                 format!("Fn(\"{}\")", rhai::ident(id)),
@@ -517,7 +521,7 @@ impl Translator<'_> {
         }
         let var = rhai::ident(&target.id);
         self.blocks.push(Default::default());
-        self.declare(target.id.as_str(), Kind::Any);
+        self.declare(target.id.as_str(), element_kind(&iter));
         let result = (|| {
             let mut code = iter.operand();
             for cond in &g.ifs {
@@ -558,6 +562,42 @@ impl Translator<'_> {
             let e = this.truthy(e);
             RExpr::atom(format!("{code}.{m}(|{var}| {})", e.code), Kind::Bool)
         })
+    }
+}
+
+/// What the elements of a list are, where its expression says: the lines
+/// and fields of `splitlines`/`split` are strings (so `if line` reads as
+/// Python's truthiness), anything else unknown.
+pub(super) fn element_kind(list: &RExpr) -> Kind {
+    let code = list.code.as_str();
+    let code = code
+        .strip_prefix("sorted(")
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or(code);
+    let whole_call = |start: usize| -> bool {
+        let mut depth = 0;
+        for (i, ch) in code[start..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return start + i + 1 == code.len();
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    };
+    let strings = (code.starts_with("splitlines(") && whole_call("splitlines".len()))
+        || code
+            .rfind(".split(")
+            .is_some_and(|i| whole_call(i + ".split".len()));
+    if strings {
+        Kind::Str
+    } else {
+        Kind::Any
     }
 }
 

@@ -495,7 +495,10 @@ impl Translator<'_> {
         if targets.len() == 1 {
             let v = rhai::ident(&targets[0]);
             self.emit(format!("for {v} in {xs_code} {{"));
-            self.loop_body(&f.body, &[(targets[0].clone(), Kind::Any)]);
+            self.loop_body(
+                &f.body,
+                &[(targets[0].clone(), super::expr::element_kind(&xs))],
+            );
         } else {
             let tmp = self.fresh("item");
             self.emit(format!("for {tmp} in {xs_code} {{"));
