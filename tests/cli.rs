@@ -64,6 +64,40 @@ fn unknown_methods_and_arity_are_caught_before_boot() {
     );
 }
 
+/// Literal arguments of a type no form of the call takes are caught before
+/// boot, with the forms there are; values only the run knows are not
+/// guessed at.
+#[test]
+fn wrong_argument_types_are_caught_before_boot() {
+    let dir = TestDir::new(
+        "badtype",
+        NODES,
+        "",
+        "server.succeed(42);
+succeed(server, true);
+server.wait_for_unit(\"x\", 30);
+server.wait_for_open_port(\"80\");
+server.copy_from_host(1, \"/x\");
+let n = 42;
+server.succeed(`${n}`);
+",
+    );
+    let r = attest(
+        &["run", dir.config().to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(INVALID.into()), "{}", r.stderr);
+    for expected in [
+        "test.rhai:1:8: error: wrong argument type: `succeed` takes (array) or (string), not (int)",
+        "test.rhai:2:1: error: wrong argument type: `succeed` takes (Machine, array) or (Machine, string), not (…, bool)",
+        "test.rhai:5:8: error: wrong argument type: `copy_from_host` takes (string, string), not (int, string)",
+        "test.rhai: 3 errors",
+    ] {
+        assert!(r.stderr.contains(expected), "{expected}\n---\n{}", r.stderr);
+    }
+    assert!(!r.stderr.contains("booting"), "{}", r.stderr);
+}
+
 #[test]
 fn run_refuses_a_bad_script_before_anything_boots() {
     // The rootfs does not exist: if the check did not stop the run first, the
@@ -169,7 +203,7 @@ fn missing_files_named_by_the_config_are_config_errors() {
         ] {
             assert!(r.stderr.contains(&format!("{config}: {needle}")), "missing {needle:?} in:\n{}", r.stderr);
         }
-        assert!(!r.stderr.contains("booting"), "{}", r.stderr);
+        assert!(!r.stderr.contains("machine: up"), "{}", r.stderr);
     }
     // A check before the nodes are built (Nix's script check) skips them.
     let r = attest(&["check", "--no-files", config], Duration::from_secs(30));
@@ -197,4 +231,43 @@ fn a_typo_in_microvm_options_is_a_config_error_with_its_line() {
         "{}",
         r.stderr
     );
+}
+
+/// A backend's program missing from PATH: the run says which one and what
+/// to install, boots nothing and leaves nothing.
+#[test]
+fn a_missing_backend_program_says_what_to_install() {
+    let manifest = harness::image_manifest();
+    let empty = tempfile::tempdir().unwrap();
+    let path = empty.path().to_str().unwrap();
+    for (backend, expected) in [
+        (
+            "nspawn",
+            "machine: start: `systemd-nspawn` is not installed or not on PATH: install it (apt-get install systemd-container",
+        ),
+        (
+            "qemu",
+            "is not installed or not on PATH: install it (apt-get install qemu-",
+        ),
+    ] {
+        let dir = TestDir::new(
+            &format!("missing-{backend}"),
+            &format!(
+                r#"{{"machine":{{"backend":{{"{backend}":{{"image":"{}"}}}}}}}}"#,
+                manifest.display()
+            ),
+            "",
+            "machine.start();\n",
+        );
+        let r = harness::attest_env(
+            &["run", dir.config().to_str().unwrap()],
+            &[("PATH", path)],
+            Duration::from_secs(60),
+        );
+        assert_eq!(r.code, Some(attest::exit_code::FAILED.into()), "{}", r.stderr);
+        assert!(r.stderr.contains(expected), "{expected}\n---\n{}", r.stderr);
+        assert!(r.stderr.contains("test.rhai:1:9"), "{}", r.stderr);
+        assert!(!r.stderr.contains("machine: up"), "{}", r.stderr);
+        harness::assert_nothing_left(&r, backend);
+    }
 }

@@ -26,6 +26,7 @@ pub fn script_error(path: &Path, source: &str, e: &EvalAltResult) -> String {
     let message = match inner {
         EvalAltResult::ErrorRuntime(d, _) => d.to_string(),
         EvalAltResult::ErrorTerminated(..) => "the test is being torn down".to_owned(),
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => not_found(sig),
         // The position is shown as file:line:col already.
         other => {
             let text = other.to_string();
@@ -41,6 +42,30 @@ pub fn script_error(path: &Path, source: &str, e: &EvalAltResult) -> String {
         out.push_str(rest);
     }
     out.trim_end().to_owned()
+}
+
+/// Rhai's "Function not found: succeed (Machine, i64)" in a script's words:
+/// the arguments' types (known only at run time here; literals are caught
+/// by `attest check`) fit no form of the call.
+fn not_found(sig: &str) -> String {
+    let Some((name, args)) = sig.split_once(" (") else {
+        return format!("no function `{sig}`");
+    };
+    let args = args.strip_suffix(')').unwrap_or(args);
+    let types: Vec<&str> = args
+        .split(", ")
+        .filter(|t| !t.is_empty())
+        .map(|t| match t {
+            "i64" => "int",
+            "f64" => "float",
+            t if t.contains("ImmutableString") || t == "&str" || t == "String" => "string",
+            t => t,
+        })
+        .collect();
+    format!(
+        "wrong argument type: no form of `{name}` takes ({}) (`attest repl`, then help(), lists the API)",
+        types.join(", ")
+    )
 }
 
 /// `error` followed by the last console lines of each machine in `tails`
@@ -86,6 +111,25 @@ pub fn underline(source: &str, line: usize, column: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_no_form_takes_names_the_types_as_scripts_do() {
+        let e = EvalAltResult::ErrorFunctionNotFound(
+            "wait_for_unit (Machine, &str | ImmutableString | String, i64, f64)".into(),
+            rhai::Position::new(2, 9),
+        );
+        let text = script_error(
+            Path::new("t.rhai"),
+            "\nmachine.wait_for_unit(u, n, x);\n",
+            &e,
+        );
+        assert!(
+            text.starts_with(
+                "t.rhai:2:9: wrong argument type: no form of `wait_for_unit` takes (Machine, string, int, float)"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_script_line_comes_before_the_details_and_console_lines_once() {

@@ -4,10 +4,11 @@
 //! AST finds calls of unknown functions and methods and wrong arities, checked
 //! against the signatures the engine really has.
 
+use std::any::TypeId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use rhai::{ASTNode, Engine, Expr, ParseErrorType, Position, Scope, Stmt, AST};
+use rhai::{ASTNode, Engine, Expr, ImmutableString, ParseErrorType, Position, Scope, Stmt, AST};
 
 use crate::backend::capability::{self, Capability};
 use crate::config::BackendConfig;
@@ -137,18 +138,102 @@ fn undefined_variable(name: &str, nodes: &[String]) -> String {
 }
 
 /// name → the arities it is callable with (method arities count the object).
-fn known_functions(engine: &Engine, ast: &AST) -> BTreeMap<String, BTreeSet<usize>> {
-    let mut known: BTreeMap<String, BTreeSet<usize>> = BTreeMap::new();
+/// Each callable name: its arities, and the parameter types of each
+/// registered form (a script's own `fn` takes any value: no types).
+struct Known {
+    arities: BTreeMap<String, BTreeSet<usize>>,
+    forms: BTreeMap<(String, usize), Vec<Vec<TypeId>>>,
+}
+
+fn known_functions(engine: &Engine, ast: &AST) -> Known {
+    let mut known = Known {
+        arities: BTreeMap::new(),
+        forms: BTreeMap::new(),
+    };
     for r in super::registry::registered(engine, true) {
-        known.entry(r.name).or_default().insert(r.arity);
+        known
+            .arities
+            .entry(r.name.clone())
+            .or_default()
+            .insert(r.arity);
+        known
+            .forms
+            .entry((r.name, r.arity))
+            .or_default()
+            .push(r.param_types);
     }
     for f in ast.iter_functions() {
-        known
-            .entry(f.name.to_owned())
-            .or_default()
-            .insert(f.params.len());
+        let (name, arity) = (f.name.to_owned(), f.params.len());
+        known.arities.entry(name.clone()).or_default().insert(arity);
+        // Any value: no type to check.
+        known.forms.insert((name, arity), Vec::new());
     }
     known
+}
+
+/// The type of a literal argument; `None` (any) for what only the run knows.
+fn literal_type(e: &Expr) -> Option<TypeId> {
+    Some(match e {
+        Expr::StringConstant(..) | Expr::InterpolatedString(..) => TypeId::of::<ImmutableString>(),
+        Expr::IntegerConstant(..) => TypeId::of::<rhai::INT>(),
+        Expr::FloatConstant(..) => TypeId::of::<rhai::FLOAT>(),
+        Expr::BoolConstant(..) => TypeId::of::<bool>(),
+        Expr::CharConstant(..) => TypeId::of::<char>(),
+        Expr::Unit(..) => TypeId::of::<()>(),
+        Expr::Array(..) => TypeId::of::<rhai::Array>(),
+        Expr::Map(..) => TypeId::of::<rhai::Map>(),
+        Expr::DynamicConstant(v, _) if !v.is_shared() => v.type_id(),
+        _ => return None,
+    })
+}
+
+/// A type as scripts name it.
+fn type_label(t: TypeId) -> &'static str {
+    let names: [(TypeId, &str); 11] = [
+        (TypeId::of::<ImmutableString>(), "string"),
+        (TypeId::of::<rhai::INT>(), "int"),
+        (TypeId::of::<rhai::FLOAT>(), "float"),
+        (TypeId::of::<bool>(), "bool"),
+        (TypeId::of::<char>(), "char"),
+        (TypeId::of::<()>(), "()"),
+        (TypeId::of::<rhai::Array>(), "array"),
+        (TypeId::of::<rhai::Map>(), "map"),
+        (TypeId::of::<rhai::Dynamic>(), "any"),
+        (TypeId::of::<rhai::FnPtr>(), "function"),
+        (TypeId::of::<crate::machine::Machine>(), "Machine"),
+    ];
+    names
+        .iter()
+        .find(|(id, _)| *id == t)
+        .map_or("value", |(_, n)| n)
+}
+
+/// A call whose literal arguments no registered form of its name and
+/// arity takes (`m.succeed(42)`): the forms there are. Arguments only the
+/// run knows match any type.
+fn wrong_types(known: &Known, name: &str, args: &[Option<TypeId>], skip: usize) -> Option<String> {
+    let forms = known.forms.get(&(name.to_owned(), args.len()))?;
+    let dynamic = TypeId::of::<rhai::Dynamic>();
+    let takes = |form: &Vec<TypeId>| {
+        form.iter()
+            .zip(args)
+            .all(|(p, a)| *p == dynamic || a.is_none_or(|a| a == *p))
+    };
+    if forms.is_empty() || forms.iter().any(takes) {
+        return None;
+    }
+    let show = |types: &mut dyn Iterator<Item = &'static str>| types.collect::<Vec<_>>().join(", ");
+    let given = show(&mut args[skip..].iter().map(|a| a.map_or("…", type_label)));
+    let mut expected: Vec<String> = forms
+        .iter()
+        .map(|f| format!("({})", show(&mut f[skip..].iter().map(|t| type_label(*t)))))
+        .collect();
+    expected.sort();
+    expected.dedup();
+    Some(format!(
+        "wrong argument type: `{name}` takes {}, not ({given})",
+        expected.join(" or ")
+    ))
 }
 
 fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
@@ -183,8 +268,16 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
             return true;
         }
         let arity = call.args.len() + usize::from(is_method);
-        match known.get(name) {
-            Some(arities) if arities.contains(&arity) => {}
+        match known.arities.get(name) {
+            Some(arities) if arities.contains(&arity) => {
+                let skip = usize::from(is_method);
+                let args: Vec<Option<TypeId>> = std::iter::repeat_n(None, skip)
+                    .chain(call.args.iter().map(literal_type))
+                    .collect();
+                if let Some(message) = wrong_types(&known, name, &args, skip) {
+                    out.push(diag(pos, message));
+                }
+            }
             Some(arities) => {
                 let shown = |n: usize| n - usize::from(is_method);
                 let expected: Vec<String> = arities
@@ -203,7 +296,7 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
             }
             None => {
                 let kind = if is_method { "method" } else { "function" };
-                let hint = suggest(name, known.keys().map(String::as_str))
+                let hint = suggest(name, known.arities.keys().map(String::as_str))
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
                 out.push(diag(pos, format!("unknown {kind} `{name}`{hint}")));

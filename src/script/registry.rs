@@ -20,6 +20,9 @@ pub struct Registered {
     pub on_machine: bool,
     /// A property getter or setter (`m.name`), not a call.
     pub property: bool,
+    /// The parameters' types (strings as `ImmutableString`, any value as
+    /// `Dynamic`).
+    pub param_types: Vec<TypeId>,
 }
 
 /// Every public function of the engine; with `standard`, Rhai's standard
@@ -45,6 +48,7 @@ pub fn registered(engine: &Engine, standard: bool) -> Vec<Registered> {
                 arity: f.num_params,
                 on_machine: f.param_types.first() == Some(&TypeId::of::<Machine>()),
                 property,
+                param_types: f.param_types.to_vec(),
             })
         },
         standard,
