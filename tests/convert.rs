@@ -373,6 +373,33 @@ in { a = mk "factory" { }; inherit two; }
     );
 }
 
+// `testScript = ''…'' + extraTest`: the string is converted, the operand
+// Nix splices in as code is a TODO at its place; `exit(1)` fails the test;
+// a name with an interpolation keeps one dash.
+#[test]
+fn nix_concatenated_script_and_exit() {
+    let out = nix(r#"let
+  mk = type: { extraTest ? "" }: makeTest {
+    name = "zfs-${type}";
+    nodes.machine = { };
+    testScript = ''
+      machine.wait_for_unit("multi-user.target")
+      size = int(machine.succeed("df -k --output=size /tank | tail -n1"))
+      if size < 1000:
+          exit(1)
+    ''
+    + extraTest;
+  };
+in { a = mk "stable" { }; }
+"#);
+    assert!(out.starts_with("== zfs-type "), "{out}");
+    assert!(
+        out.contains("    throw \"the script called exit(1)\";\n")
+            && out.contains("// TODO(convert), source line 10: Python code Nix splices in here (its value is known only to Nix): convert it by hand\n// TODO(convert): ${extraTest}\n"),
+        "{out}"
+    );
+}
+
 // `containers.X` (the NixOS driver's nspawn nodes) are nodes like
 // `nodes.X`; `inherit containers;` is computed, so they are guessed;
 // `globalTimeout` (a literal or `60 * 60`) becomes `global_timeout`, NixOS's

@@ -177,7 +177,12 @@ fn test_name(set: &ast::AttrSet) -> Option<String> {
                 }
             })
             .collect();
-        let clean = clean.trim_matches('-').to_owned();
+        // `gitea-${type}` → `gitea-type`, not `gitea---type`.
+        let clean = clean
+            .split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
         if !clean.is_empty() {
             return Some(clean);
         }
@@ -241,6 +246,11 @@ fn script_source(source: &str, value: ast::Expr) -> Result<PythonSource, String>
                 py.note = note;
                 return Ok(py);
             }
+            ast::Expr::BinOp(b) if b.operator() == Some(ast::BinOpKind::Add) => {
+                let mut py = concat_source(source, b)?;
+                py.note = note;
+                return Ok(py);
+            }
             // `if testScript != null then testScript else ''…''`: a test
             // factory's default script, the one branch written out.
             ast::Expr::IfElse(i) if note.is_none() => {
@@ -294,6 +304,96 @@ fn string_in(e: ast::Expr) -> Option<ast::Str> {
 
 fn string_source(source: &str, s: &ast::Str) -> PythonSource {
     let mut out = PythonSource::default();
+    append_string(&mut out, source, s);
+    out
+}
+
+/// `''…'' + extraTest + lib.optionalString c ''…''`: the strings' Python
+/// in order, each other operand a Nix interpolation on a line of its own,
+/// which Nix splices in as code (a TODO where it stands).
+fn concat_source(source: &str, sum: ast::BinOp) -> Result<PythonSource, String> {
+    fn operands(e: ast::Expr, out: &mut Vec<ast::Expr>) {
+        match unwrap(e) {
+            ast::Expr::BinOp(b) if b.operator() == Some(ast::BinOpKind::Add) => {
+                if let Some(l) = b.lhs() {
+                    operands(l, out);
+                }
+                if let Some(r) = b.rhs() {
+                    operands(r, out);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    let mut parts = Vec::new();
+    operands(ast::Expr::BinOp(sum), &mut parts);
+    if !parts.iter().any(|p| matches!(p, ast::Expr::Str(_))) {
+        let text = parts
+            .first()
+            .map(|p| p.syntax().text().to_string())
+            .unwrap_or_default();
+        return Err(format!(
+            "the testScript is computed by Nix (`{} + …`), not a string: convert it by hand",
+            text.lines().next().unwrap_or("").trim()
+        ));
+    }
+    let mut out = PythonSource::default();
+    let mut first_string = true;
+    for p in parts {
+        if !out.text.is_empty() && !out.text.ends_with('\n') {
+            out.text.push('\n');
+        }
+        match p {
+            ast::Expr::Str(s) => {
+                let before = out.text.matches('\n').count();
+                let mut piece = PythonSource::default();
+                append_string(&mut piece, source, &s);
+                if first_string {
+                    out.line_offset = piece.line_offset.saturating_sub(before);
+                    first_string = false;
+                }
+                let base = out.interpolations.len();
+                append_renumbered(&mut out.text, &piece.text, base);
+                out.interpolations.extend(piece.interpolations);
+            }
+            other => {
+                out.text.push_str(&placeholder(out.interpolations.len()));
+                out.text.push('\n');
+                // Shown only in a TODO comment: one line.
+                let text = other.syntax().text().to_string();
+                let mut shown = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if shown.chars().count() > 100 {
+                    shown = shown.chars().take(100).collect::<String>() + " …";
+                }
+                out.interpolations.push(format!("${{{shown}}}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Appends `text`, its placeholders `i` renumbered `base + i`.
+fn append_renumbered(out: &mut String, text: &str, base: usize) {
+    let mut rest = text;
+    while let Some(at) = rest.find("__nix_interp_") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "__nix_interp_".len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        match after[..digits].parse::<usize>() {
+            Ok(i) if after[digits..].starts_with("__") => {
+                out.push_str(&placeholder(base + i));
+                rest = &after[digits + 2..];
+            }
+            _ => {
+                out.push_str("__nix_interp_");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+}
+
+fn append_string(out: &mut PythonSource, source: &str, s: &ast::Str) {
     let start: usize = s.syntax().text_range().start().into();
     let mut first_line = line_of(source, start);
     let parts = s.normalized_parts();
@@ -316,7 +416,6 @@ fn string_source(source: &str, s: &ast::Str) -> PythonSource {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

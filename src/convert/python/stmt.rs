@@ -235,6 +235,39 @@ impl Translator<'_> {
                 return Ok(());
             }
         }
+        if let ast::Expr::Name(n) = e {
+            if n.id.starts_with("__nix_interp_") {
+                return unsupported(
+                    "Python code Nix splices in here (its value is known only to Nix): convert it by hand",
+                );
+            }
+        }
+        // `exit(1)` / `sys.exit(1)` end the NixOS test as failed.
+        if let ast::Expr::Call(c) = e {
+            let exit = match &*c.func {
+                ast::Expr::Name(n) => matches!(n.id.as_str(), "exit" | "quit"),
+                ast::Expr::Attribute(a) => {
+                    a.attr.as_str() == "exit"
+                        && matches!(&*a.value, ast::Expr::Name(m) if m.id.as_str() == "sys")
+                }
+                _ => false,
+            };
+            if exit && c.keywords.is_empty() {
+                if let [code] = &c.args[..] {
+                    if super::expr::const_int(code).is_some_and(|n| n != 0)
+                        || const_str(code).is_some()
+                    {
+                        let r = e.range();
+                        let text = &self.src[r.start().to_usize()..r.end().to_usize()];
+                        self.emit(format!(
+                            "throw {};",
+                            rhai::string(&format!("the script called {text}"))
+                        ));
+                        return Ok(());
+                    }
+                }
+            }
+        }
         if !matches!(e, ast::Expr::Call(_)) {
             return unsupported("an expression statement without a call");
         }
