@@ -186,7 +186,7 @@ fn live_output_streams_lines_as_they_are_written() {
         "",
         r#"
 machine.start();
-machine.succeed("echo one; sleep 2; echo two >&2; printf three");
+subtest("live", || machine.succeed("echo one; sleep 2; echo two >&2; printf three"));
 "#,
     );
     for protocol in ["agent", "bash"] {
@@ -225,6 +225,19 @@ machine.succeed("echo one; sleep 2; echo two >&2; printf three");
         };
         let (one, two) = (at("one"), at("two"));
         at("three");
+        // The lines belong to the call's section, inside the subtest.
+        for e in text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["event"] == "command_output")
+        {
+            assert_eq!(e["depth"], 2, "{protocol}: {e}");
+        }
+        assert!(
+            r.stderr.contains("\n    machine stdout> one\n"),
+            "{protocol}: not indented as its section:\n{}",
+            r.stderr
+        );
         if protocol == "agent" {
             assert!(
                 two - one > 1.5,

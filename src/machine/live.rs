@@ -37,9 +37,9 @@ impl<'a> LiveLines<'a> {
             machine: self.machine.to_owned(),
             stream: STREAMS[i].to_owned(),
             line: String::from_utf8_lossy(line).into_owned(),
-            // At the top level: the machine call does not know the
-            // script's section it runs in (it runs on a runtime worker).
-            depth: 0,
+            // Inside the section of the script's call, which runs this
+            // command on a runtime worker.
+            depth: crate::report::call_depth(),
         });
     }
 }

@@ -78,6 +78,24 @@ fn depth_in(parent: Option<SectionRef>) -> usize {
     parent.map_or(0, |p| p.depth + 1)
 }
 
+tokio::task_local! {
+    /// The section a machine call runs in, for what it reports from a
+    /// runtime worker (its live output lines), which has no flow of its own.
+    static CALL_SECTION: Option<SectionRef>;
+}
+
+/// Runs `fut` as the work of `section`: what it reports through
+/// [`call_depth`] nests there.
+pub async fn within<F: std::future::Future>(section: Option<SectionRef>, fut: F) -> F::Output {
+    CALL_SECTION.scope(section, fut).await
+}
+
+/// The depth of a line reported by the machine call running now (inside
+/// [`within`]); the top level elsewhere.
+pub fn call_depth() -> usize {
+    CALL_SECTION.try_with(|s| depth_in(*s)).unwrap_or(0)
+}
+
 impl Reporter {
     /// A reporter for the test `name`. Creates the report files at once, so
     /// an unwritable one is an error before anything boots.

@@ -35,7 +35,7 @@ pub(super) fn op<T: Send + 'static>(
     let flow = Flow::of(nc);
     flow.check_due(nc)?;
     flow.in_section(m.reporter(), &label, Some(m.name()), false, || {
-        m.block_on(fut)
+        m.block_on(crate::report::within(flow.section(), fut))
     })
     .map_err(thrown)
 }
