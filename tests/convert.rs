@@ -107,6 +107,31 @@ assert time.time() - start < 60
 "#
 );
 
+// `re` flags become inline `(?m)`, `re.match` anchors with `\A`;
+// `re.sub`, `textwrap.dedent`, format specs in f-strings, `str.format` and
+// `%`, `int(x, 16)`, `startswith` over a tuple.
+rule!(
+    regex_flags_sub_dedent_and_format_specs,
+    r#"import re
+import textwrap
+out = machine.succeed("systemctl status foo")
+assert re.search(r"^\s+Active: active", out, re.MULTILINE | re.I)
+assert re.match("foo", out, flags=re.S) is None
+masked = re.sub(r"token=(\w+)", r"token=<\1>", out)
+script = textwrap.dedent("""
+    set -e
+    echo hi
+""")
+machine.succeed(script)
+size = int(machine.succeed("stat -c %s /big"))
+print(f"{size / 1024:.1f} KiB, {size:>10,} bytes {out!r:.20}")
+print("{0:>5} {name:03d}".format(size, name=7))
+print("%-8s|%5.2f|%x" % ("a", 1.5, 255))
+mode = int(machine.succeed("stat -c %a /etc"), 8)
+assert out.startswith(("●", "○"))
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

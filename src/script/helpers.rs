@@ -50,6 +50,11 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("sorted", sorted);
     engine.register_fn("regex_findall", regex_findall);
     engine.register_fn("repr", |v: Dynamic| repr(&v));
+    engine.register_fn("regex_sub", regex_sub);
+    engine.register_fn("dedent", |s: &str| dedent(s));
+    engine.register_fn("format_spec", |v: Dynamic, spec: &str| {
+        format_spec(&v, spec)
+    });
     // Python's `time.time()`.
     engine.register_fn("unix_time", || {
         std::time::SystemTime::now()
@@ -200,6 +205,194 @@ fn regex_findall(re: &str, text: &str) -> R<Array> {
         .collect())
 }
 
+/// Python's `re.sub(re, repl, text)`: `\\1` and `\\g<name>` in `repl` are
+/// groups, every match is replaced.
+fn regex_sub(re: &str, repl: &str, text: &str) -> R<String> {
+    let r = regex::Regex::new(re).map_err(|e| err(format!("regex_sub: bad regex: {e}")))?;
+    let mut rust = String::new();
+    let mut chars = repl.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '$' => rust.push_str("$$"),
+            '\\' => match chars.next() {
+                Some(d) if d.is_ascii_digit() => {
+                    let mut n = d.to_string();
+                    while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                        n.push(d);
+                    }
+                    rust.push_str(&format!("${{{n}}}"));
+                }
+                Some('g') if chars.peek() == Some(&'<') => {
+                    chars.next();
+                    let name: String = chars.by_ref().take_while(|c| *c != '>').collect();
+                    rust.push_str(&format!("${{{name}}}"));
+                }
+                Some('n') => rust.push('\n'),
+                Some('t') => rust.push('\t'),
+                Some('\\') => rust.push('\\'),
+                Some(o) => {
+                    rust.push('\\');
+                    rust.push(o);
+                }
+                None => rust.push('\\'),
+            },
+            c => rust.push(c),
+        }
+    }
+    Ok(r.replace_all(text, rust.as_str()).into_owned())
+}
+
+/// Python's `textwrap.dedent`: the whitespace every non-blank line starts
+/// with removed; blank lines become empty.
+fn dedent(s: &str) -> String {
+    let lines: Vec<&str> = s.split('\n').collect();
+    let margin = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| &l[..l.len() - l.trim_start().len()])
+        .reduce(|a, b| {
+            let n = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+            &a[..a.char_indices().nth(n).map_or(a.len(), |(i, _)| i)]
+        })
+        .unwrap_or("");
+    lines
+        .iter()
+        .map(|l| {
+            if l.trim().is_empty() {
+                ""
+            } else {
+                l.strip_prefix(margin).unwrap_or(l)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Python's format mini-language (`{x:>8}`, `{n:03d}`, `{f:.2f}`, `{n:x}`,
+/// `{n:,}`, `{r:.1%}`) for strings, integers and floats.
+fn format_spec(v: &Dynamic, spec: &str) -> R<String> {
+    let bad = || {
+        err(format!(
+            "format_spec: unsupported format spec {spec:?} for a {}",
+            v.type_name()
+        ))
+    };
+    let mut rest: Vec<char> = spec.chars().collect();
+    let (mut fill, mut align) = (' ', None);
+    if rest.len() >= 2 && matches!(rest[1], '<' | '>' | '^' | '=') {
+        fill = rest[0];
+        align = Some(rest[1]);
+        rest.drain(..2);
+    } else if rest
+        .first()
+        .is_some_and(|c| matches!(c, '<' | '>' | '^' | '='))
+    {
+        align = Some(rest.remove(0));
+    }
+    let sign = if rest.first().is_some_and(|c| matches!(c, '+' | '-' | ' ')) {
+        Some(rest.remove(0))
+    } else {
+        None
+    };
+    if rest.first() == Some(&'0') {
+        rest.remove(0);
+        if align.is_none() {
+            fill = '0';
+            align = Some('=');
+        }
+    }
+    let digits = |r: &mut Vec<char>| -> Option<usize> {
+        let n = r.iter().take_while(|c| c.is_ascii_digit()).count();
+        let s: String = r.drain(..n).collect();
+        s.parse().ok()
+    };
+    let width = digits(&mut rest).unwrap_or(0);
+    let grouping = rest.first() == Some(&',');
+    if grouping {
+        rest.remove(0);
+    }
+    let precision = if rest.first() == Some(&'.') {
+        rest.remove(0);
+        Some(digits(&mut rest).ok_or_else(bad)?)
+    } else {
+        None
+    };
+    let ty = match rest.as_slice() {
+        [] => None,
+        [t] => Some(*t),
+        _ => return Err(bad()),
+    };
+    let group = |s: String| -> String {
+        if !grouping {
+            return s;
+        }
+        let (int, frac) = s
+            .split_once('.')
+            .map_or((s.as_str(), None), |(a, b)| (a, Some(b)));
+        let mut out = String::new();
+        for (i, c) in int.chars().enumerate() {
+            if i > 0 && (int.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        match frac {
+            Some(f) => format!("{out}.{f}"),
+            None => out,
+        }
+    };
+    let (negative, body, numeric) = if let Some(s) = v.read_lock::<ImmutableString>() {
+        if !matches!(ty, None | Some('s')) || sign.is_some() {
+            return Err(bad());
+        }
+        let s: String = match precision {
+            Some(p) => s.chars().take(p).collect(),
+            None => s.to_string(),
+        };
+        (false, s, false)
+    } else if let Ok(i) = v.as_int() {
+        let a = i.unsigned_abs();
+        let body = match ty {
+            None | Some('d') | Some('n') => group(a.to_string()),
+            Some('x') => format!("{a:x}"),
+            Some('X') => format!("{a:X}"),
+            Some('o') => format!("{a:o}"),
+            Some('b') => format!("{a:b}"),
+            Some('f' | 'F') => group(format!("{:.*}", precision.unwrap_or(6), a as f64)),
+            Some('%') => format!("{:.*}%", precision.unwrap_or(6), a as f64 * 100.0),
+            _ => return Err(bad()),
+        };
+        (i < 0, body, true)
+    } else if let Ok(f) = v.as_float() {
+        let a = f.abs();
+        let body = match ty {
+            Some('f' | 'F') => group(format!("{:.*}", precision.unwrap_or(6), a)),
+            Some('%') => format!("{:.*}%", precision.unwrap_or(6), a * 100.0),
+            Some('e') => format!("{:.*e}", precision.unwrap_or(6), a),
+            None | Some('g') if precision.is_none() => group(a.to_string()),
+            _ => return Err(bad()),
+        };
+        (f.is_sign_negative() && f != 0.0, body, true)
+    } else {
+        return Err(bad());
+    };
+    let sign_str = match (negative, sign) {
+        (true, _) => "-",
+        (false, Some('+')) => "+",
+        (false, Some(' ')) => " ",
+        _ => "",
+    };
+    let len = sign_str.chars().count() + body.chars().count();
+    let pad = width.saturating_sub(len);
+    let fills = |n: usize| fill.to_string().repeat(n);
+    Ok(match align.unwrap_or(if numeric { '>' } else { '<' }) {
+        '<' => format!("{sign_str}{body}{}", fills(pad)),
+        '^' => format!("{}{sign_str}{body}{}", fills(pad / 2), fills(pad - pad / 2)),
+        '=' => format!("{sign_str}{}{body}", fills(pad)),
+        _ => format!("{}{sign_str}{body}", fills(pad)),
+    })
+}
+
 /// Python's `repr()`: strings in single quotes (double when they hold a
 /// single one), `True`/`False`/`None`, lists and maps element-wise.
 fn repr(v: &Dynamic) -> String {
@@ -322,6 +515,36 @@ mod tests {
             "['a', 1, True, None]"
         );
         assert!(eval::<f64>("unix_time()") > 1.7e9);
+    }
+
+    #[test]
+    fn regex_sub_dedent_format_spec() {
+        assert_eq!(
+            eval::<String>(r#"regex_sub("(\\d+)", "<\\1>", "a1b22")"#),
+            "a<1>b<22>"
+        );
+        assert_eq!(
+            eval::<String>(r#"regex_sub("(?P<n>x)", "\\g<n>$", "axb")"#),
+            "ax$b"
+        );
+        assert_eq!(
+            eval::<String>(r#"dedent("\n    a\n      b\n  \n")"#),
+            "\na\n  b\n\n"
+        );
+        let f = |v: &str, spec: &str| eval::<String>(&format!("format_spec({v}, {spec:?})"));
+        assert_eq!(f("7", "03d"), "007");
+        assert_eq!(f("-7", "04"), "-007");
+        assert_eq!(f("3.14159", ".2f"), "3.14");
+        assert_eq!(f("\"ab\"", ">4"), "  ab");
+        assert_eq!(f("\"ab\"", "*^6"), "**ab**");
+        assert_eq!(f("\"ab\"", "<4"), "ab  ");
+        assert_eq!(f("255", "x"), "ff");
+        assert_eq!(f("1234567", ","), "1,234,567");
+        assert_eq!(f("0.25", ".1%"), "25.0%");
+        assert_eq!(f("5", "+d"), "+5");
+        let mut e = Engine::new();
+        register(&mut e);
+        assert!(e.eval::<String>(r#"format_spec("x", "d")"#).is_err());
     }
 
     #[test]

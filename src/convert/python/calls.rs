@@ -148,6 +148,28 @@ fn param_default(param: &str) -> Option<&'static str> {
     }
 }
 
+/// `re.M | re.IGNORECASE` as inline flag letters (`mi`).
+fn re_flags(e: &ast::Expr) -> Option<String> {
+    match e {
+        ast::Expr::Attribute(a) if matches!(&*a.value, ast::Expr::Name(n) if n.id.as_str() == "re") => {
+            Some(
+                match a.attr.as_str() {
+                    "M" | "MULTILINE" => "m",
+                    "I" | "IGNORECASE" => "i",
+                    "S" | "DOTALL" => "s",
+                    "X" | "VERBOSE" => "x",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        }
+        ast::Expr::BinOp(b) if b.op == ast::Operator::BitOr => {
+            Some(re_flags(&b.left)? + re_flags(&b.right)?.as_str())
+        }
+        _ => None,
+    }
+}
+
 fn is_none(e: &ast::Expr) -> bool {
     matches!(
         e,
@@ -403,6 +425,16 @@ impl Translator<'_> {
     }
 
     fn module_call(&mut self, c: &ast::ExprCall, module: &str, f: &str) -> Res<RExpr> {
+        if module == "re" {
+            return self.re_call(c, f);
+        }
+        if (module, f) == ("textwrap", "dedent") {
+            let [text] = &c.args[..] else {
+                return unsupported("`textwrap.dedent` with other than one argument");
+            };
+            let text = self.expr(text)?;
+            return Ok(RExpr::atom(format!("dedent({})", text.code), Kind::Str));
+        }
         Self::no_keywords(c, &format!("`{module}.{f}`"))?;
         let args = self.args(&c.args)?;
         let one = |what: &str| -> Res<&RExpr> {
@@ -431,39 +463,94 @@ impl Translator<'_> {
                 format!("shell_quote({})", one("shlex.quote")?.code),
                 Kind::Str,
             ),
-            ("re", "findall") => {
-                let [pattern, text] = &args[..] else {
-                    return unsupported("`re.findall` with flags");
-                };
-                RExpr::atom(
-                    format!("regex_findall({}, {})", pattern.code, text.code),
-                    Kind::List,
-                )
-            }
-            ("re", "search" | "match" | "fullmatch") => {
-                let [pattern, text] = &args[..] else {
-                    return unsupported(format!("`re.{f}` with flags"));
-                };
-                let pattern = match f {
-                    "search" => pattern.code.clone(),
-                    _ => {
-                        let Some(p) = c.args.first().and_then(const_str) else {
-                            return unsupported(format!("`re.{f}` with a computed pattern"));
-                        };
-                        let anchored = if f == "match" {
-                            format!("^(?:{p})")
-                        } else {
-                            format!("^(?:{p})$")
-                        };
-                        rhai::string(&anchored)
-                    }
-                };
-                RExpr::atom(
-                    format!("regex_search({pattern}, {})", text.code),
-                    Kind::Match,
-                )
-            }
             _ => return unsupported(format!("`{module}.{f}`")),
+        })
+    }
+
+    /// `re.search`/`match`/`fullmatch`/`findall`/`sub`, flags (`re.M | re.I`,
+    /// positional or `flags=`) written into the pattern as `(?mi)`.
+    fn re_call(&mut self, c: &ast::ExprCall, f: &str) -> Res<RExpr> {
+        // Positional parameters after the pattern, as Python orders them.
+        let params: &[&str] = match f {
+            "search" | "match" | "fullmatch" | "findall" => &["string", "flags"],
+            "sub" => &["repl", "string", "count", "flags"],
+            _ => return unsupported(format!("`re.{f}`")),
+        };
+        let Some((pattern, rest)) = c.args.split_first() else {
+            return unsupported(format!("`re.{f}` without a pattern"));
+        };
+        let mut named: Vec<(&str, &ast::Expr)> = params.iter().copied().zip(rest).collect();
+        if rest.len() > params.len() {
+            return unsupported(format!("too many arguments to `re.{f}`"));
+        }
+        for k in &c.keywords {
+            match k
+                .arg
+                .as_ref()
+                .map(|a| a.as_str())
+                .and_then(|a| params.iter().find(|p| **p == a))
+            {
+                Some(p) => named.push((p, &k.value)),
+                None => return unsupported(format!("a keyword argument to `re.{f}`")),
+            }
+        }
+        let arg = |name: &str| named.iter().find(|(p, _)| *p == name).map(|(_, e)| *e);
+        let flags = match arg("flags") {
+            None => String::new(),
+            Some(e) => {
+                re_flags(e).ok_or(super::Unsupported(format!("`re.{f}` with computed flags")))?
+            }
+        };
+        if arg("count").is_some_and(|n| const_int(n) != Some(0)) {
+            return unsupported("`re.sub` with a count");
+        }
+        let Some(text) = arg("string") else {
+            return unsupported(format!("`re.{f}` without a string"));
+        };
+        let text = self.expr(text)?;
+        let prefix = if flags.is_empty() {
+            String::new()
+        } else {
+            format!("(?{flags})")
+        };
+        let pattern = match (f, const_str(pattern)) {
+            ("match", Some(p)) => rhai::string(&format!("{prefix}\\A(?:{p})")),
+            ("fullmatch", Some(p)) => rhai::string(&format!("{prefix}\\A(?:{p})\\z")),
+            ("match" | "fullmatch", None) => {
+                return unsupported(format!("`re.{f}` with a computed pattern"))
+            }
+            (_, Some(p)) => rhai::string(&format!("{prefix}{p}")),
+            (_, None) if prefix.is_empty() => self.expr(pattern)?.code,
+            (_, None) => format!(
+                "{} + {}",
+                rhai::string(&prefix),
+                self.expr(pattern)?.operand()
+            ),
+        };
+        Ok(match f {
+            "findall" => RExpr::atom(
+                format!("regex_findall({pattern}, {})", text.code),
+                Kind::List,
+            ),
+            "sub" => {
+                let repl = arg("repl")
+                    .ok_or(super::Unsupported("`re.sub` without a replacement".into()))?;
+                if !matches!(
+                    repl,
+                    ast::Expr::Constant(_) | ast::Expr::Name(_) | ast::Expr::JoinedStr(_)
+                ) {
+                    return unsupported("`re.sub` with a function as replacement");
+                }
+                let repl = self.expr(repl)?;
+                RExpr::atom(
+                    format!("regex_sub({pattern}, {}, {})", repl.code, text.code),
+                    Kind::Str,
+                )
+            }
+            _ => RExpr::atom(
+                format!("regex_search({pattern}, {})", text.code),
+                Kind::Match,
+            ),
         })
     }
 
@@ -509,6 +596,22 @@ impl Translator<'_> {
                     unsupported("`split` with a computed maxsplit")
                 }
             },
+            // A tuple of prefixes: any of them.
+            ("startswith" | "endswith", [p]) if matches!(c.args[0], ast::Expr::Tuple(_)) => {
+                let m = if attr == "startswith" {
+                    "starts_with"
+                } else {
+                    "ends_with"
+                };
+                let tmp = self.fresh("text");
+                code(
+                    format!(
+                        "{{ let {tmp} = {}; {}.some(|p| {tmp}.{m}(p)) }}",
+                        r.code, p.code
+                    ),
+                    Kind::Bool,
+                )
+            }
             ("startswith", [p]) => code(format!("{recv}.starts_with({})", p.code), Kind::Bool),
             ("endswith", [p]) => code(format!("{recv}.ends_with({})", p.code), Kind::Bool),
             // Rhai's `replace` changes the string in place (all occurrences,
@@ -629,8 +732,15 @@ impl Translator<'_> {
                 Ok(RExpr::atom(format!("{}.len()", a.operand()), Kind::Int))
             }
             "int" | "float" => {
-                let [a] = &self.args(&c.args)?[..] else {
-                    return unsupported(format!("`{name}` with a base"));
+                let args = self.args(&c.args)?;
+                if let (true, [a, base]) = (name == "int", &args[..]) {
+                    return Ok(RExpr::atom(
+                        format!("parse_int(strip({}), {})", a.code, base.code),
+                        Kind::Int,
+                    ));
+                }
+                let [a] = &args[..] else {
+                    return unsupported(format!("`{name}` with other than one argument"));
                 };
                 let parse = if name == "int" {
                     "parse_int"

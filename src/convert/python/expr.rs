@@ -221,17 +221,26 @@ impl Translator<'_> {
                     ..
                 }) => pieces.push(Piece::Lit(s.clone())),
                 ast::Expr::FormattedValue(f) => {
-                    if f.format_spec.is_some() {
-                        return unsupported("an f-string format spec (`{x:…}`)");
-                    }
                     let v = self.expr(&f.value)?;
-                    pieces.push(Piece::Val(match f.conversion {
+                    let v = match f.conversion {
                         ast::ConversionFlag::None | ast::ConversionFlag::Str => v,
                         ast::ConversionFlag::Repr => {
                             RExpr::atom(format!("repr({})", v.code), Kind::Str)
                         }
                         _ => return unsupported("an f-string conversion `!a`"),
-                    }));
+                    };
+                    let v = match &f.format_spec {
+                        None => v,
+                        Some(spec) => {
+                            let Some(spec) = literal_spec(spec) else {
+                                return unsupported(
+                                    "an f-string format spec with a computed part (`{x:{w}}`)",
+                                );
+                            };
+                            with_spec(v, &spec)
+                        }
+                    };
+                    pieces.push(Piece::Val(v));
                 }
                 _ => return unsupported("an unusual f-string part"),
             }
@@ -268,9 +277,19 @@ impl Translator<'_> {
                         }
                         field.push(c);
                     }
-                    if field.contains([':', '!', '.', '[']) {
+                    let (field, spec) = match field.split_once(':') {
+                        Some((f, spec)) => (f.to_owned(), Some(spec.to_owned())),
+                        None => (field, None),
+                    };
+                    let (field, repr) = match field.strip_suffix("!r") {
+                        Some(f) => (f.to_owned(), true),
+                        None => (field, false),
+                    };
+                    if field.contains(['!', '.', '[', '{'])
+                        || spec.as_ref().is_some_and(|s| s.contains('{'))
+                    {
                         return unsupported(
-                            "a `str.format` field with a spec, conversion or access",
+                            "a `str.format` field with a conversion other than !r, an access or a nested field",
                         );
                     }
                     let value = if field.is_empty() {
@@ -290,7 +309,14 @@ impl Translator<'_> {
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
                     }
-                    pieces.push(Piece::Val(self.expr(value)?));
+                    let mut v = self.expr(value)?;
+                    if repr {
+                        v = RExpr::atom(format!("repr({})", v.code), Kind::Str);
+                    }
+                    if let Some(spec) = spec {
+                        v = with_spec(v, &spec);
+                    }
+                    pieces.push(Piece::Val(v));
                 }
                 '}' => return unsupported("a single `}` in a format string"),
                 c => lit.push(c),
@@ -317,18 +343,41 @@ impl Translator<'_> {
                 lit.push(c);
                 continue;
             }
-            match chars.next() {
-                Some('%') => lit.push('%'),
-                Some('s' | 'd' | 'i') => {
+            // `%[flags][width][.precision]type`, as a format spec.
+            let mut conv = String::new();
+            let ty = loop {
+                match chars.next() {
+                    Some(c @ ('-' | '+' | ' ' | '0'..='9' | '.')) => conv.push(c),
+                    other => break other,
+                }
+            };
+            match ty {
+                Some('%') if conv.is_empty() => lit.push('%'),
+                Some(t @ ('s' | 'd' | 'i' | 'f' | 'x' | 'X' | 'o' | 'e')) => {
                     let Some(v) = next.next() else {
                         return unsupported("`%` formatting with too few values");
                     };
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
                     }
-                    pieces.push(Piece::Val(self.expr(v)?));
+                    let v = self.expr(v)?;
+                    let plain = conv.is_empty() && matches!(t, 's' | 'd' | 'i');
+                    pieces.push(Piece::Val(if plain {
+                        v
+                    } else {
+                        let (left, conv) = match conv.strip_prefix('-') {
+                            Some(c) => ("<", c),
+                            None => ("", conv.as_str()),
+                        };
+                        let t = match t {
+                            's' => String::new(),
+                            'i' => "d".to_owned(),
+                            t => t.to_string(),
+                        };
+                        with_spec(v, &format!("{left}{conv}{t}"))
+                    }));
                 }
-                _ => return unsupported("a `%` format other than %s, %d, %i"),
+                _ => return unsupported("a `%` format other than s, d, i, f, x, X, o, e"),
             }
         }
         if next.next().is_some() {
@@ -563,6 +612,29 @@ impl Translator<'_> {
             RExpr::atom(format!("{code}.{m}(|{var}| {})", e.code), Kind::Bool)
         })
     }
+}
+
+/// An f-string's format spec when it is all literal text.
+fn literal_spec(spec: &ast::Expr) -> Option<String> {
+    match spec {
+        ast::Expr::JoinedStr(j) => j
+            .values
+            .iter()
+            .map(|v| const_str(v).map(str::to_owned))
+            .collect(),
+        other => const_str(other).map(str::to_owned),
+    }
+}
+
+/// A value formatted by Python's format mini-language.
+fn with_spec(v: RExpr, spec: &str) -> RExpr {
+    if spec.is_empty() {
+        return v;
+    }
+    RExpr::atom(
+        format!("format_spec({}, {})", v.code, rhai::string(spec)),
+        Kind::Str,
+    )
 }
 
 /// What the elements of a list are, where its expression says: the lines

@@ -68,7 +68,7 @@ const HOST_MODULES: &[&str] = &[
 ];
 
 /// Modules whose functions map onto attest's script API.
-const KNOWN_MODULES: &[&str] = &["json", "re", "shlex", "time"];
+const KNOWN_MODULES: &[&str] = &["json", "re", "shlex", "time", "textwrap"];
 
 /// The result of translating one script.
 #[derive(Debug, Default)]
