@@ -310,6 +310,31 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
 /// Starts a two-node test, waits until both containers run, sends SIGTERM
 /// and checks the teardown.
 fn sigterm_during(name: &str, script: &str) {
+    signal_during(name, script, nix::sys::signal::Signal::SIGTERM)
+}
+
+/// Sends `signal` to the run `child`, waits for it, and checks that it
+/// exited with 128 + the signal, saying `expected`.
+fn interrupt(
+    child: std::process::Child,
+    started: Instant,
+    signal: nix::sys::signal::Signal,
+    expected: &str,
+) -> harness::Run {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    let r = harness::finish(child, started, LIMIT);
+    assert_eq!(
+        r.code,
+        Some(interrupted(signal as i32).into()),
+        "128 + {signal}: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(expected), "{expected}\n---\n{}", r.stderr);
+    r
+}
+
+/// [`sigterm_during`] with `signal`.
+fn signal_during(name: &str, script: &str, signal: nix::sys::signal::Signal) {
     let dir = TestDir::nspawn(name, &["a", "b"], "", script);
     let started = Instant::now();
     let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
@@ -321,19 +346,7 @@ fn sigterm_during(name: &str, script: &str) {
     }
     std::thread::sleep(Duration::from_secs(3));
     let signalled = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let r = harness::finish(child, started, LIMIT);
-    assert_eq!(
-        r.code,
-        Some(interrupted(nix::sys::signal::Signal::SIGTERM as i32).into()),
-        "128 + SIGTERM: {}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("interrupted by SIGTERM"), "{}", r.stderr);
+    let r = interrupt(child, started, signal, &format!("interrupted by {signal}"));
     assert!(
         signalled.elapsed() < Duration::from_secs(30),
         "teardown took {:?}",
@@ -345,6 +358,69 @@ fn sigterm_during(name: &str, script: &str) {
 #[test]
 fn sigterm_tears_everything_down() {
     sigterm_during("sigterm", "start_all();\na.succeed(\"sleep 120\");\n");
+}
+
+/// Ctrl-C (one SIGINT) during a long command: the same ordered teardown,
+/// 128 + SIGINT.
+#[test]
+fn sigint_during_a_long_command_tears_everything_down() {
+    signal_during(
+        "sigint",
+        "start_all();\nb.succeed(\"sleep 120\");\n",
+        nix::sys::signal::Signal::SIGINT,
+    );
+}
+
+/// A signal that comes only during teardown (here a unit that takes its
+/// time to stop): every machine is still torn down, and the run is
+/// interrupted (128 + N), not passed.
+#[test]
+fn a_signal_during_teardown_still_tears_down_and_exits_128_plus_n() {
+    use nix::sys::signal::Signal;
+    for (signal, name) in [
+        (Signal::SIGTERM, "teardownterm"),
+        (Signal::SIGINT, "teardownint"),
+    ] {
+        let dir = TestDir::nspawn(
+            name,
+            &["machine"],
+            "",
+            "machine.start();\nmachine.succeed(\"systemd-run --unit=slowstop -p KillSignal=SIGCONT -p TimeoutStopSec=60 sleep 1000\");\n",
+        );
+        let log = dir.path("events.jsonl");
+        let started = Instant::now();
+        let child = harness::spawn(&[
+            "run",
+            "--quiet-console",
+            "--log-json",
+            log.to_str().unwrap(),
+            dir.config().to_str().unwrap(),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(r#""name":"tearing down""#)
+        {
+            assert!(Instant::now() < deadline, "the teardown never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let r = interrupt(
+            child,
+            started,
+            signal,
+            &format!(
+                "interrupted by {signal} during teardown (every machine was still torn down); the script had passed"
+            ),
+        );
+        assert!(
+            r.stderr.contains("machine: off (torn down)"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("test passed"), "{}", r.stderr);
+        assert_nothing_left(&r, name);
+    }
 }
 
 #[test]

@@ -186,7 +186,37 @@ pub fn run_test(
         ),
     };
     driver.teardown();
+    let (outcome, cause) = match signal_in_teardown(&driver, outcome, opts.interactive) {
+        Ok(o) => (o, cause),
+        Err(o) => (o, cause.or(Some(FailureCause::Cancelled))),
+    };
     finish_with(&reporter, outcome, cause, opts.interactive)
+}
+
+/// A signal that came only during teardown still interrupted the run (the
+/// caller asked attest to stop; its exit status says so, 128 + N), though
+/// every machine was torn down in order: `Err` with that outcome.
+fn signal_in_teardown(
+    driver: &Driver,
+    outcome: Outcome,
+    interactive: bool,
+) -> Result<Outcome, Outcome> {
+    let reason = match driver.cancellation().check() {
+        Err(reason) if !interactive => reason,
+        _ => return Ok(outcome),
+    };
+    let Some(n) = reason.signal() else {
+        return Ok(outcome);
+    };
+    let during = format!("{reason} during teardown (every machine was still torn down)");
+    match outcome {
+        Outcome::Passed => Err(Outcome::Interrupted(
+            n,
+            format!("{during}; the script had passed"),
+        )),
+        Outcome::Failed(text) => Err(Outcome::Interrupted(n, format!("{text}\n{during}"))),
+        other => Ok(other),
+    }
 }
 
 /// A failed run's outcome: `text` and the failing machines' last console
