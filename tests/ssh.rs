@@ -622,3 +622,60 @@ fn ssh_owned_host_may_be_crashed() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// SIGTERM to attest while a command runs on an ssh host: 128 + SIGTERM,
+/// no ssh client left, the command ended on the host (its session closed),
+/// and the host itself runs on (attest never powers off a host it did not
+/// start).
+#[test]
+fn ssh_sigterm_mid_command_leaves_no_client_and_no_command() {
+    let mut host = SshdHost::start();
+    let (_dir, config) = write_test(
+        "ssh-sigterm",
+        &format!(
+            r#"{{"remote":{}}}"#,
+            ssh_node(&host, &host.key(), &host.known_hosts(), "")
+        ),
+        "remote.start();\nremote.succeed(\"sleep 97\");\n",
+    );
+    let started = Instant::now();
+    let mut cmd = host.command(env!("CARGO_BIN_EXE_attest"));
+    cmd.arg("run")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // nsenter execs attest: the child's pid is attest's.
+    let child = cmd.spawn().expect("run attest");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while host.pids_named("sleep").is_empty() {
+        assert!(Instant::now() < deadline, "sleep 97 never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = child.id() as i32;
+    assert!(pid > 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM attest");
+    let r = harness::finish(child, started, Duration::from_secs(60));
+    assert_eq!(
+        r.code,
+        Some(attest::exit_code::interrupted(libc::SIGTERM).into()),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("interrupted by SIGTERM"), "{}", r.stderr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !host.pids_named("sleep").is_empty() || !leftover_ssh_clients(&host.addr).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left: sleep {:?}, clients {:?}",
+            host.pids_named("sleep"),
+            leftover_ssh_clients(&host.addr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(host.container_running());
+}
