@@ -132,6 +132,21 @@ assert out.startswith(("●", "○"))
 "#
 );
 
+// Python 3.12 f-strings reusing their quote inside `{…}` (PEP 701); dict
+// comprehensions; comprehensions over tuples.
+rule!(
+    pep701_fstrings_and_dict_comprehensions,
+    r#"def fields(output):
+    return {k: v for (k, v) in (l.split(": ", 1) for l in output.splitlines() if l != "")}
+
+user = fields(machine.succeed("ldapsearch -LLL uid=alice"))
+if user.get('mail') != "alice@example.com":
+    raise Exception(f'unexpected mail: {user.get('mail')}')
+sizes = {name: int(size) for name, size in [("a", "1"), ("b", "2")] if name != "b"}
+pairs = [f"{k}={v}" for k, v in [("x", 1)]]
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

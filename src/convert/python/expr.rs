@@ -119,7 +119,7 @@ impl Translator<'_> {
             ast::Expr::GeneratorExp(c) => self.comprehension(&c.elt, &c.generators),
             ast::Expr::Slice(_) => unsupported("slices"),
             ast::Expr::Set(_) | ast::Expr::SetComp(_) => unsupported("sets"),
-            ast::Expr::DictComp(_) => unsupported("dict comprehensions"),
+            ast::Expr::DictComp(d) => self.dict_comprehension(d),
             ast::Expr::Starred(_) => unsupported("`*` unpacking"),
             ast::Expr::NamedExpr(_) => unsupported("`:=`"),
             ast::Expr::Await(_) | ast::Expr::Yield(_) | ast::Expr::YieldFrom(_) => {
@@ -551,7 +551,8 @@ impl Translator<'_> {
     }
 
     /// `[elt for x in xs if c]` → `xs.filter(|x| c)` + what `end` makes of
-    /// the element (`.map(…)`, `.some(…)`, `.all(…)`).
+    /// the element (`.map(…)`, `.some(…)`, `.all(…)`). A tuple target
+    /// (`for (k, v) in …`) unpacks the element at the start of each closure.
     fn generator(
         &mut self,
         elt: &ast::Expr,
@@ -561,25 +562,115 @@ impl Translator<'_> {
         let [g] = gens else {
             return unsupported("a comprehension with several `for`s");
         };
-        let ast::Expr::Name(target) = &g.target else {
-            return unsupported("a comprehension over tuples");
-        };
         let iter = self.expr(&g.iter)?;
         if !matches!(iter.kind, Kind::List | Kind::Any) {
             return unsupported("a comprehension over something other than a list");
         }
-        let var = rhai::ident(&target.id);
+        let (var, names) = self.comprehension_target(&g.target)?;
+        let unpack = |code: String| -> String {
+            if names.is_empty() {
+                return code;
+            }
+            let lets: String = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("let {} = {var}[{i}]; ", rhai::ident(n)))
+                .collect();
+            format!("{{ {lets}{code} }}")
+        };
         self.blocks.push(Default::default());
-        self.declare(target.id.as_str(), element_kind(&iter));
+        if names.is_empty() {
+            if let ast::Expr::Name(t) = &g.target {
+                self.declare(t.id.as_str(), element_kind(&iter));
+            }
+        }
+        for n in &names {
+            self.declare(n, Kind::Any);
+        }
         let result = (|| {
             let mut code = iter.operand();
             for cond in &g.ifs {
                 let c = self.expr(cond)?;
                 let c = self.truthy(c);
-                code = format!("{code}.filter(|{var}| {})", c.code);
+                code = format!("{code}.filter(|{var}| {})", unpack(c.code));
             }
             let e = self.expr(elt)?;
+            let e = RExpr {
+                code: unpack(e.code.clone()),
+                ..e
+            };
             Ok(end(self, code, &var, e))
+        })();
+        self.blocks.pop();
+        result
+    }
+
+    /// A comprehension's loop variable: a name, or a fresh one holding the
+    /// element with the tuple's names to unpack from it.
+    fn comprehension_target(&mut self, target: &ast::Expr) -> Res<(String, Vec<String>)> {
+        match target {
+            ast::Expr::Name(t) => Ok((rhai::ident(&t.id), Vec::new())),
+            ast::Expr::Tuple(t) => {
+                let names = t
+                    .elts
+                    .iter()
+                    .map(|e| match e {
+                        ast::Expr::Name(n) => Ok(n.id.to_string()),
+                        _ => unsupported("a comprehension over nested tuples"),
+                    })
+                    .collect::<Res<Vec<_>>>()?;
+                Ok((self.fresh("item"), names))
+            }
+            _ => unsupported("a comprehension with an unusual target"),
+        }
+    }
+
+    /// `{k: v for x in xs if c}` → a block that fills a map.
+    fn dict_comprehension(&mut self, d: &ast::ExprDictComp) -> Res<RExpr> {
+        let [g] = &d.generators[..] else {
+            return unsupported("a dict comprehension with several `for`s");
+        };
+        let iter = self.expr(&g.iter)?;
+        if !matches!(iter.kind, Kind::List | Kind::Any) {
+            return unsupported("a dict comprehension over something other than a list");
+        }
+        let (var, names) = self.comprehension_target(&g.target)?;
+        let map = self.fresh("map");
+        self.blocks.push(Default::default());
+        if names.is_empty() {
+            if let ast::Expr::Name(t) = &g.target {
+                self.declare(t.id.as_str(), element_kind(&iter));
+            }
+        }
+        for n in &names {
+            self.declare(n, Kind::Any);
+        }
+        let result = (|| {
+            let lets: String = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("let {} = {var}[{i}]; ", rhai::ident(n)))
+                .collect();
+            let mut conds = Vec::new();
+            for cond in &g.ifs {
+                let c = self.expr(cond)?;
+                conds.push(self.truthy(c).code);
+            }
+            let k = self.expr(&d.key)?;
+            let v = self.expr(&d.value)?;
+            let set = format!("{map}[{}] = {};", k.code, v.code);
+            let body = if conds.is_empty() {
+                set
+            } else {
+                format!("if {} {{ {set} }}", conds.join(" && "))
+            };
+            Ok(RExpr::atom(
+                format!(
+                    "{{ let {map} = #{{}}; for {var} in {} {{ {lets}{body} }} {map} }}",
+                    iter.operand()
+                ),
+                Kind::Map,
+            ))
         })();
         self.blocks.pop();
         result

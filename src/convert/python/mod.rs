@@ -9,6 +9,7 @@
 mod calls;
 mod expr;
 mod functions;
+mod pep701;
 pub mod rhai;
 mod stmt;
 
@@ -161,7 +162,15 @@ impl<'s> Translator<'s> {
         interpolations: &[String],
         line_offset: usize,
     ) -> Result<Translation, String> {
-        let suite = rustpython_parser::parse(src, Mode::Module, "<testScript>").map_err(|e| {
+        let parsed = rustpython_parser::parse(src, Mode::Module, "<testScript>");
+        if parsed.is_err() {
+            if let Some(requoted) = pep701::requote(src) {
+                if rustpython_parser::parse(&requoted, Mode::Module, "<testScript>").is_ok() {
+                    return Translator::translate(&requoted, nodes, interpolations, line_offset);
+                }
+            }
+        }
+        let suite = parsed.map_err(|e| {
             let line = line_of(src, e.offset.to_usize());
             if is_perl(src) {
                 return "a Perl testScript (`$machine->…`, nixpkgs' `make-test.nix` before NixOS 20.03), not Python: convert it by hand".to_owned();
