@@ -562,31 +562,14 @@ impl Translator<'_> {
         let [g] = gens else {
             return unsupported("a comprehension with several `for`s");
         };
-        let iter = self.expr(&g.iter)?;
-        if !matches!(iter.kind, Kind::List | Kind::Any) {
-            return unsupported("a comprehension over something other than a list");
-        }
-        let (var, names) = self.comprehension_target(&g.target)?;
+        let (iter, var, lets) = self.enter_comprehension(g)?;
         let unpack = |code: String| -> String {
-            if names.is_empty() {
-                return code;
+            if lets.is_empty() {
+                code
+            } else {
+                format!("{{ {lets}{code} }}")
             }
-            let lets: String = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("let {} = {var}[{i}]; ", rhai::ident(n)))
-                .collect();
-            format!("{{ {lets}{code} }}")
         };
-        self.blocks.push(Default::default());
-        if names.is_empty() {
-            if let ast::Expr::Name(t) = &g.target {
-                self.declare(t.id.as_str(), element_kind(&iter));
-            }
-        }
-        for n in &names {
-            self.declare(n, Kind::Any);
-        }
         let result = (|| {
             let mut code = iter.operand();
             for cond in &g.ifs {
@@ -605,11 +588,16 @@ impl Translator<'_> {
         result
     }
 
-    /// A comprehension's loop variable: a name, or a fresh one holding the
-    /// element with the tuple's names to unpack from it.
-    fn comprehension_target(&mut self, target: &ast::Expr) -> Res<(String, Vec<String>)> {
-        match target {
-            ast::Expr::Name(t) => Ok((rhai::ident(&t.id), Vec::new())),
+    /// Translates a comprehension's iterable and opens the block of its loop
+    /// variable: a name, or a fresh one holding the element with `lets` to
+    /// unpack a tuple target from it. The caller pops the block.
+    fn enter_comprehension(&mut self, g: &ast::Comprehension) -> Res<(RExpr, String, String)> {
+        let iter = self.expr(&g.iter)?;
+        if !matches!(iter.kind, Kind::List | Kind::Any) {
+            return unsupported("a comprehension over something other than a list");
+        }
+        let (var, names) = match &g.target {
+            ast::Expr::Name(t) => (rhai::ident(&t.id), Vec::new()),
             ast::Expr::Tuple(t) => {
                 let names = t
                     .elts
@@ -619,10 +607,23 @@ impl Translator<'_> {
                         _ => unsupported("a comprehension over nested tuples"),
                     })
                     .collect::<Res<Vec<_>>>()?;
-                Ok((self.fresh("item"), names))
+                (self.fresh("item"), names)
             }
-            _ => unsupported("a comprehension with an unusual target"),
+            _ => return unsupported("a comprehension with an unusual target"),
+        };
+        self.blocks.push(Default::default());
+        if let ast::Expr::Name(t) = &g.target {
+            self.declare(t.id.as_str(), element_kind(&iter));
         }
+        for n in &names {
+            self.declare(n, Kind::Any);
+        }
+        let lets = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("let {} = {var}[{i}]; ", rhai::ident(n)))
+            .collect();
+        Ok((iter, var, lets))
     }
 
     /// `{k: v for x in xs if c}` → a block that fills a map.
@@ -630,27 +631,9 @@ impl Translator<'_> {
         let [g] = &d.generators[..] else {
             return unsupported("a dict comprehension with several `for`s");
         };
-        let iter = self.expr(&g.iter)?;
-        if !matches!(iter.kind, Kind::List | Kind::Any) {
-            return unsupported("a dict comprehension over something other than a list");
-        }
-        let (var, names) = self.comprehension_target(&g.target)?;
         let map = self.fresh("map");
-        self.blocks.push(Default::default());
-        if names.is_empty() {
-            if let ast::Expr::Name(t) = &g.target {
-                self.declare(t.id.as_str(), element_kind(&iter));
-            }
-        }
-        for n in &names {
-            self.declare(n, Kind::Any);
-        }
+        let (iter, var, lets) = self.enter_comprehension(g)?;
         let result = (|| {
-            let lets: String = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("let {} = {var}[{i}]; ", rhai::ident(n)))
-                .collect();
             let mut conds = Vec::new();
             for cond in &g.ifs {
                 let c = self.expr(cond)?;
