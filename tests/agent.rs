@@ -364,3 +364,33 @@ fn waits_behave_the_same_with_both_protocols_and_end_in_time() {
     }
     assert_eq!(errors[0], errors[1]);
 }
+
+/// With the agent, a unit's wait hears systemd's D-Bus signals: a unit
+/// that turns active four seconds after it started (no entry in
+/// `/run/systemd/units` changes then) is answered with a few tries, where
+/// pauses alone would take about twelve. A `systemctl` earlier in PATH counts
+/// the tries.
+#[test]
+fn a_unit_wait_tries_when_systemd_signals_a_change() {
+    let script = r#"
+machine.start();
+machine.wait_for_unit("multi-user.target");
+machine.succeed("printf '#!/bin/sh\necho >>/run/systemctl-calls\nexec /usr/bin/systemctl \"$@\"\n' >/usr/local/sbin/systemctl; chmod +x /usr/local/sbin/systemctl");
+machine.succeed("systemd-run -q --no-block --unit=late.service -p 'ExecStartPre=/bin/sleep 4' sleep 600");
+let t = timestamp();
+machine.succeed(": >/run/systemctl-calls");
+machine.wait_for_unit("late.service", #{ timeout: 60 });
+let took = t.elapsed;
+let tries = parse_int(machine.succeed("wc -l </run/systemctl-calls | tr -d '\\n'"));
+log(`SIGNALS ${tries} tries in ${took} s`);
+if took < 3.5 { throw `late.service was active after ${took} s, before its ExecStartPre ended`; }
+if tries > 5 { throw `${tries} tries while late.service started`; }
+"#;
+    let dir = TestDir::nspawn("unitsignals", &["machine"], "", script);
+    let r = run_with(&dir, &["--protocol", "agent"]);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
+    let line = r.stderr.lines().find(|l| l.contains("SIGNALS "));
+    eprintln!("{line:?}");
+    assert!(line.is_some(), "{}", r.stderr);
+    assert_nothing_left(&r, "unitsignals");
+}

@@ -11,6 +11,7 @@ mod command;
 pub mod sha256;
 mod sys;
 mod transfer;
+mod unit_signals;
 mod wait;
 pub mod wire;
 

@@ -1,11 +1,13 @@
 //! Waits answered in the guest: one request runs a check again and again
 //! until its status meets the condition or the time is up. Under TCG a
 //! check is a chain of forks competing with the boot it waits for, so the
-//! next try comes only when what it looks at may have changed (an inotify
-//! event on a watched directory entry: a unit's `invocation:` link in
-//! `/run/systemd/units`, the file a `wait_for_file` wants) or when the
+//! next try comes only when what it looks at may have changed or when the
 //! fallback pause passed; the pause doubles while nothing happens, and is
-//! never shorter than the last try took.
+//! never shorter than the last try took. A unit's wait hears it from
+//! systemd itself (its D-Bus signals, [`super::unit_signals`]) and tries
+//! at once; other waits, and unit waits where the signals are out of
+//! reach, watch directory entries through inotify (a unit's `invocation:`
+//! link in `/run/systemd/units`, the file a `wait_for_file` wants).
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -13,8 +15,14 @@ use std::time::{Duration, Instant};
 
 use super::command::{drain, frame, run_once, Out};
 use super::sys::{self, PollFd, POLLIN};
+use super::unit_signals::UnitSignals;
 use super::wire::{Exec, Retry, Watch, AGAIN, EXIT};
 use super::Registry;
+
+/// The pause of a wait that hears the unit's signals: they say when to
+/// try; this only covers what they do not (a unit waiting for other jobs,
+/// which `wait_for_unit` also looks at).
+const SIGNALLED_PAUSE: Duration = Duration::from_secs(2);
 
 /// How often a pause looks whether the host gave up (a `KILL` removes the
 /// request from the registry); the running try itself is killed at once.
@@ -53,7 +61,11 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
         // happens: a wait never takes more than half of the CPU.
         let now = Instant::now();
         let earliest = now + cost;
-        let fallback = now + pause.max(cost);
+        let pause_now = match watcher.hears_unit() {
+            true => SIGNALLED_PAUSE,
+            false => pause,
+        };
+        let fallback = now + pause_now.max(cost);
         let mut changed = false;
         loop {
             if stopped() {
@@ -65,7 +77,16 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
                 break;
             }
             let left = wake.min(deadline) - now;
-            changed |= watcher.changed_within(left.min(STOP_TICK));
+            match watcher.changed_within(left.min(STOP_TICK)) {
+                Change::None => {}
+                Change::Maybe => changed = true,
+                // A signal naming the unit comes once per change of it:
+                // answering it at once costs one try.
+                Change::Unit => {
+                    changed = true;
+                    break;
+                }
+            }
         }
         // A change starts a new sequence of short pauses: one state change
         // is often followed by the next (a unit activating, then active).
@@ -77,11 +98,28 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
     }
 }
 
-/// The inotify side of a wait. Without watches, or where inotify is not
-/// available, it only sleeps: the wait then runs on its fallback pauses.
+/// What a [`Watcher`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    /// Something the answer may depend on changed.
+    Maybe,
+    /// The manager says the unit changed: try at once.
+    Unit,
+}
+
+/// The watching side of a wait: the manager's signals about a unit where
+/// the wait has a [`Watch::Unit`] and the agent reaches them, else inotify
+/// on its [`Watch::Entry`]s. Without either it only sleeps: the wait then
+/// runs on its fallback pauses.
 struct Watcher<'a> {
-    watch: &'a [Watch],
+    entries: Vec<(&'a str, &'a str)>,
+    unit: Option<&'a str>,
+    signals: Option<UnitSignals>,
+    /// The inotify descriptor, made when entries are watched.
     fd: Option<std::fs::File>,
+    /// Whether making it failed (then not again).
+    no_inotify: bool,
     /// Watch descriptor → the entry names that matter in it (empty: all).
     names: Vec<(i32, String)>,
     buf: Vec<u8>,
@@ -89,24 +127,58 @@ struct Watcher<'a> {
 
 impl<'a> Watcher<'a> {
     fn new(watch: &'a [Watch]) -> Watcher<'a> {
-        let fd = match watch.is_empty() {
-            true => None,
-            false => sys::inotify()
-                .map(std::fs::File::from)
-                .map_err(|e| eprintln!("attest-agent: no inotify ({e}); waits poll"))
-                .ok(),
-        };
+        let mut entries = Vec::new();
+        let mut unit = None;
+        for w in watch {
+            match w {
+                Watch::Entry { dir, name } => entries.push((dir.as_str(), name.as_str())),
+                Watch::Unit(u) => unit = Some(u.as_str()),
+            }
+        }
+        let signals = unit.and_then(|u| {
+            UnitSignals::connect(u)
+                .map_err(|e| eprintln!("attest-agent: no systemd signals ({e}); waits watch files"))
+                .ok()
+        });
         Watcher {
-            watch,
-            fd,
+            entries,
+            unit,
+            signals,
+            fd: None,
+            no_inotify: false,
             names: Vec::new(),
             buf: vec![0; 64 * 1024],
         }
     }
 
-    /// (Re)adds the watches: a directory that did not exist may exist now,
-    /// and one that was removed must be watched through its parent again.
+    /// Before a try: forgets the signals about the past (the try sees
+    /// their effect) and (re)adds the inotify watches where they serve:
+    /// a directory that did not exist may exist now, and one that was
+    /// removed must be watched through its parent again.
     fn arm(&mut self) {
+        if let Some(signals) = &mut self.signals {
+            if signals.named().is_ok() {
+                return;
+            }
+            // systemd re-executed: its new socket serves again.
+            self.signals = self.unit.and_then(|u| UnitSignals::connect(u).ok());
+            if self.signals.is_some() {
+                return;
+            }
+        }
+        if self.entries.is_empty() || self.no_inotify {
+            return;
+        }
+        if self.fd.is_none() {
+            match sys::inotify() {
+                Ok(fd) => self.fd = Some(fd.into()),
+                Err(e) => {
+                    eprintln!("attest-agent: no inotify ({e}); waits poll");
+                    self.no_inotify = true;
+                    return;
+                }
+            }
+        }
         let Some(fd) = &self.fd else { return };
         self.names.clear();
         let mask = sys::IN_CREATE
@@ -119,30 +191,40 @@ impl<'a> Watcher<'a> {
             | sys::IN_DELETE_SELF
             | sys::IN_MOVE_SELF
             | sys::IN_ONLYDIR;
-        for w in self.watch {
-            let (dir, name) = nearest_existing(&w.dir, &w.name);
+        for (dir, name) in &self.entries {
+            let (dir, name) = nearest_existing(dir, name);
             if let Ok(wd) = sys::add_watch(fd, &dir, mask) {
                 self.names.push((wd, name));
             }
         }
     }
 
-    /// Whether a relevant change happened within `limit` (it waits that
-    /// long only when none did).
-    fn changed_within(&mut self, limit: Duration) -> bool {
+    /// Whether the manager's signals about the unit reach this wait.
+    fn hears_unit(&self) -> bool {
+        self.signals.is_some()
+    }
+
+    /// What changed within `limit` (it waits that long only when nothing
+    /// did).
+    fn changed_within(&mut self, limit: Duration) -> Change {
+        if let Some(signals) = &mut self.signals {
+            if !readable_within(signals, limit) {
+                return Change::None;
+            }
+            return match signals.named() {
+                Ok(true) => Change::Unit,
+                Ok(false) => Change::None,
+                // Lost: the next arm reconnects or falls back to files.
+                Err(_) => Change::Maybe,
+            };
+        }
         let Watcher { fd, names, buf, .. } = self;
         let Some(mut file) = fd.as_ref() else {
             std::thread::sleep(limit);
-            return false;
+            return Change::None;
         };
-        let mut fds = [PollFd {
-            fd: file.as_raw_fd(),
-            events: POLLIN,
-            revents: 0,
-        }];
-        let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
-        if !matches!(sys::wait_ready(&mut fds, ms), Ok(n) if n > 0) {
-            return false;
+        if !readable_within(file, limit) {
+            return Change::None;
         }
         let mut relevant = false;
         // Non-blocking: reads until the queue is empty.
@@ -157,8 +239,22 @@ impl<'a> Watcher<'a> {
                         .any(|(w, want)| *w == wd && (want.is_empty() || want.as_bytes() == name))
             });
         }
-        relevant
+        match relevant {
+            true => Change::Maybe,
+            false => Change::None,
+        }
     }
+}
+
+/// Whether `fd` has something to read within `limit`.
+fn readable_within(fd: &impl AsRawFd, limit: Duration) -> bool {
+    let mut fds = [PollFd {
+        fd: fd.as_raw_fd(),
+        events: POLLIN,
+        revents: 0,
+    }];
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
+    matches!(sys::wait_ready(&mut fds, ms), Ok(n) if n > 0)
 }
 
 /// The events in a buffer `read` from an inotify descriptor: (watch
@@ -214,20 +310,28 @@ mod tests {
     #[test]
     fn only_the_watched_entry_wakes_a_wait() {
         let t = tempfile::tempdir().unwrap();
-        let watch = [Watch {
+        let watch = [Watch::Entry {
             dir: format!("{}/sub", t.path().display()),
             name: "flag".into(),
         }];
         let mut w = Watcher::new(&watch);
         w.arm();
         std::fs::write(t.path().join("other"), b"").unwrap();
-        assert!(!w.changed_within(Duration::from_millis(100)));
+        assert_eq!(w.changed_within(Duration::from_millis(100)), Change::None);
         std::fs::create_dir(t.path().join("sub")).unwrap();
-        assert!(w.changed_within(Duration::from_millis(1000)), "sub made");
+        assert_eq!(
+            w.changed_within(Duration::from_millis(1000)),
+            Change::Maybe,
+            "sub made"
+        );
         w.arm();
         std::fs::write(t.path().join("sub/noise"), b"").unwrap();
-        assert!(!w.changed_within(Duration::from_millis(100)));
+        assert_eq!(w.changed_within(Duration::from_millis(100)), Change::None);
         std::fs::write(t.path().join("sub/flag"), b"").unwrap();
-        assert!(w.changed_within(Duration::from_millis(1000)), "flag made");
+        assert_eq!(
+            w.changed_within(Duration::from_millis(1000)),
+            Change::Maybe,
+            "flag made"
+        );
     }
 }

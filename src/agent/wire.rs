@@ -20,7 +20,7 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// The word that ends the greeting (`ATTEST-AGENT 5 acks`) of an agent that
 /// keeps a window (see [`ACK`]); the host sends acks only to such an agent.
@@ -356,16 +356,23 @@ impl Retry {
     }
 }
 
-/// A directory entry a [`WAIT`] watches: `name` in `dir` appearing,
-/// changing or going away may change the wait's answer (every entry when
-/// `name` is empty). A `dir` that does not exist yet is watched through
-/// its nearest existing ancestor.
+/// What a [`WAIT`] watches: a change there may change the wait's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Watch {
-    /// An absolute directory path.
-    pub dir: String,
-    /// An entry of it, or empty for all.
-    pub name: String,
+pub enum Watch {
+    /// `name` in `dir` appearing, changing or going away (every entry
+    /// when `name` is empty). A `dir` that does not exist yet is watched
+    /// through its nearest existing ancestor.
+    Entry {
+        /// An absolute directory path.
+        dir: String,
+        /// An entry of it, or empty for all.
+        name: String,
+    },
+    /// The system manager's D-Bus signals naming this unit (as systemctl
+    /// completes the name: `nginx.service`): one answers the next try at
+    /// once. Where the agent reaches them, they replace the wait's
+    /// `Entry` watches, which stand in for them otherwise.
+    Unit(String),
 }
 
 /// A [`WAIT`] request: what to watch, then the command with its condition.
@@ -383,7 +390,12 @@ impl Wait {
         let mut v = Vec::new();
         v.extend_from_slice(&(self.watch.len() as u32).to_le_bytes());
         for w in &self.watch {
-            for s in [&w.dir, &w.name] {
+            let (tag, texts) = match w {
+                Watch::Entry { dir, name } => (0u8, [dir.as_str(), name.as_str()]),
+                Watch::Unit(unit) => (1u8, [unit.as_str(), ""]),
+            };
+            v.push(tag);
+            for s in texts {
                 v.extend_from_slice(&(s.len() as u32).to_le_bytes());
                 v.extend_from_slice(s.as_bytes());
             }
@@ -398,11 +410,19 @@ impl Wait {
         let n = r.u32()?;
         let mut watch = Vec::new();
         for _ in 0..n {
+            let tag = r.take(1)?[0];
             let len = r.u32()? as usize;
-            let dir = r.text(len)?;
+            let first = r.text(len)?;
             let len = r.u32()? as usize;
-            let name = r.text(len)?;
-            watch.push(Watch { dir, name });
+            let second = r.text(len)?;
+            watch.push(match tag {
+                0 => Watch::Entry {
+                    dir: first,
+                    name: second,
+                },
+                1 => Watch::Unit(first),
+                other => return Err(WireError::UnknownWatch(other)),
+            });
         }
         Ok(Wait {
             watch,
@@ -455,6 +475,8 @@ pub enum WireError {
     UnknownShape(u8),
     /// A transfer's path is empty or has NUL bytes.
     BadPath,
+    /// A wait's watch kind byte is neither entry nor unit.
+    UnknownWatch(u8),
     /// A length field outside what a frame may be.
     BadLength(usize),
     /// A payload shorter than its fields.
@@ -468,6 +490,7 @@ impl std::fmt::Display for WireError {
         match self {
             WireError::UnknownShape(s) => write!(f, "unknown transfer shape {s}"),
             WireError::BadPath => f.write_str("a transfer needs a path without NUL bytes"),
+            WireError::UnknownWatch(k) => write!(f, "unknown watch kind {k}"),
             WireError::BadLength(n) => write!(f, "bad frame length {n}"),
             WireError::EndsEarly(n) => write!(f, "payload ends early: need {n} more bytes"),
             WireError::NotUtf8 => f.write_str("text is not UTF-8"),
@@ -552,11 +575,12 @@ mod tests {
         assert_eq!(Exec::decode(&e.encode()).unwrap(), e);
         let w = Wait {
             watch: vec![
-                Watch {
+                Watch::Entry {
                     dir: "/run/systemd/units".into(),
                     name: "invocation:a b.service".into(),
                 },
-                Watch {
+                Watch::Unit("a b.service".into()),
+                Watch::Entry {
                     dir: "/tmp".into(),
                     name: String::new(),
                 },

@@ -1506,7 +1506,7 @@ pub(crate) mod tests {
             }
             std::fs::write(made, b"").unwrap();
         });
-        let watch = [Watch {
+        let watch = [Watch::Entry {
             dir: dir.path().display().to_string(),
             name: "flag".into(),
         }];
@@ -1545,7 +1545,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pids = dir.path().join("pids");
         let probe = format!("sleep 30 & echo $! >>{}; wait", pids.display());
-        let watch = [Watch {
+        let watch = [Watch::Entry {
             dir: dir.path().display().to_string(),
             name: "flag".into(),
         }];

@@ -28,7 +28,7 @@ fn path_watch(path: &str) -> Vec<Watch> {
     let trimmed = path.trim_end_matches('/');
     match trimmed.rsplit_once('/') {
         Some((dir, name)) if literal && path.starts_with('/') && !name.is_empty() => {
-            vec![Watch {
+            vec![Watch::Entry {
                 dir: if dir.is_empty() {
                     "/".into()
                 } else {
@@ -41,13 +41,15 @@ fn path_watch(path: &str) -> Vec<Watch> {
     }
 }
 
-/// Where the system manager announces that `unit` started or went away:
-/// it links `/run/systemd/units/invocation:<unit>` as a unit with
-/// processes or a mount starts (the name as systemctl completes it:
-/// `nginx` is `nginx.service`). A target gets no link; the units ordered
-/// after it start once it is reached (`systemd-update-utmp-runlevel` after
+/// What may answer a wait for a system `unit` (named as systemctl
+/// completes it: `nginx` is `nginx.service`): the manager's signals about
+/// it, and where the agent cannot hear those, the directory entries that
+/// stand in for them. The manager links
+/// `/run/systemd/units/invocation:<unit>` as a unit with processes or a
+/// mount starts; a target gets no link, but the units ordered after it
+/// start once it is reached (`systemd-update-utmp-runlevel` after
 /// `multi-user.target`), so any entry there wakes a target's wait.
-fn unit_watch(unit: &str) -> Watch {
+fn unit_watch(unit: &str) -> Vec<Watch> {
     const TYPES: [&str; 11] = [
         "service",
         "socket",
@@ -62,15 +64,21 @@ fn unit_watch(unit: &str) -> Watch {
         "scope",
     ];
     let suffix = unit.rsplit_once('.').map(|(_, s)| s);
-    let name = match suffix {
-        Some("target") => String::new(),
-        Some(s) if TYPES.contains(&s) => format!("invocation:{unit}"),
-        _ => format!("invocation:{unit}.service"),
+    let full = match suffix {
+        Some(s) if TYPES.contains(&s) => unit.to_owned(),
+        _ => format!("{unit}.service"),
     };
-    Watch {
-        dir: "/run/systemd/units".into(),
-        name,
-    }
+    let entry = match suffix {
+        Some("target") => String::new(),
+        _ => format!("invocation:{full}"),
+    };
+    vec![
+        Watch::Unit(full),
+        Watch::Entry {
+            dir: "/run/systemd/units".into(),
+            name: entry,
+        },
+    ]
 }
 
 /// When a probe's try ends a wait: its status equals `status` (`equal`) or
@@ -283,7 +291,10 @@ impl Machine {
     ) -> Result<CommandOutput, MachineError> {
         // A unit's `invocation:` link appears as it starts, not as it
         // becomes active or fails: unit waits keep short pauses.
-        let longest = match watch.iter().any(|w| !w.dir.starts_with("/run/systemd/")) {
+        let watches_a_path = watch
+            .iter()
+            .any(|w| matches!(w, Watch::Entry { dir, .. } if !dir.starts_with("/run/systemd/")));
+        let longest = match watches_a_path {
             true => WATCHED_LONGEST,
             false => POLL_LONGEST,
         };
@@ -525,18 +536,22 @@ impl Machine {
         } else {
             "systemctl"
         };
-        // One round trip: the state and, for an inactive unit, the number
-        // of pending jobs (as NixOS, which asks for jobs only then). As
-        // NixOS, an inactive unit with no jobs is read once more: its job may
-        // have finished between the two questions (the unit is active now).
+        // POSIX sh: a user's probe runs in `su`'s /bin/sh (dash on Debian).
+        // One round trip, as NixOS decides: the state and, for an inactive
+        // unit, whether jobs are pending. The unit's own job answers that
+        // in the same systemctl call (a unit waiting to start has one);
+        // only without one are all jobs listed. As NixOS, an inactive
+        // unit with no jobs is read once more: its job may have finished
+        // between the two questions (the unit is active now).
         let script = format!(
-            "s=$({sc} --no-pager show {u} --property=ActiveState --value); j=1; \
-             if [ \"$s\" = inactive ]; then \
+            "o=$({sc} --no-pager show {u} --property=ActiveState --property=Job); \
+             s=${{o#*ActiveState=}}; s=${{s%%[!a-z-]*}}; j=${{o#*Job=}}; j=${{j%%[!0-9]*}}; \
+             if [ \"$s\" = inactive ] && [ -z \"$j\" ]; then \
              j=$({sc} --no-pager list-jobs --full --no-legend | wc -l); \
              if [ \"$j\" = 0 ]; then \
              s=$({sc} --no-pager show {u} --property=ActiveState --value); fi; fi; \
-             echo \"$s $j\"; \
-             case \"$s $j\" in active\\ *|failed\\ *|'inactive 0') ;; *) exit {UNIT_PENDING};; esac"
+             echo \"$s ${{j:-0}}\"; \
+             case \"$s ${{j:-0}}\" in active\\ *|failed\\ *|'inactive 0') ;; *) exit {UNIT_PENDING};; esac"
         );
         let probe = match user {
             Some(name) => as_user(name, &script),
@@ -549,7 +564,7 @@ impl Machine {
         // Only the system manager exports its units' state files.
         let watch: Vec<Watch> = match user {
             Some(_) => Vec::new(),
-            None => vec![unit_watch(unit)],
+            None => unit_watch(unit),
         };
         let last = std::sync::Mutex::new(None);
         let out = self
@@ -744,14 +759,21 @@ mod tests {
 
     #[test]
     fn waits_watch_the_entries_that_can_answer_them() {
-        let w = |dir: &str, name: &str| Watch {
+        let w = |dir: &str, name: &str| Watch::Entry {
             dir: dir.into(),
             name: name.into(),
         };
         let units = "/run/systemd/units";
-        assert_eq!(unit_watch("nginx"), w(units, "invocation:nginx.service"));
-        assert_eq!(unit_watch("a.mount"), w(units, "invocation:a.mount"));
-        assert_eq!(unit_watch("multi-user.target"), w(units, ""));
+        let unit = |u: &str, entry: &str| vec![Watch::Unit(u.into()), w(units, entry)];
+        assert_eq!(
+            unit_watch("nginx"),
+            unit("nginx.service", "invocation:nginx.service")
+        );
+        assert_eq!(unit_watch("a.mount"), unit("a.mount", "invocation:a.mount"));
+        assert_eq!(
+            unit_watch("multi-user.target"),
+            unit("multi-user.target", "")
+        );
         assert_eq!(path_watch("/run/x/flag"), vec![w("/run/x", "flag")]);
         assert_eq!(path_watch("/flag/"), vec![w("/", "flag")]);
         for shell_expands in ["/tmp/*.pid", "~/x", "/run/$X", "rel/path", "/", "/a b"] {
