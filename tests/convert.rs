@@ -413,8 +413,9 @@ in { a = mk "factory" { }; inherit two; }
     );
 }
 
-// `testScript = ''…'' + extraTest`: the string is converted, the operand
-// Nix splices in as code is a TODO at its place; `exit(1)` fails the test;
+// `testScript = ''…'' + extraTest + lib.optionalString c ''…''`: the strings
+// are converted, the operand Nix splices in as code is a TODO at its place,
+// an optional string's code follows a TODO naming its condition; `exit(1)` fails the test;
 // a name with an interpolation keeps one dash.
 #[test]
 fn nix_concatenated_script_and_exit() {
@@ -428,7 +429,10 @@ fn nix_concatenated_script_and_exit() {
       if size < 1000:
           exit(1)
     ''
-    + extraTest;
+    + extraTest
+    + lib.optionalString pkgs.stdenv.isx86_64 ''
+      machine.succeed("modprobe kvm-intel")
+    '';
   };
 in { a = mk "stable" { }; }
 "#);
@@ -436,6 +440,11 @@ in { a = mk "stable" { }; }
     assert!(
         out.contains("    throw \"the script called exit(1)\";\n")
             && out.contains("// TODO(convert), source line 10: Python code Nix splices in here (its value is known only to Nix): convert it by hand\n// TODO(convert): ${extraTest}\n"),
+        "{out}"
+    );
+    // `lib.optionalString c ''…''`: converted after a TODO naming `c`.
+    assert!(
+        out.contains("only when `pkgs.stdenv.isx86_64` (lib.optionalString): keep, guard or drop them by hand\n// TODO(convert): ${lib.optionalString (pkgs.stdenv.isx86_64) ''…''}\nmachine.succeed(\"modprobe kvm-intel\");\n"),
         "{out}"
     );
 }

@@ -356,6 +356,27 @@ fn concat_source(source: &str, sum: ast::BinOp) -> Result<PythonSource, String> 
                 append_renumbered(&mut out.text, &piece.text, base);
                 out.interpolations.extend(piece.interpolations);
             }
+            // `lib.optionalString cond ''…''`: the code, converted, after a
+            // marker (a TODO) naming the condition Nix includes it under.
+            ast::Expr::Apply(a) if optional_string(&a).is_some() => {
+                let (cond, s) = optional_string(&a).unwrap_or_else(|| unreachable!());
+                out.text.push_str(&placeholder(out.interpolations.len()));
+                out.text.push('\n');
+                let cond = cond.split_whitespace().collect::<Vec<_>>().join(" ");
+                out.interpolations
+                    .push(format!("${{lib.optionalString ({cond}) ''…''}}"));
+                let mut piece = PythonSource::default();
+                append_string(&mut piece, source, &s);
+                if first_string {
+                    out.line_offset = piece
+                        .line_offset
+                        .saturating_sub(out.text.matches('\n').count());
+                    first_string = false;
+                }
+                let base = out.interpolations.len();
+                append_renumbered(&mut out.text, &piece.text, base);
+                out.interpolations.extend(piece.interpolations);
+            }
             other => {
                 out.text.push_str(&placeholder(out.interpolations.len()));
                 out.text.push('\n');
@@ -370,6 +391,23 @@ fn concat_source(source: &str, sum: ast::BinOp) -> Result<PythonSource, String> 
         }
     }
     Ok(out)
+}
+
+/// `optionalString cond ''…''` (any `….optionalString`): the condition's
+/// Nix text and the string.
+fn optional_string(a: &ast::Apply) -> Option<(String, ast::Str)> {
+    let ast::Expr::Str(s) = unwrap(a.argument()?) else {
+        return None;
+    };
+    let ast::Expr::Apply(inner) = a.lambda()? else {
+        return None;
+    };
+    let f = inner.lambda()?.syntax().text().to_string();
+    if f == "optionalString" || f.ends_with(".optionalString") {
+        Some((inner.argument()?.syntax().text().to_string(), s))
+    } else {
+        None
+    }
 }
 
 /// Appends `text`, its placeholders `i` renumbered `base + i`.

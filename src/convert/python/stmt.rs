@@ -236,7 +236,20 @@ impl Translator<'_> {
             }
         }
         if let ast::Expr::Name(n) = e {
-            if n.id.starts_with("__nix_interp_") {
+            let nix =
+                n.id.strip_prefix("__nix_interp_")
+                    .and_then(|r| r.strip_suffix("__"))
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .and_then(|i| self.interpolations.get(i));
+            if let Some(cond) = nix.and_then(|t| {
+                t.strip_prefix("${lib.optionalString (")?
+                    .strip_suffix(") ''…''}")
+            }) {
+                return unsupported(format!(
+                    "Nix includes the lines below only when `{cond}` (lib.optionalString): keep, guard or drop them by hand"
+                ));
+            }
+            if nix.is_some() {
                 return unsupported(
                     "Python code Nix splices in here (its value is known only to Nix): convert it by hand",
                 );
