@@ -147,6 +147,32 @@ pairs = [f"{k}={v}" for k, v in [("x", 1)]]
 "#
 );
 
+// `@polling_condition` functions and `with` over them; `for`/`while` with
+// `else`; `sorted(…, reverse=True)`.
+rule!(
+    polling_conditions_loop_else_and_sorted_reverse,
+    r#"@polling_condition
+def nginx_running():
+    machine.succeed("pgrep nginx")
+
+@polling_condition(seconds_interval=10, description="the API answers")
+def api_up():
+    server.succeed("curl -sf localhost/health")
+
+with nginx_running:
+    machine.succeed("systemctl reload nginx")
+    reloaded = True
+print(reloaded)
+for attempt in range(10):
+    if machine.execute("test -e /run/ready")[0] == 0:
+        break
+    machine.sleep(1)
+else:
+    raise Exception("never ready")
+newest = sorted(machine.succeed("ls /srv").split(), reverse=True)
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

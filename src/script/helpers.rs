@@ -517,6 +517,26 @@ mod tests {
         assert!(eval::<f64>("unix_time()") > 1.7e9);
     }
 
+    /// Shapes `attest convert` emits around the helpers run as Python does.
+    #[test]
+    fn converted_shapes_evaluate() {
+        assert!(eval::<bool>(
+            r#"{ let text = "○ foo"; ["●", "○"].some(|p| text.starts_with(p)) }"#
+        ));
+        assert_eq!(
+            eval::<String>(
+                r#"let m = { let map = #{}; for item in [["a", "1"], ["b", "2"]] { let k = item[0]; let v = item[1]; if k != "b" { map[k] = v; } } map }; m.a + m.keys().len()"#
+            ),
+            "11"
+        );
+        assert_eq!(
+            eval::<i64>(
+                r#"[["x", 1], ["y", 2]].map(|item| { let k = item[0]; let v = item[1]; v * 10 })[1]"#
+            ),
+            20
+        );
+    }
+
     #[test]
     fn regex_sub_dedent_format_spec() {
         assert_eq!(

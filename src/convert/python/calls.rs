@@ -798,11 +798,32 @@ impl Translator<'_> {
                 Ok(RExpr::atom(format!("{name}({})", codes.join(", ")), kind))
             }
             "sorted" => {
-                Self::no_keywords(c, "sorted")?;
                 let [a] = &self.args(&c.args)?[..] else {
                     return unsupported("`sorted` with other than one argument");
                 };
-                Ok(RExpr::atom(format!("sorted({})", a.code), Kind::List))
+                let mut reverse = false;
+                for k in &c.keywords {
+                    match (k.arg.as_ref().map(|a| a.as_str()), &k.value) {
+                        (
+                            Some("reverse"),
+                            ast::Expr::Constant(ast::ExprConstant {
+                                value: ast::Constant::Bool(b),
+                                ..
+                            }),
+                        ) => reverse = *b,
+                        _ => return unsupported("`sorted` with a key or a computed reverse"),
+                    }
+                }
+                let sorted = format!("sorted({})", a.code);
+                Ok(RExpr::atom(
+                    if reverse {
+                        let tmp = self.fresh("sorted");
+                        format!("{{ let {tmp} = {sorted}; {tmp}.reverse(); {tmp} }}")
+                    } else {
+                        sorted
+                    },
+                    Kind::List,
+                ))
             }
             "repr" => {
                 let [a] = &self.args(&c.args)?[..] else {

@@ -139,6 +139,12 @@ pub struct Translator<'s> {
     interpolations: Vec<String>,
     /// Lines of the source file before the script's first line.
     line_offset: usize,
+    /// Names bound by `@polling_condition` (a `with` over one is `during`).
+    polling: BTreeSet<String>,
+    /// Per enclosing loop, the flag its `break` sets (a loop with `else`).
+    break_flags: Vec<Option<String>>,
+    /// The flag for the loop about to be entered.
+    next_break_flag: Option<String>,
 }
 
 /// What marks a statement left for a hand in the Rhai; `attest check`
@@ -196,6 +202,9 @@ impl<'s> Translator<'s> {
             functions: BTreeMap::new(),
             todos: Vec::new(),
             host_modules: BTreeSet::new(),
+            polling: BTreeSet::new(),
+            break_flags: Vec::new(),
+            next_break_flag: None,
             modules: BTreeMap::new(),
             imported_fns: BTreeMap::new(),
             in_subtest: 0,

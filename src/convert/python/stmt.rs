@@ -30,6 +30,7 @@ impl Translator<'_> {
                     .collect::<Vec<_>>(),
             );
             if let Err(e) = self.stmt(s) {
+                self.next_break_flag = None;
                 self.out.truncate(saved.0);
                 self.todos.truncate(saved.1);
                 self.next_comment = saved.2;
@@ -110,23 +111,22 @@ impl Translator<'_> {
                 self.if_chain(i, false)
             }
             ast::Stmt::While(w) => {
-                if !w.orelse.is_empty() {
-                    return unsupported("`while … else`");
-                }
                 self.hoist(s);
                 let c = self.expr(&w.test)?;
                 let c = self.truthy(c);
+                let flag = self.loop_else_flag(&w.orelse);
                 self.emit(format!("while {} {{", c.code));
                 self.loop_body(&w.body, &[]);
                 self.emit("}");
+                self.loop_else(flag, &w.orelse);
                 Ok(())
             }
             ast::Stmt::For(f) => {
-                if !f.orelse.is_empty() {
-                    return unsupported("`for … else`");
-                }
                 self.hoist(s);
-                self.for_loop(f)
+                let flag = self.loop_else_flag(&f.orelse);
+                self.for_loop(f)?;
+                self.loop_else(flag, &f.orelse);
+                Ok(())
             }
             ast::Stmt::With(w) => {
                 self.hoist(s);
@@ -154,11 +154,14 @@ impl Translator<'_> {
                         "`break`/`continue` inside `with subtest` across the subtest",
                     );
                 }
-                self.emit(if matches!(s, ast::Stmt::Break(_)) {
-                    "break;"
+                if matches!(s, ast::Stmt::Break(_)) {
+                    if let Some(Some(flag)) = self.break_flags.last() {
+                        self.emit(format!("{flag} = true;"));
+                    }
+                    self.emit("break;");
                 } else {
-                    "continue;"
-                });
+                    self.emit("continue;");
+                }
                 Ok(())
             }
             ast::Stmt::Pass(_) | ast::Stmt::Global(_) | ast::Stmt::Nonlocal(_) => Ok(()),
@@ -446,8 +449,32 @@ impl Translator<'_> {
 
     fn loop_body(&mut self, body: &[ast::Stmt], params: &[(String, Kind)]) {
         self.loops_in_subtest += 1;
+        let flag = self.next_break_flag.take();
+        self.break_flags.push(flag);
         self.nested(body, false, params);
+        self.break_flags.pop();
         self.loops_in_subtest -= 1;
+    }
+
+    /// A loop's `else` (run when no `break` left it): a flag its `break`s
+    /// set, declared before the loop.
+    fn loop_else_flag(&mut self, orelse: &[ast::Stmt]) -> Option<String> {
+        if orelse.is_empty() {
+            return None;
+        }
+        let flag = self.fresh("broke");
+        self.emit(format!("let {flag} = false;"));
+        self.declare(&flag, Kind::Bool);
+        self.next_break_flag = Some(flag.clone());
+        Some(flag)
+    }
+
+    fn loop_else(&mut self, flag: Option<String>, orelse: &[ast::Stmt]) {
+        if let Some(flag) = flag {
+            self.emit(format!("if !{flag} {{"));
+            self.nested(orelse, false, &[]);
+            self.emit("}");
+        }
     }
 
     fn for_loop(&mut self, f: &ast::StmtFor) -> Res<()> {
@@ -571,6 +598,14 @@ impl Translator<'_> {
         if item.optional_vars.is_some() {
             return unsupported("`with … as`");
         }
+        // `with foo_running:` over a `@polling_condition`.
+        if let ast::Expr::Name(n) = &item.context_expr {
+            if self.polling.contains(n.id.as_str()) {
+                let head = format!("{}.during(|| {{", rhai::ident(&n.id));
+                self.closure_block(head, &w.body);
+                return Ok(());
+            }
+        }
         let ast::Expr::Call(c) = &item.context_expr else {
             return unsupported("a `with` other than `with subtest(…)`");
         };
@@ -588,19 +623,84 @@ impl Translator<'_> {
         if is_nested {
             self.emit("// a `nested(…)` log section in Python; here a subtest");
         }
-        self.emit(format!("subtest({}, || {{", name.code));
+        self.closure_block(format!("subtest({}, || {{", name.code), &w.body);
+        Ok(())
+    }
+
+    /// `head` (ending in `|| {`), `body` as the closure's statements, `});`:
+    /// a `return`, `break` or `continue` there would leave only the closure.
+    fn closure_block(&mut self, head: String, body: &[ast::Stmt]) {
+        self.emit(head);
         self.in_subtest += 1;
         let saved_loops = std::mem::replace(&mut self.loops_in_subtest, 0);
-        self.nested(&w.body, false, &[]);
+        self.nested(body, false, &[]);
         self.loops_in_subtest = saved_loops;
         self.in_subtest -= 1;
         self.emit("});");
+    }
+
+    /// `@polling_condition` / `@polling_condition(seconds_interval=…,
+    /// description=…)` over a `def` without parameters: attest's
+    /// `let f = polling_condition(|| { … }, #{ … });`.
+    fn polling_condition(&mut self, d: &ast::StmtFunctionDef) -> Res<()> {
+        let [deco] = &d.decorator_list[..] else {
+            return unsupported("several decorators");
+        };
+        let is_pc =
+            |e: &ast::Expr| matches!(e, ast::Expr::Name(n) if n.id.as_str() == "polling_condition");
+        let mut options = Vec::new();
+        match deco {
+            e if is_pc(e) => {}
+            ast::Expr::Call(c) if is_pc(&c.func) && c.args.is_empty() => {
+                for k in &c.keywords {
+                    match k.arg.as_ref().map(|a| a.as_str()) {
+                        Some(a @ ("seconds_interval" | "description")) => {
+                            options.push(format!("{a}: {}", self.expr(&k.value)?.code));
+                        }
+                        _ => return unsupported("a `polling_condition` argument other than seconds_interval or description"),
+                    }
+                }
+            }
+            _ => return unsupported("decorators other than `@polling_condition`"),
+        }
+        let a = &d.args;
+        if !a.args.is_empty()
+            || !a.posonlyargs.is_empty()
+            || a.vararg.is_some()
+            || a.kwarg.is_some()
+            || !a.kwonlyargs.is_empty()
+        {
+            return unsupported("a `@polling_condition` function with parameters");
+        }
+        let name = d.name.to_string();
+        let opts = if options.is_empty() {
+            String::new()
+        } else {
+            format!(", #{{ {} }}", options.join(", "))
+        };
+        let saved = (
+            std::mem::replace(&mut self.in_subtest, 0),
+            std::mem::replace(&mut self.loops_in_subtest, 0),
+        );
+        self.in_function += 1;
+        let head = if self.declared(&name).is_some() {
+            format!("{} = polling_condition(|| {{", rhai::ident(&name))
+        } else {
+            self.declare(&name, Kind::Any);
+            format!("let {} = polling_condition(|| {{", rhai::ident(&name))
+        };
+        self.emit(head);
+        self.nested(&d.body, false, &[]);
+        self.emit(format!("}}{opts});"));
+        self.in_function -= 1;
+        (self.in_subtest, self.loops_in_subtest) = saved;
+        self.polling.insert(name);
         Ok(())
     }
 
     fn def(&mut self, d: &ast::StmtFunctionDef) -> Res<()> {
         if !d.decorator_list.is_empty() {
-            return unsupported("decorators");
+            return self.polling_condition(d);
         }
         if d.args.kwarg.is_some() {
             return unsupported("`**kwargs`");
