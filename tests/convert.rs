@@ -173,6 +173,21 @@ newest = sorted(machine.succeed("ls /srv").split(), reverse=True)
 "#
 );
 
+// Driver methods attest has (QEMU-only ones put the node on QEMU, so the
+// result still passes check).
+rule!(
+    monitor_qmp_tty_and_copy_methods,
+    r#"info = machine.send_monitor_command("info status")
+machine.wait_for_qmp_event(lambda event: event["event"] == "SHUTDOWN", 60)
+machine.dump_tty_contents("2")
+texts = machine.get_screen_text_variants()
+machine.copy_from_machine("/var/log/app.log")
+windows = machine.get_window_names()
+log_text = machine.get_console_log()
+"#,
+    &["machine"]
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

@@ -108,7 +108,31 @@ const METHODS: &[Method] = &[
         Kind::Unit,
     ),
     m("copy_from_host", &["source", "target"], &[], Kind::Unit),
+    m(
+        "copy_from_host_via_shell",
+        &["source", "target"],
+        &[],
+        Kind::Unit,
+    ),
     m("copy_from_vm", &["source", "target_dir"], &[], Kind::Unit),
+    m(
+        "copy_from_machine",
+        &["source", "target_dir"],
+        &[],
+        Kind::Unit,
+    ),
+    m("get_console_log", &[], &[], Kind::Str),
+    m("send_monitor_command", &["command"], &[], Kind::Str),
+    m(
+        "wait_for_qmp_event",
+        &["event_filter", "timeout"],
+        &[],
+        Kind::Map,
+    ),
+    m("get_screen_text_variants", &[], &[], Kind::List),
+    m("switch_root", &[], &[], Kind::Unit),
+    m("dump_tty_contents", &["tty"], &[], Kind::Unit),
+    m("get_window_names", &[], &[], Kind::List),
     m("screenshot", &["filename"], &[], Kind::Unit),
     m("send_key", &["key", "delay", "log"], &[], Kind::Unit),
     m("send_chars", &["chars", "delay"], &[], Kind::Unit),
@@ -184,11 +208,6 @@ fn is_none(e: &ast::Expr) -> bool {
 const UNSUPPORTED_METHODS: &[&str] = &[
     "shell_interact",
     "console_interact",
-    "dump_tty_contents",
-    "get_screen_text_variants",
-    "switch_root",
-    "wait_for_qmp_event",
-    "send_monitor_command",
     "wait_for_console_text_or_timeout",
 ];
 
