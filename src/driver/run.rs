@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::Dynamic;
 
 use super::{CancelReason, Driver, DriverOptions};
-use crate::config::{ConfigError, TestConfig};
+use crate::config::{BackendConfig, ConfigError, TestConfig};
 use crate::report::{failure, EventKind, FailureCause, ReportOptions, Reporter};
 use crate::script::{self, thrown, Script, ScriptContext};
 
@@ -73,6 +73,9 @@ pub enum CheckError {
     /// Files the config names do not exist (one line each).
     #[error("{}", .0.join("\n"))]
     MissingFiles(Vec<String>),
+    /// Programs the nodes' backends run are not installed (one line each).
+    #[error("{}", .0.join("\n"))]
+    MissingPrograms(Vec<String>),
 }
 
 /// Loads the config and the script and checks both; nothing boots.
@@ -115,6 +118,42 @@ pub fn check_files(config: &TestConfig) -> Result<(), CheckError> {
     }
 }
 
+/// The programs each node's backend runs, found on PATH before anything
+/// boots: a missing one is a missing prerequisite, named with its node and
+/// what to install. (firecracker and cloud-hypervisor find theirs through
+/// their own variables when they start.)
+pub fn check_programs(config: &TestConfig) -> Result<(), CheckError> {
+    let mut missing = Vec::new();
+    for (name, node) in &config.nodes {
+        let needs: &[(&str, &str)] = match &node.backend {
+            BackendConfig::Nspawn(_) => &[("systemd-nspawn", "systemd-container")],
+            // A start script brings its own QEMU.
+            BackendConfig::Qemu(q) if q.start_script.is_some() => &[],
+            BackendConfig::Qemu(q) if q.qemu_binary.is_some() => &[("qemu-img", "qemu-utils")],
+            BackendConfig::Qemu(_) => &[
+                ("qemu-system-x86_64", "qemu-system-x86"),
+                ("qemu-img", "qemu-utils"),
+            ],
+            BackendConfig::Ssh(_) => &[("ssh", "openssh-client")],
+            BackendConfig::Firecracker(_) | BackendConfig::CloudHypervisor(_) => &[],
+        };
+        for (program, package) in needs {
+            if let Err(e) = crate::process::require_binary(program, package) {
+                missing.push(format!(
+                    "{}: node `{name}` ({}): {e}",
+                    config.path.display(),
+                    node.backend.kind()
+                ));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CheckError::MissingPrograms(missing))
+    }
+}
+
 /// Runs a test end to end. Never leaves a machine or state dir behind.
 pub fn run_test(
     config_path: &Path,
@@ -123,6 +162,7 @@ pub fn run_test(
 ) -> Outcome {
     let (config, script) = match check_test(config_path).and_then(|(c, s)| {
         check_files(&c)?;
+        check_programs(&c)?;
         Ok((c, s))
     }) {
         Ok(v) => v,
