@@ -188,6 +188,24 @@ log_text = machine.get_console_log()
     &["machine"]
 );
 
+// Python's list builtins as values: `zip`, `enumerate`, `range`, `sum`,
+// `max`/`min` of a list, `any`/`all` of a list, `dict.items()`.
+rule!(
+    list_builtins_as_values,
+    r#"ports = [80, 443]
+names = ["http", "https"]
+pairs = [f"{n}:{p}" for n, p in zip(names, ports)]
+numbered = [f"{i}. {n}" for i, n in enumerate(names, 1)]
+squares = [i * i for i in range(1, 4)]
+total = sum(ports)
+assert max(ports) == 443 and min(ports) == 80
+up = [machine.execute(f"curl -sf localhost:{p}")[0] == 0 for p in ports]
+assert all(up) or any(up)
+env = {"A": "1", "B": "2"}
+exports = " ".join(f"{k}={v}" for k, v in env.items())
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

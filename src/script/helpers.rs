@@ -51,6 +51,62 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("regex_findall", regex_findall);
     engine.register_fn("repr", |v: Dynamic| repr(&v));
     engine.register_fn("regex_sub", regex_sub);
+    // Python's `dict.items()`.
+    engine.register_fn("items", |m: rhai::Map| -> Array {
+        m.into_iter()
+            .map(|(k, v)| Dynamic::from_array(vec![k.into(), v]))
+            .collect()
+    });
+    // Python's builtins over lists.
+    engine.register_fn("zip", |a: Array, b: Array| -> Array {
+        a.into_iter()
+            .zip(b)
+            .map(|(x, y)| Dynamic::from_array(vec![x, y]))
+            .collect()
+    });
+    let enumerate = |a: Array, start: i64| -> Array {
+        (start..)
+            .zip(a)
+            .map(|(i, x)| Dynamic::from_array(vec![i.into(), x]))
+            .collect()
+    };
+    engine.register_fn("enumerate", move |a: Array| enumerate(a, 0));
+    engine.register_fn("enumerate", enumerate);
+    engine.register_fn("range_list", |a: i64, b: i64, step: i64| -> R<Array> {
+        if step == 0 {
+            return Err(err("range: the step must not be zero"));
+        }
+        let mut out = Array::new();
+        let mut i = a;
+        while (step > 0 && i < b) || (step < 0 && i > b) {
+            out.push(i.into());
+            i += step;
+        }
+        Ok(out)
+    });
+    engine.register_fn("any", |a: Array| a.iter().any(super::common::truthy));
+    engine.register_fn("all", |a: Array| a.iter().all(super::common::truthy));
+    engine.register_fn("sum", |a: Array| -> R<Dynamic> {
+        let mut int: i64 = 0;
+        let mut float: Option<f64> = None;
+        for v in &a {
+            match (v.as_int(), v.as_float()) {
+                (Ok(i), _) => int += i,
+                (_, Ok(f)) => *float.get_or_insert(0.0) += f,
+                _ => return Err(err(format!("sum: cannot add a {}", v.type_name()))),
+            }
+        }
+        Ok(match float {
+            Some(f) => (f + int as f64).into(),
+            None => int.into(),
+        })
+    });
+    engine.register_fn("max", |a: Array| {
+        extreme(a, "max", std::cmp::Ordering::Greater)
+    });
+    engine.register_fn("min", |a: Array| {
+        extreme(a, "min", std::cmp::Ordering::Less)
+    });
     engine.register_fn("dedent", |s: &str| dedent(s));
     engine.register_fn("format_spec", |v: Dynamic, spec: &str| {
         format_spec(&v, spec)
@@ -187,6 +243,21 @@ fn sorted(a: Array) -> R<Array> {
         Some(b) => Err(err(format!("sorted: cannot compare {b}"))),
         None => Ok(a),
     }
+}
+
+/// Python's `max(list)` / `min(list)`: the element `sorted` puts last /
+/// first.
+fn extreme(a: Array, name: &str, keep: std::cmp::Ordering) -> R<Dynamic> {
+    if a.is_empty() {
+        return Err(err(format!("{name}: the list is empty")));
+    }
+    let sorted = sorted(a)?;
+    Ok(match keep {
+        std::cmp::Ordering::Greater => sorted.last(),
+        _ => sorted.first(),
+    }
+    .cloned()
+    .unwrap_or(Dynamic::UNIT))
 }
 
 /// Python's `re.findall(re, text)`: every match, as the whole match without
@@ -535,6 +606,34 @@ mod tests {
             ),
             20
         );
+        assert_eq!(
+            eval::<String>(
+                r#"let env = #{ a: "1" }; join(items(env).map(|item| item[0] + item[1]), ",")"#
+            ),
+            "a1"
+        );
+    }
+
+    #[test]
+    fn list_builtins() {
+        assert_eq!(eval::<String>(r#"zip(["a", "b", "c"], [1, 2])[1][0]"#), "b");
+        assert_eq!(eval::<i64>(r#"zip(["a", "b", "c"], [1, 2]).len()"#), 2);
+        assert_eq!(eval::<i64>(r#"enumerate(["a", "b"], 1)[1][0]"#), 2);
+        assert_eq!(eval::<String>(r#"enumerate(["a", "b"])[1][1]"#), "b");
+        assert_eq!(
+            eval::<String>(r#"join(range_list(5, 0, -2), ",")"#),
+            "5,3,1"
+        );
+        assert_eq!(eval::<i64>(r#"range_list(0, 3, 1).len()"#), 3);
+        assert!(eval::<bool>(r#"any(["", 0, "x"])"#) && !eval::<bool>(r#"all(["", 1])"#));
+        assert_eq!(eval::<i64>("sum([1, 2, 3])"), 6);
+        assert_eq!(eval::<f64>("sum([1, 2.5])"), 3.5);
+        assert_eq!(eval::<i64>("max([3, 9, 2])"), 9);
+        assert_eq!(eval::<String>(r#"min(["b", "a"])"#), "a");
+        assert_eq!(eval::<i64>("max(3, 4)"), 4);
+        let mut e = Engine::new();
+        register(&mut e);
+        assert!(e.eval::<Dynamic>("max([])").is_err());
     }
 
     #[test]

@@ -653,6 +653,9 @@ impl Translator<'_> {
             ("extend", [x]) if matches!(r.kind, Kind::List | Kind::Any) => {
                 code(format!("{recv}.append({})", x.code), Kind::Unit)
             }
+            ("items", []) if matches!(r.kind, Kind::Map | Kind::Any) => {
+                code(format!("items({})", r.code), Kind::List)
+            }
             ("keys", []) if matches!(r.kind, Kind::Map | Kind::Any) => {
                 code(format!("{recv}.keys()"), Kind::List)
             }
@@ -806,6 +809,28 @@ impl Translator<'_> {
                     return unsupported(format!("`{name}` of something other than a list"));
                 }
                 Ok(a.clone())
+            }
+            "zip" | "enumerate" | "range" | "sum" => {
+                Self::no_keywords(c, name)?;
+                let args = self.args(&c.args)?;
+                let codes: Vec<String> = args.iter().map(|a| a.code.clone()).collect();
+                let (code, kind) = match (name, &codes[..]) {
+                    ("zip", [a, b]) => (format!("zip({a}, {b})"), Kind::List),
+                    ("enumerate", [a]) => (format!("enumerate({a})"), Kind::List),
+                    ("enumerate", [a, s]) => (format!("enumerate({a}, {s})"), Kind::List),
+                    ("range", [n]) => (format!("range_list(0, {n}, 1)"), Kind::List),
+                    ("range", [a, b]) => (format!("range_list({a}, {b}, 1)"), Kind::List),
+                    ("range", [a, b, s]) => (format!("range_list({a}, {b}, {s})"), Kind::List),
+                    ("sum", [a]) => (format!("sum({a})"), Kind::Any),
+                    _ => return unsupported(format!("`{name}` with {} argument(s)", codes.len())),
+                };
+                Ok(RExpr::atom(code, kind))
+            }
+            "max" | "min" if c.args.len() == 1 && c.keywords.is_empty() => {
+                let [a] = &self.args(&c.args)?[..] else {
+                    return unsupported(format!("`{name}` with other than one argument"));
+                };
+                Ok(RExpr::atom(format!("{name}({})", a.code), Kind::Any))
             }
             "abs" | "max" | "min" => {
                 let args = self.args(&c.args)?;

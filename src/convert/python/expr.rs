@@ -678,7 +678,15 @@ impl Translator<'_> {
         let (elt, gens) = match arg {
             ast::Expr::GeneratorExp(g) => (&*g.elt, &g.generators),
             ast::Expr::ListComp(g) => (&*g.elt, &g.generators),
-            _ => return unsupported("`any`/`all` over something other than a generator"),
+            // Over a list: each element by Python's truth.
+            _ => {
+                let xs = self.expr(arg)?;
+                if !matches!(xs.kind, Kind::List | Kind::Any) {
+                    return unsupported("`any`/`all` over something other than a list");
+                }
+                let f = if all { "all" } else { "any" };
+                return Ok(RExpr::atom(format!("{f}({})", xs.code), Kind::Bool));
+            }
         };
         let m = if all { "all" } else { "some" };
         self.generator(elt, gens, |this, code, var, e| {
