@@ -783,11 +783,12 @@ fn cli_converts_a_bare_python_script() {
 #[test]
 fn nix_interpolations() {
     let py = PythonSource {
-        text: "machine.wait_for_open_port(__nix_interp_0__)\nmachine.succeed(\"__nix_interp_1__/bin/hello\")\nmachine.succeed(f\"echo {__nix_interp_2__}\")\n".to_owned(),
+        text: "machine.wait_for_open_port(__nix_interp_0__)\nmachine.succeed(\"__nix_interp_1__/bin/hello\")\nmachine.succeed(f\"echo {__nix_interp_2__}\")\nmachine.wait_for_open_port(__nix_interp_3__)\n".to_owned(),
         interpolations: vec![
             "${toString port}".to_owned(),
             r#"${pkgs.writeText "a" "b"}"#.to_owned(),
             "${builtins.toJSON x}".to_owned(),
+            "${builtins.toString nodes.server.services.foo.port}".to_owned(),
         ],
         line_offset: 10,
         ..Default::default()

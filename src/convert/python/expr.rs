@@ -136,11 +136,16 @@ impl Translator<'_> {
             .and_then(|n| n.parse::<usize>().ok())
         {
             // `${toString port}` in code is a number once Nix renders it.
-            if self
-                .interpolations
-                .get(i)
-                .is_some_and(|t| t.starts_with("${toString "))
-            {
+            if self.interpolations.get(i).is_some_and(|t| {
+                [
+                    "${toString ",
+                    "${toString(",
+                    "${builtins.toString ",
+                    "${builtins.toString(",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p))
+            }) {
                 return Ok(RExpr::atom(
                     format!("parse_int(\"{}\")", super::super::nix::placeholder(i)),
                     Kind::Int,
