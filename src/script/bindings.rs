@@ -1271,8 +1271,7 @@ fn register_globals(engine: &mut Engine, ctx: Arc<ScriptContext>) {
         }
     });
     engine.register_fn("assert_eq", |a: Dynamic, b: Dynamic| -> R<()> {
-        let same = a.type_name() == b.type_name() && format!("{a:?}") == format!("{b:?}");
-        if same {
+        if super::helpers::same_value(&a, &b) {
             Ok(())
         } else {
             Err(err(format!(

@@ -12,6 +12,11 @@ fn err(e: impl std::fmt::Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(e.to_string().into(), Position::NONE).into()
 }
 
+/// Whether `assert_eq` takes `a` and `b` as equal: same type, same value.
+pub(super) fn same_value(a: &Dynamic, b: &Dynamic) -> bool {
+    a.type_name() == b.type_name() && format!("{a:?}") == format!("{b:?}")
+}
+
 /// Registers the helpers.
 pub fn register(engine: &mut Engine) {
     engine.register_fn("strip", |s: &str| s.trim().to_owned());
@@ -138,6 +143,20 @@ pub fn register(engine: &mut Engine) {
         } else {
             Ok(())
         }
+    });
+    // Rhai has no `assert`; scripts written by hand reach for it.
+    fn assert(cond: bool, message: &str) -> R<()> {
+        match cond {
+            true => Ok(()),
+            false => Err(err(message)),
+        }
+    }
+    engine.register_fn("assert", |c: bool| assert(c, "assertion failed"));
+    engine.register_fn("assert", |c: bool, m: &str| {
+        assert(c, &format!("assertion failed: {m}"))
+    });
+    engine.register_fn("assert_ne", |a: Dynamic, b: Dynamic| {
+        assert(!same_value(&a, &b), &format!("assert_ne: both are {a:?}"))
     });
     engine.register_fn("shell_quote", |s: &str| crate::shell::quote(s));
     // Rhai's `parse_json` (built on serde_json here) takes any JSON value.
@@ -518,6 +537,19 @@ mod tests {
         register(&mut e);
         e.eval::<T>(src)
             .unwrap_or_else(|err| panic!("{src}: {err}"))
+    }
+
+    #[test]
+    fn assert_takes_a_condition_and_a_message() {
+        let mut e = Engine::new();
+        register(&mut e);
+        e.run("assert(1 == 1); assert(true, \"fine\"); assert_ne(1, \"1\"); assert_ne(1, 2);")
+            .unwrap();
+        let msg = |src: &str| e.run(src).unwrap_err().to_string();
+        assert!(msg("assert(1 == 2)").contains("assertion failed"));
+        assert!(msg("assert(false, \"the port is open\")")
+            .contains("assertion failed: the port is open"));
+        assert!(msg("assert_ne([1], [1])").contains("assert_ne: both are [1]"));
     }
 
     #[test]
