@@ -508,6 +508,35 @@ in { a = mk "stable" { }; }
     );
 }
 
+// `nodes = { inherit server; inherit (common) client; … }`: inherited
+// names are nodes too.
+#[test]
+fn nix_inherited_nodes() {
+    let out = nix(r#"let
+  server = { services.nginx.enable = true; };
+  common.client = { };
+in {
+  name = "inherited";
+  nodes = {
+    inherit server;
+    inherit (common) client;
+    extra = { };
+  };
+  testScript = ''
+    server.wait_for_unit("nginx")
+    client.succeed("curl server")
+    extra.succeed("true")
+  '';
+}
+"#);
+    assert!(
+        out.starts_with(
+            "== inherited (global_timeout 3600, nodes [\"client\", \"extra\", \"server\"])"
+        ) && out.contains("server.wait_for_unit(\"nginx\");"),
+        "{out}"
+    );
+}
+
 // `containers.X` (the NixOS driver's nspawn nodes) are nodes like
 // `nodes.X`; `inherit containers;` is computed, so they are guessed;
 // `globalTimeout` (a literal or `60 * 60`) becomes `global_timeout`, NixOS's

@@ -212,6 +212,12 @@ fn node_names(set: &ast::AttrSet) -> Option<Vec<String>> {
             [n, name, ..] if n == "nodes" || n == "containers" => names.push(name.clone()),
             [n] if n == "nodes" || n == "containers" => match entry.value().map(unwrap) {
                 Some(ast::Expr::AttrSet(nodes)) => {
+                    // `nodes = { inherit server; inherit (common) client; }`.
+                    for i in nodes.inherits() {
+                        for a in i.attrs() {
+                            names.push(static_attr(&a)?);
+                        }
+                    }
                     for e in nodes.attrpath_values() {
                         let first = e
                             .attrpath()
