@@ -148,7 +148,7 @@ pairs = [f"{k}={v}" for k, v in [("x", 1)]]
 );
 
 // `@polling_condition` functions and `with` over them; `for`/`while` with
-// `else`; `sorted(…, reverse=True)`.
+// `else`; `sorted(…, reverse=True)`; `succeed(*cmds)`; `del d[k]`.
 rule!(
     polling_conditions_loop_else_and_sorted_reverse,
     r#"@polling_condition
@@ -170,6 +170,10 @@ for attempt in range(10):
 else:
     raise Exception("never ready")
 newest = sorted(machine.succeed("ls /srv").split(), reverse=True)
+cmds = [f"test -d /srv/{n}" for n in newest]
+machine.succeed(*cmds)
+seen = {"a": 1, "b": 2}
+del seen["a"]
 "#
 );
 

@@ -330,8 +330,15 @@ impl Translator<'_> {
         // 30)`): those past attest's positional ones are its options, in the
         // same order; `None` is the default, so it is left out.
         for (i, a) in c.args.iter().enumerate() {
-            if matches!(a, ast::Expr::Starred(_)) {
-                return unsupported("`*` arguments");
+            if let ast::Expr::Starred(st) = a {
+                // `m.succeed(*cmds)`: attest takes the list itself.
+                let list = self.expr(&st.value)?;
+                if !(m.variadic && c.args.len() == 1 && matches!(list.kind, Kind::List | Kind::Any))
+                {
+                    return unsupported("`*` arguments");
+                }
+                args.push((list, false));
+                continue;
             }
             if m.variadic || i < m.params.len() {
                 args.push((self.expr(a)?, is_none(a)));

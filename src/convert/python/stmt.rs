@@ -202,7 +202,26 @@ impl Translator<'_> {
                 Ok(())
             }
             ast::Stmt::ClassDef(_) => unsupported("classes"),
-            ast::Stmt::Delete(_) => unsupported("`del`"),
+            // `del d["k"]` / `del xs[i]`.
+            ast::Stmt::Delete(d) => {
+                for t in &d.targets {
+                    let ast::Expr::Subscript(sub) = t else {
+                        return unsupported("`del` of something other than an item");
+                    };
+                    if matches!(&*sub.slice, ast::Expr::Slice(_)) {
+                        return unsupported("`del` of a slice");
+                    }
+                    let target = self.expr(&sub.value)?;
+                    if !matches!(target.kind, Kind::Map | Kind::List | Kind::Any) {
+                        return unsupported(
+                            "`del` of an item of something other than a dict or list",
+                        );
+                    }
+                    let key = self.expr(&sub.slice)?;
+                    self.emit(format!("{}.remove({});", target.operand(), key.code));
+                }
+                Ok(())
+            }
             ast::Stmt::Match(_) => unsupported("`match`"),
             _ => unsupported("async code and other rare statements"),
         }
