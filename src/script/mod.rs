@@ -6,6 +6,7 @@ pub mod check;
 mod common;
 mod flow;
 pub mod helpers;
+mod in_place;
 pub mod nixos;
 pub mod polling;
 pub mod registry;
