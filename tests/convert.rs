@@ -193,7 +193,8 @@ log_text = machine.get_console_log()
 );
 
 // Python's list builtins as values: `zip`, `enumerate`, `range`, `sum`,
-// `max`/`min` of a list, `any`/`all` of a list, `dict.items()`.
+// `max`/`min` of a list, `any`/`all` of a list, `dict.items()`; Python's
+// truth of a value of unknown type.
 rule!(
     list_builtins_as_values,
     r#"ports = [80, 443]
@@ -207,6 +208,10 @@ up = [machine.execute(f"curl -sf localhost:{p}")[0] == 0 for p in ports]
 assert all(up) or any(up)
 env = {"A": "1", "B": "2"}
 exports = " ".join(f"{k}={v}" for k, v in env.items())
+def state(flag):
+    if flag:
+        return "on"
+    return "off"
 "#
 );
 

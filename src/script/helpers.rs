@@ -89,6 +89,8 @@ pub fn register(engine: &mut Engine) {
         }
         Ok(out)
     });
+    // Python's truth of a value of unknown type (`if x:`).
+    engine.register_fn("truthy", |v: Dynamic| super::common::truthy(&v));
     engine.register_fn("any", |a: Array| a.iter().any(super::common::truthy));
     engine.register_fn("all", |a: Array| a.iter().all(super::common::truthy));
     engine.register_fn("sum", |a: Array| -> R<Dynamic> {
@@ -658,6 +660,9 @@ mod tests {
         );
         assert_eq!(eval::<i64>(r#"range_list(0, 3, 1).len()"#), 3);
         assert!(eval::<bool>(r#"any(["", 0, "x"])"#) && !eval::<bool>(r#"all(["", 1])"#));
+        assert!(eval::<bool>(
+            r#"truthy("x") && truthy([1]) && !truthy(()) && !truthy(#{})"#
+        ));
         assert_eq!(eval::<i64>("sum([1, 2, 3])"), 6);
         assert_eq!(eval::<f64>("sum([1, 2.5])"), 3.5);
         assert_eq!(eval::<i64>("max([3, 9, 2])"), 9);

@@ -213,7 +213,10 @@ impl Translator<'_> {
             Kind::Float => RExpr::op(format!("{} != 0.0", v.operand()), Kind::Bool),
             Kind::Unit => RExpr::atom("false", Kind::Bool),
             Kind::Match => RExpr::op(format!("{} != ()", v.operand()), Kind::Bool),
-            Kind::Bool | Kind::Machine | Kind::Exec | Kind::Any | Kind::Todo => v,
+            // Unknown type: Python's truth at run time (a Rhai condition
+            // stops on anything but a boolean).
+            Kind::Any => RExpr::atom(format!("truthy({})", v.code), Kind::Bool),
+            Kind::Bool | Kind::Machine | Kind::Exec | Kind::Todo => v,
         }
     }
 
