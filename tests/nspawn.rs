@@ -730,16 +730,7 @@ fn states_say_what_happened() {
     assert_nothing_left(&r, "offstate");
 
     // No backdoor: the boot waits until SIGTERM cuts it short.
-    let manifest = harness::image_manifest();
-    let dir = TestDir::new(
-        "bootterm",
-        &format!(
-            r#"{{"machine":{{"backend":{{"nspawn":{{"image":"{}","extra_args":["--bind-ro=/dev/null:/etc/systemd/system/attest-backdoor-unix.service"]}}}}}}}}"#,
-            manifest.display()
-        ),
-        "",
-        "machine.start();\n",
-    );
+    let dir = without_backdoor("bootterm");
     let started = Instant::now();
     let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
     let pid = child.id();
@@ -754,6 +745,40 @@ fn states_say_what_happened() {
     assert!(r.stderr.contains("machine: interrupted"), "{}", r.stderr);
     assert!(!r.stderr.contains("crashed"), "{}", r.stderr);
     assert_nothing_left(&r, "bootterm");
+}
+
+/// A one-node test whose container never starts its backdoor: its boot
+/// waits until something cuts it short.
+fn without_backdoor(name: &str) -> TestDir {
+    TestDir::new(
+        name,
+        &format!(
+            r#"{{"machine":{{"backend":{{"nspawn":{{"image":"{}","extra_args":["--bind-ro=/dev/null:/etc/systemd/system/attest-backdoor-unix.service"]}}}}}}}}"#,
+            harness::image_manifest().display()
+        ),
+        "",
+        "machine.start();\n",
+    )
+}
+
+/// Ctrl-C (one SIGINT) during a boot: 128 + SIGINT, the boot cut short,
+/// nothing left.
+#[test]
+fn sigint_during_boot_tears_everything_down() {
+    let dir = without_backdoor("bootint");
+    let started = Instant::now();
+    let child = harness::spawn(&["run", "--quiet-console", dir.config().to_str().unwrap()]);
+    container_leader(child.id(), 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = interrupt(
+        child,
+        started,
+        nix::sys::signal::Signal::SIGINT,
+        "interrupted by SIGINT",
+    );
+    assert!(r.stderr.contains("machine: interrupted"), "{}", r.stderr);
+    assert!(r.elapsed < Duration::from_secs(60), "{:?}", r.elapsed);
+    assert_nothing_left(&r, "bootint");
 }
 
 /// A second signal exits at once, also with 128 + signal; the kernel takes
