@@ -118,16 +118,58 @@ fn compile(engine: &Engine, scope: &Scope, source: &str) -> (Option<AST>, Vec<Di
             out.push(diag(pos, undefined_variable(name, &nodes)));
             scope.push_constant(name.as_str(), ());
         } else {
-            out.push(diag(pos, e.err_type().to_string()));
+            out.push(syntax_error(source, pos, e.err_type()));
             return (None, out);
         }
     }
     (None, out)
 }
 
+/// A syntax error. A missing `;` is reported where the statement ends (the
+/// end of the line before), not at the start of the next one, where Rhai
+/// notices it.
+fn syntax_error(source: &str, pos: Position, e: &ParseErrorType) -> Diagnostic {
+    let (line, column) = (pos.line().unwrap_or(0), pos.position().unwrap_or(0));
+    let lines: Vec<&str> = source.lines().collect();
+    let starts_line = line >= 2
+        && lines.get(line - 1).is_some_and(|l| {
+            l.chars()
+                .take(column.saturating_sub(1))
+                .all(char::is_whitespace)
+        });
+    if let (ParseErrorType::MissingToken(token, _), true) = (e, starts_line) {
+        if token == ";" {
+            if let Some((i, prev)) = lines[..line - 1]
+                .iter()
+                .enumerate()
+                .rev()
+                .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with("//"))
+            {
+                return Diagnostic {
+                    line: i + 1,
+                    column: prev.trim_end().chars().count() + 1,
+                    message: "expected `;` at the end of this statement".into(),
+                };
+            }
+        }
+    }
+    diag(pos, e.to_string())
+}
+
 fn undefined_variable(name: &str, nodes: &[String]) -> String {
-    let hint = suggest(name, nodes.iter().map(String::as_str))
-        .map(|s| format!("; did you mean `{s}`?"))
+    // Python's constants, as a NixOS script has them.
+    let rhai = match name {
+        "True" => Some("true"),
+        "False" => Some("false"),
+        "None" => Some("()"),
+        _ => None,
+    };
+    let hint = rhai
+        .map(|r| format!("; Rhai writes it `{r}`"))
+        .or_else(|| {
+            suggest(name, nodes.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+        })
         .unwrap_or_default();
     let defined = if nodes.is_empty() {
         "the test has no nodes".to_owned()
@@ -508,6 +550,20 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("test.rhai:3:1: error: Expecting ')'"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_semicolon_is_shown_where_the_statement_ends() {
+        let e = check_src("let x = 1\n// a comment\n\n    let y = 2;\n").unwrap_err();
+        assert!(
+            e.contains("test.rhai:1:10: error: expected `;` at the end of this statement"),
+            "{e}"
+        );
+        let e = check_src("let x = True;\n").unwrap_err();
+        assert!(
+            e.contains("undefined variable `True`; Rhai writes it `true`"),
+            "{e}"
+        );
     }
 
     #[test]
