@@ -208,6 +208,8 @@ up = [machine.execute(f"curl -sf localhost:{p}")[0] == 0 for p in ports]
 assert all(up) or any(up)
 env = {"A": "1", "B": "2"}
 exports = " ".join(f"{k}={v}" for k, v in env.items())
+import json
+print(json.dumps(env, indent=2, sort_keys=True))
 def state(flag):
     if flag:
         return "on"

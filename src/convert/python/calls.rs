@@ -461,7 +461,18 @@ impl Translator<'_> {
             let text = self.expr(text)?;
             return Ok(RExpr::atom(format!("dedent({})", text.code), Kind::Str));
         }
-        Self::no_keywords(c, &format!("`{module}.{f}`"))?;
+        // `json.dumps(x, indent=2, sort_keys=True)`: the same JSON value (Rhai
+        // maps keep their keys sorted; the layout differs).
+        let layout_only = (module, f) == ("json", "dumps")
+            && c.keywords.iter().all(|k| {
+                matches!(
+                    k.arg.as_ref().map(|a| a.as_str()),
+                    Some("indent" | "sort_keys")
+                )
+            });
+        if !layout_only {
+            Self::no_keywords(c, &format!("`{module}.{f}`"))?;
+        }
         let args = self.args(&c.args)?;
         let one = |what: &str| -> Res<&RExpr> {
             match &args[..] {
