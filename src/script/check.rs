@@ -53,6 +53,18 @@ const KEYWORD_FNS: &[&str] = &[
     "exit",
 ];
 
+/// NixOS driver methods a script cannot call here, and what to do instead.
+const NOT_IN_SCRIPTS: &[(&str, &str)] = &[
+    (
+        "shell_interact",
+        "NixOS's interactive shell; run `attest repl CONFIG` (or `attest run --interactive`) and call the machines' methods there",
+    ),
+    (
+        "console_interact",
+        "NixOS's interactive console; run `attest repl CONFIG` (or `attest run --interactive`), and send_console(chars) on QEMU",
+    ),
+];
+
 /// Each node's backend settings, by the names the script knows it by
 /// (script name, and `machine` for a single node): (node name, settings).
 pub type NodeBackends = BTreeMap<String, (String, BackendConfig)>;
@@ -339,8 +351,14 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
             }
             None => {
                 let kind = if is_method { "method" } else { "function" };
-                let hint = suggest(name, known.arities.keys().map(String::as_str))
-                    .map(|s| format!("; did you mean `{s}`?"))
+                let hint = NOT_IN_SCRIPTS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, why)| format!(": {why}"))
+                    .or_else(|| {
+                        suggest(name, known.arities.keys().map(String::as_str))
+                            .map(|s| format!("; did you mean `{s}`?"))
+                    })
                     .unwrap_or_default();
                 out.push(diag(pos, format!("unknown {kind} `{name}`{hint}")));
             }
@@ -559,6 +577,8 @@ mod tests {
             e.contains("test.rhai:1:10: error: expected `;` at the end of this statement"),
             "{e}"
         );
+        let e = check_src("server.shell_interact();\n").unwrap_err();
+        assert!(e.contains("unknown method `shell_interact`: NixOS's interactive shell; run `attest repl CONFIG`"), "{e}");
         let e = check_src("let x = True;\n").unwrap_err();
         assert!(
             e.contains("undefined variable `True`; Rhai writes it `true`"),
