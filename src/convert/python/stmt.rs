@@ -615,6 +615,15 @@ impl Translator<'_> {
             return unsupported("`with` over several context managers");
         };
         if item.optional_vars.is_some() {
+            // `with open(p) as f:` reads or writes a file on the driver's host.
+            if let ast::Expr::Call(c) = &item.context_expr {
+                if matches!(&*c.func, ast::Expr::Name(n) if n.id.as_str() == "open") {
+                    self.host_modules.insert("open()".into());
+                    return unsupported(
+                        "host-side Python (`with open(…)`: a file on the driver's host)",
+                    );
+                }
+            }
             return unsupported("`with … as`");
         }
         // `with foo_running:` over a `@polling_condition`.
