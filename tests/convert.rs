@@ -350,6 +350,20 @@ try:
     machine.succeed("x")
 except subprocess.CalledProcessError:
     pass
+try:
+    machine.succeed("mount /dev/vdb /mnt")
+    mounted = True
+finally:
+    machine.succeed("sync")
+print(mounted)
+try:
+    out = machine.succeed("cat /mnt/data")
+except Exception as e:
+    print(f"no data: {e}")
+else:
+    print(out)
+finally:
+    machine.succeed("umount /mnt")
 "#
 );
 

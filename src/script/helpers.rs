@@ -649,6 +649,21 @@ mod tests {
     }
 
     #[test]
+    fn finally_rethrows() {
+        let mut e = Engine::new();
+        register(&mut e);
+        let src = |body: &str| {
+            format!("let failure = (); try {{ {body} }} catch (e) {{ failure = e; }} let cleaned = true; if type_of(failure) != \"()\" {{ throw failure; }} cleaned")
+        };
+        assert!(e.eval::<bool>(&src("1;")).unwrap());
+        let msg = e
+            .eval::<bool>(&src(r#"throw "boom";"#))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
     fn list_builtins() {
         assert_eq!(eval::<String>(r#"zip(["a", "b", "c"], [1, 2])[1][0]"#), "b");
         assert_eq!(eval::<i64>(r#"zip(["a", "b", "c"], [1, 2]).len()"#), 2);

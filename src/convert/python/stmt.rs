@@ -808,36 +808,94 @@ impl Translator<'_> {
         Ok(())
     }
 
+    /// `try`/`except`/`else`/`finally`. Rhai has `try`/`catch` only: `else`
+    /// runs after the body behind a flag (outside the `catch`), `finally`
+    /// after an outer `try` that keeps the error to throw again.
     fn try_stmt(&mut self, t: &ast::StmtTry) -> Res<()> {
-        if !t.orelse.is_empty() || !t.finalbody.is_empty() {
-            return unsupported("`try` with `else` or `finally`");
-        }
-        let [ast::ExceptHandler::ExceptHandler(h)] = &t.handlers[..] else {
-            return unsupported("`try` with several `except` clauses");
+        let handler = match &t.handlers[..] {
+            [] => None,
+            [ast::ExceptHandler::ExceptHandler(h)] => Some(h),
+            _ => return unsupported("`try` with several `except` clauses"),
         };
-        let catch_all = match h.type_.as_deref() {
-            None => true,
-            Some(ast::Expr::Name(n)) => matches!(n.id.as_str(), "Exception" | "BaseException"),
-            _ => false,
-        };
-        if !catch_all {
-            return unsupported(
-                "`except` of a specific exception type (attest errors have no types)",
-            );
-        }
-        self.emit("try {");
-        self.nested(&t.body, false, &[]);
-        match &h.name {
-            Some(n) => {
-                self.emit(format!("}} catch ({}) {{", rhai::ident(n.as_str())));
-                self.nested(&h.body, false, &[(n.to_string(), Kind::Any)]);
-            }
-            None => {
-                self.emit("} catch {");
-                self.nested(&h.body, false, &[]);
+        if let Some(h) = handler {
+            let catch_all = match h.type_.as_deref() {
+                None => true,
+                Some(ast::Expr::Name(n)) => {
+                    matches!(n.id.as_str(), "Exception" | "BaseException")
+                }
+                _ => false,
+            };
+            if !catch_all {
+                return unsupported(
+                    "`except` of a specific exception type (attest errors have no types)",
+                );
             }
         }
-        self.emit("}");
+        let failure = (!t.finalbody.is_empty()).then(|| {
+            let v = self.fresh("failure");
+            self.emit(format!("let {v} = ();"));
+            self.declare(&v, Kind::Any);
+            self.emit("try {");
+            v
+        });
+        if let Some(h) = handler {
+            if failure.is_some() {
+                self.indent += 1;
+            }
+            if !t.orelse.is_empty() {
+                // The `else` reads what the body bound.
+                let mut bound = BTreeSet::new();
+                assigned_names(&t.body, &mut bound);
+                for n in bound {
+                    if self.declared(&n).is_none() {
+                        self.emit(format!("let {};", rhai::ident(&n)));
+                        self.declare(&n, Kind::Any);
+                    }
+                }
+            }
+            let ok = (!t.orelse.is_empty()).then(|| {
+                let v = self.fresh("succeeded");
+                self.emit(format!("let {v} = false;"));
+                self.declare(&v, Kind::Bool);
+                v
+            });
+            self.emit("try {");
+            self.nested(&t.body, false, &[]);
+            if let Some(ok) = &ok {
+                self.indent += 1;
+                self.emit(format!("{ok} = true;"));
+                self.indent -= 1;
+            }
+            match &h.name {
+                Some(n) => {
+                    self.emit(format!("}} catch ({}) {{", rhai::ident(n.as_str())));
+                    self.nested(&h.body, false, &[(n.to_string(), Kind::Any)]);
+                }
+                None => {
+                    self.emit("} catch {");
+                    self.nested(&h.body, false, &[]);
+                }
+            }
+            self.emit("}");
+            if let Some(ok) = ok {
+                self.emit(format!("if {ok} {{"));
+                self.nested(&t.orelse, false, &[]);
+                self.emit("}");
+            }
+            if failure.is_some() {
+                self.indent -= 1;
+            }
+        } else {
+            if !t.orelse.is_empty() {
+                return unsupported("`try … else` without `except`");
+            }
+            self.nested(&t.body, false, &[]);
+        }
+        if let Some(v) = failure {
+            self.emit(format!("}} catch (e) {{ {v} = e; }}"));
+            self.block(&t.finalbody);
+            self.emit(format!("if type_of({v}) != \"()\" {{ throw {v}; }}"));
+        }
         Ok(())
     }
 
