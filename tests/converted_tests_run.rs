@@ -178,3 +178,84 @@ fn a_converted_test_fails_when_the_service_fails() {
     assert!(r.stderr.contains("gotenberg.service"), "{}", r.stderr);
     assert_nothing_left(&r, "gotenberg");
 }
+
+/// Python idioms of NixOS test scripts keep Python's results once converted:
+/// a dict comprehension over split lines, a PEP 701 f-string, `re` flags,
+/// slices, format specs and `!r`, `@polling_condition`, `for … else`,
+/// `try … finally`, `sorted(reverse=True)`, `sum`/`max`, `all` over a
+/// generator, `succeed(*cmds)` — converted unedited and run on nspawn; the
+/// printed line is what Python prints. A false assertion fails the run.
+#[test]
+fn converted_python_idioms_keep_python_semantics() {
+    const SCRIPT: &str = r#"import re
+import json
+start_all()
+machine.wait_for_unit("multi-user.target", None, 120)
+out = machine.succeed("printf 'a: 1\\nb: 2\\n\\n'")
+fields = {k: v for (k, v) in (l.split(": ", 1) for l in out.splitlines() if l)}
+assert fields.get('a') == "1", f'bad a: {fields.get('a')}'
+assert re.search(r"^b: 2$", out, re.M)
+host = machine.succeed("hostname").strip()
+assert host[:3] == host[0:3] and len(host[-2:]) == 2
+print(f"{len(fields):03d} {3.14159:.2f} {host!r}")
+@polling_condition(seconds_interval=1)
+def shell_up():
+    machine.succeed("true")
+with shell_up:
+    machine.succeed("true")
+for attempt in range(5):
+    if machine.execute("test -d /tmp")[0] == 0:
+        break
+else:
+    raise Exception("no /tmp")
+try:
+    machine.succeed("echo x > /tmp/f")
+finally:
+    machine.succeed("rm -f /tmp/f")
+nums = sorted([int(x) for x in re.findall(r"\d+", out)], reverse=True)
+assert nums == [2, 1] and sum(nums) == 3 and max(nums) == 2
+data = json.loads(machine.succeed("echo '{\"k\": [1, 2]}'"))
+assert all(v > 0 for v in data["k"])
+machine.succeed(*[f"test {n} -gt 0" for n in nums])
+machine.fail("test -e /tmp/f")
+"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = image_manifest();
+    let convert_and_run = |name: &str, script: &str| {
+        let py = tmp.path().join(format!("{name}.py"));
+        std::fs::write(&py, script).unwrap();
+        let out = tmp.path().join(name);
+        let r = attest(
+            &[
+                "convert",
+                py.to_str().unwrap(),
+                "--nodes",
+                "machine",
+                "-o",
+                out.to_str().unwrap(),
+                "--image",
+                manifest.to_str().unwrap(),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(r.code, Some(PASSED.into()), "{}{}", r.stdout, r.stderr);
+        let config = out.join("test.json");
+        let run = attest(&["run", "--quiet-console", config.to_str().unwrap()], LIMIT);
+        assert_nothing_left(&run, name);
+        (run, out)
+    };
+    let (r, out) = convert_and_run("idioms", SCRIPT);
+    assert_eq!(
+        r.code,
+        Some(PASSED.into()),
+        "{}\n{}",
+        std::fs::read_to_string(out.join("test.rhai")).unwrap_or_default(),
+        r.stderr
+    );
+    assert!(r.stderr.contains("002 3.14 'machine'"), "{}", r.stderr);
+
+    let wrong = SCRIPT.replace("nums == [2, 1]", "nums == [1, 2]");
+    let (r, _) = convert_and_run("wrong", &wrong);
+    assert_eq!(r.code, Some(FAILED.into()), "{}", r.stderr);
+    assert!(r.stderr.contains("nums == [1, 2]"), "{}", r.stderr);
+}
