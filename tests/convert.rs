@@ -217,6 +217,25 @@ def state(flag):
 "#
 );
 
+// `@contextmanager` functions take the `with` body as a closure their
+// `yield` calls.
+rule!(
+    context_managers,
+    r#"from contextlib import contextmanager
+
+@contextmanager
+def record_audio(machine: Machine):
+    machine.systemctl("start audio-recorder")
+    yield
+    machine.systemctl("stop audio-recorder")
+
+with subtest("sound"):
+    with record_audio(machine):
+        machine.succeed("play ding.oga")
+    machine.copy_from_vm("/tmp/record.wav")
+"#
+);
+
 rule!(
     subtest_hoists_names_used_after,
     r#"with subtest("first"):

@@ -183,7 +183,8 @@ fn a_converted_test_fails_when_the_service_fails() {
 /// a dict comprehension over split lines, a PEP 701 f-string, `re` flags,
 /// slices, format specs and `!r`, `@polling_condition`, `for … else`,
 /// `try … finally`, `sorted(reverse=True)`, `sum`/`max`, `all` over a
-/// generator, `succeed(*cmds)` — converted unedited and run on nspawn; the
+/// generator, `succeed(*cmds)`, a `@contextmanager` — converted unedited and
+/// run on nspawn; the
 /// printed line is what Python prints. A false assertion fails the run.
 #[test]
 fn converted_python_idioms_keep_python_semantics() {
@@ -218,6 +219,15 @@ data = json.loads(machine.succeed("echo '{\"k\": [1, 2]}'"))
 assert all(v > 0 for v in data["k"])
 machine.succeed(*[f"test {n} -gt 0" for n in nums])
 machine.fail("test -e /tmp/f")
+from contextlib import contextmanager
+@contextmanager
+def marked(m):
+    m.succeed("touch /tmp/in")
+    yield
+    m.succeed("rm /tmp/in")
+with marked(machine):
+    machine.succeed("test -e /tmp/in")
+machine.fail("test -e /tmp/in")
 "#;
     let tmp = tempfile::tempdir().unwrap();
     let manifest = image_manifest();

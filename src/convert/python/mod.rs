@@ -141,6 +141,10 @@ pub struct Translator<'s> {
     line_offset: usize,
     /// Names bound by `@polling_condition` (a `with` over one is `during`).
     polling: BTreeSet<String>,
+    /// `@contextmanager` functions: they take the `with` body as a closure.
+    context_managers: BTreeSet<String>,
+    /// Inside a `@contextmanager` function (its `yield` calls the body).
+    in_context_manager: usize,
     /// Per enclosing loop, the flag its `break` sets (a loop with `else`).
     break_flags: Vec<Option<String>>,
     /// The flag for the loop about to be entered.
@@ -203,6 +207,8 @@ impl<'s> Translator<'s> {
             todos: Vec::new(),
             host_modules: BTreeSet::new(),
             polling: BTreeSet::new(),
+            context_managers: BTreeSet::new(),
+            in_context_manager: 0,
             break_flags: Vec::new(),
             next_break_flag: None,
             modules: BTreeMap::new(),

@@ -11,6 +11,21 @@ use super::functions::{assigned_names, sub_blocks};
 use super::rhai::{self, Kind, RExpr};
 use super::{unsupported, Block, Res, Translator};
 
+/// The parameter a `@contextmanager` function takes the `with` body in.
+const WITH_BODY: &str = "with_body";
+
+/// `@contextmanager` or `@contextlib.contextmanager`.
+fn is_context_manager(deco: &ast::Expr) -> bool {
+    match deco {
+        ast::Expr::Name(n) => n.id.as_str() == "contextmanager",
+        ast::Expr::Attribute(a) => {
+            a.attr.as_str() == "contextmanager"
+                && matches!(&*a.value, ast::Expr::Name(m) if m.id.as_str() == "contextlib")
+        }
+        _ => false,
+    }
+}
+
 impl Translator<'_> {
     /// Translates a block; every statement either translates or becomes a
     /// TODO in place.
@@ -182,6 +197,8 @@ impl Translator<'_> {
                         .unwrap_or(root.to_owned());
                     if super::KNOWN_MODULES.contains(&module) {
                         self.modules.insert(bound, module.to_owned());
+                    } else if module == "contextlib" {
+                        // Only `@contextlib.contextmanager` is understood.
                     } else {
                         return self.foreign_import(root);
                     }
@@ -190,6 +207,13 @@ impl Translator<'_> {
             }
             ast::Stmt::ImportFrom(i) => {
                 let module = i.module.as_ref().map(|m| m.to_string()).unwrap_or_default();
+                if module == "contextlib"
+                    && i.names
+                        .iter()
+                        .all(|a| a.name.as_str() == "contextmanager" && a.asname.is_none())
+                {
+                    return Ok(());
+                }
                 if !super::KNOWN_MODULES.contains(&module.as_str()) {
                     let root = module.split('.').next().unwrap_or("").to_owned();
                     return self.foreign_import(&root);
@@ -237,6 +261,13 @@ impl Translator<'_> {
     }
 
     fn expr_stmt(&mut self, e: &ast::Expr) -> Res<()> {
+        if let ast::Expr::Yield(y) = e {
+            if self.in_context_manager == 0 || y.value.is_some() {
+                return unsupported("`yield` outside a `@contextmanager` or with a value");
+            }
+            self.emit(format!("{WITH_BODY}.call();"));
+            return Ok(());
+        }
         if let Some(doc) = const_str(e) {
             for l in doc.trim().lines() {
                 let l = l.trim();
@@ -637,6 +668,19 @@ impl Translator<'_> {
         let ast::Expr::Call(c) = &item.context_expr else {
             return unsupported("a `with` other than `with subtest(…)`");
         };
+        // `with record_audio(machine):` over a `@contextmanager` function:
+        // the body becomes its last argument.
+        if let ast::Expr::Name(n) = &*c.func {
+            if self.context_managers.contains(n.id.as_str()) {
+                let call = self.call(c)?.code;
+                let Some(head) = call.strip_suffix(')') else {
+                    return unsupported("an unusual call of a `@contextmanager`");
+                };
+                let sep = if head.ends_with('(') { "" } else { ", " };
+                self.closure_block(format!("{head}{sep}|| {{"), &w.body);
+                return Ok(());
+            }
+        }
         let is_subtest = matches!(&*c.func, ast::Expr::Name(n) if n.id.as_str() == "subtest");
         let is_nested = matches!(&*c.func, ast::Expr::Attribute(a) if a.attr.as_str() == "nested");
         if !is_subtest && !is_nested {
@@ -727,8 +771,12 @@ impl Translator<'_> {
     }
 
     fn def(&mut self, d: &ast::StmtFunctionDef) -> Res<()> {
-        if !d.decorator_list.is_empty() {
+        let context_manager = matches!(&d.decorator_list[..], [deco] if is_context_manager(deco));
+        if !d.decorator_list.is_empty() && !context_manager {
             return self.polling_condition(d);
+        }
+        if context_manager {
+            self.context_managers.insert(d.name.to_string());
         }
         if d.args.kwarg.is_some() {
             return unsupported("`**kwargs`");
@@ -739,6 +787,11 @@ impl Translator<'_> {
             sig.params.iter().map(|p| (p.clone(), Kind::Any)).collect();
         if let Some(v) = &d.args.vararg {
             params.push((v.arg.to_string(), Kind::List));
+        }
+        // A `@contextmanager` takes the `with` body; its `yield` calls it.
+        if context_manager {
+            params.push((WITH_BODY.to_owned(), Kind::Any));
+            self.in_context_manager += 1;
         }
         let list: Vec<String> = params.iter().map(|(p, _)| rhai::ident(p)).collect();
         let saved = (
@@ -779,6 +832,9 @@ impl Translator<'_> {
             self.emit("}");
         }
         self.in_function -= 1;
+        if context_manager {
+            self.in_context_manager -= 1;
+        }
         (self.in_subtest, self.loops_in_subtest) = saved;
         Ok(())
     }
