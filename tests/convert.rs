@@ -218,7 +218,8 @@ def state(flag):
 );
 
 // `@contextmanager` functions take the `with` body as a closure their
-// `yield` calls.
+// `yield` calls; a `return` inside a subtest in a function comes back
+// through the subtest's value.
 rule!(
     context_managers,
     r#"from contextlib import contextmanager
@@ -233,6 +234,15 @@ with subtest("sound"):
     with record_audio(machine):
         machine.succeed("play ding.oga")
     machine.copy_from_vm("/tmp/record.wav")
+
+def version(m):
+    with subtest("version"):
+        out = m.succeed("app --version")
+        with subtest("parse"):
+            if out.startswith("app "):
+                return out.split()[1]
+        m.log(out)
+    return None
 "#
 );
 

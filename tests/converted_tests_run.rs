@@ -183,7 +183,8 @@ fn a_converted_test_fails_when_the_service_fails() {
 /// a dict comprehension over split lines, a PEP 701 f-string, `re` flags,
 /// slices, format specs and `!r`, `@polling_condition`, `for … else`,
 /// `try … finally`, `sorted(reverse=True)`, `sum`/`max`, `all` over a
-/// generator, `succeed(*cmds)`, a `@contextmanager` — converted unedited and
+/// generator, `succeed(*cmds)`, a `@contextmanager`, a `return` inside a
+/// subtest in a function — converted unedited and
 /// run on nspawn; the
 /// printed line is what Python prints. A false assertion fails the run.
 #[test]
@@ -228,6 +229,13 @@ def marked(m):
 with marked(machine):
     machine.succeed("test -e /tmp/in")
 machine.fail("test -e /tmp/in")
+def first_word(m):
+    with subtest("read"):
+        out = m.succeed("echo hello world")
+        if out:
+            return out.split()[0]
+    return "none"
+assert first_word(machine) == "hello"
 "#;
     let tmp = tempfile::tempdir().unwrap();
     let manifest = image_manifest();

@@ -663,6 +663,25 @@ mod tests {
         assert!(msg.contains("boom"), "{msg}");
     }
 
+    /// A Rhai closure gives its last statement's value, `;` or not: the
+    /// converted `return` in a subtest ends the closure with `()` so that
+    /// only a `return [v]` gives an array.
+    #[test]
+    fn closures_give_their_last_value() {
+        assert_eq!(
+            eval::<String>("let f = || { [1, 2]; }; type_of(f.call())"),
+            "array"
+        );
+        assert_eq!(
+            eval::<String>("let f = || { [1, 2]; () }; type_of(f.call())"),
+            "()"
+        );
+        assert_eq!(
+            eval::<String>("let f = || { if true { return [3]; } () }; type_of(f.call())"),
+            "array"
+        );
+    }
+
     #[test]
     fn list_builtins() {
         assert_eq!(eval::<String>(r#"zip(["a", "b", "c"], [1, 2])[1][0]"#), "b");

@@ -145,6 +145,9 @@ pub struct Translator<'s> {
     context_managers: BTreeSet<String>,
     /// Inside a `@contextmanager` function (its `yield` calls the body).
     in_context_manager: usize,
+    /// Per enclosing `with` closure, whether a `return` in it can reach the
+    /// function around it (a subtest's closure inside a function).
+    closure_returns: Vec<bool>,
     /// Per enclosing loop, the flag its `break` sets (a loop with `else`).
     break_flags: Vec<Option<String>>,
     /// The flag for the loop about to be entered.
@@ -209,6 +212,7 @@ impl<'s> Translator<'s> {
             polling: BTreeSet::new(),
             context_managers: BTreeSet::new(),
             in_context_manager: 0,
+            closure_returns: Vec::new(),
             break_flags: Vec::new(),
             next_break_flag: None,
             modules: BTreeMap::new(),

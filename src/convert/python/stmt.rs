@@ -14,6 +14,12 @@ use super::{unsupported, Block, Res, Translator};
 /// The parameter a `@contextmanager` function takes the `with` body in.
 const WITH_BODY: &str = "with_body";
 
+/// Whether `body` has a `return` of its own (not one of a nested `def`).
+fn has_return(body: &[ast::Stmt]) -> bool {
+    body.iter()
+        .any(|s| matches!(s, ast::Stmt::Return(_)) || sub_blocks(s).into_iter().any(has_return))
+}
+
 /// `@contextmanager` or `@contextlib.contextmanager`.
 fn is_context_manager(deco: &ast::Expr) -> bool {
     match deco {
@@ -149,18 +155,24 @@ impl Translator<'_> {
             }
             ast::Stmt::FunctionDef(d) => self.def(d),
             ast::Stmt::Return(r) => {
-                if self.in_subtest > 0 {
+                // In a subtest's closure inside a function: the value in a
+                // one-element array, which the code after the subtest
+                // returns (see `closure_block`).
+                let wrapped = self.in_subtest > 0;
+                if wrapped && self.closure_returns.last() != Some(&true) {
                     return unsupported(
-                        "`return` inside `with subtest` (it would leave only the subtest)",
+                        "`return` inside a `with` block outside a function (it would leave only the block)",
                     );
                 }
-                match &r.value {
-                    Some(v) => {
-                        let v = self.expr(v)?;
-                        self.emit(format!("return {};", v.code));
-                    }
-                    None => self.emit("return;"),
-                }
+                let v = match &r.value {
+                    Some(v) => Some(self.expr(v)?.code),
+                    None => None,
+                };
+                self.emit(match (wrapped, v) {
+                    (true, v) => format!("return [{}];", v.unwrap_or_else(|| "()".into())),
+                    (false, Some(v)) => format!("return {v};"),
+                    (false, None) => "return;".into(),
+                });
                 Ok(())
             }
             ast::Stmt::Break(_) | ast::Stmt::Continue(_) => {
@@ -702,13 +714,44 @@ impl Translator<'_> {
     /// `head` (ending in `|| {`), `body` as the closure's statements, `});`:
     /// a `return`, `break` or `continue` there would leave only the closure.
     fn closure_block(&mut self, head: String, body: &[ast::Stmt]) {
-        self.emit(head);
+        // A subtest returns its closure's value: a `return` inside one in a
+        // function comes back as a one-element array and is returned here
+        // (or passed on to an enclosing subtest's closure).
+        let is_subtest = head.starts_with("subtest(");
+        let returns = self.in_function > 0
+            && (self.in_subtest == 0 || self.closure_returns.last() == Some(&true))
+            && is_subtest
+            && has_return(body);
+        let result = returns.then(|| self.fresh("returned"));
+        match &result {
+            Some(r) => self.emit(format!("let {r} = {head}")),
+            None => self.emit(head),
+        }
+        self.closure_returns.push(returns);
         self.in_subtest += 1;
         let saved_loops = std::mem::replace(&mut self.loops_in_subtest, 0);
         self.nested(body, false, &[]);
+        if returns {
+            // Rhai's closure gives its last statement's value: only a
+            // `return [v]` may give an array.
+            self.indent += 1;
+            self.emit("()");
+            self.indent -= 1;
+        }
         self.loops_in_subtest = saved_loops;
         self.in_subtest -= 1;
+        self.closure_returns.pop();
         self.emit("});");
+        if let Some(r) = result {
+            let value = if self.in_subtest > 0 {
+                r.clone()
+            } else {
+                format!("{r}[0]")
+            };
+            self.emit(format!(
+                "if type_of({r}) == \"array\" {{ return {value}; }}"
+            ));
+        }
     }
 
     /// `@polling_condition` / `@polling_condition(seconds_interval=…,
