@@ -676,6 +676,7 @@ mod tests {
             eval::<String>("let f = || { [1, 2]; () }; type_of(f.call())"),
             "()"
         );
+        assert_eq!(eval::<String>("fn f() { [1, 2]; } type_of(f())"), "array");
         assert_eq!(
             eval::<String>("let f = || { if true { return [3]; } () }; type_of(f.call())"),
             "array"
