@@ -307,6 +307,49 @@ fn a_container_killed_mid_command_fails_the_call_at_once() {
     assert_nothing_left(&r, "killed");
 }
 
+/// The container killed while a wait polls: the wait fails at once with
+/// either protocol, naming the machine, how it died and the wait (not the
+/// probe the bash protocol happened to run, nor "not running").
+#[test]
+fn a_container_killed_mid_wait_fails_the_wait_at_once() {
+    let dir = TestDir::nspawn(
+        "killedwait",
+        &["victim"],
+        "",
+        "victim.start();\nvictim.wait_for_file(\"/nonexistent\", #{ timeout: 120 });\n",
+    );
+    for protocol in ["agent", "bash"] {
+        let started = Instant::now();
+        let child = harness::spawn(&[
+            "run",
+            "--quiet-console",
+            "--protocol",
+            protocol,
+            dir.config().to_str().unwrap(),
+        ]);
+        let leader: i32 = container_leader(child.id(), 1).trim().parse().unwrap();
+        assert!(leader > 1, "not a container leader: {leader}");
+        std::thread::sleep(Duration::from_secs(2));
+        let killed_at = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(leader),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let r = harness::finish(child, started, LIMIT);
+        assert_eq!(r.code, Some(FAILED.into()), "{protocol}: {}", r.stderr);
+        assert!(killed_at.elapsed() < Duration::from_secs(20), "{protocol}");
+        assert!(
+            r.stderr.contains(
+                "victim: killed by signal 9 (SIGKILL) while running `wait_for_file /nonexistent`"
+            ),
+            "{protocol}: {}",
+            r.stderr
+        );
+        assert_nothing_left(&r, "killedwait");
+    }
+}
+
 /// Starts a two-node test, waits until both containers run, sends SIGTERM
 /// and checks the teardown.
 fn sigterm_during(name: &str, script: &str) {

@@ -254,10 +254,21 @@ impl Machine {
     {
         let deadline = Instant::now() + timeout;
         let mut pause = POLL_FIRST;
+        let mut tries = 0;
         loop {
             let checked = Instant::now();
-            if let Some(v) = check().await? {
-                return Ok(v);
+            match check().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => tries += 1,
+                // It died between two tries: the wait is what it died
+                // during, as when it dies during a try.
+                Err(MachineError::NotRunning {
+                    cause: Some(exit), ..
+                }) if tries > 0 => return Err(self.died(&exit, &format!("running `{what}`"))),
+                Err(MachineError::Died { exit, .. }) => {
+                    return Err(self.died(&exit, &format!("running `{what}`")))
+                }
+                Err(e) => return Err(e),
             }
             // Never poll faster than a check costs: under TCG a check is
             // guest forks competing with the boot it waits for.
