@@ -391,7 +391,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result
     let de = &mut serde_json::Deserializer::from_str(text);
     let (field, result) = match serde_path_to_error::deserialize(&mut *de) {
         Ok(v) => (String::new(), de.end().map(|()| v)),
-        Err(e) => (e.path().to_string(), Err(e.into_inner())),
+        Err(e) => {
+            // An unknown field's path ends in the field itself, which the
+            // message names already: the path of the object that has it.
+            let mut path = e.path().to_string();
+            if e.inner().to_string().starts_with("unknown field") {
+                path = path
+                    .rsplit_once('.')
+                    .map_or(String::new(), |(p, _)| p.to_owned());
+            }
+            (path, Err(e.into_inner()))
+        }
     };
     result.map_err(|e| {
         let message = e.to_string();
@@ -402,7 +412,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result
             column: e.column(),
             message: match field.as_str() {
                 "" | "." => message.to_owned(),
-                field => format!("`{field}`: {message}"),
+                field => format!("in `{field}`: {message}"),
             },
         }
     })

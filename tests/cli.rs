@@ -123,24 +123,24 @@ fn config_errors_exit_2_with_file_line_col() {
     let r = check(&dir);
     assert_eq!(r.code, Some(INVALID.into()));
     assert!(r.stderr.contains("test.json:1:"), "{}", r.stderr);
-    assert!(r.stderr.contains("`nodes.server.backend`: unknown variant `vbox`, expected one of `nspawn`, `qemu`, `firecracker`, `cloud-hypervisor`, `ssh`"), "{}", r.stderr);
+    assert!(r.stderr.contains("in `nodes.server.backend`: unknown variant `vbox`, expected one of `nspawn`, `qemu`, `firecracker`, `cloud-hypervisor`, `ssh`"), "{}", r.stderr);
 
     // A wrong type or an unknown field names the field, not only the place.
     for (nodes, extra, expected) in [
         (
             NODES,
             r#""global_timeout": "ten""#,
-            "`global_timeout`: invalid type: string \"ten\", expected f64",
+            "in `global_timeout`: invalid type: string \"ten\", expected f64",
         ),
         (
             r#"{"server":{"vlans":["one"],"backend":{"nspawn":{"rootfs":"/"}}}}"#,
             "",
-            "`nodes.server.vlans[0]`: invalid type: string \"one\"",
+            "in `nodes.server.vlans[0]`: invalid type: string \"one\"",
         ),
         (
             r#"{"server":{"backend":{"nspawn":{"rootfs":"/","imgae":"x"}}}}"#,
             "",
-            "`nodes.server.backend.nspawn.imgae`: unknown field `imgae`",
+            "in `nodes.server.backend.nspawn`: unknown field `imgae`",
         ),
     ] {
         let dir = TestDir::new("cfg-field", nodes, extra, "start_all();");
