@@ -194,7 +194,7 @@ log_text = machine.get_console_log()
 
 // Python's list builtins as values: `zip`, `enumerate`, `range`, `sum`,
 // `max`/`min` of a list, `any`/`all` of a list, `dict.items()`; Python's
-// truth of a value of unknown type.
+// truth of a value of unknown type; `and`/`or` giving an operand.
 rule!(
     list_builtins_as_values,
     r#"ports = [80, 443]
@@ -214,6 +214,10 @@ def state(flag):
     if flag:
         return "on"
     return "off"
+label = machine.succeed("cat /etc/label").strip() or "unlabelled"
+def pick(a, b):
+    if a and not b:
+        return a and b
 "#
 );
 

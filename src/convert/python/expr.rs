@@ -35,21 +35,39 @@ impl Translator<'_> {
                 }
             }
             ast::Expr::BoolOp(b) => {
-                let op = match b.op {
-                    ast::BoolOp::And => " && ",
-                    ast::BoolOp::Or => " || ",
-                };
-                let mut parts = Vec::new();
-                for v in &b.values {
-                    let v = self.expr(v)?;
-                    if !matches!(v.kind, Kind::Bool | Kind::Any) {
-                        return unsupported(
-                            "`and`/`or` on non-boolean values (Python returns an operand, Rhai needs booleans)",
-                        );
-                    }
-                    parts.push(v.operand());
+                let values = b
+                    .values
+                    .iter()
+                    .map(|v| self.expr(v))
+                    .collect::<Res<Vec<_>>>()?;
+                if values.iter().all(|v| v.kind == Kind::Bool) {
+                    return Ok(bool_op(b.op, values.iter().map(RExpr::operand)));
                 }
-                Ok(RExpr::op(parts.join(op), Kind::Bool))
+                // Python returns an operand: the first false one (`and`) or
+                // true one (`or`), else the last; each evaluated once, the
+                // rest only when needed.
+                let kind = if values.windows(2).all(|w| w[0].kind == w[1].kind) {
+                    values[0].kind
+                } else {
+                    Kind::Any
+                };
+                let mut rest = values.into_iter().rev();
+                let mut code = rest.next().map(|v| v.code).unwrap_or_default();
+                for v in rest {
+                    let t = self.fresh("operand");
+                    let test = self.truthy(RExpr::atom(t.clone(), v.kind)).code;
+                    code = match b.op {
+                        ast::BoolOp::And => format!(
+                            "{{ let {t} = {}; if {test} {{ {code} }} else {{ {t} }} }}",
+                            v.code
+                        ),
+                        ast::BoolOp::Or => format!(
+                            "{{ let {t} = {}; if {test} {{ {t} }} else {{ {code} }} }}",
+                            v.code
+                        ),
+                    };
+                }
+                Ok(RExpr::atom(code, kind))
             }
             ast::Expr::Compare(c) => self.compare(c),
             ast::Expr::Call(c) => self.call(c),
@@ -84,8 +102,7 @@ impl Translator<'_> {
                 ))
             }
             ast::Expr::IfExp(i) => {
-                let test = self.expr(&i.test)?;
-                let test = self.truthy(test);
+                let test = self.condition(&i.test)?;
                 let a = self.expr(&i.body)?;
                 let b = self.expr(&i.orelse)?;
                 let kind = if a.kind == b.kind { a.kind } else { Kind::Any };
@@ -201,6 +218,29 @@ impl Translator<'_> {
             items.push(v.code);
         }
         Ok(RExpr::atom(format!("[{}]", items.join(", ")), Kind::List))
+    }
+
+    /// A Python test as a Rhai boolean: `and`/`or`/`not` over the operands'
+    /// truth (the operand Python's `and`/`or` return has the same truth).
+    pub(super) fn condition(&mut self, e: &ast::Expr) -> Res<RExpr> {
+        match e {
+            ast::Expr::BoolOp(b) => {
+                let parts = b
+                    .values
+                    .iter()
+                    .map(|v| Ok(self.condition(v)?.operand()))
+                    .collect::<Res<Vec<_>>>()?;
+                Ok(bool_op(b.op, parts.into_iter()))
+            }
+            ast::Expr::UnaryOp(u) if u.op == ast::UnaryOp::Not => {
+                let c = self.condition(&u.operand)?;
+                Ok(RExpr::op(format!("!{}", c.operand()), Kind::Bool))
+            }
+            _ => {
+                let v = self.expr(e)?;
+                Ok(self.truthy(v))
+            }
+        }
     }
 
     /// A condition: Python truthiness made explicit where the type is known.
@@ -581,8 +621,7 @@ impl Translator<'_> {
         let result = (|| {
             let mut code = iter.operand();
             for cond in &g.ifs {
-                let c = self.expr(cond)?;
-                let c = self.truthy(c);
+                let c = self.condition(cond)?;
                 code = format!("{code}.filter(|{var}| {})", unpack(c.code));
             }
             let e = self.expr(elt)?;
@@ -644,8 +683,7 @@ impl Translator<'_> {
         let result = (|| {
             let mut conds = Vec::new();
             for cond in &g.ifs {
-                let c = self.expr(cond)?;
-                conds.push(self.truthy(c).code);
+                conds.push(self.condition(cond)?.code);
             }
             let k = self.expr(&d.key)?;
             let v = self.expr(&d.value)?;
@@ -702,6 +740,15 @@ impl Translator<'_> {
             RExpr::atom(format!("{code}.{m}(|{var}| {})", e.code), Kind::Bool)
         })
     }
+}
+
+/// Booleans joined by Rhai's `&&` / `||`.
+fn bool_op(op: ast::BoolOp, parts: impl Iterator<Item = String>) -> RExpr {
+    let op = match op {
+        ast::BoolOp::And => " && ",
+        ast::BoolOp::Or => " || ",
+    };
+    RExpr::op(parts.collect::<Vec<_>>().join(op), Kind::Bool)
 }
 
 /// An f-string's format spec when it is all literal text.

@@ -133,8 +133,7 @@ impl Translator<'_> {
             }
             ast::Stmt::While(w) => {
                 self.hoist(s);
-                let c = self.expr(&w.test)?;
-                let c = self.truthy(c);
+                let c = self.condition(&w.test)?;
                 let flag = self.loop_else_flag(&w.orelse);
                 self.emit(format!("while {} {{", c.code));
                 self.loop_body(&w.body, &[]);
@@ -479,8 +478,7 @@ impl Translator<'_> {
     }
 
     fn if_chain(&mut self, i: &ast::StmtIf, is_elif: bool) -> Res<()> {
-        let c = self.expr(&i.test)?;
-        let c = self.truthy(c);
+        let c = self.condition(&i.test)?;
         if is_elif {
             let last = self.out.pop().unwrap_or_default();
             self.out.push(format!("{last} else if {} {{", c.code));
@@ -1042,8 +1040,7 @@ impl Translator<'_> {
                 }
             }
         }
-        let test = self.expr(&a.test)?;
-        let test = self.truthy(test);
+        let test = self.condition(&a.test)?;
         let msg = match msg {
             Some(m) => m.code,
             None => {
