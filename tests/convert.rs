@@ -194,7 +194,8 @@ log_text = machine.get_console_log()
 
 // Python's list builtins as values: `zip`, `enumerate`, `range`, `sum`,
 // `max`/`min` of a list, `any`/`all` of a list, `dict.items()`; Python's
-// truth of a value of unknown type; `and`/`or` giving an operand.
+// truth of a value of unknown type; `and`/`or` giving an operand;
+// repetition, `//`, chained assignment, `str(bool)`, `enumerate(xs, 1)`.
 rule!(
     list_builtins_as_values,
     r#"ports = [80, 443]
@@ -215,6 +216,12 @@ def state(flag):
         return "on"
     return "off"
 label = machine.succeed("cat /etc/label").strip() or "unlabelled"
+print("=" * 40)
+half = total // 2
+first = second = machine.succeed("date +%s").strip()
+flag = str(max(ports) > 80)
+for i, name in enumerate(names, 1):
+    print(f"{i}: {name}")
 def pick(a, b):
     if a and not b:
         return a and b

@@ -56,6 +56,20 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("regex_findall", regex_findall);
     engine.register_fn("repr", |v: Dynamic| repr(&v));
     engine.register_fn("regex_sub", regex_sub);
+    // Python's `s * n`, `xs * n` and `a // b`.
+    engine.register_fn("repeat", |s: &str, n: i64| s.repeat(n.max(0) as usize));
+    engine.register_fn("repeat", |a: Array, n: i64| -> Array {
+        (0..n.max(0)).flat_map(|_| a.clone()).collect()
+    });
+    engine.register_fn("floor_div", |a: i64, b: i64| -> R<i64> {
+        if b == 0 {
+            return Err(err("integer division by zero"));
+        }
+        Ok(a.div_euclid(b) - i64::from(b < 0 && a.rem_euclid(b) != 0))
+    });
+    engine.register_fn("floor_div", |a: f64, b: f64| (a / b).floor());
+    engine.register_fn("floor_div", |a: i64, b: f64| (a as f64 / b).floor());
+    engine.register_fn("floor_div", |a: f64, b: i64| (a / b as f64).floor());
     // Python's `dict.items()`.
     engine.register_fn("items", |m: rhai::Map| -> Array {
         m.into_iter()
@@ -681,6 +695,17 @@ mod tests {
             eval::<String>("let f = || { if true { return [3]; } () }; type_of(f.call())"),
             "array"
         );
+    }
+
+    #[test]
+    fn repetition_and_floor_division() {
+        assert_eq!(eval::<String>(r#"repeat("-", 3)"#), "---");
+        assert_eq!(eval::<i64>("repeat([0, 1], 2).len()"), 4);
+        assert_eq!(eval::<i64>("floor_div(7, 2)"), 3);
+        assert_eq!(eval::<i64>("floor_div(-7, 2)"), -4);
+        assert_eq!(eval::<i64>("floor_div(7, -2)"), -4);
+        assert_eq!(eval::<i64>("floor_div(-7, -2)"), 3);
+        assert_eq!(eval::<f64>("floor_div(7.0, 2)"), 3.0);
     }
 
     #[test]

@@ -806,7 +806,10 @@ impl Translator<'_> {
                     return unsupported("`str` with other than one argument");
                 };
                 if a.kind == Kind::Bool {
-                    return unsupported("`str` of a boolean (Python writes True, Rhai true)");
+                    return Ok(RExpr::op(
+                        format!("if {} {{ \"True\" }} else {{ \"False\" }}", a.code),
+                        Kind::Str,
+                    ));
                 }
                 Ok(RExpr::atom(
                     format!("{}.to_string()", a.operand()),

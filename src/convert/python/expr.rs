@@ -463,6 +463,20 @@ impl Translator<'_> {
             }
             Operator::Sub => ("-", num_kind(l.kind, r.kind)),
             Operator::Mult => {
+                // `"-" * 40`, `[0] * n`: repetition.
+                let seq = |k: Kind| matches!(k, Kind::Str | Kind::List);
+                if seq(l.kind) && matches!(r.kind, Kind::Int | Kind::Any) {
+                    return Ok(RExpr::atom(
+                        format!("repeat({}, {})", l.code, r.code),
+                        l.kind,
+                    ));
+                }
+                if seq(r.kind) && matches!(l.kind, Kind::Int | Kind::Any) {
+                    return Ok(RExpr::atom(
+                        format!("repeat({}, {})", r.code, l.code),
+                        r.kind,
+                    ));
+                }
                 if !numeric(l.kind) || !numeric(r.kind) {
                     return unsupported("`*` on strings or lists (repetition)");
                 }
@@ -486,8 +500,12 @@ impl Translator<'_> {
             Operator::BitXor => ("^", Kind::Int),
             Operator::LShift => ("<<", Kind::Int),
             Operator::RShift => (">>", Kind::Int),
+            // Python floors where Rhai truncates.
             Operator::FloorDiv => {
-                return unsupported("`//` (Python floors, Rhai truncates)");
+                return Ok(RExpr::atom(
+                    format!("floor_div({}, {})", l.code, r.code),
+                    num_kind(l.kind, r.kind),
+                ));
             }
             _ => return unsupported(format!("the operator {:?}", b.op)),
         };

@@ -117,10 +117,21 @@ impl Translator<'_> {
         match s {
             ast::Stmt::Expr(e) => self.expr_stmt(&e.value),
             ast::Stmt::Assign(a) => {
-                let [target] = &a.targets[..] else {
-                    return unsupported("chained assignment `a = b = …`");
+                // `a = b = v`: `a` gets `v`, the others `a`'s value.
+                let Some((first, rest)) = a.targets.split_first() else {
+                    return unsupported("an assignment without a target");
                 };
-                self.assign(target, &a.value)
+                self.assign(first, &a.value)?;
+                let ast::Expr::Name(source) = first else {
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                    return unsupported("chained assignment `a[…] = b = …`");
+                };
+                for t in rest {
+                    self.assign(t, &ast::Expr::Name(source.clone()))?;
+                }
+                Ok(())
             }
             ast::Stmt::AnnAssign(a) => match &a.value {
                 Some(v) => self.assign(&a.target, v),
@@ -568,7 +579,8 @@ impl Translator<'_> {
                     self.emit("}");
                     return Ok(());
                 }
-                if func.id.as_str() == "enumerate" && targets.len() == 2 {
+                // With a start, `enumerate(xs, 1)` is the helper's list.
+                if func.id.as_str() == "enumerate" && targets.len() == 2 && c.args.len() == 1 {
                     let [xs] = &c.args[..] else {
                         return unsupported("`enumerate` with a start");
                     };
