@@ -93,7 +93,11 @@ pub fn check_with_backends(
     if let Some(ast) = &ast {
         diagnostics.extend(check_calls(engine, ast, scope));
         diagnostics.extend(check_capabilities(ast, backends));
-        diagnostics.extend(super::in_place::check(ast));
+        diagnostics.extend(
+            super::in_place::check(ast)
+                .into_iter()
+                .map(|(pos, message)| diag(pos, message)),
+        );
     }
     diagnostics.sort_by_key(|d| (d.line, d.column));
     diagnostics.dedup();
@@ -428,7 +432,7 @@ fn check_capabilities(ast: &AST, backends: &NodeBackends) -> Vec<Diagnostic> {
     out
 }
 
-pub(super) fn diag(pos: Position, message: String) -> Diagnostic {
+fn diag(pos: Position, message: String) -> Diagnostic {
     Diagnostic {
         line: pos.line().unwrap_or(0),
         column: pos.position().unwrap_or(0),

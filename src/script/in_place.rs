@@ -3,9 +3,7 @@
 //! (`let h = m.succeed("hostname").trim();`, as in Python) gets `()` and
 //! fails later, far from the cause. The static check names the call.
 
-use rhai::{ASTNode, Expr, Stmt, AST};
-
-use super::check::{diag, Diagnostic};
+use rhai::{ASTNode, Expr, Position, Stmt, AST};
 
 /// The in-place methods, with what to use for a value instead.
 const IN_PLACE: &[(&str, &str)] = &[
@@ -21,8 +19,9 @@ const IN_PLACE: &[(&str, &str)] = &[
     ("reverse", "a copy"),
 ];
 
-/// Calls of an in-place method whose value the script uses.
-pub(super) fn check(ast: &AST) -> Vec<Diagnostic> {
+/// Calls of an in-place method whose value the script uses: where, and
+/// what to say.
+pub(super) fn check(ast: &AST) -> Vec<(Position, String)> {
     let mut out = Vec::new();
     ast.walk(&mut |path: &[ASTNode]| {
         let Some(ASTNode::Expr(call @ Expr::MethodCall(c, pos))) = path.last() else {
@@ -32,7 +31,7 @@ pub(super) fn check(ast: &AST) -> Vec<Diagnostic> {
             return true;
         };
         if value_used(path, call) {
-            out.push(diag(
+            out.push((
                 *pos,
                 format!(
                     "`{name}` changes its object in place and returns (): its value here is (); use {instead}"
