@@ -220,6 +220,8 @@ print("=" * 40)
 half = total // 2
 first = second = machine.succeed("date +%s").strip()
 flag = str(max(ports) > 80)
+up_now = machine.execute("true")[0] == 0
+print(f"up={up_now}", "none:", None)
 for i, name in enumerate(names, 1):
     print(f"{i}: {name}")
 def pick(a, b):

@@ -922,6 +922,18 @@ fn map_key(k: &str) -> String {
 /// A string from literal pieces and values: a backtick string with `${…}`,
 /// or a concatenation where the text cannot be written in one.
 pub(super) fn build_string(pieces: Vec<Piece>) -> RExpr {
+    // Python writes booleans as True/False (and None as None).
+    let pieces: Vec<Piece> = pieces
+        .into_iter()
+        .map(|p| match p {
+            Piece::Val(v) if v.kind == Kind::Bool => Piece::Val(RExpr::op(
+                format!("if {} {{ \"True\" }} else {{ \"False\" }}", v.code),
+                Kind::Str,
+            )),
+            Piece::Val(v) if v.kind == Kind::Unit => Piece::Lit("None".into()),
+            p => p,
+        })
+        .collect();
     let values = pieces.iter().filter(|p| matches!(p, Piece::Val(_))).count();
     if values == 0 {
         let text: String = pieces
