@@ -218,6 +218,9 @@ def state(flag):
 label = machine.succeed("cat /etc/label").strip() or "unlabelled"
 print("=" * 40)
 half = total // 2
+half //= 2
+rule_line = "-"
+rule_line *= 10
 first = second = machine.succeed("date +%s").strip()
 flag = str(max(ports) > 80)
 up_now = machine.execute("true")[0] == 0

@@ -477,10 +477,21 @@ impl Translator<'_> {
             ast::Operator::Add => "+=",
             ast::Operator::Sub => "-=",
             ast::Operator::Mult => "*=",
-            _ => return unsupported("an augmented assignment other than +=, -=, *="),
+            ast::Operator::FloorDiv => "//=",
+            _ => return unsupported("an augmented assignment other than +=, -=, *=, //="),
         };
         let t = self.expr(&a.target)?;
         let v = self.expr(&a.value)?;
+        // Repetition and Python's floor division, as in expressions.
+        let helper = match (op, t.kind) {
+            ("*=", Kind::Str | Kind::List) => Some("repeat"),
+            ("//=", _) => Some("floor_div"),
+            _ => None,
+        };
+        if let Some(f) = helper {
+            self.emit(format!("{} = {f}({}, {});", t.code, t.code, v.code));
+            return Ok(());
+        }
         if op == "*=" && !matches!(t.kind, Kind::Int | Kind::Float) {
             return unsupported("`*=` on a value that may be a string or list");
         }
