@@ -134,6 +134,27 @@ fn a_guest_where_the_agent_cannot_run_falls_back_to_bash_with_the_reason() {
     assert_nothing_left(&r, "agentnoexec");
 }
 
+/// The agent travels gzipped where the guest has gzip; a guest without
+/// it gets the raw binary and runs the agent all the same.
+#[test]
+fn a_guest_without_gzip_gets_the_agent_uncompressed() {
+    let manifest = harness::image_manifest();
+    let nodes = format!(
+        r#"{{"machine":{{"backend":{{"nspawn":{{"image":"{}","extra_args":["--bind-ro=/dev/null:/usr/bin/gzip"]}}}}}}}}"#,
+        manifest.display()
+    );
+    let dir = TestDir::new(
+        "agentnogzip",
+        &nodes,
+        "",
+        "machine.start();\nmachine.fail(\"gzip --version\");\nassert_eq(machine.succeed(\"echo via-agent\"), \"via-agent\\n\");\n",
+    );
+    let r = run_with(&dir, &["--protocol", "agent"]);
+    assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
+    assert!(r.stderr.contains("(agent protocol)"), "{}", r.stderr);
+    assert_nothing_left(&r, "agentnogzip");
+}
+
 #[test]
 fn a_broken_agent_binary_falls_back_to_bash() {
     let dir = TestDir::nspawn(

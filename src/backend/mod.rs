@@ -176,6 +176,13 @@ pub trait Instance: Send + Sync {
         None
     }
 
+    /// A raw channel into the guest for the agent's upload, beside the
+    /// backdoor terminal (QEMU: a virtio-serial port); `None` where there
+    /// is none.
+    fn agent_upload_port(&self) -> Option<crate::guest::upload_port::UploadPort> {
+        None
+    }
+
     /// The next [`Instance::connect`] reaches a backdoor that already
     /// announced itself (the one terminal of a VM, whose agent or shell is
     /// idle): ask it to announce itself again. A no-op where every

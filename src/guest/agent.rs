@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
@@ -25,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::protocol::CommandOutput;
 use super::session::{GuestError, GuestStream};
+use super::upload_port::UploadPort;
 use super::BANNER;
 use crate::agent::wire::{self, Exec, Exit, Frame, Retry, Wait, Watch};
 
@@ -209,6 +209,9 @@ pub struct Placement {
     /// in flight ([`crate::backend::Instance::agent_window`]); `None`: the
     /// agent's default ([`wire::WINDOW`] on a terminal).
     pub window: Option<u64>,
+    /// A raw channel for the agent's upload
+    /// ([`crate::backend::Instance::agent_upload_port`]).
+    pub upload: Option<UploadPort>,
 }
 
 /// Starts the agent on a fresh backdoor stream (see the module docs). With
@@ -222,9 +225,14 @@ pub async fn bootstrap(
     placement: Placement,
     tasks: &TaskTracker,
 ) -> Result<AgentClient, Fallback> {
-    let Placement { direct, window } = placement;
+    let Placement {
+        direct,
+        window,
+        upload,
+    } = placement;
     let mut boot = Boot::new(stream, deadline);
     boot.window = window;
+    boot.upload_port = upload;
     match tokio::time::timeout_at(deadline.into(), boot.run(direct.as_ref())).await {
         Ok(Ok(None)) => Ok(AgentClient::start(boot, tasks)),
         Ok(Ok(Some(connected))) => {
@@ -256,6 +264,73 @@ pub async fn bootstrap(
     }
 }
 
+/// The shell command that says whether the agent at `$__af` runs: a line
+/// `ATTEST-BOOT-PROBE <status> <its --version output>`.
+const PROBE_AGENT: &str =
+    "__av=$(\"$__af\" --version 2>&1); echo \"ATTEST-BOOT-PROBE $? ${__av//[$'\\n\\r']/ }\"";
+
+/// The agent's binary as it travels, and the pipeline stage (after the
+/// transport's own decoding) that restores it.
+#[derive(Clone)]
+struct Payload {
+    bytes: std::sync::Arc<Vec<u8>>,
+    decode: &'static str,
+}
+
+impl Payload {
+    fn raw(binary: &[u8]) -> Payload {
+        Payload {
+            bytes: std::sync::Arc::new(binary.to_vec()),
+            decode: "",
+        }
+    }
+
+    /// Gzipped, compressed once per binary (every machine's bootstrap
+    /// sends the same): `hash` names it.
+    fn gzipped(binary: &[u8], hash: &str) -> Payload {
+        use std::io::Write as _;
+        type Cache = std::sync::Mutex<Option<(String, std::sync::Arc<Vec<u8>>)>>;
+        static CACHE: Cache = std::sync::Mutex::new(None);
+        let mut cache = CACHE.lock().expect("gzip cache lock");
+        let bytes = match &*cache {
+            Some((of, gz)) if of == hash => gz.clone(),
+            _ => {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let gz = enc
+                    .write_all(binary)
+                    .and_then(|()| enc.finish())
+                    .expect("gzip into memory");
+                let gz = std::sync::Arc::new(gz);
+                *cache = Some((hash.to_owned(), gz.clone()));
+                gz
+            }
+        };
+        Payload {
+            bytes,
+            decode: "| gzip -d",
+        }
+    }
+}
+
+/// Makes `/run/attest` a directory the agent can run from. Debian's
+/// initramfs mounts /run noexec: then /run/attest gets a small tmpfs of
+/// its own (containers have an executable /run; a mount point there
+/// already is the image's or the user's choice).
+const PREPARE_RUN_ATTEST: &str = "mkdir -p /run/attest && { mountpoint -q /run/attest || ! findmnt -rno OPTIONS -T /run/attest 2>/dev/null | grep -qw noexec || mount -t tmpfs -o mode=0700,size=32m attest-agent /run/attest 2>/dev/null || true; }";
+
+/// The shell line that runs `receive` (which writes the binary to
+/// `$__af.$$`), then stores it as `$__af` if its hash is `hash` and runs
+/// [`PROBE_AGENT`]: prints `ATTEST-BOOT-STORED` and the probe's line, or
+/// `ATTEST-BOOT-FAILED`.
+fn store_command(receive: &str, hash: &str) -> String {
+    format!(
+        "{receive}; \
+         if [ \"$(sha256sum <\"$__af.$$\" 2>&1)\" = '{hash}  -' ] && chmod 700 \"$__af.$$\" && mv -f \"$__af.$$\" \"$__af\"; \
+         then echo ATTEST-BOOT-STORED; {PROBE_AGENT}; else rm -f \"$__af.$$\" 2>/dev/null; echo ATTEST-BOOT-FAILED; fi\n"
+    )
+}
+
 enum BootError {
     ShellUsable(String),
     ShellLost(String),
@@ -269,6 +344,8 @@ struct Boot {
     writer: Writer,
     /// What the bootstrap is doing, for errors.
     step: &'static str,
+    /// When that began, for the debug log.
+    step_started: Instant,
     /// When the current step gives up.
     limit: Instant,
     /// When the whole bootstrap gives up.
@@ -278,6 +355,8 @@ struct Boot {
     /// `--window` for an agent serving this stream (see
     /// [`crate::backend::Instance::agent_window`]).
     window: Option<u64>,
+    /// Where the binary can go raw instead of as base64 on the terminal.
+    upload_port: Option<UploadPort>,
 }
 
 /// Removes a socket path when dropped.
@@ -298,10 +377,12 @@ impl Boot {
             reader: BufReader::with_capacity(64 << 10, r),
             writer: w,
             step: "waiting for the backdoor shell's banner",
+            step_started: Instant::now(),
             limit: deadline,
             deadline,
             acks: false,
             window: None,
+            upload_port: None,
         }
     }
 
@@ -317,6 +398,12 @@ impl Boot {
     /// Starts a step that may take up to `within` (the banner: until the
     /// deadline, which covers the boot).
     fn begin(&mut self, step: &'static str, within: Duration) {
+        tracing::debug!(
+            "agent bootstrap: {} took {:?}",
+            self.step,
+            self.step_started.elapsed()
+        );
+        self.step_started = Instant::now();
         self.step = step;
         self.limit = self.deadline.min(Instant::now() + within);
     }
@@ -336,24 +423,66 @@ impl Boot {
         let binary = agent_binary().map_err(BootError::ShellUsable)?;
         let hash = hex(&Sha256::digest(&binary));
         let path = format!("/run/attest/agent-{}", &hash[..16]);
+        // One round trip when the agent is there (it runs `--version` at
+        // once), two when it is uploaded first: under TCG each costs.
         self.begin("checking for the agent under /run/attest", STEP_TIMEOUT);
+        // Without the agent, the guest names its upload port's device.
+        let find_port = match self.upload_port {
+            Some(_) => format!(
+                "for __p in /sys/class/virtio-ports/*; do read -r __n <\"$__p/name\" 2>/dev/null && [ \"$__n\" = {} ] && __ap=/dev/${{__p##*/}}; done; ",
+                UploadPort::NAME
+            ),
+            None => String::new(),
+        };
         self.send(&format!(
-            "{}__af={path}; [ -x \"$__af\" ] && echo ATTEST-BOOT-HAVE || echo ATTEST-BOOT-NEED\n",
+            "{}__af={path}; __ap=; __az=-; if [ -x \"$__af\" ]; then {PROBE_AGENT}; else {find_port}__oi=$IFS; IFS=:; for __d in $PATH; do [ -f \"$__d/gzip\" ] && [ -x \"$__d/gzip\" ] && __az=gz && break; done; IFS=$__oi; echo \"ATTEST-BOOT-NEED $__az $__ap\"; fi\n",
             super::protocol::NIXOS_BACKDOOR_ENV
         ))
         .await
         .map_err(lost)?;
-        if self.read_line_with("ATTEST-BOOT-").await? == "ATTEST-BOOT-NEED" {
+        let mut probe = self.read_line_with("ATTEST-BOOT-").await?;
+        if let Some(need) = probe.strip_prefix("ATTEST-BOOT-NEED") {
+            let mut words = need.split_whitespace();
+            // The binary goes compressed where the guest has gzip: half
+            // the bytes, and a TCG guest's input costs more than its gunzip.
+            let gz = words.next() == Some("gz");
+            let device = words.next().unwrap_or_default().to_owned();
+            let port = self
+                .upload_port
+                .clone()
+                .filter(|_| device.starts_with("/dev/"));
+            // Each way while the last failed in a way that leaves the
+            // shell usable: the port, the terminal, then uncompressed.
+            let mut ways = Vec::new();
+            let preferred = match gz {
+                true => Payload::gzipped(&binary, &hash),
+                false => Payload::raw(&binary),
+            };
+            if let Some(port) = port {
+                ways.push((Some(port), preferred.clone()));
+            }
+            ways.push((None, preferred));
+            if gz {
+                ways.push((None, Payload::raw(&binary)));
+            }
             self.begin("uploading the agent", UPLOAD_TIMEOUT);
-            self.upload(&binary, &hash).await?;
+            let last = ways.len() - 1;
+            for (i, (port, payload)) in ways.into_iter().enumerate() {
+                let stored = match &port {
+                    Some(port) => self.upload_through(port, &device, &payload, &hash).await,
+                    None => self.upload(&payload, &hash).await,
+                };
+                match stored {
+                    Ok(()) => break,
+                    Err(BootError::ShellUsable(why)) if i < last => {
+                        tracing::debug!("agent bootstrap: {why}; trying the next way");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.begin("running `attest-agent --version`", STEP_TIMEOUT);
+            probe = self.read_line_with("ATTEST-BOOT-PROBE ").await?;
         }
-        self.begin("running `attest-agent --version`", STEP_TIMEOUT);
-        self.send(
-            "__av=$(\"$__af\" --version 2>&1); echo \"ATTEST-BOOT-PROBE $? ${__av//[$'\\n\\r']/ }\"\n",
-        )
-        .await
-        .map_err(lost)?;
-        let probe = self.read_line_with("ATTEST-BOOT-PROBE ").await?;
         let expected = format!("ATTEST-BOOT-PROBE 0 attest-agent {}", wire::VERSION);
         if probe.trim_end() != expected {
             let detail = probe.trim_start_matches("ATTEST-BOOT-PROBE ");
@@ -402,6 +531,11 @@ impl Boot {
 
     async fn read_greeting(&mut self) -> Result<(), BootError> {
         let hello = self.read_line_with(wire::HELLO).await?;
+        tracing::debug!(
+            "agent bootstrap: {} took {:?}",
+            self.step,
+            self.step_started.elapsed()
+        );
         let ours = format!("{} {}", wire::HELLO, wire::VERSION);
         self.acks = match hello.strip_prefix(&ours) {
             Some("") => false,
@@ -416,27 +550,58 @@ impl Boot {
         Ok(())
     }
 
-    async fn upload(&mut self, binary: &[u8], hash: &str) -> Result<(), BootError> {
+    async fn upload(&mut self, payload: &Payload, hash: &str) -> Result<(), BootError> {
         let lost = |e: std::io::Error| BootError::ShellLost(format!("uploading the agent: {e}"));
-        let mut data = String::with_capacity(binary.len() * 4 / 3 + binary.len() / 57 + 8);
-        for chunk in binary.chunks(57) {
-            data.push_str(&base64::engine::general_purpose::STANDARD.encode(chunk));
-            data.push('\n');
-        }
+        let bytes = &payload.bytes;
+        let mut data =
+            Vec::with_capacity(super::protocol::upload_encoded_len(bytes.len() as u64) as usize);
+        super::protocol::encode_upload_chunk(bytes, &mut data);
         // `head` always consumes exactly the data, whatever fails on the
         // right of the pipe, so the bytes never reach the shell as commands.
-        // Debian's initramfs mounts /run noexec: then /run/attest gets a
-        // small tmpfs of its own (containers have an executable /run; a
-        // mount point there already is the image's or the user's choice).
-        self.send(&format!(
-            "head -c {} | {{ mkdir -p /run/attest && {{ mountpoint -q /run/attest || ! findmnt -rno OPTIONS -T /run/attest 2>/dev/null | grep -qw noexec || mount -t tmpfs -o mode=0700,size=32m attest-agent /run/attest 2>/dev/null || true; }} && base64 -d >\"$__af.$$\"; cat >/dev/null; }}; \
-             if [ \"$(sha256sum <\"$__af.$$\" 2>&1)\" = '{hash}  -' ] && chmod 700 \"$__af.$$\" && mv -f \"$__af.$$\" \"$__af\"; \
-             then echo ATTEST-BOOT-STORED; else rm -f \"$__af.$$\" 2>/dev/null; echo ATTEST-BOOT-FAILED; fi\n",
-            data.len()
-        ))
-        .await
-        .map_err(lost)?;
-        self.send(&data).await.map_err(lost)?;
+        let receive = format!(
+            "head -c {} | {{ {PREPARE_RUN_ATTEST} && base64 -d {} >\"$__af.$$\"; cat >/dev/null; }}",
+            data.len(),
+            payload.decode
+        );
+        self.send(&store_command(&receive, hash))
+            .await
+            .map_err(lost)?;
+        self.send(std::str::from_utf8(&data).expect("base64 is ASCII"))
+            .await
+            .map_err(lost)?;
+        self.stored().await
+    }
+
+    /// Uploads the binary through the VM's upload port, which the guest
+    /// found at `device`.
+    async fn upload_through(
+        &mut self,
+        port: &UploadPort,
+        device: &str,
+        payload: &Payload,
+        hash: &str,
+    ) -> Result<(), BootError> {
+        let lost = |e: std::io::Error| BootError::ShellLost(format!("uploading the agent: {e}"));
+        // As on the terminal, `head` consumes all the bytes whatever fails
+        // after it, so none stay in the port for the next boot.
+        let receive = format!(
+            "head -c {} <{device} | {{ {{ {PREPARE_RUN_ATTEST}; }} && cat {} >\"$__af.$$\"; cat >/dev/null; }}",
+            payload.bytes.len(),
+            payload.decode
+        );
+        self.send(&store_command(&receive, hash))
+            .await
+            .map_err(lost)?;
+        let limit = self.limit;
+        match tokio::time::timeout_at(limit.into(), port.write_all(&payload.bytes)).await {
+            Ok(written) => written.map_err(lost)?,
+            Err(_) => return Err(self.timed_out()),
+        }
+        self.stored().await
+    }
+
+    /// Reads the store command's verdict.
+    async fn stored(&mut self) -> Result<(), BootError> {
         match self.read_line_with("ATTEST-BOOT-").await?.as_str() {
             "ATTEST-BOOT-STORED" => Ok(()),
             _ => Err(BootError::ShellUsable(

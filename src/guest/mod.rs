@@ -6,6 +6,7 @@ pub mod agent;
 mod agent_transfer;
 pub mod protocol;
 mod session;
+pub mod upload_port;
 
 pub use agent_transfer::CORRUPT_ENV;
 pub use protocol::CommandOutput;

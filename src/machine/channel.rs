@@ -335,5 +335,6 @@ fn placement(instance: &dyn Instance) -> agent::Placement {
     agent::Placement {
         direct: instance.agent_socket(),
         window: instance.agent_window(),
+        upload: instance.agent_upload_port(),
     }
 }

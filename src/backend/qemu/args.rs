@@ -147,6 +147,10 @@ pub fn plain_args(spec: &PlainSpec, sockets: &Sockets) -> Vec<String> {
 /// attest can size QEMU's send buffer.
 pub const SHELL_FD: i32 = 3;
 
+/// The descriptor QEMU inherits as its end of the agent's upload port
+/// ([`crate::guest::upload_port::UploadPort`]).
+pub const UPLOAD_FD: i32 = 4;
+
 /// The devices attest talks to, for any VM.
 pub fn attest_args(sockets: &Sockets) -> Vec<String> {
     vec![
@@ -158,6 +162,13 @@ pub fn attest_args(sockets: &Sockets) -> Vec<String> {
         "virtio-serial-pci".into(),
         "-device".into(),
         "virtconsole,chardev=shell".into(),
+        "-chardev".into(),
+        format!("socket,id=attest-upload,fd={UPLOAD_FD}"),
+        "-device".into(),
+        format!(
+            "virtserialport,chardev=attest-upload,name={}",
+            crate::guest::upload_port::UploadPort::NAME
+        ),
         "-chardev".into(),
         format!("socket,id=console,path={}", sockets.serial.display()),
         "-serial".into(),
@@ -247,6 +258,8 @@ mod tests {
             "-qmp unix:/s/qmp.sock,server=on,wait=off",
             "socket,id=shell,fd=3",
             "virtconsole,chardev=shell",
+            "socket,id=attest-upload,fd=4",
+            "virtserialport,chardev=attest-upload,name=org.attest.upload",
             "-serial chardev:console",
         ] {
             assert!(a.contains(want), "missing {want:?} in {a}");

@@ -46,6 +46,7 @@ use self::relay::{SerialRelay, ShellRelay};
 use super::kvm::KvmFacts;
 use super::{poll_until, Backend, BackendError, BackendOp, Instance, SnapshotError, StartContext};
 use crate::config::{BackendKind, ImageManifest, QemuConfig};
+use crate::guest::upload_port::UploadPort;
 use crate::guest::GuestStream;
 use crate::net::{plan, VdeSwitches};
 use crate::process::{
@@ -114,6 +115,7 @@ pub struct QemuInstance {
     /// process's exit is not the machine's).
     process: ReplaceableProcess,
     shell: ShellRelay,
+    upload: UploadPort,
     serial: SerialRelay,
     netdevs: Vec<String>,
     user_netdev: Option<String>,
@@ -226,6 +228,7 @@ impl Launch {
         &self,
         incoming: bool,
         shell: &ShellRelay,
+        upload: &UploadPort,
         tasks: &TaskTracker,
     ) -> Result<Proc, BackendError> {
         let log = std::fs::OpenOptions::new()
@@ -247,6 +250,10 @@ impl Launch {
         }
         let backdoor = shell.socket_for_qemu()?;
         inherit_as(&mut cmd, backdoor.as_raw_fd(), args::SHELL_FD);
+        let upload_end = upload
+            .pair_for_vm()
+            .map_err(|e| BackendError::spawn(self.program.display(), e))?;
+        inherit_as(&mut cmd, upload_end.as_raw_fd(), args::UPLOAD_FD);
         let process = spawn_watched(&mut cmd, None, tasks)
             .map_err(|e| BackendError::spawn(self.program.display(), e))?;
         let qmp_path = self.qmp.clone();
@@ -395,7 +402,8 @@ impl Backend for QemuBackend {
 
         let shell = ShellRelay::new(&ctx.tasks);
         let serial = SerialRelay::listen(&sockets.serial, ctx.console.clone(), &ctx.tasks)?;
-        let proc_ = launch.spawn(false, &shell, &ctx.tasks).await?;
+        let upload = UploadPort::default();
+        let proc_ = launch.spawn(false, &shell, &upload, &ctx.tasks).await?;
         let instance = QemuInstance {
             machine: name.to_owned(),
             state_dir,
@@ -403,6 +411,7 @@ impl Backend for QemuBackend {
             current: tokio::sync::Mutex::new(proc_.session),
             process: ReplaceableProcess::new(proc_.process, &ctx.tasks),
             shell,
+            upload,
             serial,
             netdevs: nics.iter().map(|n| n.iface.netdev_id.clone()).collect(),
             user_netdev,
@@ -692,7 +701,7 @@ impl QemuInstance {
                     .map_err(|e| BackendError::io("restore", &d, e))?;
             }
             self.launch
-                .spawn(true, &self.shell, self.process.tasks())
+                .spawn(true, &self.shell, &self.upload, self.process.tasks())
                 .await
         }
         .await;
@@ -794,6 +803,10 @@ impl Instance for QemuInstance {
 
     fn agent_window(&self) -> Option<u64> {
         Some(relay::agent_window(self.shell.send_buffer()))
+    }
+
+    fn agent_upload_port(&self) -> Option<UploadPort> {
+        Some(self.upload.clone())
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
