@@ -135,9 +135,15 @@ impl<'a> Watcher<'a> {
                 Watch::Unit(u) => unit = Some(u.as_str()),
             }
         }
+        // Said once per agent: an agent without root asks on every wait.
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let signals = unit.and_then(|u| {
             UnitSignals::connect(u)
-                .map_err(|e| eprintln!("attest-agent: no systemd signals ({e}); waits watch files"))
+                .map_err(|e| {
+                    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!("attest-agent: no systemd signals ({e}); unit waits watch files");
+                    }
+                })
                 .ok()
         });
         Watcher {
