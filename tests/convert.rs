@@ -162,6 +162,8 @@ def api_up():
 with nginx_running:
     machine.succeed("systemctl reload nginx")
     reloaded = True
+with subtest("api"), api_up:
+    server.succeed("curl -sf localhost/api")
 print(reloaded)
 for attempt in range(10):
     if machine.execute("test -e /run/ready")[0] == 0:

@@ -675,8 +675,17 @@ impl Translator<'_> {
     }
 
     fn with(&mut self, w: &ast::StmtWith) -> Res<()> {
+        // `with a, b:` is `with a:` around `with b:`.
+        if w.items.len() > 1 {
+            let mut outer = w.clone();
+            let mut inner = w.clone();
+            outer.items.truncate(1);
+            inner.items.remove(0);
+            outer.body = vec![ast::Stmt::With(inner)];
+            return self.with(&outer);
+        }
         let [item] = &w.items[..] else {
-            return unsupported("`with` over several context managers");
+            return unsupported("`with` without a context manager");
         };
         if item.optional_vars.is_some() {
             // `with open(p) as f:` reads or writes a file on the driver's host.
