@@ -7,7 +7,7 @@
 //! | status  | meaning |
 //! |---------|---------|
 //! | 0       | the test passed (`check`: config and script are valid) |
-//! | 1       | the test failed: a step failed, a machine died, the global timeout passed |
+//! | 1       | the test failed: a step failed, a machine died, the global timeout passed (`check`: statements marked TODO by `attest convert`) |
 //! | 2       | the config, the script or the command line is invalid, or a file the config names is missing; nothing booted |
 //! | 128 + N | interrupted by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143), a second signal too: CI can tell "cancelled" from "failed" |
 
