@@ -201,15 +201,21 @@ fn undefined_variable(name: &str, nodes: &[String]) -> String {
 /// registered form (a script's own `fn` takes any value: no types).
 struct Known {
     arities: BTreeMap<String, BTreeSet<usize>>,
+    /// The names callable on a machine (`server.succeed(…)`).
+    machine_methods: BTreeSet<String>,
     forms: BTreeMap<(String, usize), Vec<Vec<TypeId>>>,
 }
 
 fn known_functions(engine: &Engine, ast: &AST) -> Known {
     let mut known = Known {
         arities: BTreeMap::new(),
+        machine_methods: BTreeSet::new(),
         forms: BTreeMap::new(),
     };
     for r in super::registry::registered(engine, true) {
+        if r.on_machine && !r.property {
+            known.machine_methods.insert(r.name.clone());
+        }
         known
             .arities
             .entry(r.name.clone())
@@ -308,6 +314,11 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
         }
         true
     });
+    let nodes: BTreeSet<&str> = scope
+        .iter()
+        .filter(|(.., v)| !v.is_array())
+        .map(|(n, ..)| n)
+        .collect();
     let mut out = Vec::new();
     ast.walk(&mut |path: &[ASTNode]| {
         let (call, pos, is_method) = match path.last() {
@@ -355,13 +366,25 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
             }
             None => {
                 let kind = if is_method { "method" } else { "function" };
+                let on_node = is_method && receiver_is_node(path, &nodes);
                 let hint = NOT_IN_SCRIPTS
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, why)| format!(": {why}"))
                     .or_else(|| {
-                        suggest(name, known.arities.keys().map(String::as_str))
+                        // On a node, only a machine method is a likely fix.
+                        let candidates: Box<dyn Iterator<Item = &String>> = match on_node {
+                            true => Box::new(known.machine_methods.iter()),
+                            false => Box::new(known.arities.keys()),
+                        };
+                        suggest(name, candidates.map(String::as_str))
                             .map(|s| format!("; did you mean `{s}`?"))
+                    })
+                    .or_else(|| {
+                        on_node.then(|| {
+                            "; a machine's methods are in docs/parity.md (and help() in `attest repl`)"
+                                .to_owned()
+                        })
                     })
                     .unwrap_or_default();
                 out.push(diag(pos, format!("unknown {kind} `{name}`{hint}")));
@@ -370,6 +393,26 @@ fn check_calls(engine: &Engine, ast: &AST, scope: &Scope) -> Vec<Diagnostic> {
         true
     });
     out
+}
+
+/// Whether the method call ending `path` is made on a node by its name
+/// (`server.frobnicate()`, also first in a chain).
+fn receiver_is_node(path: &[ASTNode], nodes: &BTreeSet<&str>) -> bool {
+    let n = path.len();
+    let (Some(ASTNode::Expr(call)), Some(ASTNode::Expr(Expr::Dot(dot, ..)))) =
+        (path.last(), n.checked_sub(2).map(|i| &path[i]))
+    else {
+        return false;
+    };
+    let receiver = if std::ptr::eq(&dot.lhs, *call) {
+        match n.checked_sub(3).map(|i| &path[i]) {
+            Some(ASTNode::Expr(Expr::Dot(outer, ..))) => &outer.lhs,
+            _ => return false,
+        }
+    } else {
+        &dot.lhs
+    };
+    matches!(receiver, Expr::Variable(v, None, _) if nodes.contains(v.1.as_str()))
 }
 
 /// Calls of a method the node's backend cannot do, on a node named directly
@@ -579,6 +622,15 @@ mod tests {
         let e = check_src("let x = 1\n// a comment\n\n    let y = 2;\n").unwrap_err();
         assert!(
             e.contains("test.rhai:1:10: error: expected `;` at the end of this statement"),
+            "{e}"
+        );
+        let e = check_src("server.frobnicate();\nserver.wait_for_unti(\"x\");\n").unwrap_err();
+        assert!(
+            e.contains("unknown method `frobnicate`; a machine's methods are in docs/parity.md"),
+            "{e}"
+        );
+        assert!(
+            e.contains("unknown method `wait_for_unti`; did you mean `wait_for_unit`?"),
             "{e}"
         );
         let e = check_src("server.shell_interact();\n").unwrap_err();
