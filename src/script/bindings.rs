@@ -825,8 +825,9 @@ fn register_backend_ops(engine: &mut Engine) {
     );
     engine.register_fn(
         "send_key",
-        |nc: NativeCallContext, m: &mut Machine, k: &str, d: Dynamic, log: bool| {
-            send_key(&nc, m, k, &d, log)
+        // NixOS `log: bool | None`: None (`()`) does not log.
+        |nc: NativeCallContext, m: &mut Machine, k: &str, d: Dynamic, log: Dynamic| {
+            send_key(&nc, m, k, &d, super::common::truthy(&log))
         },
     );
     engine.register_fn(

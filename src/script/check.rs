@@ -633,6 +633,9 @@ mod tests {
             e.contains("unknown method `wait_for_unti`; did you mean `wait_for_unit`?"),
             "{e}"
         );
+        // NixOS's optional arguments that may be None take `()`.
+        check_src("send_key(server, \"a\", (), ());\nserver.send_key(\"a\", 0.01, false);\n")
+            .unwrap();
         let e = check_src("server.shell_interact();\n").unwrap_err();
         assert!(e.contains("unknown method `shell_interact`: NixOS's interactive shell; run `attest repl CONFIG`"), "{e}");
         let e = check_src("let x = True;\n").unwrap_err();
