@@ -30,6 +30,8 @@ use crate::agent::wire::{self, Exec, Exit, Frame, Retry, Wait, Watch};
 
 /// The agent binary built for this attest (empty when the build failed).
 const EMBEDDED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attest-agent"));
+/// The same, gzipped (empty when the build failed).
+const EMBEDDED_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/attest-agent.gz"));
 /// Why the build failed, or empty.
 const BUILD_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/attest-agent.error"));
 
@@ -285,8 +287,9 @@ impl Payload {
         }
     }
 
-    /// Gzipped, compressed once per binary (every machine's bootstrap
-    /// sends the same): `hash` names it.
+    /// Gzipped: the build's copy for the embedded binary, else compressed
+    /// once per binary (`ATTEST_AGENT`; every machine sends the same),
+    /// named by `hash`.
     fn gzipped(binary: &[u8], hash: &str) -> Payload {
         use std::io::Write as _;
         type Cache = std::sync::Mutex<Option<(String, std::sync::Arc<Vec<u8>>)>>;
@@ -295,12 +298,15 @@ impl Payload {
         let bytes = match &*cache {
             Some((of, gz)) if of == hash => gz.clone(),
             _ => {
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                let gz = enc
-                    .write_all(binary)
-                    .and_then(|()| enc.finish())
-                    .expect("gzip into memory");
+                let gz = if binary == EMBEDDED {
+                    EMBEDDED_GZ.to_vec()
+                } else {
+                    let mut enc =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    enc.write_all(binary)
+                        .and_then(|()| enc.finish())
+                        .expect("gzip into memory")
+                };
                 let gz = std::sync::Arc::new(gz);
                 *cache = Some((hash.to_owned(), gz.clone()));
                 gz
