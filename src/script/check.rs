@@ -416,7 +416,7 @@ fn receiver_is_node(path: &[ASTNode], nodes: &BTreeSet<&str>) -> bool {
 }
 
 /// Calls of a method the node's backend cannot do, on a node named directly
-/// (`server.screenshot(…)`, `screenshot(server, …)`). A receiver known only
+/// (`server.screenshot(…)`, `screenshot(server, …)`), outside a `try`. A receiver known only
 /// at run time (`machines[0]`, a closure's parameter) is refused at run time,
 /// from the same table, in the same words.
 fn check_capabilities(ast: &AST, backends: &NodeBackends) -> Vec<Diagnostic> {
@@ -452,6 +452,14 @@ fn check_capabilities(ast: &AST, backends: &NodeBackends) -> Vec<Diagnostic> {
         }
     };
     ast.walk(&mut |path: &[ASTNode]| {
+        // Inside a `try`, the script expects the refusal (it catches it to
+        // show or test it): the run refuses in the same words.
+        if path
+            .iter()
+            .any(|n| matches!(n, ASTNode::Stmt(Stmt::TryCatch(..))))
+        {
+            return true;
+        }
         match path.last() {
             Some(ASTNode::Expr(Expr::Dot(x, ..))) => {
                 let first = match &x.rhs {
