@@ -898,10 +898,16 @@ impl Translator<'_> {
             };
             self.emit(head);
             self.nested(&d.body, false, &params);
+            if !context_manager {
+                self.returns_none_at_end(d);
+            }
             self.emit("};");
         } else {
             self.emit(format!("fn {}({}) {{", rhai::ident(&name), list.join(", ")));
             self.nested(&d.body, true, &params);
+            if !context_manager {
+                self.returns_none_at_end(d);
+            }
             self.emit("}");
         }
         self.in_function -= 1;
@@ -910,6 +916,21 @@ impl Translator<'_> {
         }
         (self.in_subtest, self.loops_in_subtest) = saved;
         Ok(())
+    }
+
+    /// A Python function that ends without `return` returns None; a Rhai
+    /// function returns its last statement's value (`m.succeed(…);` its
+    /// output), which `retry` or a condition would read as true.
+    fn returns_none_at_end(&mut self, d: &ast::StmtFunctionDef) {
+        if matches!(
+            d.body.last(),
+            Some(ast::Stmt::Return(_) | ast::Stmt::Raise(_))
+        ) {
+            return;
+        }
+        self.indent += 1;
+        self.emit("() // Python's None: the function ends without `return`");
+        self.indent -= 1;
     }
 
     fn raise(&mut self, r: &ast::StmtRaise) -> Res<()> {
