@@ -6,9 +6,11 @@
 //! fails) instead of on a timer or a directory change that may never come.
 //!
 //! Hand-written: the agent is std only (see the module root), and all it
-//! needs is the `EXTERNAL` handshake, one method call and message framing;
-//! which messages matter is decided by the marshalled unit name or object
-//! path appearing in them, so no message is parsed beyond its length.
+//! needs is the `EXTERNAL` handshake, method calls with string arguments,
+//! the few answers it reads (`LoadUnit`'s object path, a unit's
+//! `ActiveState` and `Job`) and message framing; which signals matter is
+//! decided by the marshalled unit name or object path appearing in them,
+//! so no signal is parsed beyond its length.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,6 +44,22 @@ pub struct UnitSignals {
     needles_le: Vec<Vec<u8>>,
     /// … and in a big-endian one.
     needles_be: Vec<Vec<u8>>,
+    /// The unit's object path (an alias's is its unit's).
+    object: String,
+    /// The serial of the next call.
+    serial: u32,
+    /// A signal naming the unit was read while a call waited for its
+    /// answer: [`UnitSignals::named`] reports it.
+    heard: bool,
+}
+
+/// What the manager says of the unit now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// `ActiveState`: active, inactive, activating, failed, …
+    pub active_state: String,
+    /// The id of its pending job, 0 for none.
+    pub job: u32,
 }
 
 impl UnitSignals {
@@ -73,46 +91,98 @@ impl UnitSignals {
             pending: Vec::new(),
             needles_le: Vec::new(),
             needles_be: Vec::new(),
+            object: String::new(),
+            serial: 1,
+            heard: false,
         };
-        let object = signals.load_unit(unit)?;
+        // Its answer also says systemd serves the connection: from then on
+        // no signal is missed (systemd sends every signal to every client
+        // of this socket).
+        let reply = signals.call("LoadUnit", |serial| {
+            method_call(serial, MANAGER_PATH, MANAGER, "LoadUnit", &[unit])
+        })?;
+        let object = first_string(&reply, 0).ok_or_else(|| {
+            io::Error::other(format!(
+                "systemd's LoadUnit({unit}) did not answer with an object path"
+            ))
+        })?;
         let path = format!("/org/freedesktop/systemd1/unit/{}", bus_label(unit));
         for needle in [unit, &path, &object] {
             signals.needles_le.push(marshalled(needle, false));
             signals.needles_be.push(marshalled(needle, true));
         }
+        signals.object = object;
         signals.stream.set_nonblocking(true)?;
         Ok(signals)
     }
 
-    /// `LoadUnit(unit)`: the unit's object path. Its answer also says
-    /// systemd serves the connection: from then on no signal is missed
-    /// (systemd sends every signal to every client of this socket). The
-    /// first call after the handshake sits unread in systemd's buffer
-    /// until more bytes come (seen with systemd 252), so it is sent twice
-    /// at once, and again while unanswered.
-    fn load_unit(&mut self, unit: &str) -> io::Result<String> {
+    /// The unit's `ActiveState` and pending job, asked now.
+    pub fn state(&mut self) -> io::Result<UnitState> {
+        self.stream.set_nonblocking(false)?;
+        let state = self.property("ActiveState").and_then(|active| {
+            let job = self.property("Job")?;
+            Ok(UnitState {
+                active_state: first_string(&active, VARIANT_STRING)
+                    .ok_or_else(|| io::Error::other("ActiveState is not a string"))?,
+                job: body_u32(&job, VARIANT_JOB_ID)
+                    .ok_or_else(|| io::Error::other("Job is not (uo)"))?,
+            })
+        });
+        self.stream.set_nonblocking(true)?;
+        state
+    }
+
+    /// `org.freedesktop.DBus.Properties.Get` of a unit property: the reply.
+    fn property(&mut self, name: &str) -> io::Result<Vec<u8>> {
+        let object = self.object.clone();
+        self.call(name, |serial| {
+            method_call(
+                serial,
+                &object,
+                "org.freedesktop.DBus.Properties",
+                "Get",
+                &["org.freedesktop.systemd1.Unit", name],
+            )
+        })
+    }
+
+    /// Sends a method call and returns its answer. The first call after
+    /// the handshake sits unread in systemd's buffer until more bytes
+    /// come (seen with systemd 252), so it goes twice at once, and every
+    /// call again while unanswered; an answer to any of its copies counts.
+    /// Signals read meanwhile are remembered for [`UnitSignals::named`].
+    fn call(&mut self, what: &str, build: impl Fn(u32) -> Vec<u8>) -> io::Result<Vec<u8>> {
         let started = std::time::Instant::now();
         self.stream.set_read_timeout(Some(RESEND))?;
-        let mut serial = 1;
-        self.stream.write_all(&load_unit_call(serial, unit))?;
-        let mut sent = std::time::Instant::now() - RESEND;
+        let mut mine: Vec<u32> = Vec::new();
+        let send = |signals: &mut UnitSignals, mine: &mut Vec<u32>| {
+            let serial = signals.serial;
+            signals.serial = signals.serial.wrapping_add(1).max(1);
+            mine.push(serial);
+            signals.stream.write_all(&build(serial))
+        };
+        if self.serial == 1 {
+            send(self, &mut mine)?;
+        }
+        let mut sent = started - RESEND;
         loop {
             if started.elapsed() >= HANDSHAKE {
-                return Err(io::Error::other("systemd did not answer `LoadUnit`"));
+                return Err(io::Error::other(format!("systemd did not answer `{what}`")));
             }
             if sent.elapsed() >= RESEND {
-                serial += 1;
-                self.stream.write_all(&load_unit_call(serial, unit))?;
+                send(self, &mut mine)?;
                 sent = std::time::Instant::now();
             }
-            let mut chunk = [0u8; 4096];
+            let mut chunk = [0u8; 16 << 10];
             let n = match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => n,
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue
@@ -121,20 +191,28 @@ impl UnitSignals {
             };
             self.pending.extend_from_slice(&chunk[..n]);
             let mut answer = None;
-            take_messages(&mut self.pending, |kind, message| {
-                if answer.is_none() && (kind == METHOD_RETURN || kind == ERROR) {
-                    answer = Some(match kind {
-                        METHOD_RETURN => first_string(message),
-                        _ => None,
-                    });
+            let (le, be) = (&self.needles_le, &self.needles_be);
+            let mut heard = false;
+            take_messages(&mut self.pending, |kind, message| match kind {
+                SIGNAL => {
+                    let needles = if message[0] == b'B' { be } else { le };
+                    heard |= needles.iter().any(|n| contains(message, n));
                 }
+                METHOD_RETURN | ERROR
+                    if answer.is_none()
+                        && reply_serial(message).is_some_and(|s| mine.contains(&s)) =>
+                {
+                    answer = Some((kind, message.to_vec()));
+                }
+                _ => {}
             })?;
+            self.heard |= heard;
             match answer {
                 None => {}
-                Some(Some(object)) => return Ok(object),
-                Some(None) => {
+                Some((METHOD_RETURN, reply)) => return Ok(reply),
+                Some(_) => {
                     return Err(io::Error::other(format!(
-                        "systemd's LoadUnit({unit}) did not answer with an object path"
+                        "systemd answered `{what}` with an error"
                     )))
                 }
             }
@@ -144,7 +222,7 @@ impl UnitSignals {
     /// Reads what arrived; whether a signal among it names the unit. An
     /// error (systemd re-executing closes the socket) ends the source.
     pub fn named(&mut self) -> io::Result<bool> {
-        let mut named = false;
+        let mut named = std::mem::take(&mut self.heard);
         let mut chunk = [0u8; 16 << 10];
         loop {
             match self.stream.read(&mut chunk) {
@@ -225,9 +303,17 @@ fn read_line(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// `org.freedesktop.systemd1.Manager.LoadUnit(unit)` as a little-endian
-/// method call.
-fn load_unit_call(serial: u32, unit: &str) -> Vec<u8> {
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// Where the value of a `Get` reply starts in its body: after the
+/// variant's signature (`1 s NUL`, padded to 4) for a string…
+const VARIANT_STRING: usize = 4;
+/// … and after `4 (uo) NUL`, padded to the struct's 8, for `Job`'s id.
+const VARIANT_JOB_ID: usize = 8;
+
+/// A little-endian method call to systemd with string arguments.
+fn method_call(serial: u32, path: &str, interface: &str, member: &str, args: &[&str]) -> Vec<u8> {
     let mut fields = Vec::new();
     let field = |fields: &mut Vec<u8>, code: u8, sig: u8, value: &[u8]| {
         while fields.len() % 8 != 0 {
@@ -236,24 +322,29 @@ fn load_unit_call(serial: u32, unit: &str) -> Vec<u8> {
         fields.extend_from_slice(&[code, 1, sig, 0]);
         fields.extend_from_slice(value);
     };
-    field(
-        &mut fields,
-        1,
-        b'o',
-        &marshalled("/org/freedesktop/systemd1", false),
-    );
-    let interface = marshalled("org.freedesktop.systemd1.Manager", false);
-    field(&mut fields, 2, b's', &interface);
-    field(&mut fields, 3, b's', &marshalled("LoadUnit", false));
+    field(&mut fields, 1, b'o', &marshalled(path, false));
+    field(&mut fields, 2, b's', &marshalled(interface, false));
+    field(&mut fields, 3, b's', &marshalled(member, false));
     field(
         &mut fields,
         6,
         b's',
         &marshalled("org.freedesktop.systemd1", false),
     );
-    // A signature is marshalled as one length byte, the text, NUL.
-    field(&mut fields, 8, b'g', &[1, b's', 0]);
-    let body = marshalled(unit, false);
+    let mut body = Vec::new();
+    for a in args {
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        body.extend_from_slice(&marshalled(a, false));
+    }
+    if !args.is_empty() {
+        // A signature is marshalled as one length byte, the text, NUL.
+        let mut sig = vec![args.len() as u8];
+        sig.extend(std::iter::repeat_n(b's', args.len()));
+        sig.push(0);
+        field(&mut fields, 8, b'g', &sig);
+    }
     let mut message = vec![b'l', 1, 0, 1];
     message.extend_from_slice(&(body.len() as u32).to_le_bytes());
     message.extend_from_slice(&serial.to_le_bytes());
@@ -266,19 +357,62 @@ fn load_unit_call(serial: u32, unit: &str) -> Vec<u8> {
     message
 }
 
-/// The string or object path a message's body starts with.
-fn first_string(message: &[u8]) -> Option<String> {
-    let word = |i: usize| -> Option<usize> {
-        let b: [u8; 4] = message.get(i..i + 4)?.try_into().ok()?;
-        Some(match message[0] {
-            b'B' => u32::from_be_bytes(b),
-            _ => u32::from_le_bytes(b),
-        } as usize)
-    };
-    let body = 16 + word(12)?.div_ceil(8) * 8;
-    let len = word(body)?;
-    let text = message.get(body + 4..body + 4 + len)?;
+/// A message's `u32` at `at` (in its byte order).
+fn u32_at(message: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = message.get(at..at + 4)?.try_into().ok()?;
+    Some(match message.first()? {
+        b'B' => u32::from_be_bytes(b),
+        _ => u32::from_le_bytes(b),
+    })
+}
+
+/// Where a message's body starts.
+fn body_start(message: &[u8]) -> Option<usize> {
+    Some(16 + (u32_at(message, 12)? as usize).div_ceil(8) * 8)
+}
+
+/// The `u32` at `offset` in a message's body.
+fn body_u32(message: &[u8], offset: usize) -> Option<u32> {
+    u32_at(message, body_start(message)? + offset)
+}
+
+/// The string or object path at `offset` in a message's body.
+fn first_string(message: &[u8], offset: usize) -> Option<String> {
+    let at = body_start(message)? + offset;
+    let len = u32_at(message, at)? as usize;
+    let text = message.get(at + 4..at + 4 + len)?;
     String::from_utf8(text.to_vec()).ok()
+}
+
+/// The serial a reply answers (header field 5).
+fn reply_serial(message: &[u8]) -> Option<u32> {
+    let end = 16 + u32_at(message, 12)? as usize;
+    let align = |at: usize, n: usize| at.div_ceil(n) * n;
+    let mut at = 16;
+    while at < end {
+        at = align(at, 8);
+        let code = *message.get(at)?;
+        let sig_len = *message.get(at + 1)? as usize;
+        let sig = message.get(at + 2..at + 2 + sig_len)?;
+        at += 2 + sig_len + 1;
+        match sig {
+            b"u" => {
+                at = align(at, 4);
+                let value = u32_at(message, at)?;
+                if code == 5 {
+                    return Some(value);
+                }
+                at += 4;
+            }
+            b"s" | b"o" => {
+                at = align(at, 4);
+                at += 4 + u32_at(message, at)? as usize + 1;
+            }
+            b"g" => at += 1 + *message.get(at)? as usize + 1,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// A D-Bus string or object path as marshalled: length, bytes, NUL.
@@ -327,7 +461,7 @@ mod tests {
 
     #[test]
     fn messages_are_framed_by_their_header() {
-        let call = load_unit_call(1, "a.service");
+        let call = method_call(7, MANAGER_PATH, MANAGER, "LoadUnit", &["a.service"]);
         assert_eq!(message_len(&call).unwrap(), Some(call.len()));
         let mut two = call.clone();
         two.extend_from_slice(&call[..20]);
@@ -338,7 +472,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!((seen, two.len()), (1, 20), "the partial one stays");
-        assert_eq!(first_string(&call).as_deref(), Some("a.service"));
+        assert_eq!(first_string(&call, 0).as_deref(), Some("a.service"));
+        assert_eq!(reply_serial(&call), None, "a call answers nothing");
+        let two = method_call(8, "/o", "i.f", "Get", &["ab", "c"]);
+        assert_eq!(first_string(&two, 0).as_deref(), Some("ab"));
+        assert_eq!(first_string(&two, 8).as_deref(), Some("c"), "padded to 4");
         assert!(message_len(b"xxxxxxxxxxxxxxxxxx").is_err());
     }
 }

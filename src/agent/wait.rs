@@ -41,22 +41,29 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
     loop {
         // Armed before the try: a change while it runs wakes the next one.
         watcher.arm();
-        let started = Instant::now();
-        let Some((ended, pipes)) = run_once(id, exec, None, &out, &registry) else {
-            return;
+        let cost = match watcher.verdict(Instant::now() >= deadline) {
+            // The try would only say so too: none runs.
+            Verdict::Pending => Duration::ZERO,
+            Verdict::Try => {
+                let started = Instant::now();
+                let Some((ended, pipes)) = run_once(id, exec, None, &out, &registry) else {
+                    return;
+                };
+                let cost = started.elapsed();
+                if retry.met_by(ended.status) || stopped() || Instant::now() >= deadline {
+                    registry.lock().expect("registry").remove(&id);
+                    let _ = out.send(frame(EXIT, id, &ended.encode()));
+                    drain(pipes, id, &out);
+                    return;
+                }
+                let drained = out.clone();
+                std::thread::spawn(move || drain(pipes, id, &drained));
+                if out.send(frame(AGAIN, id, &[])).is_err() {
+                    return;
+                }
+                cost
+            }
         };
-        let cost = started.elapsed();
-        if retry.met_by(ended.status) || stopped() || Instant::now() >= deadline {
-            registry.lock().expect("registry").remove(&id);
-            let _ = out.send(frame(EXIT, id, &ended.encode()));
-            drain(pipes, id, &out);
-            return;
-        }
-        let drained = out.clone();
-        std::thread::spawn(move || drain(pipes, id, &drained));
-        if out.send(frame(AGAIN, id, &[])).is_err() {
-            return;
-        }
         // The guest is idle at least as long as the try took, whatever
         // happens: a wait never takes more than half of the CPU.
         let now = Instant::now();
@@ -98,6 +105,20 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
     }
 }
 
+/// What a wait does next, from what the manager says of its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Still on its way (activating, or inactive with a job): a try
+    /// would only say so.
+    Pending,
+    /// Run the try: no signals, or a state the probe judges (active,
+    /// failed, inactive without a job of its own). An active unit is
+    /// judged by the probe too, not answered from here: a service that
+    /// fails at once is active for an instant, which the signal wakes the
+    /// wait for, and a NixOS wait polling once a second would not see.
+    Try,
+}
+
 /// What a [`Watcher`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
@@ -132,7 +153,7 @@ impl<'a> Watcher<'a> {
         for w in watch {
             match w {
                 Watch::Entry { dir, name } => entries.push((dir.as_str(), name.as_str())),
-                Watch::Unit(u) => unit = Some(u.as_str()),
+                Watch::Unit(name) => unit = Some(name.as_str()),
             }
         }
         // Said once per agent: an agent without root asks on every wait.
@@ -201,6 +222,25 @@ impl<'a> Watcher<'a> {
             let (dir, name) = nearest_existing(dir, name);
             if let Ok(wd) = sys::add_watch(fd, &dir, mask) {
                 self.names.push((wd, name));
+            }
+        }
+    }
+
+    /// What to do before a try: the manager's word on the unit where its
+    /// signals reach this wait (a NixOS `wait_for_unit` reads the same
+    /// `ActiveState`), else (or with `force_try`, at the deadline) the try.
+    fn verdict(&mut self, force_try: bool) -> Verdict {
+        let Some(signals) = self.signals.as_mut().filter(|_| !force_try) else {
+            return Verdict::Try;
+        };
+        match signals.state() {
+            Ok(s) if s.active_state == "failed" || s.active_state == "active" => Verdict::Try,
+            Ok(s) if s.active_state == "inactive" && s.job == 0 => Verdict::Try,
+            Ok(_) => Verdict::Pending,
+            Err(_) => {
+                // Lost: the next arm reconnects or falls back to files.
+                self.signals = None;
+                Verdict::Try
             }
         }
     }

@@ -20,7 +20,7 @@
 pub const HELLO: &str = "ATTEST-AGENT";
 
 /// The protocol version; host and agent must agree exactly.
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// The word that ends the greeting (`ATTEST-AGENT 5 acks`) of an agent that
 /// keeps a window (see [`ACK`]); the host sends acks only to such an agent.
@@ -371,7 +371,9 @@ pub enum Watch {
     /// The system manager's D-Bus signals naming this unit (as systemctl
     /// completes the name: `nginx.service`): one answers the next try at
     /// once. Where the agent reaches them, they replace the wait's
-    /// `Entry` watches, which stand in for them otherwise.
+    /// `Entry` watches, which stand in for them otherwise, and the agent
+    /// asks the manager for the unit's state before each try: while it is
+    /// on its way (activating, inactive with a job), no try runs.
     Unit(String),
 }
 
