@@ -460,6 +460,24 @@ mod tests {
     }
 
     #[test]
+    fn replies_name_the_call_they_answer() {
+        // A method return as systemd sends it: PATH, then REPLY_SERIAL.
+        let mut fields = vec![1, 1, b'o', 0];
+        fields.extend_from_slice(&marshalled("/a", false));
+        while fields.len() % 8 != 0 {
+            fields.push(0);
+        }
+        fields.extend_from_slice(&[5, 1, b'u', 0]);
+        fields.extend_from_slice(&42u32.to_le_bytes());
+        let mut reply = vec![b'l', METHOD_RETURN, 1, 1];
+        reply.extend_from_slice(&0u32.to_le_bytes());
+        reply.extend_from_slice(&9u32.to_le_bytes());
+        reply.extend_from_slice(&(fields.len() as u32).to_le_bytes());
+        reply.extend_from_slice(&fields);
+        assert_eq!(reply_serial(&reply), Some(42));
+    }
+
+    #[test]
     fn messages_are_framed_by_their_header() {
         let call = method_call(7, MANAGER_PATH, MANAGER, "LoadUnit", &["a.service"]);
         assert_eq!(message_len(&call).unwrap(), Some(call.len()));
