@@ -406,12 +406,28 @@ let tries = parse_int(machine.succeed("wc -l </run/systemctl-calls | tr -d '\\n'
 log(`SIGNALS ${tries} tries in ${took} s`);
 if took < 3.5 { throw `late.service was active after ${took} s, before its ExecStartPre ended`; }
 if tries > 5 { throw `${tries} tries while late.service started`; }
+
+// A target systemd reports active is the answer without a try; one on its
+// way is waited for without tries either.
+machine.succeed(": >/run/systemctl-calls");
+machine.wait_for_unit("multi-user.target");
+machine.succeed("printf '[Unit]\nWants=slow.service\nAfter=slow.service\n' >/run/systemd/system/later.target; printf '[Service]\nType=oneshot\nExecStart=/bin/sleep 2\n' >/run/systemd/system/slow.service; /usr/bin/systemctl daemon-reload; /usr/bin/systemctl start --no-block later.target");
+let t = timestamp();
+machine.succeed(": >/run/systemctl-calls");
+machine.wait_for_unit("later.target", #{ timeout: 60 });
+let took = t.elapsed;
+let calls = parse_int(machine.succeed("wc -l </run/systemctl-calls | tr -d '\n'"));
+log(`TARGET ${calls} systemctl calls in ${took} s`);
+if took < 1.5 { throw `later.target was active after ${took} s, before slow.service ended`; }
+if calls != 0 { throw `${calls} systemctl calls for a target`; }
 "#;
     let dir = TestDir::nspawn("unitsignals", &["machine"], "", script);
     let r = run_with(&dir, &["--protocol", "agent"]);
     assert_eq!(r.code, Some(PASSED.into()), "{}", r.stderr);
-    let line = r.stderr.lines().find(|l| l.contains("SIGNALS "));
-    eprintln!("{line:?}");
-    assert!(line.is_some(), "{}", r.stderr);
+    for needle in ["SIGNALS ", "TARGET "] {
+        let line = r.stderr.lines().find(|l| l.contains(needle));
+        eprintln!("{line:?}");
+        assert!(line.is_some(), "{}", r.stderr);
+    }
     assert_nothing_left(&r, "unitsignals");
 }

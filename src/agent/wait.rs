@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::command::{drain, frame, run_once, Out};
 use super::sys::{self, PollFd, POLLIN};
 use super::unit_signals::UnitSignals;
-use super::wire::{Exec, Retry, Watch, AGAIN, EXIT};
+use super::wire::{Exec, Exit, Retry, Watch, AGAIN, EXIT, STDOUT};
 use super::Registry;
 
 /// The pause of a wait that hears the unit's signals: they say when to
@@ -42,6 +42,17 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
         // Armed before the try: a change while it runs wakes the next one.
         watcher.arm();
         let cost = match watcher.verdict(Instant::now() >= deadline) {
+            Verdict::Answer(text) => {
+                registry.lock().expect("registry").remove(&id);
+                let exit = Exit {
+                    status: 0,
+                    signal: 0,
+                    timed_out: false,
+                };
+                let _ = out.send(frame(STDOUT, id, text.as_bytes()));
+                let _ = out.send(frame(EXIT, id, &exit.encode()));
+                return;
+            }
             // The try would only say so too: none runs.
             Verdict::Pending => Duration::ZERO,
             Verdict::Try => {
@@ -107,15 +118,15 @@ pub fn run(id: u32, exec: &Exec, retry: Retry, watch: &[Watch], out: Out, regist
 
 /// What a wait does next, from what the manager says of its unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+enum Verdict<'a> {
+    /// Active, and the host gave the answer for that ([`Watch::Unit`]):
+    /// sent without a try.
+    Answer(&'a str),
     /// Still on its way (activating, or inactive with a job): a try
     /// would only say so.
     Pending,
-    /// Run the try: no signals, or a state the probe judges (active,
-    /// failed, inactive without a job of its own). An active unit is
-    /// judged by the probe too, not answered from here: a service that
-    /// fails at once is active for an instant, which the signal wakes the
-    /// wait for, and a NixOS wait polling once a second would not see.
+    /// Run the try: no signals, or a state the probe judges (failed,
+    /// inactive without a job of its own, active without an answer).
     Try,
 }
 
@@ -136,6 +147,8 @@ enum Change {
 struct Watcher<'a> {
     entries: Vec<(&'a str, &'a str)>,
     unit: Option<&'a str>,
+    /// The host's answer for an active unit ([`Watch::Unit`]), or empty.
+    when_active: &'a str,
     signals: Option<UnitSignals>,
     /// The inotify descriptor, made when entries are watched.
     fd: Option<std::fs::File>,
@@ -150,10 +163,17 @@ impl<'a> Watcher<'a> {
     fn new(watch: &'a [Watch]) -> Watcher<'a> {
         let mut entries = Vec::new();
         let mut unit = None;
+        let mut when_active = "";
         for w in watch {
             match w {
                 Watch::Entry { dir, name } => entries.push((dir.as_str(), name.as_str())),
-                Watch::Unit(name) => unit = Some(name.as_str()),
+                Watch::Unit {
+                    name,
+                    when_active: answer,
+                } => {
+                    unit = Some(name.as_str());
+                    when_active = answer.as_str();
+                }
             }
         }
         // Said once per agent: an agent without root asks on every wait.
@@ -170,6 +190,7 @@ impl<'a> Watcher<'a> {
         Watcher {
             entries,
             unit,
+            when_active,
             signals,
             fd: None,
             no_inotify: false,
@@ -229,11 +250,14 @@ impl<'a> Watcher<'a> {
     /// What to do before a try: the manager's word on the unit where its
     /// signals reach this wait (a NixOS `wait_for_unit` reads the same
     /// `ActiveState`), else (or with `force_try`, at the deadline) the try.
-    fn verdict(&mut self, force_try: bool) -> Verdict {
+    fn verdict(&mut self, force_try: bool) -> Verdict<'a> {
         let Some(signals) = self.signals.as_mut().filter(|_| !force_try) else {
             return Verdict::Try;
         };
         match signals.state() {
+            Ok(s) if s.active_state == "active" && !self.when_active.is_empty() => {
+                Verdict::Answer(self.when_active)
+            }
             Ok(s) if s.active_state == "failed" || s.active_state == "active" => Verdict::Try,
             Ok(s) if s.active_state == "inactive" && s.job == 0 => Verdict::Try,
             Ok(_) => Verdict::Pending,

@@ -368,13 +368,20 @@ pub enum Watch {
         /// An entry of it, or empty for all.
         name: String,
     },
-    /// The system manager's D-Bus signals naming this unit (as systemctl
-    /// completes the name: `nginx.service`): one answers the next try at
-    /// once. Where the agent reaches them, they replace the wait's
-    /// `Entry` watches, which stand in for them otherwise, and the agent
-    /// asks the manager for the unit's state before each try: while it is
-    /// on its way (activating, inactive with a job), no try runs.
-    Unit(String),
+    /// The system manager's D-Bus signals naming this unit: one answers
+    /// the next try at once. Where the agent reaches them, they replace
+    /// the wait's `Entry` watches, which stand in for them otherwise, and
+    /// the agent asks the manager for the unit's state before each try:
+    /// while it is on its way (activating, inactive with a job), no try
+    /// runs; active, with a `when_active`, that is the answer (stdout,
+    /// status 0) without a try.
+    Unit {
+        /// As systemctl completes the name: `nginx.service`.
+        name: String,
+        /// What the probe prints for the unit active, or empty: the probe
+        /// judges an active unit.
+        when_active: String,
+    },
 }
 
 /// A [`WAIT`] request: what to watch, then the command with its condition.
@@ -394,7 +401,7 @@ impl Wait {
         for w in &self.watch {
             let (tag, texts) = match w {
                 Watch::Entry { dir, name } => (0u8, [dir.as_str(), name.as_str()]),
-                Watch::Unit(unit) => (1u8, [unit.as_str(), ""]),
+                Watch::Unit { name, when_active } => (1u8, [name.as_str(), when_active.as_str()]),
             };
             v.push(tag);
             for s in texts {
@@ -422,7 +429,10 @@ impl Wait {
                     dir: first,
                     name: second,
                 },
-                1 => Watch::Unit(first),
+                1 => Watch::Unit {
+                    name: first,
+                    when_active: second,
+                },
                 other => return Err(WireError::UnknownWatch(other)),
             });
         }
@@ -581,7 +591,10 @@ mod tests {
                     dir: "/run/systemd/units".into(),
                     name: "invocation:a b.service".into(),
                 },
-                Watch::Unit("a b.service".into()),
+                Watch::Unit {
+                    name: "a b.service".into(),
+                    when_active: "active 0\n".into(),
+                },
                 Watch::Entry {
                     dir: "/tmp".into(),
                     name: String::new(),

@@ -73,7 +73,13 @@ fn unit_watch(unit: &str) -> Vec<Watch> {
         _ => format!("invocation:{full}"),
     };
     vec![
-        Watch::Unit(full),
+        Watch::Unit {
+            when_active: match suffix {
+                Some("target") => UNIT_ACTIVE_OUTPUT.into(),
+                _ => String::new(),
+            },
+            name: full,
+        },
         Watch::Entry {
             dir: "/run/systemd/units".into(),
             name: entry,
@@ -93,6 +99,13 @@ struct Until {
 /// failed nor inactive without jobs (an unusual status: systemctl's own
 /// failures end the wait at once, as in NixOS).
 const UNIT_PENDING: i32 = 75;
+
+/// What the `wait_for_unit` probe prints for an active unit (`$s $j`; its
+/// first word is what is read). The agent answers it itself for a target
+/// the manager reports active ([`Watch::Unit`]): a target has no process,
+/// so its `active` is not the instant a service that fails at once spends
+/// there; for other units the probe judges.
+const UNIT_ACTIVE_OUTPUT: &str = "active 0\n";
 
 /// `script` run by `user`'s login shell with its manager's runtime dir, as
 /// the NixOS driver runs user commands (`su -l`, so PAM registers a session
@@ -775,7 +788,19 @@ mod tests {
             name: name.into(),
         };
         let units = "/run/systemd/units";
-        let unit = |u: &str, entry: &str| vec![Watch::Unit(u.into()), w(units, entry)];
+        let unit = |u: &str, entry: &str| {
+            let when_active = match u.ends_with(".target") {
+                true => UNIT_ACTIVE_OUTPUT.into(),
+                false => String::new(),
+            };
+            vec![
+                Watch::Unit {
+                    name: u.into(),
+                    when_active,
+                },
+                w(units, entry),
+            ]
+        };
         assert_eq!(
             unit_watch("nginx"),
             unit("nginx.service", "invocation:nginx.service")
