@@ -39,11 +39,8 @@ pub struct UnitSignals {
     stream: UnixStream,
     /// Bytes read that do not make a whole message yet.
     pending: Vec<u8>,
-    /// The unit's name and object path as D-Bus marshals strings in a
-    /// little-endian message (length, bytes, NUL)…
-    needles_le: Vec<Vec<u8>>,
-    /// … and in a big-endian one.
-    needles_be: Vec<Vec<u8>>,
+    /// What a signal about the unit carries.
+    needles: Needles,
     /// The unit's object path (an alias's is its unit's).
     object: String,
     /// The serial of the next call.
@@ -89,8 +86,7 @@ impl UnitSignals {
         let mut signals = UnitSignals {
             stream,
             pending: Vec::new(),
-            needles_le: Vec::new(),
-            needles_be: Vec::new(),
+            needles: Needles::default(),
             object: String::new(),
             serial: 1,
             heard: false,
@@ -106,11 +102,8 @@ impl UnitSignals {
                 "systemd's LoadUnit({unit}) did not answer with an object path"
             ))
         })?;
-        let path = format!("/org/freedesktop/systemd1/unit/{}", bus_label(unit));
-        for needle in [unit, &path, &object] {
-            signals.needles_le.push(marshalled(needle, false));
-            signals.needles_be.push(marshalled(needle, true));
-        }
+        // `JobRemoved` names the unit, `PropertiesChanged` its object.
+        signals.needles = Needles::of(&[unit, &object]);
         signals.object = object;
         signals.stream.set_nonblocking(true)?;
         Ok(signals)
@@ -191,13 +184,10 @@ impl UnitSignals {
             };
             self.pending.extend_from_slice(&chunk[..n]);
             let mut answer = None;
-            let (le, be) = (&self.needles_le, &self.needles_be);
+            let needles = &self.needles;
             let mut heard = false;
             take_messages(&mut self.pending, |kind, message| match kind {
-                SIGNAL => {
-                    let needles = if message[0] == b'B' { be } else { le };
-                    heard |= needles.iter().any(|n| contains(message, n));
-                }
+                SIGNAL => heard |= needles.in_signal(kind, message),
                 METHOD_RETURN | ERROR
                     if answer.is_none()
                         && reply_serial(message).is_some_and(|s| mine.contains(&s)) =>
@@ -229,10 +219,9 @@ impl UnitSignals {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     self.pending.extend_from_slice(&chunk[..n]);
-                    let (le, be) = (&self.needles_le, &self.needles_be);
+                    let needles = &self.needles;
                     take_messages(&mut self.pending, |kind, message| {
-                        let needles = if message[0] == b'B' { be } else { le };
-                        named |= kind == SIGNAL && needles.iter().any(|n| contains(message, n));
+                        named |= needles.in_signal(kind, message);
                     })?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(named),
@@ -240,6 +229,32 @@ impl UnitSignals {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The unit's name and object path as D-Bus marshals strings (length,
+/// bytes, NUL), in either byte order a message may have.
+#[derive(Default)]
+struct Needles {
+    little_endian: Vec<Vec<u8>>,
+    big_endian: Vec<Vec<u8>>,
+}
+
+impl Needles {
+    fn of(texts: &[&str]) -> Needles {
+        Needles {
+            little_endian: texts.iter().map(|t| marshalled(t, false)).collect(),
+            big_endian: texts.iter().map(|t| marshalled(t, true)).collect(),
+        }
+    }
+
+    /// Whether `message` is a signal that names the unit.
+    fn in_signal(&self, kind: u8, message: &[u8]) -> bool {
+        let needles = match message[0] {
+            b'B' => &self.big_endian,
+            _ => &self.little_endian,
+        };
+        kind == SIGNAL && needles.iter().any(|n| contains(message, n))
     }
 }
 
@@ -427,23 +442,6 @@ fn marshalled(s: &str, big_endian: bool) -> Vec<u8> {
     v
 }
 
-/// A unit name as systemd escapes it in object paths: every byte but
-/// ASCII letters and (not first) digits becomes `_` and two hex digits.
-fn bus_label(name: &str) -> String {
-    let mut label = String::new();
-    for (i, b) in name.bytes().enumerate() {
-        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
-            label.push(b as char);
-        } else {
-            label.push_str(&format!("_{b:02x}"));
-        }
-    }
-    if label.is_empty() {
-        label.push('_');
-    }
-    label
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -451,13 +449,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unit_names_are_escaped_as_systemd_does() {
-        assert_eq!(bus_label("multi-user.target"), "multi_2duser_2etarget");
-        assert_eq!(bus_label("a_b@1.service"), "a_5fb_401_2eservice");
-        assert_eq!(bus_label("9p.mount"), "_39p_2emount");
-    }
 
     #[test]
     fn replies_name_the_call_they_answer() {

@@ -262,7 +262,9 @@ impl<'a> Watcher<'a> {
             Ok(s) if s.active_state == "inactive" && s.job == 0 => Verdict::Try,
             Ok(_) => Verdict::Pending,
             Err(_) => {
-                // Lost: the next arm reconnects or falls back to files.
+                // Gone or not answering: the wait goes on with its files
+                // and pauses (a manager that does not answer would cost
+                // every later try the call's time limit).
                 self.signals = None;
                 Verdict::Try
             }
