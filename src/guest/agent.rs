@@ -404,14 +404,19 @@ impl Boot {
     /// Starts a step that may take up to `within` (the banner: until the
     /// deadline, which covers the boot).
     fn begin(&mut self, step: &'static str, within: Duration) {
+        self.log_step();
+        self.step_started = Instant::now();
+        self.step = step;
+        self.limit = self.deadline.min(Instant::now() + within);
+    }
+
+    /// How long the current step took, for the debug log.
+    fn log_step(&self) {
         tracing::debug!(
             "agent bootstrap: {} took {:?}",
             self.step,
             self.step_started.elapsed()
         );
-        self.step_started = Instant::now();
-        self.step = step;
-        self.limit = self.deadline.min(Instant::now() + within);
     }
 
     fn timed_out(&self) -> BootError {
@@ -537,11 +542,7 @@ impl Boot {
 
     async fn read_greeting(&mut self) -> Result<(), BootError> {
         let hello = self.read_line_with(wire::HELLO).await?;
-        tracing::debug!(
-            "agent bootstrap: {} took {:?}",
-            self.step,
-            self.step_started.elapsed()
-        );
+        self.log_step();
         let ours = format!("{} {}", wire::HELLO, wire::VERSION);
         self.acks = match hello.strip_prefix(&ours) {
             Some("") => false,
