@@ -394,32 +394,38 @@ fn waits_behave_the_same_with_both_protocols_and_end_in_time() {
 #[test]
 fn a_unit_wait_tries_when_systemd_signals_a_change() {
     let script = r#"
+// The systemctl calls since the last count (the probe's tries).
+fn calls(m) {
+    parse_int(m.succeed(": >>/run/systemctl-calls; wc -l </run/systemctl-calls | tr -d '\n'; : >/run/systemctl-calls"))
+}
 machine.start();
 machine.wait_for_unit("multi-user.target");
 machine.succeed("printf '#!/bin/sh\necho >>/run/systemctl-calls\nexec /usr/bin/systemctl \"$@\"\n' >/usr/local/sbin/systemctl; chmod +x /usr/local/sbin/systemctl");
 machine.succeed("systemd-run -q --no-block --unit=late.service -p 'ExecStartPre=/bin/sleep 4' sleep 600");
 let t = timestamp();
-machine.succeed(": >/run/systemctl-calls");
+calls(machine);
 machine.wait_for_unit("late.service", #{ timeout: 60 });
 let took = t.elapsed;
-let tries = parse_int(machine.succeed("wc -l </run/systemctl-calls | tr -d '\\n'"));
+let tries = calls(machine);
 log(`SIGNALS ${tries} tries in ${took} s`);
 if took < 3.5 { throw `late.service was active after ${took} s, before its ExecStartPre ended`; }
 if tries > 5 { throw `${tries} tries while late.service started`; }
 
 // A target systemd reports active is the answer without a try; one on its
 // way is waited for without tries either.
-machine.succeed(": >/run/systemctl-calls");
+calls(machine);
 machine.wait_for_unit("multi-user.target");
+let active = calls(machine);
+if active != 0 { throw `${active} systemctl calls for an active target`; }
 machine.succeed("printf '[Unit]\nWants=slow.service\nAfter=slow.service\n' >/run/systemd/system/later.target; printf '[Service]\nType=oneshot\nExecStart=/bin/sleep 2\n' >/run/systemd/system/slow.service; /usr/bin/systemctl daemon-reload; /usr/bin/systemctl start --no-block later.target");
 let t = timestamp();
-machine.succeed(": >/run/systemctl-calls");
+calls(machine);
 machine.wait_for_unit("later.target", #{ timeout: 60 });
 let took = t.elapsed;
-let calls = parse_int(machine.succeed("wc -l </run/systemctl-calls | tr -d '\n'"));
-log(`TARGET ${calls} systemctl calls in ${took} s`);
+let on_its_way = calls(machine);
+log(`TARGET ${on_its_way} systemctl calls in ${took} s`);
 if took < 1.5 { throw `later.target was active after ${took} s, before slow.service ended`; }
-if calls != 0 { throw `${calls} systemctl calls for a target`; }
+if on_its_way != 0 { throw `${on_its_way} systemctl calls for a target`; }
 "#;
     let dir = TestDir::nspawn("unitsignals", &["machine"], "", script);
     let r = run_with(&dir, &["--protocol", "agent"]);
